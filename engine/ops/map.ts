@@ -1,0 +1,97 @@
+/**
+ * The runner behind every element-wise op: broadcasts inputs, coalesces dimensions, and dispatches the
+ * strided map kernel. Also `contiguous` and the internal `copyInto` used by concat, pad and slice backward.
+ *
+ * @module
+ */
+
+import { MAP_HELPERS, MAP_SCALARS, mapKernel, mapParamWords } from "../../kernels/elementwise.ts";
+import type { Kernel } from "../../kernels/types.ts";
+import { WG } from "../../kernels/types.ts";
+import { dispatch } from "../runtime.ts";
+import { broadcastShapes, broadcastStrides, coalesce, formatShape, sizeOf } from "../shape.ts";
+import { fromData, Tensor } from "../tensor.ts";
+
+const kernels = new Map<string, Kernel>();
+
+function kernelFor(name: string, expr: string, arity: number, rank: number): Kernel {
+  const key = `${name}:${arity}:${rank}`;
+  let kernel = kernels.get(key);
+  if (!kernel) {
+    kernel = mapKernel(name, expr, arity, rank, MAP_HELPERS);
+    kernels.set(key, kernel);
+  }
+  return kernel;
+}
+
+/** Largest element index a map kernel can address (u32 arithmetic). */
+const MAX_ELEMENTS = 2 ** 32 - 1;
+
+/**
+ * Writes `expr(inputs…, scalars…)` into `out`, which may be a strided view. Inputs broadcast to
+ * `out.shape`. `name` must identify `expr` uniquely (it keys the kernel cache).
+ */
+export function mapInto(
+  out: Tensor,
+  name: string,
+  expr: string,
+  inputs: readonly Tensor[],
+  scalars: readonly number[] = [],
+): void {
+  const n = out.size;
+  if (n === 0) return;
+  if (n > MAX_ELEMENTS) throw new Error(`${name}: ${n} elements exceed the 2^32 addressable by one kernel.`);
+  if (scalars.length > MAP_SCALARS) throw new Error(`${name}: at most ${MAP_SCALARS} scalars`);
+  const strides = [
+    [...out.strides],
+    ...inputs.map((t) => broadcastStrides(t.shape, t.strides, out.shape)),
+  ];
+  const c = coalesce(out.shape, strides);
+  const rank = c.shape.length;
+  const arity = inputs.length;
+  const params = new Uint32Array(mapParamWords(arity, rank));
+  const f32 = new Float32Array(params.buffer);
+  params[0] = n;
+  params[1] = out.offset;
+  inputs.forEach((t, k) => (params[2 + k] = t.offset));
+  let at = 2 + arity;
+  for (const d of c.shape) params[at++] = d;
+  for (const s of c.strides[0]) params[at++] = s;
+  for (let k = 0; k < arity; k++) for (const s of c.strides[k + 1]) params[at++] = s;
+  scalars.forEach((s, i) => (f32[at + i] = s));
+  const buffers = [...inputs.map((t) => t.storage(name).buffer), out.storage(name).buffer];
+  dispatch(kernelFor(name, expr, arity, rank), params, buffers, Math.ceil(n / WG));
+}
+
+/** A new contiguous tensor `expr(inputs…)` with the broadcast shape of the inputs (or `shape`). */
+export function map(
+  name: string,
+  expr: string,
+  inputs: readonly Tensor[],
+  scalars: readonly number[] = [],
+  shape?: readonly number[],
+): Tensor {
+  for (const t of inputs) t.storage(name);
+  const outShape = shape ?? broadcastShapes(name, ...inputs.map((t) => t.shape));
+  const out = fromData(null, outShape);
+  mapInto(out, name, expr, inputs, scalars);
+  return out;
+}
+
+/** A contiguous copy of `x` (or a new handle sharing its storage when it already is contiguous). */
+export function contiguous(x: Tensor): Tensor {
+  if (x.isContiguous) {
+    const storage = x.storage("contiguous");
+    storage.retain();
+    return new Tensor({ shape: x.shape, storage, offset: x.offset, dtype: x.dtype });
+  }
+  return map("copy", "a", [x]);
+}
+
+/** Copies `src` into the view `dst` (shapes must match, `src` may broadcast). */
+export function copyInto(dst: Tensor, src: Tensor): void {
+  if (sizeOf(src.shape) !== 0 && src.shape.length > dst.shape.length) {
+    throw new Error(`copyInto: ${formatShape(src.shape)} does not fit ${formatShape(dst.shape)}`);
+  }
+  mapInto(dst, "copy", "a", [src]);
+}

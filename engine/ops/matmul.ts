@@ -1,0 +1,167 @@
+/**
+ * `matmul` with NumPy semantics: 1-D operands are promoted (and the added dimension removed), leading
+ * batch dimensions broadcast. Transposed operands are read through their strides, so `g · Bᵀ` in the
+ * backward pass costs no copy.
+ *
+ * @module
+ */
+
+import { MATMUL_TILE, matmulKernel } from "../../kernels/matmul.ts";
+import { record } from "../autograd.ts";
+import { dispatch } from "../runtime.ts";
+import {
+  broadcastShapes,
+  broadcastStrides,
+  coalesce,
+  contiguousStrides,
+  formatShape,
+  sizeOf,
+} from "../shape.ts";
+import { fromData, Tensor } from "../tensor.ts";
+import { contiguous, map } from "./map.ts";
+import { sumTo } from "./reduce.ts";
+import { permuteView, view, viewAs } from "./view.ts";
+
+const kernel = matmulKernel();
+const MAX_GRID = 65535;
+
+/** Batched product of the last two dims of `a` `[..., M, K]` and `b` `[..., K, N]` (no autograd). */
+function matmulRaw(a: Tensor, b: Tensor): Tensor {
+  const M = a.shape[a.rank - 2];
+  const K = a.shape[a.rank - 1];
+  const N = b.shape[b.rank - 1];
+  const batchShape = broadcastShapes("matmul", a.shape.slice(0, -2), b.shape.slice(0, -2));
+  const out = fromData(null, [...batchShape, M, N]);
+  if (out.size === 0) return out;
+  let A = a;
+  let B = b;
+  let batch = coalesceBatch(A, B, batchShape);
+  if (!batch) {
+    // Batch dims that do not fold into one stride: materialise the broadcast operands.
+    A = map("copy", "a", [a], [], [...batchShape, M, K]);
+    B = map("copy", "a", [b], [], [...batchShape, K, N]);
+    batch = coalesceBatch(A, B, batchShape)!;
+  }
+  const count = sizeOf(batchShape);
+  const gridX = Math.ceil(N / MATMUL_TILE);
+  const gridY = Math.ceil(M / MATMUL_TILE);
+  if (gridX > MAX_GRID || gridY > MAX_GRID || count > MAX_GRID) {
+    throw new Error(`matmul: [${count}, ${M}, ${K}] × [${K}, ${N}] exceeds the dispatch grid limits.`);
+  }
+  const params = new Uint32Array([
+    M,
+    N,
+    K,
+    A.offset,
+    batch.a,
+    A.strides[A.rank - 2],
+    A.strides[A.rank - 1],
+    B.offset,
+    batch.b,
+    B.strides[B.rank - 2],
+    B.strides[B.rank - 1],
+  ]);
+  if (K === 0) {
+    out.dispose();
+    return map("fill", "s0", [], [0], [...batchShape, M, N]);
+  }
+  dispatch(kernel, params, [
+    A.storage("matmul").buffer,
+    B.storage("matmul").buffer,
+    out.storage("matmul").buffer,
+  ], [
+    gridX,
+    gridY,
+    count,
+  ]);
+  if (A !== a) A.dispose();
+  if (B !== b) B.dispose();
+  return out;
+}
+
+/** One stride per operand over the flattened batch, or null when the batch dims do not fold. */
+function coalesceBatch(a: Tensor, b: Tensor, batchShape: number[]): { a: number; b: number } | null {
+  if (batchShape.length === 0) return { a: 0, b: 0 };
+  const aStrides = broadcastStrides(a.shape.slice(0, -2), a.strides.slice(0, -2), batchShape);
+  const bStrides = broadcastStrides(b.shape.slice(0, -2), b.strides.slice(0, -2), batchShape);
+  const outStrides = contiguousStrides(batchShape);
+  const c = coalesce(batchShape, [outStrides, aStrides, bStrides]);
+  if (c.shape.length > 1) return null;
+  return { a: c.strides[1][0], b: c.strides[2][0] };
+}
+
+/**
+ * Matrix product with NumPy's `matmul` semantics: `[..., M, K] × [..., K, N] → [..., M, N]`, batch
+ * dimensions broadcast, 1-D operands promoted to a row (left) or column (right) vector.
+ */
+export function matmul(a: Tensor, b: Tensor): Tensor {
+  for (const [name, t] of [["a", a], ["b", b]] as const) {
+    if (!(t instanceof Tensor)) throw new Error(`matmul: ${name} must be a Tensor.`);
+    t.storage("matmul");
+    if (t.rank === 0) {
+      throw new Error(`matmul: ${name} is a scalar (shape []); matmul needs at least 1-D operands.`);
+    }
+  }
+  const a2 = a.rank === 1 ? viewAs1D(a, [1, a.shape[0]]) : a;
+  const b2 = b.rank === 1 ? viewAs1D(b, [b.shape[0], 1]) : b;
+  const K = a2.shape[a2.rank - 1];
+  if (b2.shape[b2.rank - 2] !== K) {
+    throw new Error(
+      `matmul: shapes ${formatShape(a.shape)} and ${formatShape(b.shape)} are not aligned: ` +
+        `a has ${K} columns but b has ${b2.shape[b2.rank - 2]} rows.`,
+    );
+  }
+  const out2 = matmulRaw(a2, b2);
+  const outShape = [...out2.shape];
+  if (b.rank === 1) outShape.splice(outShape.length - 1, 1);
+  if (a.rank === 1) outShape.splice(outShape.length - (b.rank === 1 ? 1 : 2), 1);
+  const out = viewAs(out2, outShape);
+  out2.dispose();
+  if (a2 !== a) a2.dispose();
+  if (b2 !== b) b2.dispose();
+  const aShape = a.shape;
+  const bShape = b.shape;
+  const productShape = out2.shape;
+  return record("matmul", out, [a, b], (g, [as, bs], needs) => {
+    const A = as.rank === 1 ? viewAs1D(as, [1, as.shape[0]]) : as;
+    const B = bs.rank === 1 ? viewAs1D(bs, [bs.shape[0], 1]) : bs;
+    const gc = contiguous(g);
+    const g2 = viewAs(gc, productShape);
+    gc.dispose();
+    const grads: Array<Tensor | null> = [null, null];
+    if (needs[0]) {
+      const bt = swapLast(B);
+      grads[0] = reduceAndReshape(matmulRaw(g2, bt), A.shape, aShape);
+      bt.dispose();
+    }
+    if (needs[1]) {
+      const at = swapLast(A);
+      grads[1] = reduceAndReshape(matmulRaw(at, g2), B.shape, bShape);
+      at.dispose();
+    }
+    g2.dispose();
+    if (A !== as) A.dispose();
+    if (B !== bs) B.dispose();
+    return grads;
+  }, [a, b]);
+}
+
+function viewAs1D(t: Tensor, shape: number[]): Tensor {
+  return view(t, shape, shape[0] === 1 ? [0, t.strides[0]] : [t.strides[0], 0], t.offset);
+}
+
+function swapLast(t: Tensor): Tensor {
+  const perm = [...Array(t.rank).keys()];
+  [perm[t.rank - 2], perm[t.rank - 1]] = [perm[t.rank - 1], perm[t.rank - 2]];
+  return permuteView(t, perm);
+}
+
+function reduceAndReshape(g: Tensor, promoted: readonly number[], original: readonly number[]): Tensor {
+  const reduced = sumTo(g, promoted);
+  g.dispose();
+  const dense = contiguous(reduced);
+  reduced.dispose();
+  const out = viewAs(dense, original);
+  dense.dispose();
+  return out;
+}

@@ -1,0 +1,227 @@
+/**
+ * Tensor: a shape and strides over a reference-counted GPU buffer. Views (reshape, permute, slice, expand)
+ * share the buffer; it returns to the pool when the last tensor using it is disposed.
+ *
+ * @module
+ */
+
+import { acquireBuffer, releaseBuffer } from "./pool.ts";
+import { readBuffer, upload } from "./runtime.ts";
+import { contiguousStrides, formatShape, sizeOf } from "./shape.ts";
+import type { GradNode } from "./autograd.ts";
+
+/** Element type of a tensor. voxgen computes in f32; int32 is used for indices and labels. */
+export type DType = "float32" | "int32";
+
+/** A reference-counted GPU buffer shared by a tensor and its views. */
+export class Storage {
+  /** The pooled GPU buffer. */
+  readonly buffer: GPUBuffer;
+  /** Bytes requested (the buffer may be larger: pool buckets). */
+  readonly bytes: number;
+  #refs = 1;
+
+  constructor(bytes: number) {
+    this.bytes = bytes;
+    this.buffer = acquireBuffer(Math.max(bytes, 4));
+  }
+
+  /** Adds a reference. */
+  retain(): void {
+    this.#refs++;
+  }
+
+  /** Drops a reference; the buffer goes back to the pool at zero. */
+  release(): void {
+    if (--this.#refs === 0) releaseBuffer(this.buffer);
+  }
+}
+
+// --- Scopes and live-tensor accounting -------------------------------------------------------------------
+
+let nextId = 1;
+let liveTensors = 0;
+const scopeStack: Array<Set<Tensor>> = [];
+
+/** Internal: tracks a tensor in the innermost scope (if any). */
+function track(t: Tensor): void {
+  liveTensors++;
+  const top = scopeStack[scopeStack.length - 1];
+  if (top) top.add(t);
+}
+
+/** Internal: the number of tensors created and not yet disposed. */
+export function liveTensorCount(): number {
+  return liveTensors;
+}
+
+/** Internal: opens a scope frame. */
+export function pushScope(): void {
+  scopeStack.push(new Set());
+}
+
+/** Internal: closes the innermost scope, disposing every tensor in it except `keep`, which move outward. */
+export function popScope(keep: Set<Tensor>): void {
+  const frame = scopeStack.pop();
+  if (!frame) throw new Error("popScope without pushScope");
+  const parent = scopeStack[scopeStack.length - 1];
+  for (const t of frame) {
+    if (keep.has(t)) parent?.add(t);
+    else t.dispose();
+  }
+}
+
+/** Internal: removes `t` from every open scope so that no scope disposes it. */
+export function untrack(t: Tensor): void {
+  for (const frame of scopeStack) frame.delete(t);
+}
+
+// --- Tensor --------------------------------------------------------------------------------------------
+
+/** Construction record of a tensor (engine internal). */
+export interface TensorInit {
+  shape: readonly number[];
+  storage: Storage;
+  strides?: readonly number[];
+  offset?: number;
+  dtype?: DType;
+  requiresGrad?: boolean;
+  node?: GradNode | null;
+  /** Internal handles (saved for backward) are not counted or scoped. */
+  internal?: boolean;
+}
+
+/**
+ * An n-dimensional array on the GPU. Create tensors with `tensor`, `zeros`, `ones`, … and free them with
+ * {@linkcode Tensor.dispose} or by running the code inside `scope`.
+ */
+export class Tensor {
+  /** Unique id; autograd routes gradients by it. */
+  readonly id: number;
+  /** Dimensions, outermost first. */
+  readonly shape: readonly number[];
+  /** Element strides of each dimension (0 for broadcast dimensions). */
+  readonly strides: readonly number[];
+  /** Element offset of the first element in the storage. */
+  readonly offset: number;
+  /** Element type. */
+  readonly dtype: DType;
+  /** Whether gradients flow to this tensor. Leaves get it from the user; op results inherit it. */
+  readonly requiresGrad: boolean;
+  /** Autograd record of the op that produced this tensor (null for leaves and constants). */
+  node: GradNode | null;
+  #storage: Storage | null;
+  readonly #internal: boolean;
+
+  constructor(init: TensorInit) {
+    this.id = nextId++;
+    this.shape = Object.freeze([...init.shape]);
+    this.strides = Object.freeze(init.strides ? [...init.strides] : contiguousStrides(init.shape));
+    this.offset = init.offset ?? 0;
+    this.dtype = init.dtype ?? "float32";
+    this.requiresGrad = init.requiresGrad ?? false;
+    this.node = init.node ?? null;
+    this.node?.retain();
+    this.#storage = init.storage;
+    this.#internal = init.internal ?? false;
+    if (!this.#internal) track(this);
+  }
+
+  /** Number of elements. */
+  get size(): number {
+    return sizeOf(this.shape);
+  }
+
+  /** Number of dimensions. */
+  get rank(): number {
+    return this.shape.length;
+  }
+
+  /** True once disposed. */
+  get isDisposed(): boolean {
+    return this.#storage === null;
+  }
+
+  /** True when elements are laid out densely in row-major order from `offset`. */
+  get isContiguous(): boolean {
+    const expected = contiguousStrides(this.shape);
+    return this.shape.every((n, i) => n <= 1 || this.strides[i] === expected[i]);
+  }
+
+  /** The storage (throws a clear error when the tensor was disposed). */
+  storage(op = "use"): Storage {
+    if (!this.#storage) {
+      throw new Error(`${op}: tensor ${formatShape(this.shape)} (id ${this.id}) was already disposed.`);
+    }
+    return this.#storage;
+  }
+
+  /**
+   * Copies the values to the CPU (row-major). This waits for the GPU: in loops, read back once at the end.
+   */
+  async toArray(): Promise<Float32Array> {
+    const storage = this.storage("toArray");
+    if (this.isContiguous) {
+      const bytes = await readBuffer(storage.buffer, this.offset * 4, this.size * 4);
+      return new Float32Array(bytes);
+    }
+    const { contiguous } = await import("./ops/map.ts");
+    const dense = contiguous(this);
+    try {
+      return await dense.toArray();
+    } finally {
+      dense.dispose();
+    }
+  }
+
+  /** Reads a one-element tensor as a number. */
+  async item(): Promise<number> {
+    if (this.size !== 1) {
+      throw new Error(`item(): tensor has shape ${formatShape(this.shape)}, not one element.`);
+    }
+    return (await this.toArray())[0];
+  }
+
+  /** Frees this tensor's reference to its GPU buffer. Safe to call twice. */
+  dispose(): void {
+    if (!this.#storage) return;
+    this.#storage.release();
+    this.#storage = null;
+    this.node?.release();
+    this.node = null;
+    if (!this.#internal) {
+      liveTensors--;
+      untrack(this);
+    }
+  }
+
+  /** Internal: a handle sharing this tensor's storage, for saving in autograd records. Not scoped. */
+  saveForBackward(): Tensor {
+    const storage = this.storage("autograd");
+    storage.retain();
+    return new Tensor({
+      shape: this.shape,
+      strides: this.strides,
+      offset: this.offset,
+      dtype: this.dtype,
+      storage,
+      internal: true,
+    });
+  }
+
+  /** A short description, e.g. `Tensor[2, 3] float32`. */
+  toString(): string {
+    return `Tensor${formatShape(this.shape)} ${this.dtype}${this.requiresGrad ? " (requiresGrad)" : ""}`;
+  }
+}
+
+/** Creates a tensor over a fresh buffer, uploading `data` when given (engine internal). */
+export function fromData(data: Float32Array | Int32Array | null, shape: readonly number[], opts: {
+  requiresGrad?: boolean;
+  dtype?: DType;
+} = {}): Tensor {
+  const size = sizeOf(shape);
+  const storage = new Storage(size * 4);
+  if (data && size > 0) upload(storage.buffer, 0, data);
+  return new Tensor({ shape, storage, dtype: opts.dtype, requiresGrad: opts.requiresGrad });
+}
