@@ -6,7 +6,8 @@
  */
 
 import { poolStats, trimPool } from "./pool.ts";
-import { liveTensorCount, popScope, pushScope, Tensor, untrack } from "./tensor.ts";
+import { flush } from "./runtime.ts";
+import { liveTensorCount, popScope, pushScope, scopeDepth, Tensor, untrack } from "./tensor.ts";
 
 /** Live GPU memory as the engine sees it. */
 export interface MemoryInfo {
@@ -54,6 +55,7 @@ function collect(value: unknown, out: Set<Tensor>, depth = 0): void {
  * Runs `fn` and disposes every tensor created inside it that it does not return. Tensors in the result
  * (a tensor, or arrays, maps and plain objects of tensors) survive and belong to the enclosing scope.
  * `fn` must be synchronous: tensors created after an `await` could not be attributed to this scope.
+ * Leaving an outermost scope submits the recorded GPU work.
  *
  * @example
  * ```ts
@@ -79,6 +81,9 @@ export function scope<T>(fn: () => T): T {
   const kept = new Set<Tensor>();
   collect(result, kept);
   popScope(kept);
+  // Submitting at the end of an outermost scope (one step of a loop) makes every step start a fresh
+  // batch, so the buffers it frees are reusable by the next step and the pool reaches a fixed size.
+  if (scopeDepth() === 0) flush();
   return result;
 }
 

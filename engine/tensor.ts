@@ -71,6 +71,11 @@ export function popScope(keep: Set<Tensor>): void {
   }
 }
 
+/** Internal: how many scopes are open. */
+export function scopeDepth(): number {
+  return scopeStack.length;
+}
+
 /** Internal: removes `t` from every open scope so that no scope disposes it. */
 export function untrack(t: Tensor): void {
   for (const frame of scopeStack) frame.delete(t);

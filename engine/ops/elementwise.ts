@@ -43,7 +43,22 @@ interface UnaryDef {
   bwd: string;
 }
 
-const UNARY = {
+/** Names of the unary element-wise ops. */
+export type UnaryOp =
+  | "neg"
+  | "abs"
+  | "exp"
+  | "log"
+  | "sqrt"
+  | "rsqrt"
+  | "square"
+  | "sigmoid"
+  | "tanh"
+  | "relu"
+  | "silu"
+  | "gelu";
+
+const UNARY: Record<UnaryOp, UnaryDef> = {
   neg: { fwd: "-X", bwd: "-G" },
   abs: { fwd: "abs(X)", bwd: "G * sign(X)" },
   exp: { fwd: "exp(X)", bwd: "G * Y" },
@@ -60,10 +75,7 @@ const UNARY = {
     bwd:
       "G * (0.5 * (1.0 + erf_approx(X * 0.70710678118654752)) + X * 0.3989422804014327 * exp(-0.5 * X * X))",
   },
-} satisfies Record<string, UnaryDef>;
-
-/** Names of the unary element-wise ops. */
-export type UnaryOp = keyof typeof UNARY;
+};
 
 function unary(op: UnaryOp, x: Tensor): Tensor {
   checkTensor(op, x);
@@ -111,7 +123,10 @@ interface BinaryDef {
 }
 
 const TIE = "select(select(0.0, 0.5, X == Y), 1.0, COND)";
-const BINARY = {
+/** Names of the binary element-wise ops. */
+export type BinaryOp = "add" | "sub" | "mul" | "div" | "pow" | "maximum" | "minimum";
+
+const BINARY: Record<BinaryOp, BinaryDef> = {
   add: { fwd: "X + Y", dx: "G", dy: "G" },
   sub: { fwd: "X - Y", dx: "G", dy: "-G" },
   mul: { fwd: "X * Y", dx: "G * Y", dy: "G * X" },
@@ -131,10 +146,7 @@ const BINARY = {
     dx: `G * ${TIE.replace("COND", "X < Y")}`,
     dy: `G * ${TIE.replace("COND", "Y < X")}`,
   },
-} satisfies Record<string, BinaryDef>;
-
-/** Names of the binary element-wise ops. */
-export type BinaryOp = keyof typeof BINARY;
+};
 
 function binary(op: BinaryOp, x: TensorLike, y: TensorLike): Tensor {
   const def: BinaryDef = BINARY[op];

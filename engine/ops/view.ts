@@ -183,7 +183,7 @@ export function expand(x: Tensor, shape: readonly number[]): Tensor {
   const lead = shape.length - x.rank;
   const ok = lead >= 0 && x.shape.every((d, i) => d === shape[lead + i] || d === 1);
   if (!ok) throw new Error(`expand: cannot broadcast ${formatShape(x.shape)} to ${formatShape(shape)}.`);
-  const strides = shape.map((d, i) => (i < lead || x.shape[i - lead] === 1 ? 0 : x.strides[i - lead]));
+  const strides = shape.map((_, i) => (i < lead || x.shape[i - lead] === 1 ? 0 : x.strides[i - lead]));
   const out = view(x, shape, strides, x.offset);
   const inShape = x.shape;
   return record("expand", out, [x], (g) => [sumToLazy(g, inShape)]);
