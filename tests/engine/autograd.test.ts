@@ -67,7 +67,7 @@ gpuTest("noGrad records nothing; unused inputs throw unless allowUnused", async 
   disposeAll(x, z, inside, y, gz);
 });
 
-gpuTest("autograd records are freed with the tensors that reach them", async () => {
+gpuTest("autograd records are freed with the tensors that reach them", () => {
   const before = V.memory().liveBytes;
   const x = V.tensor(new Float32Array(1000).fill(0.5), [1000], { requiresGrad: true });
   const y = V.scope(() => V.sum(V.exp(V.mul(V.sigmoid(x), 3))));
