@@ -111,8 +111,7 @@ export class Tensor {
   readonly offset: number;
   /** Element type. */
   readonly dtype: DType;
-  /** Whether gradients flow to this tensor. Leaves get it from the user; op results inherit it. */
-  readonly requiresGrad: boolean;
+  #requiresGrad: boolean;
   /** Autograd record of the op that produced this tensor (null for leaves and constants). */
   node: GradNode | null;
   #storage: Storage | null;
@@ -124,12 +123,31 @@ export class Tensor {
     this.strides = Object.freeze(init.strides ? [...init.strides] : contiguousStrides(init.shape));
     this.offset = init.offset ?? 0;
     this.dtype = init.dtype ?? "float32";
-    this.requiresGrad = init.requiresGrad ?? false;
+    this.#requiresGrad = init.requiresGrad ?? false;
     this.node = init.node ?? null;
     this.node?.retain();
     this.#storage = init.storage;
     this.#internal = init.internal ?? false;
     if (!this.#internal) track(this);
+  }
+
+  /** Whether gradients flow to this tensor. Leaves get it from the user; op results inherit it. */
+  get requiresGrad(): boolean {
+    return this.#requiresGrad;
+  }
+
+  /**
+   * Turns gradient tracking of a leaf tensor on or off (e.g. to freeze a parameter). Op results carry
+   * their autograd record and cannot be changed. Returns `this`.
+   */
+  setRequiresGrad(flag: boolean): this {
+    if (this.node) {
+      throw new Error(
+        `setRequiresGrad: ${this} is the result of an op; only leaf tensors (created from data) can change it.`,
+      );
+    }
+    this.#requiresGrad = flag;
+    return this;
   }
 
   /** Number of elements. */
