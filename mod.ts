@@ -21,3 +21,4 @@ export { grad, type GradOptions, noGrad } from "./engine/autograd.ts";
 export { keep, memory, type MemoryInfo, releaseCachedMemory, scope } from "./engine/memory.ts";
 export { runtimeStats, sync } from "./engine/runtime.ts";
 export * from "./engine/ops/index.ts";
+export { AdamW, type AdamWOptions } from "./engine/optim.ts";

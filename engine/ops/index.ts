@@ -21,3 +21,4 @@ export * from "./softmax.ts";
 export * from "./matmul.ts";
 export { concat, expand, pad, permute, reshape, slice, transpose } from "./view.ts";
 export { contiguous } from "./map.ts";
+export { rand, randn, type RandomOptions } from "./random.ts";

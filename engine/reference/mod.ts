@@ -16,3 +16,5 @@ export * from "./attention.ts";
 export * from "./resample.ts";
 export * from "./einsum.ts";
 export * from "./random.ts";
+export * from "./philox.ts";
+export * from "./adamw.ts";
