@@ -1,0 +1,344 @@
+/**
+ * Diffusion training: MSE on ε, v or x0 with AdamW, gradient accumulation, linear warm-up then cosine
+ * decay, EMA weights, seeded noise and timesteps, atomic checkpoints (model, EMA, optimizer state) with
+ * resume, a live progress line, a CSV loss log and a PNG loss plot.
+ *
+ * @module
+ */
+
+import { grad, noGrad } from "../engine/autograd.ts";
+import { keep, scope } from "../engine/memory.ts";
+import { add, mse } from "../engine/ops/elementwise.ts";
+import { copyInto, map } from "../engine/ops/map.ts";
+import { randn } from "../engine/ops/random.ts";
+import { AdamW } from "../engine/optim.ts";
+import type { Tensor } from "../engine/tensor.ts";
+import { atomicWrite } from "../io/atomic.ts";
+import { writePlotPng } from "../io/plot.ts";
+import { loadSafetensors, saveSafetensors } from "../io/safetensors.ts";
+import { seededRandom } from "../nn/init.ts";
+import type { Scheduler } from "../samplers/scheduler.ts";
+
+/** What the training loop needs of a network. */
+export interface DiffusionNetwork {
+  /** Predicts ε (or v, or x0) for noisy `x` at `timesteps`. */
+  forward(x: Tensor, timesteps: readonly number[], cond?: { context?: Tensor; classLabels?: Tensor }): Tensor;
+  /** Parameters with their state-dict names. */
+  namedParameters(): Array<[string, Tensor]>;
+}
+
+/** One training batch. */
+export interface Batch {
+  /** Clean samples x0 [B, C, …]. */
+  x0: Tensor;
+  /** Optional cross-attention context. */
+  context?: Tensor;
+  /** Optional class labels. */
+  classLabels?: Tensor;
+}
+
+/** Options of {@linkcode train}. */
+export interface TrainOptions {
+  /** Optimizer steps. */
+  steps: number;
+  /** Peak learning rate (default 1e-4). */
+  lr?: number;
+  /** Final learning rate of the cosine decay (default lr/10). */
+  minLr?: number;
+  /** Linear warm-up steps (default 100, at most steps). */
+  warmupSteps?: number;
+  /** AdamW weight decay (default 0). */
+  weightDecay?: number;
+  /** Micro-batches per optimizer step (default 1). */
+  gradAccumulation?: number;
+  /** EMA decay (default 0.999; 0 disables EMA). */
+  emaDecay?: number;
+  /** Seed of noise and timesteps (default 0). */
+  seed?: number;
+  /** Output folder: checkpoints, loss.csv, loss.png. */
+  outDir: string;
+  /** Save a checkpoint every N steps (default 250) and at the end. */
+  checkpointEvery?: number;
+  /** Continue from the checkpoint in `outDir` if there is one (default true). */
+  resume?: boolean;
+  /** Draw the progress line on stderr (default: when stderr is a terminal or under CI). */
+  progress?: boolean;
+  /** Called after every step. */
+  onStep?: (s: StepReport) => void;
+}
+
+/** Per-step report. */
+export interface StepReport {
+  /** Step just finished (1-based). */
+  step: number;
+  /** Total steps. */
+  steps: number;
+  /** Loss of the step (mean over micro-batches). */
+  loss: number;
+  /** Learning rate used. */
+  lr: number;
+  /** Seconds since the start of this run. */
+  elapsed: number;
+}
+
+/** Summary of a training run. */
+export interface TrainResult {
+  /** Last step reached. */
+  step: number;
+  /** Mean loss over the last 50 steps. */
+  finalLoss: number;
+  /** Wall-clock seconds of this run. */
+  seconds: number;
+  /** Path of the model weights written last (EMA weights when EMA is on). */
+  weightsPath: string;
+}
+
+/** Learning rate at `step` (0-based): linear warm-up, then cosine decay to `minLr`. */
+export function learningRate(step: number, steps: number, lr: number, minLr: number, warmup: number): number {
+  if (step < warmup) return (lr * (step + 1)) / warmup;
+  const progress = Math.min(1, (step - warmup) / Math.max(1, steps - warmup));
+  return minLr + 0.5 * (lr - minLr) * (1 + Math.cos(Math.PI * progress));
+}
+
+interface CheckpointMeta {
+  step: number;
+  seed: number;
+  lossLog: string;
+}
+
+function target(scheduler: Scheduler, x0: Tensor, noise: Tensor, t: number[]): Tensor {
+  switch (scheduler.predictionType) {
+    case "epsilon":
+      return map("copy", "a", [noise]);
+    case "v_prediction":
+      return scheduler.getVelocity(x0, noise, t);
+    case "sample":
+      return map("copy", "a", [x0]);
+  }
+}
+
+/**
+ * Trains `model` to denoise batches from `data(step, microStep)` under `scheduler`'s forward process.
+ * Resumes from `outDir` when a checkpoint is there.
+ */
+export async function train(
+  model: DiffusionNetwork,
+  scheduler: Scheduler,
+  data: (step: number, micro: number) => Batch | Promise<Batch>,
+  opts: TrainOptions,
+): Promise<TrainResult> {
+  const steps = opts.steps;
+  if (!Number.isInteger(steps) || steps < 1) {
+    throw new Error(`train: steps must be a positive integer, got ${steps}.`);
+  }
+  const lr = opts.lr ?? 1e-4;
+  const minLr = opts.minLr ?? lr / 10;
+  const warmup = Math.min(opts.warmupSteps ?? 100, steps);
+  const accumulation = opts.gradAccumulation ?? 1;
+  const emaDecay = opts.emaDecay ?? 0.999;
+  const seed = opts.seed ?? 0;
+  const every = opts.checkpointEvery ?? 250;
+  const dir = opts.outDir.replace(/\/$/, "");
+  await Deno.mkdir(dir, { recursive: true });
+
+  const named = model.namedParameters();
+  const params = named.map(([, t]) => t).filter((t) => t.requiresGrad);
+  const trainableNames = named.filter(([, t]) => t.requiresGrad).map(([n]) => n);
+  if (params.length === 0) throw new Error("train: the model has no trainable parameters.");
+  const optimizer = new AdamW(params, { lr, weightDecay: opts.weightDecay ?? 0 });
+  const ema = emaDecay > 0 ? named.map(([, t]) => keep(noGrad(() => map("copy", "a", [t])))) : [];
+
+  try {
+    let start = 0;
+    let lossLog = "step,loss,lr,seconds\n";
+    const ckpt = `${dir}/checkpoint`;
+    if ((opts.resume ?? true) && await exists(`${ckpt}/meta.json`)) {
+      const meta: CheckpointMeta = JSON.parse(await Deno.readTextFile(`${ckpt}/meta.json`));
+      await loadInto(`${ckpt}/model.safetensors`, named);
+      if (ema.length) await loadInto(`${ckpt}/ema.safetensors`, named.map(([n], i) => [n, ema[i]]));
+      const state = await loadSafetensors(`${ckpt}/optimizer.safetensors`);
+      optimizer.loadState(state, meta.step);
+      for (const t of state.values()) t.dispose();
+      start = meta.step;
+      lossLog = meta.lossLog;
+      if (opts.progress !== false) console.error(`resuming from step ${start} (${ckpt})`);
+    }
+
+    const random = seededRandom(seed ^ 0x5bd1e995);
+    // Skip the random draws of the steps already done, so a resumed run continues the same sequence.
+    const T = scheduler.numTrainTimesteps;
+    const began = performance.now();
+    const losses: number[] = [];
+    const showProgress = opts.progress ?? (Deno.stderr.isTerminal() || Deno.env.get("CI") === "true");
+    let noiseOffset = 0;
+    for (let step = start; step < steps; step++) {
+      const stepLr = learningRate(step, steps, lr, minLr, warmup);
+      optimizer.lr = stepLr;
+      let summed: Tensor[] | null = null;
+      let lossSum = 0;
+      for (let micro = 0; micro < accumulation; micro++) {
+        const batch = await data(step, micro);
+        const B = batch.x0.shape[0];
+        const stepRandom = seededRandom((seed * 1000003 + step * 131 + micro) >>> 0);
+        const t = Array.from({ length: B }, () => Math.min(T - 1, Math.floor(stepRandom() * T)));
+        noiseOffset = (step * accumulation + micro) * Math.ceil(batch.x0.size / 4);
+        const { loss, grads } = scope(() => {
+          const noise = randn(batch.x0.shape, { seed, offset: noiseOffset });
+          const xt = scheduler.addNoise(batch.x0, noise, t);
+          const want = target(scheduler, batch.x0, noise, t);
+          const pred = model.forward(xt, t, { context: batch.context, classLabels: batch.classLabels });
+          const l = mse(pred, want);
+          const scaled = accumulation > 1 ? map("scale", "a * s0", [l], [1 / accumulation]) : l;
+          return { loss: l, grads: grad(scaled, params) };
+        });
+        lossSum += await loss.item();
+        loss.dispose();
+        batch.x0.dispose();
+        batch.context?.dispose();
+        batch.classLabels?.dispose();
+        if (!summed) summed = grads;
+        else {
+          const next: Tensor[] = summed.map((g, i) => noGrad(() => add(g, grads[i])));
+          for (const g of [...summed, ...grads]) g.dispose();
+          summed = next;
+        }
+      }
+      optimizer.step(summed!);
+      for (const g of summed!) g.dispose();
+      if (ema.length) {
+        noGrad(() =>
+          scope(() => {
+            named.forEach(([, p], i) => {
+              const updated = map("ema", "a * s0 + b * s1", [ema[i], p], [emaDecay, 1 - emaDecay]);
+              copyInto(ema[i], updated);
+            });
+          })
+        );
+      }
+      const loss = lossSum / accumulation;
+      if (!Number.isFinite(loss)) {
+        throw new Error(
+          `train: the loss became ${loss} at step ${step + 1}; lower the learning rate (now ${stepLr}).`,
+        );
+      }
+      losses.push(loss);
+      const elapsed = (performance.now() - began) / 1000;
+      lossLog += `${step + 1},${loss},${stepLr},${elapsed.toFixed(2)}\n`;
+      opts.onStep?.({ step: step + 1, steps, loss, lr: stepLr, elapsed });
+      // On a terminal the line redraws every step; in logs, about twenty lines per run.
+      const logEvery = Deno.stderr.isTerminal() ? 1 : Math.max(1, Math.floor(steps / 20));
+      if (showProgress && ((step + 1) % logEvery === 0 || step + 1 === steps)) {
+        progressLine(step + 1 - start, steps - start, step + 1, steps, loss, losses, elapsed);
+      }
+      if ((step + 1) % every === 0 || step + 1 === steps) {
+        await saveCheckpoint(ckpt, named, trainableNames, ema, optimizer, { step: step + 1, seed, lossLog });
+        await writeLogs(dir, lossLog);
+      }
+    }
+    if (showProgress) console.error("");
+    const tail = losses.slice(-50);
+    return {
+      step: steps,
+      finalLoss: tail.reduce((a, b) => a + b, 0) / Math.max(tail.length, 1),
+      seconds: (performance.now() - began) / 1000,
+      weightsPath: `${ckpt}/${emaDecay > 0 ? "ema" : "model"}.safetensors`,
+    };
+  } finally {
+    // Also on errors and interruptions: the optimizer state and EMA copies are freed.
+    optimizer.dispose();
+    for (const t of ema) t.dispose();
+  }
+}
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function loadInto(path: string, named: Array<[string, Tensor]>): Promise<void> {
+  const state = await loadSafetensors(path);
+  try {
+    for (const [name, t] of named) {
+      const src = state.get(name);
+      if (!src || src.shape.join() !== t.shape.join()) {
+        throw new Error(
+          `checkpoint ${path}: "${name}" is missing or has another shape; it belongs to another model.`,
+        );
+      }
+      noGrad(() => copyInto(t, src));
+    }
+  } finally {
+    for (const t of state.values()) t.dispose();
+  }
+}
+
+async function saveCheckpoint(
+  dir: string,
+  named: Array<[string, Tensor]>,
+  trainableNames: string[],
+  ema: Tensor[],
+  optimizer: AdamW,
+  meta: CheckpointMeta,
+): Promise<void> {
+  await Deno.mkdir(dir, { recursive: true });
+  const info = { step: String(meta.step), format: "voxgen-checkpoint" };
+  await saveSafetensors(`${dir}/model.safetensors`, new Map(named), info);
+  if (ema.length) {
+    await saveSafetensors(`${dir}/ema.safetensors`, new Map(named.map(([n], i) => [n, ema[i]])), info);
+  }
+  await saveSafetensors(`${dir}/optimizer.safetensors`, optimizer.state(), {
+    ...info,
+    params: trainableNames.join(","),
+  });
+  // meta.json last: a checkpoint is complete only once it names its step.
+  await atomicWrite(`${dir}/meta.json`, new TextEncoder().encode(JSON.stringify(meta)));
+}
+
+async function writeLogs(dir: string, lossLog: string): Promise<void> {
+  await atomicWrite(`${dir}/loss.csv`, new TextEncoder().encode(lossLog));
+  const rows = lossLog.trim().split("\n").slice(1).map((r) => r.split(",").map(Number));
+  const x = rows.map((r) => r[0]);
+  const y = rows.map((r) => r[1]);
+  const window = Math.max(1, Math.round(y.length / 50));
+  const smooth = y.map((_, i) => {
+    const part = y.slice(Math.max(0, i - window + 1), i + 1);
+    return part.reduce((a, b) => a + b, 0) / part.length;
+  });
+  await writePlotPng(`${dir}/loss.png`, [
+    { x, y, color: [170, 195, 235] },
+    { x, y: smooth, color: [20, 60, 160] },
+  ], { logY: true });
+}
+
+function progressLine(
+  done: number,
+  todo: number,
+  step: number,
+  steps: number,
+  loss: number,
+  losses: number[],
+  elapsed: number,
+) {
+  const width = 24;
+  const filled = Math.round((width * step) / steps);
+  const recent = losses.slice(-20);
+  const avg = recent.reduce((a, b) => a + b, 0) / recent.length;
+  const rate = done / Math.max(elapsed, 1e-9);
+  const eta = (todo - done) / Math.max(rate, 1e-9);
+  const fmt = (
+    s: number,
+  ) => (s >= 3600
+    ? `${Math.floor(s / 3600)}h${Math.floor((s % 3600) / 60)}m`
+    : s >= 60
+    ? `${Math.floor(s / 60)}m${Math.floor(s % 60)}s`
+    : `${s.toFixed(0)}s`);
+  const line =
+    `step ${step}/${steps} [${"=".repeat(filled)}${" ".repeat(width - filled)}] loss ${loss.toFixed(4)} ` +
+    `(avg ${avg.toFixed(4)}) ${rate >= 1 ? `${rate.toFixed(2)} it/s` : `${(1 / rate).toFixed(2)} s/it`} ETA ${
+      fmt(eta)
+    }`;
+  Deno.stderr.writeSync(new TextEncoder().encode(Deno.stderr.isTerminal() ? `\r${line}` : `${line}\n`));
+}
