@@ -164,8 +164,7 @@ export async function train(
       if (opts.progress !== false) console.error(`resuming from step ${start} (${ckpt})`);
     }
 
-    const random = seededRandom(seed ^ 0x5bd1e995);
-    // Skip the random draws of the steps already done, so a resumed run continues the same sequence.
+    // Timesteps and noise are drawn from (seed, step), so a resumed run continues the same sequence.
     const T = scheduler.numTrainTimesteps;
     const began = performance.now();
     const losses: number[] = [];
