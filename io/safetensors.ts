@@ -227,17 +227,21 @@ export function parseSafetensors(bytes: Uint8Array, source = "<bytes>"): Safeten
  * up to 2^24). Call `await ready()` first.
  */
 export async function loadSafetensors(pathOrBytes: string | Uint8Array): Promise<Map<string, Tensor>> {
+  return (await loadSafetensorsFile(pathOrBytes)).tensors;
+}
+
+/** Like {@linkcode loadSafetensors}, also returning the file's `__metadata__`. */
+export async function loadSafetensorsFile(
+  pathOrBytes: string | Uint8Array,
+): Promise<{ tensors: Map<string, Tensor>; metadata: Record<string, string> }> {
   const source = typeof pathOrBytes === "string" ? pathOrBytes : "<bytes>";
   const bytes = typeof pathOrBytes === "string" ? await Deno.readFile(pathOrBytes) : pathOrBytes;
   const file = parseSafetensors(bytes, source);
-  const out = new Map<string, Tensor>();
+  const tensors = new Map<string, Tensor>();
   for (const [name, raw] of file.tensors) {
-    out.set(
-      name,
-      tensor(raw.data instanceof Float32Array ? raw.data : Float32Array.from(raw.data), raw.shape),
-    );
+    tensors.set(name, tensor(raw.data instanceof Float32Array ? raw.data : Float32Array.from(raw.data), raw.shape));
   }
-  return out;
+  return { tensors, metadata: file.metadata };
 }
 
 /** Reads only the `__metadata__` of a safetensors file. */

@@ -9,6 +9,7 @@
 import { noGrad } from "../engine/autograd.ts";
 import { scope } from "../engine/memory.ts";
 import { map } from "../engine/ops/map.ts";
+import { sync } from "../engine/runtime.ts";
 import { randn } from "../engine/ops/random.ts";
 import { formatShape } from "../engine/shape.ts";
 import type { Tensor } from "../engine/tensor.ts";
@@ -64,10 +65,15 @@ export interface SampleOptions {
   mask?: Tensor;
   /** Called after every step. */
   onProgress?: (p: SampleProgress) => void;
+  /** Stops sampling between steps (the promise rejects). */
+  signal?: AbortSignal;
 }
 
-/** Runs the reverse diffusion chain and returns the sample (the caller disposes it). */
-export function sample(model: Denoiser, scheduler: Scheduler, opts: SampleOptions): Tensor {
+/**
+ * Runs the reverse diffusion chain and returns the sample (the caller disposes it). After every step it
+ * waits for the GPU, so `onProgress` reports real progress and an abort signal stops between steps.
+ */
+export async function sample(model: Denoiser, scheduler: Scheduler, opts: SampleOptions): Promise<Tensor> {
   if ((opts.known === undefined) !== (opts.mask === undefined)) {
     throw new Error("sample: inpainting needs both `known` and `mask`.");
   }
@@ -86,31 +92,44 @@ export function sample(model: Denoiser, scheduler: Scheduler, opts: SampleOption
     offset += blocks;
     return n;
   };
-  return noGrad(() => {
-    let x = scope(() => {
+  let x = noGrad(() =>
+    scope(() => {
       const n = nextNoise();
       return scheduler.initNoiseSigma === 1 ? n : map("scale", "a * s0", [n], [scheduler.initNoiseSigma]);
-    });
-    const total = scheduler.timesteps.length;
-    scheduler.timesteps.forEach((t, i) => {
-      const next = scope(() => {
-        const input = scheduler.scaleModelInput(x, t);
-        const out = predict(model, input, t, opts);
-        const noiseOffset = offset;
-        offset += blocks;
-        const { prevSample } = scheduler.step(out, t, x, { eta: opts.eta, seed, noiseOffset });
-        if (!opts.known || !opts.mask) return prevSample;
-        // Inpainting: the known region, noised to the level of the step we arrive at, replaces the sample there.
-        const prev = scheduler.previousTimestep(t);
-        const knownAtPrev = scheduler.noiseToTimestep(opts.known, nextNoise(), prev);
-        return map("inpaint", "select(a, b, c != 0.0)", [prevSample, knownAtPrev, opts.mask]);
-      });
+    })
+  );
+  const total = scheduler.timesteps.length;
+  for (const [i, t] of scheduler.timesteps.entries()) {
+    if (opts.signal?.aborted) {
       x.dispose();
-      x = next;
-      opts.onProgress?.({ step: i + 1, total, timestep: t });
-    });
-    return x;
-  });
+      throw new Error("sampling was cancelled");
+    }
+    let next: Tensor;
+    try {
+      next = noGrad(() =>
+        scope(() => {
+          const input = scheduler.scaleModelInput(x, t);
+          const out = predict(model, input, t, opts);
+          const noiseOffset = offset;
+          offset += blocks;
+          const { prevSample } = scheduler.step(out, t, x, { eta: opts.eta, seed, noiseOffset });
+          if (!opts.known || !opts.mask) return prevSample;
+          // Inpainting: the known region, noised to the level of the step we arrive at, replaces the sample there.
+          const prev = scheduler.previousTimestep(t);
+          const knownAtPrev = scheduler.noiseToTimestep(opts.known, nextNoise(), prev);
+          return map("inpaint", "select(a, b, c != 0.0)", [prevSample, knownAtPrev, opts.mask]);
+        })
+      );
+    } catch (error) {
+      x.dispose();
+      throw error;
+    }
+    x.dispose();
+    x = next;
+    await sync();
+    opts.onProgress?.({ step: i + 1, total, timestep: t });
+  }
+  return x;
 }
 
 function predict(model: Denoiser, x: Tensor, t: number, opts: SampleOptions): Tensor {

@@ -17,7 +17,7 @@ gpuTest("the same seed gives the same sample, another seed another one (DDPM, DD
     const make of [() => new DDPMScheduler(), () => new DDIMScheduler(), () => new EulerAncestralScheduler()]
   ) {
     const run = async (seed: number) => {
-      const x = sample(model, make(), { shape, steps: 8, seed, eta: 0.5 });
+      const x = await sample(model, make(), { shape, steps: 8, seed, eta: 0.5 });
       const v = await x.toArray();
       x.dispose();
       return [...v];
@@ -49,8 +49,8 @@ gpuTest("classifier-free and composable guidance combine ε as ε(∅) + Σ wᵢ
       weight: -1,
     }], 0.7]] as const
   ) {
-    const a = guided([...conditions]);
-    const b = plain(k);
+    const a = await guided([...conditions]);
+    const b = await plain(k);
     // Both run the same f32 kernels on values that differ only by rounding of the combined constant.
     assertClose(await a.toArray(), await b.toArray(), {
       rtol: 1e-5,
@@ -69,7 +69,7 @@ gpuTest("inpainting keeps the known region exactly and generates the rest", asyn
   const known = V.tensor(knownValues, shape);
   const mask = V.tensor(maskValues, shape);
   for (const scheduler of [new DDPMScheduler(), new EulerAncestralScheduler()]) {
-    const x = sample(toy(() => 0), scheduler, { shape, steps: 10, seed: 5, known, mask });
+    const x = await sample(toy(() => 0), scheduler, { shape, steps: 10, seed: 5, known, mask });
     const v = await x.toArray();
     for (let i = 0; i < n; i++) {
       if (maskValues[i] === 1 && v[i] !== knownValues[i]) {
@@ -86,7 +86,7 @@ gpuTest("inpainting keeps the known region exactly and generates the rest", asyn
 
 gpuTest("memory after every sampling step equals memory after the first", async () => {
   const live: number[] = [];
-  const x = sample(toy(() => 0.2), new DDPMScheduler(), {
+  const x = await sample(toy(() => 0.2), new DDPMScheduler(), {
     shape,
     steps: 30,
     onProgress: (p) => {

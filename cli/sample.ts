@@ -1,0 +1,133 @@
+/**
+ * `deno task sample`: generates volumes from a voxgen model file (by default the embedded demo model) and
+ * writes them as NIfTI with a PNG preview of the orthogonal mid-slices.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { ready } from "../engine/device.ts";
+import { scope } from "../engine/memory.ts";
+import { map } from "../engine/ops/map.ts";
+import { writeNifti } from "../io/nifti.ts";
+import { writeSlicesPng } from "../io/png.ts";
+import { loadModelFile } from "../pipelines/modelfile.ts";
+import { sample } from "../samplers/sample.ts";
+import {
+  DDIMScheduler,
+  DDPMScheduler,
+  EulerAncestralScheduler,
+  type Scheduler,
+} from "../samplers/scheduler.ts";
+import { numberOption, Progress } from "./progress.ts";
+
+/** Path of the embedded default model. */
+export const DEFAULT_MODEL = new URL("../models/default/brain32.safetensors", import.meta.url).pathname;
+
+const HELP = `Usage: deno task sample [options]
+
+  --model FILE      voxgen model file (default: the embedded demo model, models/default/brain32.safetensors)
+  --sampler NAME    ddim (default), ddpm or euler
+  --steps N         sampling steps (default 50)
+  --eta X           DDIM η (default 0)
+  --seed N          random seed (default 0)
+  --batch N         number of volumes (default 1)
+  --out FILE        output NIfTI (.nii or .nii.gz; default sample.nii.gz); batches get _0, _1, … suffixes
+  --png FILE        preview image (default: the output name with .png)
+`;
+
+/** Builds a scheduler by name from the model's schedule. */
+export function makeScheduler(name: string, opts: ConstructorParameters<typeof DDPMScheduler>[0]): Scheduler {
+  switch (name) {
+    case "ddpm":
+      return new DDPMScheduler(opts);
+    case "ddim":
+      return new DDIMScheduler(opts);
+    case "euler":
+      return new EulerAncestralScheduler(opts);
+    default:
+      throw new Error(`--sampler: "${name}" is not one of ddim, ddpm, euler.`);
+  }
+}
+
+/** Runs the command with `args`. */
+export async function main(args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      model: { type: "string" },
+      sampler: { type: "string", default: "ddim" },
+      steps: { type: "string" },
+      eta: { type: "string" },
+      seed: { type: "string" },
+      batch: { type: "string" },
+      out: { type: "string", default: "sample.nii.gz" },
+      png: { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    console.log(HELP);
+    return;
+  }
+  const out = values.out!;
+  if (!out.endsWith(".nii") && !out.endsWith(".nii.gz")) {
+    throw new Error(`--out: "${out}" must end in .nii or .nii.gz.`);
+  }
+  const steps = numberOption("steps", values.steps, 50, 1, 1000, true);
+  const seed = numberOption("seed", values.seed, 0, 0, 2 ** 53 - 1, true);
+  const batch = numberOption("batch", values.batch, 1, 1, 64, true);
+  const eta = numberOption("eta", values.eta, 0, 0, 1);
+  const modelPath = values.model ?? DEFAULT_MODEL;
+  try {
+    await Deno.stat(modelPath);
+  } catch {
+    throw new Error(
+      modelPath === DEFAULT_MODEL
+        ? `The embedded default model ${modelPath} is missing; train one with \`deno task train-default\`.`
+        : `--model: no such file ${modelPath}.`,
+    );
+  }
+  const device = await ready();
+  const { unet, info } = await loadModelFile(modelPath);
+  const scheduler = makeScheduler(values.sampler!, { ...info.scheduler });
+  const [nx, ny, nz] = info.volume.shape;
+  const channels = unet.config.inChannels;
+  console.error(`model ${modelPath}: ${unet.numParameters().toLocaleString()} parameters; ${device.adapter}`);
+  const progress = new Progress(`sampling (${values.sampler}, seed ${seed})`, steps);
+  const x = await sample((xt, t) => unet.forward(xt, t), scheduler, {
+    shape: [batch, channels, nz, ny, nx],
+    steps,
+    seed,
+    eta,
+    onProgress: (p) => progress.update(p.step),
+  });
+  // Bring samples back to the trained intensity range (x̂0 is clipped there by the scheduler already).
+  const [lo, hi] = info.volume.range;
+  const clipped = scope(() => map("clamp", "min(max(a, s0), s1)", [x], [lo, hi]));
+  x.dispose();
+  const values3d = await clipped.toArray();
+  clipped.dispose();
+  unet.dispose();
+  const voxels = nx * ny * nz * channels;
+  for (let b = 0; b < batch; b++) {
+    const data = values3d.subarray(b * voxels, b * voxels + nx * ny * nz);
+    const name = batch === 1 ? out : out.replace(/(\.nii(\.gz)?)$/, `_${b}$1`);
+    await writeNifti(name, { data, shape: [nx, ny, nz], affine: info.volume.affine }, {
+      description: `voxgen sample seed ${seed}`,
+    });
+    const png = values.png && batch === 1 ? values.png : name.replace(/\.nii(\.gz)?$/, ".png");
+    await writeSlicesPng(png, data, [nx, ny, nz], { window: [lo, hi] });
+    console.log(`wrote ${name} and ${png}`);
+  }
+}
+
+if (import.meta.main) {
+  try {
+    await main(Deno.args);
+  } catch (error) {
+    console.error(`sample: ${(error as Error).message}`);
+    Deno.exit(1);
+  }
+}
