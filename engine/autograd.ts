@@ -11,6 +11,10 @@
  */
 
 import { Tensor } from "./tensor.ts";
+// These imports are cyclic (the ops record nodes here); that is safe because neither side uses the
+// other at module load time.
+import { onesLike, zerosLike } from "./ops/create.ts";
+import { add } from "./ops/elementwise.ts";
 import { formatShape } from "./shape.ts";
 
 /** Backward of one op: the gradient of each input (null when that input needs none). */
@@ -167,7 +171,6 @@ function backpropagate(y: Tensor, wrt: readonly Tensor[], options: GradOptions):
   nodes.sort((a, b) => b.seq - a.seq);
 
   const grads = new Map<number, Tensor>();
-  const { onesLike, add } = ops();
   grads.set(y.id, onesLike(y));
   for (const node of nodes) {
     const g = grads.get(node.outputId);
@@ -206,26 +209,8 @@ function backpropagate(y: Tensor, wrt: readonly Tensor[], options: GradOptions):
         `grad(y, wrt): y does not depend on wrt[${i}] (${t}). Pass { allowUnused: true } to get zeros instead.`,
       );
     }
-    return ops().zerosLike(t);
+    return zerosLike(t);
   });
   for (const left of grads.values()) left.dispose();
   return result;
-}
-
-// Ops are installed by the ops module at load time, breaking the import cycle autograd ↔ ops.
-interface AutogradOps {
-  onesLike(t: Tensor): Tensor;
-  zerosLike(t: Tensor): Tensor;
-  add(a: Tensor, b: Tensor): Tensor;
-}
-let installed: AutogradOps | null = null;
-
-/** Internal: called once by the ops module. */
-export function installAutogradOps(o: AutogradOps): void {
-  installed = o;
-}
-
-function ops(): AutogradOps {
-  if (!installed) throw new Error("autograd: ops module not loaded");
-  return installed;
 }

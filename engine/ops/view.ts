@@ -9,6 +9,8 @@ import { record } from "../autograd.ts";
 import { checkShape, contiguousStrides, formatShape, normalizeAxis, sizeOf } from "../shape.ts";
 import { fromData, Tensor } from "../tensor.ts";
 import { contiguous, copyInto, map } from "./map.ts";
+// Cyclic (reduce.ts uses views); safe because neither module calls the other at load time.
+import { sumTo } from "./reduce.ts";
 
 function checkTensor(op: string, x: unknown): Tensor {
   if (!(x instanceof Tensor)) {
@@ -186,18 +188,7 @@ export function expand(x: Tensor, shape: readonly number[]): Tensor {
   const strides = shape.map((_, i) => (i < lead || x.shape[i - lead] === 1 ? 0 : x.strides[i - lead]));
   const out = view(x, shape, strides, x.offset);
   const inShape = x.shape;
-  return record("expand", out, [x], (g) => [sumToLazy(g, inShape)]);
-}
-
-// expand's backward needs sumTo from reduce.ts, which imports this module; resolve lazily.
-let sumToFn: ((g: Tensor, shape: readonly number[]) => Tensor) | null = null;
-/** Internal: installed by the ops index to break the view ↔ reduce import cycle. */
-export function installSumTo(fn: (g: Tensor, shape: readonly number[]) => Tensor): void {
-  sumToFn = fn;
-}
-function sumToLazy(g: Tensor, shape: readonly number[]): Tensor {
-  if (!sumToFn) throw new Error("expand backward: sumTo not installed");
-  return sumToFn(g, shape);
+  return record("expand", out, [x], (g) => [sumTo(g, inShape)]);
 }
 
 /** Joins tensors along `axis`; all other dimensions must match. */
