@@ -93,7 +93,10 @@ function reduce(
   const keptShape = x.shape.map((d, i) => (axes.includes(i) ? 1 : d));
   const n = sizeOf(axes.map((d) => x.shape[d]));
   return record(name, y, [x], (g, saved) => {
-    const gk = viewAs(g, keptShape);
+    // The incoming gradient may be a strided view (e.g. from a transpose's backward).
+    const dense = contiguous(g);
+    const gk = viewAs(dense, keptShape);
+    dense.dispose();
     try {
       if (op === "sum") {
         return [map(isMean ? "mean_grad" : "copy_scaled", "a * s0", [gk], [isMean ? 1 / n : 1], x.shape)];

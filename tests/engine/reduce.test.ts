@@ -105,3 +105,12 @@ gpuTest("softmax and logSoftmax along any axis", async () => {
   assertClose(await y.toArray(), R.softmax(R.ref([0, 1, 2], [3])).data, { name: "softmax of large logits" });
   disposeAll(x, y);
 });
+
+gpuTest("reductions accept strided incoming gradients (sum after a transpose)", async () => {
+  await checkOp({
+    name: "sum(x, 0) then transpose",
+    gpu: ([x]) => V.scope(() => V.transpose(V.sum(x, 0))),
+    ref: ([x]) => R.transpose(R.sum(x, 0)),
+    inputs: [randomRef([3, 4, 5], 11)],
+  });
+});

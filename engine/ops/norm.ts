@@ -1,0 +1,521 @@
+/**
+ * Normalisation ops with PyTorch semantics: `groupNorm`, `groupNormSilu` (GN → SiLU fused, as in every
+ * U-Net ResnetBlock) and `layerNorm`. Statistics come from Welford's update per thread and Chan's pairwise
+ * merge across threads and chunks of long rows (see `kernels/norm.ts`): no E[x²] − E[x]² cancellation.
+ * Variance is biased, like PyTorch. Backward uses the closed form
+ * dx = rstd·(gγ − mean(gγ) − x̂·mean(gγx̂)) per row, dγ = Σ g·x̂, dβ = Σ g (g taken through SiLU when fused).
+ *
+ * @module
+ */
+
+import {
+  type AffineMode,
+  FAST_DIV_LIMIT,
+  normApplyKernel,
+  normGradApplyKernel,
+  normGradCombineKernel,
+  normGradReduceKernel,
+  type NormGrid,
+  normStatsCombineKernel,
+  normStatsKernel,
+  normThreadsPerRow,
+  type NormVariant,
+  type NormVec,
+  reciprocalBits,
+} from "../../kernels/norm.ts";
+import { type Kernel, WG } from "../../kernels/types.ts";
+import { record } from "../autograd.ts";
+import { dispatch } from "../runtime.ts";
+import { formatShape, sizeOf } from "../shape.ts";
+import { fromData, Tensor } from "../tensor.ts";
+import { contiguous, map } from "./map.ts";
+import { sum } from "./reduce.ts";
+import { view, viewAs } from "./view.ts";
+
+const kernelCache = new Map<string, Kernel>();
+
+/** `make(...args)`, generated once per distinct arguments (WGSL generation is not free; dispatches are many). */
+function cached<A extends unknown[]>(make: (...args: A) => Kernel, ...args: A): Kernel {
+  const key = `${make.name}:${JSON.stringify(args)}`;
+  let kernel = kernelCache.get(key);
+  if (!kernel) {
+    kernel = make(...args);
+    kernelCache.set(key, kernel);
+  }
+  return kernel;
+}
+
+/** Loads per chunk of a long row: rows longer than this are split so that few long rows still fill the GPU. */
+const CHUNK_LOADS = 8192;
+const MAX_GRID = 65535;
+
+/** How a contiguous input is cut into planes and rows (see `kernels/norm.ts`). */
+interface Layout {
+  /** Number of planes (GN: N·C; LN: rows). */
+  planes: number;
+  /** Elements per plane (GN: spatial size; LN: normalised size). */
+  planeLen: number;
+  /** Planes sharing one set of statistics (GN: C/G; LN: 1). */
+  planesPerRow: number;
+  /** Channels (GN: C, the period of the per-plane affine; LN: 1). */
+  channels: number;
+  /** Affine indexing. */
+  affine: AffineMode;
+}
+
+function floatBits(params: Uint32Array, index: number, value: number): void {
+  new Float32Array(params.buffer, index * 4, 1)[0] = value;
+}
+
+/** vec4 loads when the plane length and every offset are multiples of 4. */
+function pickVec(
+  layout: Layout,
+  tensors: ReadonlyArray<Tensor | null>,
+  elementTensors: ReadonlyArray<Tensor | null>,
+): NormVec {
+  if (layout.planeLen % 4 !== 0) return 1;
+  if (tensors.some((t) => t !== null && t.offset % 4 !== 0)) return 1;
+  if (layout.affine === "element" && elementTensors.some((t) => t !== null && t.offset % 4 !== 0)) return 1;
+  return 4;
+}
+
+/** Chunking of rows of `loads` loads: how many chunks and how long each is. */
+function chunking(loads: number): { chunks: number; chunkLen: number; tpr: number } {
+  const chunks = loads > CHUNK_LOADS ? Math.ceil(loads / CHUNK_LOADS) : 1;
+  const chunkLen = chunks > 1 ? CHUNK_LOADS : loads;
+  return { chunks, chunkLen, tpr: normThreadsPerRow(chunkLen) };
+}
+
+/**
+ * How the element-wise kernels run over `layout` with `vec`-wide loads: the kernel variant, the head of
+ * their parameter block (`[loads, planes, planeLoads, planesPerRow, C]` and three reciprocals) and the
+ * workgroup grid.
+ */
+function elementwisePlan(
+  layout: Layout,
+  vec: NormVec,
+  w: Tensor | null,
+  b: Tensor | null,
+  silu: boolean,
+): { variant: NormVariant; head: number[]; workgroups: number | [number, number, number] } {
+  const planeLoads = layout.planeLen / vec;
+  const loads = layout.planes * planeLoads;
+  const blocksPerPlane = Math.ceil(planeLoads / WG);
+  // A 2-D grid needs no division to find the plane, but leaves threads idle when planes are short.
+  const grid: NormGrid = planeLoads >= WG / 2 && blocksPerPlane <= MAX_GRID ? "planes" : "flat";
+  const planeRows = Math.min(layout.planes, MAX_GRID);
+  const workgroups: number | [number, number, number] = grid === "planes"
+    ? [blocksPerPlane, planeRows, Math.ceil(layout.planes / planeRows)]
+    : Math.ceil(loads / WG);
+  const divisors = [planeLoads, layout.planesPerRow, layout.channels];
+  return {
+    variant: {
+      vec,
+      affine: layout.affine,
+      weight: w !== null,
+      bias: b !== null,
+      silu,
+      grid,
+      fastDiv: (grid === "planes" ? layout.planes : loads) < FAST_DIV_LIMIT,
+    },
+    head: [loads, layout.planes, ...divisors, ...divisors.map(reciprocalBits)],
+    workgroups,
+  };
+}
+
+/** `[rows, 2]` statistics `[mean, 1/√(var + eps)]` of the rows of the contiguous `x`. */
+function rowStats(op: string, x: Tensor, layout: Layout, eps: number, vec: NormVec): Tensor {
+  const rows = layout.planes / layout.planesPerRow;
+  const rowLen = layout.planesPerRow * layout.planeLen;
+  const { chunks, chunkLen, tpr } = chunking(rowLen / vec);
+  const stats = fromData(null, [rows, 2]);
+  const virtualRows = rows * chunks;
+  const params = new Uint32Array([virtualRows, rowLen / vec, chunks, chunkLen, x.offset, 0]);
+  floatBits(params, 5, eps);
+  const partial = chunks > 1 ? fromData(null, [virtualRows, 2]) : stats;
+  dispatch(
+    cached(normStatsKernel, tpr, vec, chunks === 1),
+    params,
+    [x.storage(op).buffer, partial.storage(op).buffer],
+    Math.ceil(virtualRows / (WG / tpr)),
+  );
+  if (partial !== stats) {
+    const combine = new Uint32Array([rows, rowLen, chunks, chunkLen * vec, 0]);
+    floatBits(combine, 4, eps);
+    dispatch(
+      cached(normStatsCombineKernel),
+      combine,
+      [partial.storage(op).buffer, stats.storage(op).buffer],
+      Math.ceil(rows / WG),
+    );
+    partial.dispose();
+  }
+  return stats;
+}
+
+function affineBuffers(op: string, w: Tensor | null, b: Tensor | null): GPUBuffer[] {
+  return [...(w ? [w.storage(op).buffer] : []), ...(b ? [b.storage(op).buffer] : [])];
+}
+
+/** Forward without autograd: the output and the row statistics backward needs. */
+function normForward(
+  op: string,
+  x: Tensor,
+  layout: Layout,
+  w: Tensor | null,
+  b: Tensor | null,
+  silu: boolean,
+  eps: number,
+): { y: Tensor; stats: Tensor } {
+  const vec = pickVec(layout, [x], [w, b]);
+  const stats = rowStats(op, x, layout, eps, vec);
+  const y = fromData(null, x.shape);
+  const { head, variant, workgroups } = elementwisePlan(layout, vec, w, b, silu);
+  dispatch(
+    cached(normApplyKernel, variant),
+    new Uint32Array([...head, x.offset, w?.offset ?? 0, b?.offset ?? 0]),
+    [x.storage(op).buffer, stats.storage(op).buffer, ...affineBuffers(op, w, b), y.storage(op).buffer],
+    workgroups,
+  );
+  return { y, stats };
+}
+
+/**
+ * The gradient of the contiguous `x` (when `needX`) and, with channel affine, of weight and bias packed as
+ * `[2, C]` (always: they cost two floats per channel).
+ */
+function normBackward(
+  op: string,
+  gIn: Tensor,
+  x: Tensor,
+  stats: Tensor,
+  layout: Layout,
+  w: Tensor | null,
+  b: Tensor | null,
+  silu: boolean,
+  needX: boolean,
+): { dx: Tensor | null; dwb: Tensor | null } {
+  const channel = layout.affine === "channel";
+  if (!needX && !channel) return { dx: null, dwb: null };
+  const g = contiguous(gIn);
+  const vec = pickVec(layout, [x, g], [w, b]);
+  const { head, variant, workgroups } = elementwisePlan(layout, vec, w, b, silu);
+  const planeLoads = layout.planeLen / vec;
+  const { chunks, chunkLen, tpr } = chunking(planeLoads);
+  const virtualPlanes = layout.planes * chunks;
+  const rows = layout.planes / layout.planesPerRow;
+  const affine = affineBuffers(op, w, b);
+
+  const part = fromData(null, [virtualPlanes, 2]);
+  const offsets = [x.offset, g.offset, w?.offset ?? 0, b?.offset ?? 0];
+  dispatch(
+    cached(normGradReduceKernel, tpr, variant),
+    new Uint32Array([
+      virtualPlanes,
+      planeLoads,
+      chunks,
+      chunkLen,
+      layout.planesPerRow,
+      layout.channels,
+      0,
+      0,
+      ...offsets,
+    ]),
+    [
+      x.storage(op).buffer,
+      g.storage(op).buffer,
+      stats.storage(op).buffer,
+      ...affine,
+      part.storage(op).buffer,
+    ],
+    Math.ceil(virtualPlanes / (WG / tpr)),
+  );
+
+  const coef = fromData(null, [rows, 2]);
+  const dwb = channel ? fromData(null, [2, layout.channels]) : null;
+  const weighted = channel && w !== null;
+  dispatch(
+    cached(normGradCombineKernel, { affine: layout.affine, weight: w !== null }),
+    new Uint32Array([
+      rows,
+      layout.planes,
+      chunks,
+      layout.planesPerRow,
+      layout.channels,
+      layout.planesPerRow * layout.planeLen,
+      w?.offset ?? 0,
+    ]),
+    [
+      part.storage(op).buffer,
+      ...(weighted ? [w.storage(op).buffer] : []),
+      coef.storage(op).buffer,
+      ...(dwb ? [dwb.storage(op).buffer] : []),
+    ],
+    Math.ceil(Math.max(rows, channel ? layout.channels : 0) / WG),
+  );
+  part.dispose();
+  if (!needX) {
+    coef.dispose();
+    g.dispose();
+    return { dx: null, dwb };
+  }
+
+  const dx = fromData(null, x.shape);
+  dispatch(
+    cached(normGradApplyKernel, variant),
+    new Uint32Array([...head, ...offsets]),
+    [
+      x.storage(op).buffer,
+      g.storage(op).buffer,
+      stats.storage(op).buffer,
+      coef.storage(op).buffer,
+      ...affine,
+      dx.storage(op).buffer,
+    ],
+    workgroups,
+  );
+  coef.dispose();
+  g.dispose();
+  return { dx, dwb };
+}
+
+function checkTensor(op: string, t: unknown, what: string): Tensor {
+  if (!(t instanceof Tensor)) {
+    throw new Error(`${op}: ${what} must be a Tensor, got ${t === null ? "null" : typeof t}.`);
+  }
+  t.storage(op);
+  if (t.dtype !== "float32") throw new Error(`${op}: ${what} must be float32, got ${t.dtype}.`);
+  return t;
+}
+
+function checkEps(op: string, eps: number): void {
+  if (typeof eps !== "number" || !(eps >= 0) || !Number.isFinite(eps)) {
+    throw new Error(`${op}: eps must be a finite number ≥ 0, got ${eps}.`);
+  }
+}
+
+/** Throws unless the optional affine parameter `t` has `shape`. */
+function checkAffine(op: string, t: Tensor | null | undefined, what: string, shape: readonly number[]): void {
+  if (t === undefined || t === null) return;
+  checkTensor(op, t, what);
+  if (t.rank !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
+    throw new Error(`${op}: ${what} must have shape ${formatShape(shape)}, got ${formatShape(t.shape)}.`);
+  }
+}
+
+/**
+ * The shared op (arguments already validated): forward, and a backward for x, weight and bias.
+ */
+function normOp(
+  op: string,
+  xIn: Tensor,
+  layout: Layout,
+  wIn: Tensor | null,
+  bIn: Tensor | null,
+  silu: boolean,
+  eps: number,
+): Tensor {
+  const x = contiguous(xIn);
+  const w = wIn ? contiguous(wIn) : null;
+  const b = bIn ? contiguous(bIn) : null;
+  const { y, stats } = normForward(op, x, layout, w, b, silu, eps);
+  const hasW = w !== null;
+  const hasB = b !== null;
+  const affineShape = wIn?.shape ?? bIn?.shape ?? [];
+  const out = record(op, y, [xIn, ...(wIn ? [wIn] : []), ...(bIn ? [bIn] : [])], (g, saved, needs) => {
+    const [xs, ss] = saved;
+    const ws = hasW ? saved[2] : null;
+    const bs = hasB ? saved[hasW ? 3 : 2] : null;
+    const wantW = hasW && needs[1];
+    const wantB = hasB && needs[hasW ? 2 : 1];
+    const { dx, dwb } = normBackward(op, g, xs, ss, layout, ws, bs, silu, needs[0]);
+    const grads: Array<Tensor | null> = [dx];
+    if (dwb) {
+      // Channel affine: dwb is [2, C] = [dγ, dβ].
+      const C = layout.channels;
+      if (hasW) grads.push(wantW ? view(dwb, [C], [1], dwb.offset) : null);
+      if (hasB) grads.push(wantB ? view(dwb, [C], [1], dwb.offset + C) : null);
+      dwb.dispose();
+    } else {
+      grads.push(...elementAffineGrads(op, g, xs, ss, layout, affineShape, hasW, wantW, hasB, wantB));
+    }
+    return grads;
+  }, [x, stats, ...(w ? [w] : []), ...(b ? [b] : [])]);
+  x.dispose();
+  stats.dispose();
+  w?.dispose();
+  b?.dispose();
+  return out;
+}
+
+/** Layer norm's dγ = Σ_rows g·x̂ and dβ = Σ_rows g (rows are the leading axes). */
+function elementAffineGrads(
+  op: string,
+  g: Tensor,
+  x: Tensor,
+  stats: Tensor,
+  layout: Layout,
+  affineShape: readonly number[],
+  hasW: boolean,
+  wantW: boolean,
+  hasB: boolean,
+  wantB: boolean,
+): Array<Tensor | null> {
+  if (!wantW && !wantB) return [...(hasW ? [null] : []), ...(hasB ? [null] : [])];
+  const grads: Array<Tensor | null> = [];
+  const rowsShape = [layout.planes, layout.planeLen];
+  const reduceRows = (t: Tensor): Tensor => {
+    const flat = viewAs(t, rowsShape);
+    const s = sum(flat, 0);
+    flat.dispose();
+    const shaped = viewAs(s, affineShape);
+    s.dispose();
+    return shaped;
+  };
+  const gc = contiguous(g);
+  if (hasW) {
+    if (wantW) {
+      const xhat = normalizeOnly(op, x, stats, layout);
+      const prod = map("mul", "a * b", [gc, xhat]);
+      xhat.dispose();
+      grads.push(reduceRows(prod));
+      prod.dispose();
+    } else grads.push(null);
+  }
+  if (hasB) grads.push(wantB ? reduceRows(gc) : null);
+  gc.dispose();
+  return grads;
+}
+
+/** x̂ = (x − mean)·rstd with given statistics (the apply kernel without affine). */
+function normalizeOnly(op: string, x: Tensor, stats: Tensor, layout: Layout): Tensor {
+  const y = fromData(null, x.shape);
+  const { head, variant, workgroups } = elementwisePlan(layout, pickVec(layout, [x], []), null, null, false);
+  dispatch(
+    cached(normApplyKernel, variant),
+    new Uint32Array([...head, x.offset, 0, 0]),
+    [x.storage(op).buffer, stats.storage(op).buffer, y.storage(op).buffer],
+    workgroups,
+  );
+  return y;
+}
+
+/** Validates a group norm input and returns its layout: planes are channels, rows are groups. */
+function groupLayout(op: string, x: Tensor, numGroups: number): Layout {
+  checkTensor(op, x, "x");
+  if (x.rank < 2) {
+    throw new Error(`${op}: x must be [N, C, ...spatial] (rank ≥ 2), got ${formatShape(x.shape)}.`);
+  }
+  const C = x.shape[1];
+  if (!Number.isInteger(numGroups) || numGroups < 1 || C % numGroups !== 0) {
+    throw new Error(
+      `${op}: numGroups ${numGroups} must be a positive divisor of the channel count C = ${C} ` +
+        `(x ${formatShape(x.shape)}).`,
+    );
+  }
+  if (x.size === 0) throw new Error(`${op}: x ${formatShape(x.shape)} has no elements.`);
+  return {
+    planes: x.shape[0] * C,
+    planeLen: sizeOf(x.shape.slice(2)),
+    planesPerRow: C / numGroups,
+    channels: C,
+    affine: "channel",
+  };
+}
+
+function groupNormImpl(
+  op: string,
+  x: Tensor,
+  numGroups: number,
+  weight: Tensor | null | undefined,
+  bias: Tensor | null | undefined,
+  eps: number,
+  silu: boolean,
+): Tensor {
+  const layout = groupLayout(op, x, numGroups);
+  checkEps(op, eps);
+  checkAffine(op, weight, "weight", [layout.channels]);
+  checkAffine(op, bias, "bias", [layout.channels]);
+  return normOp(op, x, layout, weight ?? null, bias ?? null, silu, eps);
+}
+
+/**
+ * PyTorch `F.group_norm`: x `[N, C, ...spatial]` (rank ≥ 2) is split into `numGroups` groups of C/G
+ * consecutive channels; each (sample, group) is normalised over its channels and positions with its mean and
+ * biased variance, y = (x − μ)/√(σ² + eps)·weight[c] + bias[c]. weight and bias are `[C]` (either may be
+ * omitted). Differentiable in x, weight and bias.
+ */
+export function groupNorm(x: Tensor, numGroups: number, weight?: Tensor, bias?: Tensor, eps = 1e-5): Tensor {
+  return groupNormImpl("groupNorm", x, numGroups, weight, bias, eps, false);
+}
+
+/**
+ * `silu(groupNorm(x, numGroups, weight, bias, eps))` in one pass (the U-Net's GN → SiLU): the SiLU is applied
+ * in the normalising kernel and its derivative folded into the backward, so the intermediate is never
+ * stored. Gradients equal those of the composition.
+ */
+export function groupNormSilu(
+  x: Tensor,
+  numGroups: number,
+  weight?: Tensor,
+  bias?: Tensor,
+  eps = 1e-5,
+): Tensor {
+  return groupNormImpl("groupNormSilu", x, numGroups, weight, bias, eps, true);
+}
+
+/**
+ * PyTorch `F.layer_norm`: normalises over the trailing axes `normalizedShape` (which must equal the last
+ * axes of x) with biased variance, then applies the element-wise weight and bias of shape
+ * `normalizedShape` (either may be omitted). Differentiable in x, weight and bias.
+ */
+export function layerNorm(
+  x: Tensor,
+  normalizedShape: readonly number[],
+  weight?: Tensor,
+  bias?: Tensor,
+  eps = 1e-5,
+): Tensor {
+  const op = "layerNorm";
+  checkTensor(op, x, "x");
+  const k = Array.isArray(normalizedShape) ? normalizedShape.length : -1;
+  const tail = x.shape.slice(x.rank - k);
+  if (
+    k < 1 || k > x.rank || normalizedShape.some((d) => !Number.isInteger(d) || d < 1) ||
+    tail.some((d, i) => d !== normalizedShape[i])
+  ) {
+    throw new Error(
+      `${op}: normalizedShape ${JSON.stringify(normalizedShape)} must be the trailing (non-empty) shape ` +
+        `of x ${formatShape(x.shape)}.`,
+    );
+  }
+  checkEps(op, eps);
+  if (x.size === 0) throw new Error(`${op}: x ${formatShape(x.shape)} has no elements.`);
+  checkAffine(op, weight, "weight", normalizedShape);
+  checkAffine(op, bias, "bias", normalizedShape);
+  const planeLen = sizeOf(normalizedShape);
+  const layout: Layout = {
+    planes: x.size / planeLen,
+    planeLen,
+    planesPerRow: 1,
+    channels: 1,
+    affine: "element",
+  };
+  return normOp(op, x, layout, weight ?? null, bias ?? null, false, eps);
+}
+
+/**
+ * Internal (tests and benchmarks): the statistics groupNorm normalises with, `[N, G, 2]` holding
+ * `[mean, 1/√(var + eps)]` of each (sample, group). Not differentiable.
+ */
+export function groupNormStats(x: Tensor, numGroups: number, eps = 1e-5): Tensor {
+  const op = "groupNormStats";
+  const layout = groupLayout(op, x, numGroups);
+  checkEps(op, eps);
+  const dense = contiguous(x);
+  const stats = rowStats(op, dense, layout, eps, pickVec(layout, [dense], []));
+  dense.dispose();
+  const out = viewAs(stats, [x.shape[0], numGroups, 2]);
+  stats.dispose();
+  return out;
+}
