@@ -16,8 +16,8 @@
  */
 
 export { type DeviceInfo, deviceInfo, ready, type ReadyOptions } from "./engine/device.ts";
-export { type DType, Tensor } from "./engine/tensor.ts";
-export { grad, type GradOptions, noGrad } from "./engine/autograd.ts";
+export { type DType, Storage, Tensor, type TensorInit } from "./engine/tensor.ts";
+export { type Backward, grad, GradNode, type GradOptions, noGrad, type Parent } from "./engine/autograd.ts";
 export { keep, memory, type MemoryInfo, releaseCachedMemory, scope } from "./engine/memory.ts";
 export { runtimeStats, sync } from "./engine/runtime.ts";
 export * from "./engine/ops/index.ts";

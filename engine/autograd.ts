@@ -24,9 +24,13 @@ export type Backward = (
   needs: readonly boolean[],
 ) => Array<Tensor | null>;
 
-interface Parent {
+/** An input of a recorded op: where its gradient goes. */
+export interface Parent {
+  /** Id of the input tensor. */
   id: number;
+  /** The input's own record (null for leaves). */
   node: GradNode | null;
+  /** Whether the input wants a gradient. */
   requiresGrad: boolean;
 }
 
@@ -41,6 +45,7 @@ export class GradNode {
   outputId = 0;
   #refs = 0;
 
+  /** Records one op application (engine internal: ops call `record`). */
   constructor(
     /** Name of the op, for error messages. */
     readonly op: string,

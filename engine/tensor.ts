@@ -21,6 +21,7 @@ export class Storage {
   readonly bytes: number;
   #refs = 1;
 
+  /** Allocates `bytes` from the buffer pool. */
   constructor(bytes: number) {
     this.bytes = bytes;
     this.buffer = acquireBuffer(Math.max(bytes, 4));
@@ -85,12 +86,19 @@ export function untrack(t: Tensor): void {
 
 /** Construction record of a tensor (engine internal). */
 export interface TensorInit {
+  /** Dimensions. */
   shape: readonly number[];
+  /** The buffer (its reference is taken over by the tensor). */
   storage: Storage;
+  /** Element strides (default: contiguous). */
   strides?: readonly number[];
+  /** Element offset (default 0). */
   offset?: number;
+  /** Element type (default float32). */
   dtype?: DType;
+  /** Track gradients. */
   requiresGrad?: boolean;
+  /** Autograd record of the producing op. */
   node?: GradNode | null;
   /** Internal handles (saved for backward) are not counted or scoped. */
   internal?: boolean;
@@ -117,6 +125,7 @@ export class Tensor {
   #storage: Storage | null;
   readonly #internal: boolean;
 
+  /** Engine internal: creates a tensor over existing storage. Use `tensor`, `zeros`, … instead. */
   constructor(init: TensorInit) {
     this.id = nextId++;
     this.shape = Object.freeze([...init.shape]);
