@@ -22,3 +22,88 @@ export { keep, memory, type MemoryInfo, releaseCachedMemory, scope } from "./eng
 export { runtimeStats, sync } from "./engine/runtime.ts";
 export * from "./engine/ops/index.ts";
 export { AdamW, type AdamWOptions } from "./engine/optim.ts";
+export * as metrics from "./metrics/mod.ts";
+export * from "./nn/mod.ts";
+export {
+  type ConvertedStateDict,
+  convertGenerativeStateDict,
+  DiffusionModelUNet,
+  type DiffusionModelUNetOptions,
+  type MonaiConfigOptions,
+  type ResolvedUNetOptions,
+  resolveUNetOptions,
+  type UNetForwardOptions,
+  unetOptionsFromMonai,
+} from "./models/unet.ts";
+export {
+  type DDIMOptions,
+  DDIMScheduler,
+  DDPMScheduler,
+  EulerAncestralScheduler,
+  type PredictionType,
+  Scheduler,
+  type SchedulerOptions,
+  type StepOptions,
+  type StepResult,
+} from "./samplers/scheduler.ts";
+export {
+  makeSchedule,
+  type NoiseSchedule,
+  type ScheduleName,
+  type ScheduleOptions,
+} from "./samplers/schedule.ts";
+export {
+  type Conditioning,
+  type Denoiser,
+  sample,
+  type SampleOptions,
+  type SampleProgress,
+  type WeightedCondition,
+} from "./samplers/sample.ts";
+export {
+  loadSafetensors,
+  loadSafetensorsFile,
+  parseSafetensors,
+  type RawTensor,
+  type SafetensorsDType,
+  type SafetensorsFile,
+  saveSafetensors,
+} from "./io/safetensors.ts";
+export {
+  type Affine,
+  encodeNifti,
+  type NiftiDatatype,
+  type NiftiHeaderInfo,
+  type NiftiVolume,
+  type NiftiWriteInput,
+  readNifti,
+  writeNifti,
+  type WriteNiftiOptions,
+} from "./io/nifti.ts";
+export { encodePng, type Image8, orthogonalSlices, writeSlicesPng } from "./io/png.ts";
+export { warp3d, type WarpMode, type WarpOptions, type WarpPadding } from "./engine/ops/warp.ts";
+export { augment, type Augmented, type AugmentOptions } from "./pipelines/augment.ts";
+export {
+  listNiftiFiles,
+  loadLabels,
+  loadVolume,
+  type PreprocessOptions,
+  type Volume,
+  volumeTensor,
+} from "./pipelines/dataset.ts";
+export {
+  type Batch,
+  type DiffusionNetwork,
+  type StepReport,
+  train,
+  type TrainOptions,
+  type TrainResult,
+} from "./pipelines/train.ts";
+export {
+  type LoadedModel,
+  loadModelFile,
+  type ModelInfo,
+  saveModelFile,
+  type VolumeInfo,
+} from "./pipelines/modelfile.ts";
+export * from "./adapters/mod.ts";

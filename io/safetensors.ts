@@ -239,7 +239,10 @@ export async function loadSafetensorsFile(
   const file = parseSafetensors(bytes, source);
   const tensors = new Map<string, Tensor>();
   for (const [name, raw] of file.tensors) {
-    tensors.set(name, tensor(raw.data instanceof Float32Array ? raw.data : Float32Array.from(raw.data), raw.shape));
+    tensors.set(
+      name,
+      tensor(raw.data instanceof Float32Array ? raw.data : Float32Array.from(raw.data), raw.shape),
+    );
   }
   return { tensors, metadata: file.metadata };
 }

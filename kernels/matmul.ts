@@ -1,21 +1,31 @@
 /**
- * Batched matrix multiply `out[b] = A[b] · B[b]` with arbitrary strides for rows and columns of A and B
- * (so transposed operands need no copy). Output is contiguous `[batch, M, N]`.
+ * Batched matrix multiply `out[b] = A[b] · B[b]`, two kernel families:
  *
- * Shared-memory tiles of 64×64 outputs per workgroup, 16 k-values per stage; each of the 256 threads
- * accumulates a 4×4 block in registers.
+ * - {@linkcode matmulKernel}: the general tiled kernel. Arbitrary strides for rows and columns of A and B
+ *   (transposed operands need no copy), any sizes. Shared-memory tiles of 64×64 outputs per workgroup, 16
+ *   k-values per stage; each of the 256 threads accumulates a 4×4 block in registers.
+ * - {@linkcode matmulChunkKernel}: the software-rasteriser kernel (Mesa lavapipe/llvmpipe). One dispatch
+ *   computes the contribution of one K-chunk of `depth` k-values and adds it into C, so a product takes
+ *   `ceil(K / depth)` dispatches. The kernel body has no loops at all: on llvmpipe a shared-memory load at a
+ *   constant address outside any loop or branch compiles to one scalar load broadcast to the 8 SIMD lanes,
+ *   while every other load (any load inside a loop, any lane-dependent address) becomes a per-lane loop of
+ *   scalar loads with bounds checks, ~100 instructions per 8 lanes. So the A tile is staged in workgroup
+ *   memory and read by fully unrolled code at constant addresses (free broadcasts); each thread loads its own
+ *   4 columns of B once per chunk (vec4) and reuses them for all `rows` rows of the tile. See
+ *   `bench/README.md` for the measurements behind this design.
  *
- * Parameter block: `[M, N, K, aOff, aBatch, aRow, aCol, bOff, bBatch, bRow, bCol]`.
+ * Parameter block of the tiled kernel: `[M, N, K, aOff, aBatch, aRow, aCol, bOff, bBatch, bRow, bCol]`.
+ * Parameter block of the chunk kernel: see {@linkcode chunkParams}.
  *
  * @module
  */
 
 import { type Kernel, paramsBlock } from "./types.ts";
 
-/** Output tile edge of the matmul kernel (rows and columns per workgroup). */
+/** Output tile edge of the tiled matmul kernel (rows and columns per workgroup). */
 export const MATMUL_TILE = 64;
 
-/** The batched strided matmul kernel. */
+/** The batched strided matmul kernel (general path). */
 export function matmulKernel(): Kernel {
   const code = /* wgsl */ `
 ${paramsBlock(11)}
@@ -76,4 +86,176 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 }
 `;
   return { key: "matmul:tiled64", code, bindings: ["read", "read", "write"] };
+}
+
+// --- Chunk kernel (llvmpipe) -----------------------------------------------------------------------------
+
+/** Geometry of a {@linkcode matmulChunkKernel}. */
+export interface ChunkConfig {
+  /** Threads per workgroup (a multiple of 8); each thread owns 4 adjacent output columns. */
+  readonly threads: number;
+  /** Output rows per workgroup (all threads share them). */
+  readonly rows: number;
+  /** k-values per dispatch (a multiple of 4). */
+  readonly depth: number;
+  /** Rows accumulated in registers at a time (4 gives 16 vec4 accumulators + 4 B registers). */
+  readonly rowBlock: number;
+}
+
+/**
+ * Large tiles: 64 rows × 1024 columns × 128 k per dispatch (32768 unrolled vec4 FMAs per thread). About 40% of
+ * the FMA peak at 1024² and above; the pipeline takes tens of seconds to compile the first time (Mesa caches
+ * it on disk afterwards).
+ */
+export const MATMUL_CHUNK_LARGE: ChunkConfig = { threads: 256, rows: 64, depth: 128, rowBlock: 4 };
+
+/** Medium tiles: 32 rows × 256 columns × 64 k (2048 vec4 FMAs per thread); compiles in a few seconds. */
+export const MATMUL_CHUNK_MEDIUM: ChunkConfig = { threads: 64, rows: 32, depth: 64, rowBlock: 4 };
+
+/** Narrow tiles for N < 192: 32 rows × 64 columns × 64 k (wider tiles would mostly compute padding). */
+export const MATMUL_CHUNK_NARROW: ChunkConfig = { threads: 16, rows: 32, depth: 64, rowBlock: 4 };
+
+/** Kernel selection knobs, for tests and benchmarks (the engine reads them on every product). */
+export const matmulSettings: {
+  /**
+   * `auto`: on software adapters a chunk kernel for products of at least `minChunkFlops` (narrow, medium or
+   * large tiles by shape), else the tiled kernel. `tiled`: always the tiled kernel. `chunk`: always a chunk
+   * kernel, narrow or medium by shape. `chunk-large`: always {@linkcode MATMUL_CHUNK_LARGE}.
+   */
+  path: "auto" | "tiled" | "chunk" | "chunk-large";
+  /** Never pick {@linkcode MATMUL_CHUNK_LARGE} automatically (it takes long to compile the first time). */
+  noLarge: boolean;
+  /** Smallest M·N·K·batch for which `auto` uses a chunk kernel. */
+  minChunkFlops: number;
+} = { path: "auto", noLarge: false, minChunkFlops: 2 ** 18 };
+
+/** Output columns per workgroup of a chunk kernel. */
+export function chunkColumns(cfg: ChunkConfig): number {
+  return cfg.threads * 4;
+}
+
+/** Number of u32 words of the chunk kernel's parameter block. */
+export const CHUNK_PARAM_WORDS = 16;
+
+/** Layout of the operands of one chunk dispatch (element units; vec4-aligned as noted). */
+export interface ChunkOperands {
+  M: number;
+  N: number;
+  K: number;
+  /** Offset of A (multiple of 4), batch stride (multiple of 4, 0 to broadcast), row stride (multiple of 4). */
+  aOffset: number;
+  aBatch: number;
+  aRow: number;
+  /** Same for B. */
+  bOffset: number;
+  bBatch: number;
+  bRow: number;
+  /** Row stride of C (≥ N, multiple of 4) and batch stride of C (multiple of 4). */
+  cRow: number;
+  cBatch: number;
+}
+
+/**
+ * The parameter block of the dispatch for the K-chunk starting at `k0`: `[M, N, K, aOff, aBatch, aRow, bOff,
+ * bBatch, bRow, cRow, cBatch, k0, accumulate, 0.0f, guard = 0, 0]`. The f32 zero and the guard word are
+ * runtime values the compiler cannot see through (see the kernel).
+ */
+export function chunkParams(op: ChunkOperands, k0: number): Uint32Array {
+  const p = new Uint32Array(CHUNK_PARAM_WORDS);
+  p.set([
+    op.M,
+    op.N,
+    op.K,
+    op.aOffset,
+    op.aBatch,
+    op.aRow,
+    op.bOffset,
+    op.bBatch,
+    op.bRow,
+    op.cRow,
+    op.cBatch,
+  ]);
+  p[11] = k0;
+  p[12] = k0 > 0 ? 1 : 0;
+  return p;
+}
+
+/**
+ * The K-chunk kernel for row-major, vec4-aligned operands: A `[batch][M][aRow]`, B `[batch][K][bRow]`, C
+ * `[batch][M][cRow]` with every offset and stride a multiple of 4 (the engine copies other layouts first).
+ * Any M, N, K: rows past M are never stored, columns past N and k past K read as zero (so C's padding columns
+ * up to `cRow` receive zeros). The first chunk stores, later chunks add into C.
+ *
+ * Grid: `[ceil(N / chunkColumns), ceil(M / rows), batch]`, one dispatch per K-chunk.
+ */
+export function matmulChunkKernel(cfg: ChunkConfig): Kernel {
+  const { threads: W, rows: TM, depth: KC, rowBlock: R } = cfg;
+  if (W % 8 !== 0 || KC % 4 !== 0 || TM < 1 || R < 1) throw new Error(`matmulChunkKernel: bad config`);
+  const q = KC / 4; // vec4s per staged A row
+  const staged = TM * q; // vec4s in the A tile
+  const L: string[] = [];
+  L.push(`let M = pu(0u); let N = pu(1u); let K = pu(2u);`);
+  L.push(`let a_base = pu(3u) + wid.z * pu(4u); let a_row = pu(5u);`);
+  L.push(`let b_base = pu(6u) + wid.z * pu(7u); let b_row = pu(8u);`);
+  L.push(
+    `let c_row = pu(9u); let c_base = wid.z * pu(10u); let k0 = pu(11u); let accumulate = pu(12u) != 0u;`,
+  );
+  // A runtime zero: accumulators start from a value with many uses, which keeps LLVM from scalarising the
+  // whole FMA chain into the per-lane store loops (InstCombine does that to single-use chains).
+  L.push(`let zero = vec4<f32>(pf(13u));`);
+  L.push(`let row0 = wid.y * ${TM}u; let col0 = wid.x * ${W * 4}u;`);
+  L.push(`let lane4 = vec4<u32>(0u, 1u, 2u, 3u);`);
+  // Stage the A tile [TM][KC] as vec4s along k: element e = j·W + li → row e / q, k-quad e % q.
+  for (let j = 0; j * W < staged; j++) {
+    const e = `${j * W}u + li`;
+    const guard = (j + 1) * W > staged ? `if (${e} < ${staged}u) ` : "";
+    L.push(
+      `${guard}{ let e = ${e}; let r = row0 + e / ${q}u; let k = k0 + (e % ${q}u) * 4u;` +
+        ` let ok = (vec4<u32>(k) + lane4 < vec4<u32>(K)) & vec4<bool>(r < M);` +
+        ` let v = A4[select(0u, (a_base + r * a_row + k) / 4u, r < M && k < K)];` +
+        ` As[e] = select(zero, v, ok); }`,
+    );
+  }
+  L.push(`workgroupBarrier();`);
+  // This thread's 4 columns of B for every k of the chunk (vec4 loads, zero past N and K).
+  L.push(`let n = col0 + li * 4u; let nmask = vec4<u32>(n) + lane4 < vec4<u32>(N); let nb = b_base + n;`);
+  for (let kk = 0; kk < KC; kk++) {
+    L.push(
+      `let b${kk} = select(zero, B4[select(0u, (nb + (k0 + ${kk}u) * b_row) / 4u, n < N && k0 + ${kk}u < K)],` +
+        ` nmask & vec4<bool>(k0 + ${kk}u < K));`,
+    );
+  }
+  L.push(`var guard = zero;`);
+  for (let m0 = 0; m0 < TM; m0 += R) {
+    const rows = Math.min(R, TM - m0);
+    for (let r = 0; r < rows; r++) L.push(`var c${m0 + r} = zero;`);
+    for (let kk = 0; kk < KC; kk++) {
+      for (let r = 0; r < rows; r++) {
+        const m = m0 + r;
+        L.push(`c${m} = fma(vec4<f32>(As[${m * q + (kk >> 2)}u][${kk & 3}]), b${kk}, c${m});`);
+      }
+    }
+    for (let r = 0; r < rows; r++) {
+      const m = m0 + r;
+      L.push(
+        `if (row0 + ${m}u < M && n < c_row) { let i = (c_base + (row0 + ${m}u) * c_row + n) / 4u;` +
+          ` C4[i] = select(zero, C4[i], accumulate) + c${m}; }`,
+        `guard = guard + c${m};`,
+      );
+    }
+  }
+  // Never true (the engine passes 0); gives every accumulator a second use, see `zero` above.
+  L.push(`if (pu(14u) == 1u) { C4[li] = guard; }`);
+  const code = /* wgsl */ `
+${paramsBlock(CHUNK_PARAM_WORDS)}
+@group(0) @binding(1) var<storage, read> A4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> B4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> C4: array<vec4<f32>>;
+var<workgroup> As: array<vec4<f32>, ${staged}>;
+@compute @workgroup_size(${W})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  ${L.join("\n  ")}
+}
+`;
+  return { key: `matmul:chunk:${W}x${TM}x${KC}r${R}`, code, bindings: ["read", "read", "write"] };
 }

@@ -28,6 +28,7 @@ export class Linear extends Module {
   /** Bias [outFeatures], or null. */
   readonly bias: Tensor | null;
 
+  /** A layer mapping `inFeatures` to `outFeatures`, initialised like PyTorch from `opts.seed`. */
   constructor(readonly inFeatures: number, readonly outFeatures: number, opts: LinearOptions = {}) {
     super();
     const random = seededRandom(opts.seed ?? 0);

@@ -9,6 +9,7 @@
 import { noGrad } from "../engine/autograd.ts";
 import { copyInto } from "../engine/ops/map.ts";
 import { formatShape } from "../engine/shape.ts";
+import { keep } from "../engine/memory.ts";
 import type { Tensor } from "../engine/tensor.ts";
 
 /** Result of {@linkcode Module.loadStateDict}. */
@@ -43,6 +44,8 @@ export class Module {
       throw new Error(`Module: "${name}" is registered twice.`);
     }
     if (!t.requiresGrad) t.setRequiresGrad(true);
+    // Parameters live as long as the module: a model built inside a scope must not lose them.
+    keep(t);
     this.#params.set(name, t);
     return t;
   }
@@ -60,6 +63,17 @@ export class Module {
   replaceChild(name: string, m: Module): void {
     if (!this.#children.has(name)) throw new Error(`Module: no sub-module "${name}" to replace.`);
     this.#children.set(name, m);
+  }
+
+  /** The direct sub-module registered under `name` (throws naming the module's children when absent). */
+  getChild<M extends Module = Module>(name: string): M {
+    const m = this.#children.get(name);
+    if (!m) {
+      throw new Error(
+        `Module: no sub-module "${name}"; children are ${[...this.#children.keys()].join(", ") || "none"}.`,
+      );
+    }
+    return m as M;
   }
 
   /** The direct sub-modules by name. */
@@ -186,6 +200,7 @@ export class ModuleList<M extends Module> extends Module {
   /** The modules, in order. */
   readonly items: M[] = [];
 
+  /** A list holding `items`, registered as "0", "1", …. */
   constructor(items: Iterable<M> = []) {
     super();
     for (const m of items) this.push(m);

@@ -80,6 +80,7 @@ export abstract class Scheduler {
   /** Standard deviation of the initial noise (1 except for Euler). */
   initNoiseSigma = 1;
 
+  /** Builds the noise schedule from `opts` (MONAI's defaults). */
   constructor(opts: SchedulerOptions = {}) {
     this.schedule = makeSchedule(opts);
     this.numTrainTimesteps = this.schedule.betas.length;
@@ -112,6 +113,7 @@ export abstract class Scheduler {
     return t < 0 ? 1 : this.schedule.alphasCumprod[this.checkTimestep(t)];
   }
 
+  /** Throws unless `t` is an integer training timestep; returns it. */
   protected checkTimestep(t: number): number {
     if (!Number.isInteger(t) || t < 0 || t >= this.numTrainTimesteps) {
       throw new Error(`timestep ${t} is out of range; accepted: integers 0..${this.numTrainTimesteps - 1}.`);
@@ -278,6 +280,7 @@ export class DDIMScheduler extends Scheduler {
   /** Offset added to every timestep. */
   readonly stepsOffset: number;
 
+  /** A DDIM scheduler (MONAI's defaults: ᾱ = 1 after the last step, no offset). */
   constructor(opts: DDIMOptions = {}) {
     super(opts);
     this.finalAlphaCumprod = (opts.setAlphaToOne ?? true) ? 1 : this.schedule.alphasCumprod[0];
@@ -286,6 +289,7 @@ export class DDIMScheduler extends Scheduler {
     if (this.stepsOffset === 0) this.setTimesteps(this.numTrainTimesteps);
   }
 
+  /** MONAI's spacing plus `stepsOffset`. */
   override setTimesteps(n: number): void {
     super.setTimesteps(n);
     const ratio = Math.floor(this.numTrainTimesteps / n);
@@ -349,6 +353,7 @@ export class EulerAncestralScheduler extends Scheduler {
   /** Fractional timesteps of the chain (passed to the model). */
   override timesteps: number[] = [];
 
+  /** An Euler ancestral scheduler over the given noise schedule. */
   constructor(opts: SchedulerOptions = {}) {
     super(opts);
     this.setTimesteps(this.numTrainTimesteps);
@@ -361,6 +366,7 @@ export class EulerAncestralScheduler extends Scheduler {
     return s(lo) + (s(hi) - s(lo)) * (t - lo);
   }
 
+  /** `n` timesteps evenly spaced over [0, T−1] (fractional), with their σ. */
   override setTimesteps(n: number): void {
     if (!Number.isInteger(n) || n < 1 || n > this.numTrainTimesteps) {
       throw new Error(
@@ -374,6 +380,7 @@ export class EulerAncestralScheduler extends Scheduler {
     this.initNoiseSigma = Math.sqrt(this.sigmas[0] ** 2 + 1);
   }
 
+  /** x / √(σ² + 1): the network sees inputs of unit variance. */
   override scaleModelInput(sample: Tensor, t: number): Tensor {
     const sigma = this.sigmas[this.#index(t)];
     return map("scale", "a * s0", [sample], [1 / Math.sqrt(sigma * sigma + 1)]);
@@ -385,6 +392,7 @@ export class EulerAncestralScheduler extends Scheduler {
     return i;
   }
 
+  /** The next timestep of the chain (−1 after the last). */
   override previousTimestep(t: number): number {
     const i = this.#index(t);
     return i + 1 < this.timesteps.length ? this.timesteps[i + 1] : -1;

@@ -6,8 +6,21 @@
  * @module
  */
 
-import { MATMUL_TILE, matmulKernel } from "../../kernels/matmul.ts";
+import {
+  chunkColumns,
+  type ChunkConfig,
+  chunkParams,
+  MATMUL_CHUNK_LARGE,
+  MATMUL_CHUNK_MEDIUM,
+  MATMUL_CHUNK_NARROW,
+  MATMUL_TILE,
+  matmulChunkKernel,
+  matmulKernel,
+  matmulSettings,
+} from "../../kernels/matmul.ts";
+import type { Kernel } from "../../kernels/types.ts";
 import { record } from "../autograd.ts";
+import { deviceInfo } from "../device.ts";
 import { dispatch } from "../runtime.ts";
 import {
   broadcastShapes,
@@ -18,7 +31,7 @@ import {
   sizeOf,
 } from "../shape.ts";
 import { fromData, Tensor } from "../tensor.ts";
-import { contiguous, map } from "./map.ts";
+import { contiguous, map, mapInto } from "./map.ts";
 import { sumTo } from "./reduce.ts";
 import { permuteView, view, viewAs } from "./view.ts";
 
@@ -31,8 +44,9 @@ function matmulRaw(a: Tensor, b: Tensor): Tensor {
   const K = a.shape[a.rank - 1];
   const N = b.shape[b.rank - 1];
   const batchShape = broadcastShapes("matmul", a.shape.slice(0, -2), b.shape.slice(0, -2));
-  const out = fromData(null, [...batchShape, M, N]);
-  if (out.size === 0) return out;
+  const outShape = [...batchShape, M, N];
+  if (sizeOf(outShape) === 0) return fromData(null, outShape);
+  if (K === 0) return map("fill", "s0", [], [0], outShape);
   let A = a;
   let B = b;
   let batch = coalesceBatch(A, B, batchShape);
@@ -43,6 +57,26 @@ function matmulRaw(a: Tensor, b: Tensor): Tensor {
     batch = coalesceBatch(A, B, batchShape)!;
   }
   const count = sizeOf(batchShape);
+  const cfg = chunkConfigFor(M, N, K, count);
+  const out = cfg
+    ? chunkMatmul(cfg, A, B, batch, outShape, M, N, K, count)
+    : tiledMatmul(A, B, batch, outShape, M, N, K, count);
+  if (A !== a) A.dispose();
+  if (B !== b) B.dispose();
+  return out;
+}
+
+/** The general kernel: any strides, one dispatch. */
+function tiledMatmul(
+  A: Tensor,
+  B: Tensor,
+  batch: { a: number; b: number },
+  outShape: number[],
+  M: number,
+  N: number,
+  K: number,
+  count: number,
+): Tensor {
   const gridX = Math.ceil(N / MATMUL_TILE);
   const gridY = Math.ceil(M / MATMUL_TILE);
   if (gridX > MAX_GRID || gridY > MAX_GRID || count > MAX_GRID) {
@@ -61,21 +95,114 @@ function matmulRaw(a: Tensor, b: Tensor): Tensor {
     B.strides[B.rank - 2],
     B.strides[B.rank - 1],
   ]);
-  if (K === 0) {
-    out.dispose();
-    return map("fill", "s0", [], [0], [...batchShape, M, N]);
-  }
+  const out = fromData(null, outShape);
   dispatch(kernel, params, [
     A.storage("matmul").buffer,
     B.storage("matmul").buffer,
     out.storage("matmul").buffer,
-  ], [
-    gridX,
-    gridY,
-    count,
-  ]);
-  if (A !== a) A.dispose();
-  if (B !== b) B.dispose();
+  ], [gridX, gridY, count]);
+  return out;
+}
+
+// --- K-chunk kernel for software adapters --------------------------------------------------------------
+
+const chunkKernels = new Map<ChunkConfig, Kernel>();
+
+function isSoftwareAdapter(): boolean {
+  const info = deviceInfo();
+  return info.isFallbackAdapter || /llvmpipe|lavapipe|swiftshader/i.test(info.adapter);
+}
+
+/** The chunk-kernel geometry for a product, or null for the general kernel. */
+function chunkConfigFor(M: number, N: number, K: number, count: number): ChunkConfig | null {
+  const path = matmulSettings.path;
+  if (path === "tiled") return null;
+  if (path === "auto" && (M * N * K * count < matmulSettings.minChunkFlops || !isSoftwareAdapter())) {
+    return null;
+  }
+  const large = path === "chunk-large" ||
+    (path === "auto" && !matmulSettings.noLarge && N >= 768 && M >= 64 && K >= 128);
+  const cfg = large ? MATMUL_CHUNK_LARGE : N >= 192 ? MATMUL_CHUNK_MEDIUM : MATMUL_CHUNK_NARROW;
+  const fits = Math.ceil(N / chunkColumns(cfg)) <= MAX_GRID && Math.ceil(M / cfg.rows) <= MAX_GRID &&
+    count <= MAX_GRID;
+  return fits ? cfg : null;
+}
+
+/**
+ * Row-major layout with vec4-aligned offset and strides `[batch, rows, cols]` for the chunk kernel: `t` itself
+ * when it already is one, else a copy with the row stride rounded up to a multiple of 4.
+ */
+function alignedRows(
+  t: Tensor,
+  batchStride: number,
+  rows: number,
+  cols: number,
+  count: number,
+): { t: Tensor; offset: number; batch: number; row: number } {
+  const row = t.strides[t.rank - 2];
+  const col = t.strides[t.rank - 1];
+  if ((col === 1 || cols === 1) && row % 4 === 0 && t.offset % 4 === 0 && batchStride % 4 === 0) {
+    return { t, offset: t.offset, batch: batchStride, row };
+  }
+  const n = batchStride === 0 ? 1 : count;
+  const cols4 = Math.ceil(cols / 4) * 4;
+  const dense = fromData(null, [n, rows, cols4]);
+  const dst = view(dense, [n, rows, cols], [rows * cols4, cols4, 1], 0);
+  const src = view(t, [n, rows, cols], [batchStride, row, col], t.offset);
+  mapInto(dst, "copy", "a", [src]);
+  dst.dispose();
+  src.dispose();
+  return { t: dense, offset: 0, batch: n === 1 ? 0 : rows * cols4, row: cols4 };
+}
+
+/** The product through the K-chunk kernel: one dispatch per `cfg.depth` values of k. */
+function chunkMatmul(
+  cfg: ChunkConfig,
+  A: Tensor,
+  B: Tensor,
+  batch: { a: number; b: number },
+  outShape: number[],
+  M: number,
+  N: number,
+  K: number,
+  count: number,
+): Tensor {
+  let k = chunkKernels.get(cfg);
+  if (!k) {
+    k = matmulChunkKernel(cfg);
+    chunkKernels.set(cfg, k);
+  }
+  const a = alignedRows(A, batch.a, M, K, count);
+  const b = alignedRows(B, batch.b, K, N, count);
+  const cRow = Math.ceil(N / 4) * 4;
+  const out = fromData(null, outShape);
+  const c = cRow === N ? out : fromData(null, [count, M, cRow]);
+  const op = {
+    M,
+    N,
+    K,
+    aOffset: a.offset,
+    aBatch: a.batch,
+    aRow: a.row,
+    bOffset: b.offset,
+    bBatch: b.batch,
+    bRow: b.row,
+    cRow,
+    cBatch: M * cRow,
+  };
+  const buffers = [a.t.storage("matmul").buffer, b.t.storage("matmul").buffer, c.storage("matmul").buffer];
+  const grid: [number, number, number] = [Math.ceil(N / chunkColumns(cfg)), Math.ceil(M / cfg.rows), count];
+  for (let k0 = 0; k0 < K; k0 += cfg.depth) dispatch(k, chunkParams(op, k0), buffers, grid);
+  if (a.t !== A) a.t.dispose();
+  if (b.t !== B) b.t.dispose();
+  if (c !== out) {
+    const padded = view(c, [count, M, N], [M * cRow, cRow, 1], 0);
+    const dst = viewAs(out, [count, M, N]);
+    mapInto(dst, "copy", "a", [padded]);
+    padded.dispose();
+    dst.dispose();
+    c.dispose();
+  }
   return out;
 }
 

@@ -18,3 +18,4 @@ export * from "./einsum.ts";
 export * from "./random.ts";
 export * from "./philox.ts";
 export * from "./adamw.ts";
+export * from "./metrics.ts";

@@ -1,0 +1,49 @@
+/**
+ * Parameter-efficient fine-tuning adapters: LoCon, LoHa, LoKr (LyCORIS), TenVOO-L/Q (seed 000) and QuanTA.
+ *
+ * @example
+ * ```ts
+ * const adapters = await injectAdapters(unet, { kind: "tenvoo-l", rank: 4 });
+ * console.log(adapterSummary(adapters));
+ * // … train `unet`: only the adapter cores have requiresGrad …
+ * await adapters.save("adapter.safetensors");
+ * // later, on the same base model:
+ * const loaded = await loadAdapters(unet, "adapter.safetensors");
+ * loaded.merge(); // zero-overhead inference
+ * ```
+ *
+ * @module
+ */
+
+export {
+  type AdapterOptions,
+  adapterParameterCount,
+  AdapterSet,
+  createMethod,
+  DEFAULT_TARGETS,
+  injectAdapters,
+  MIDDLE_BLOCK_TARGETS,
+} from "./inject.ts";
+export { type LoadAdapterOptions, loadAdapters, readAdapterInfo } from "./io.ts";
+export { adapterSummary } from "./summary.ts";
+export { modelHash, parameterHash } from "./hash.ts";
+export { type AdaptableLayer, AdaptedLayer, isAdaptable, weightShapeOf } from "./layer.ts";
+export {
+  type AdaptedLayerInfo,
+  ADAPTER_FORMAT,
+  ADAPTER_FORMAT_VERSION,
+  type AdapterInfo,
+  trainableCount,
+} from "./format.ts";
+export {
+  ADAPTER_KINDS,
+  type AdapterKind,
+  type CoreInit,
+  type LayerMethod,
+  type MethodOptions,
+  type WeightShape,
+} from "./method.ts";
+export { balancedFactors3, factorize2, factorize3, type Factors3, TENVOO_FACTORS } from "./factorize.ts";
+export { TENVOO_SPECS, tenvooCoreShapes, tenvooParameterCount, type TenvooVariant } from "./tenvoo.ts";
+export { QUANTA_SPEC, quantaCoreShapes, quantaFactors, quantaParameterCount } from "./quanta.ts";
+export { loconParameterCount, lohaParameterCount, lokrFactors, lokrParameterCount } from "./lycoris.ts";

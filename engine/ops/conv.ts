@@ -1,0 +1,787 @@
+/**
+ * `conv3d` and `conv2d` with PyTorch semantics (cross-correlation, zero padding, stride, dilation,
+ * groups, fused bias), differentiable w.r.t. input, weight and bias.
+ *
+ * - Forward: the register-blocked direct convolution of `kernels/conv.ts` over weights packed as
+ *   [groups, Cin/groups, taps, Cout/groups (padded)].
+ * - Gradient w.r.t. the input: a transposed convolution, computed as stride-1 convolutions of gradOut, one
+ *   per stride phase (input positions i ≡ r mod stride): phase r sees only the taps t with
+ *   (r + pad − t·dil) ≡ 0 mod stride, flipped and channel-transposed, and writes every stride-th input
+ *   position. Exactly the forward's FLOPs, no zero insertion; for stride 1 it is the single phase with all
+ *   taps and padding dil·(k − 1) − pad (which may be negative: a crop).
+ * - Gradient w.r.t. the weight: a reduction over batch and space (`convWeightGradKernel`), split over
+ *   blocks of gradOut and summed.
+ * - Gradient w.r.t. the bias: the sum of gradOut over batch and space.
+ *
+ * conv2d is conv3d on a depth-1 view.
+ *
+ * @module
+ */
+
+import {
+  CONV,
+  CONV_WORDS,
+  convGradTile,
+  type ConvGradTiling,
+  convKernel,
+  convNaiveKernel,
+  convPackKernel,
+  convPadKernel,
+  type ConvShapeKey,
+  convTile,
+  type ConvTiling,
+  convWeightGradKernel,
+  convWeightGradNaiveKernel,
+  NAIVE,
+  NAIVE_WG,
+  NAIVE_WORDS,
+  PACK,
+  PACK_WG,
+  PACK_WORDS,
+  PAD,
+  PAD_WG,
+  PAD_WORDS,
+  type Triple,
+  WGRAD,
+  WGRAD_NAIVE,
+  WGRAD_NAIVE_WORDS,
+  WGRAD_WORDS,
+} from "../../kernels/conv.ts";
+import type { Kernel } from "../../kernels/types.ts";
+import { record } from "../autograd.ts";
+import { limit } from "../device.ts";
+import { dispatch } from "../runtime.ts";
+import { formatShape, sizeOf } from "../shape.ts";
+import { fromData, Tensor } from "../tensor.ts";
+import { contiguous, map } from "./map.ts";
+import { sum } from "./reduce.ts";
+import { reshape } from "./view.ts";
+
+/** Options of {@linkcode conv3d} (PyTorch `F.conv3d` defaults). */
+export interface Conv3dOptions {
+  /** Bias [Cout], added to every output position. */
+  bias?: Tensor;
+  /** Stride (default 1), one number for all axes or [d, h, w]. */
+  stride?: number | [number, number, number];
+  /** Zero padding on both sides of each axis (default 0). */
+  padding?: number | [number, number, number];
+  /** Spacing of the kernel taps (default 1). */
+  dilation?: number | [number, number, number];
+  /** Channel groups; must divide Cin and Cout (default 1; Cin for depthwise). */
+  groups?: number;
+}
+
+/** Options of {@linkcode conv2d} (PyTorch `F.conv2d` defaults). */
+export interface Conv2dOptions {
+  /** Bias [Cout], added to every output position. */
+  bias?: Tensor;
+  /** Stride (default 1), one number for both axes or [h, w]. */
+  stride?: number | [number, number];
+  /** Zero padding on both sides of each axis (default 0). */
+  padding?: number | [number, number];
+  /** Spacing of the kernel taps (default 1). */
+  dilation?: number | [number, number];
+  /** Channel groups; must divide Cin and Cout (default 1). */
+  groups?: number;
+}
+
+interface Geometry {
+  n: number;
+  cin: number;
+  cout: number;
+  groups: number;
+  cinG: number;
+  coutG: number;
+  inDims: Triple;
+  kernel: Triple;
+  stride: Triple;
+  pad: Triple;
+  dil: Triple;
+  outDims: Triple;
+}
+
+// --- Argument checking ---------------------------------------------------------------------------------
+
+function perAxis(op: string, name: string, v: unknown, dflt: number, axes: number, min: number): number[] {
+  const values = v === undefined ? Array(axes).fill(dflt) : typeof v === "number" ? Array(axes).fill(v) : v;
+  if (
+    !Array.isArray(values) || values.length !== axes || values.some((e) => !Number.isInteger(e) || e < min)
+  ) {
+    throw new Error(
+      `${op}: ${name} ${JSON.stringify(v)} must be an integer >= ${min} or an array of ${axes} of them.`,
+    );
+  }
+  return values;
+}
+
+function checkTensor(op: string, name: string, t: unknown): Tensor {
+  if (!(t instanceof Tensor)) throw new Error(`${op}: ${name} must be a Tensor.`);
+  t.storage(op);
+  if (t.dtype !== "float32") throw new Error(`${op}: ${name} must be float32, got ${t.dtype}.`);
+  return t;
+}
+
+/** Lifted (3-D) options of a convolution. */
+interface LiftedOptions {
+  stride: number[];
+  padding: number[];
+  dilation: number[];
+  groups: unknown;
+}
+
+/**
+ * Validates shapes and options. A 2-D convolution arrives lifted to 3-D (depth 1); `shown` holds its
+ * original shapes so that messages speak of what the caller passed.
+ */
+function geometry(
+  op: string,
+  x: Tensor,
+  w: Tensor,
+  bias: Tensor | undefined,
+  opts: LiftedOptions,
+  shown: { x: readonly number[]; w: readonly number[] },
+): Geometry {
+  const axes = shown.x.length - 2;
+  const fmt = (v: readonly number[]) => formatShape(v.slice(3 - axes));
+  const groups = opts.groups ?? 1;
+  if (typeof groups !== "number" || !Number.isInteger(groups) || groups < 1) {
+    throw new Error(`${op}: groups ${JSON.stringify(groups)} must be a positive integer.`);
+  }
+  const [n, cin, ...inDims] = x.shape;
+  const [cout, cinG, ...kernel] = w.shape;
+  if (cin % groups !== 0 || cout % groups !== 0) {
+    throw new Error(
+      `${op}: groups ${groups} must divide the input channels (${cin}, x ${formatShape(shown.x)}) and the ` +
+        `output channels (${cout}, w ${formatShape(shown.w)}).`,
+    );
+  }
+  if (cinG !== cin / groups) {
+    throw new Error(
+      `${op}: w ${formatShape(shown.w)} expects ${cinG} input channels per group, but x ${
+        formatShape(shown.x)
+      } has ${cin} channels in ${groups} group(s) (${cin / groups} per group).`,
+    );
+  }
+  if (kernel.some((k) => k < 1) || cout < 1) {
+    throw new Error(`${op}: w ${formatShape(shown.w)} has an empty kernel or no output channels.`);
+  }
+  if (bias !== undefined && (bias.rank !== 1 || bias.shape[0] !== cout)) {
+    throw new Error(
+      `${op}: bias must have shape [${cout}] (one per output channel), got ${formatShape(bias.shape)}.`,
+    );
+  }
+  const { stride, padding: pad, dilation: dil } = opts;
+  const outDims = [0, 1, 2].map((a) =>
+    Math.floor((inDims[a] + 2 * pad[a] - dil[a] * (kernel[a] - 1) - 1) / stride[a]) + 1
+  );
+  if (outDims.some((o) => o < 1)) {
+    throw new Error(
+      `${op}: the kernel ${fmt(kernel)} (dilation ${fmt(dil)}) does not fit the input ` +
+        `${formatShape(shown.x)} padded by ${fmt(pad)}: the output size ${fmt(outDims)} would be empty.`,
+    );
+  }
+  return {
+    n,
+    cin,
+    cout,
+    groups,
+    cinG,
+    coutG: cout / groups,
+    inDims: inDims as unknown as Triple,
+    kernel: kernel as unknown as Triple,
+    stride: stride as unknown as Triple,
+    pad: pad as unknown as Triple,
+    dil: dil as unknown as Triple,
+    outDims: outDims as unknown as Triple,
+  };
+}
+
+// --- Kernel selection ----------------------------------------------------------------------------------
+
+/**
+ * Tilings from most to least register-blocked (measurements in bench/conv.ts). `volume`: 4 channels ×
+ * 2×4×4 outputs per thread, tile 16 channels × 4×8×16; `strided`: 8 channels × 2×2×4 (strided convs reuse
+ * each input row for fewer taps, so their rows are shared by more channels instead); `plane` as volume for
+ * depth-1 (2-D) outputs; the narrow ones for ≤ 4 output channels per group; `small` for small outputs and
+ * large kernels.
+ */
+const TILINGS: Record<string, ConvTiling> = {
+  volume: { channels: 4, block: [2, 4, 4], threads: [4, 2, 2, 4], stage: 4 },
+  strided: { channels: 8, block: [2, 2, 4], threads: [4, 2, 2, 4], stage: 2 },
+  volumeNarrow: { channels: 4, block: [2, 4, 4], threads: [1, 2, 4, 8], stage: 2 },
+  plane: { channels: 4, block: [1, 4, 4], threads: [4, 1, 4, 4], stage: 4 },
+  planeNarrow: { channels: 4, block: [1, 4, 4], threads: [1, 1, 8, 8], stage: 2 },
+  small: { channels: 4, block: [1, 1, 4], threads: [2, 2, 4, 2], stage: 4 },
+};
+
+/** Kernels with more taps than this use the `small` tiling; beyond `MAX_UNROLLED_TAPS`, the fallback. */
+const MAX_BLOCKED_TAPS = 27;
+const MAX_UNROLLED_TAPS = 125;
+
+interface Plan {
+  kernel: Kernel;
+  tiling: ConvTiling | null;
+}
+
+const kernelCache = new Map<string, Kernel>();
+function cached(key: string, make: () => Kernel): Kernel {
+  let k = kernelCache.get(key);
+  if (!k) {
+    k = make();
+    kernelCache.set(key, k);
+  }
+  return k;
+}
+
+/** Fraction of a tiled extent that is real output (1 = no waste). */
+function utilization(extent: readonly number[], tile: readonly number[]): number {
+  let used = 1;
+  for (let a = 0; a < extent.length; a++) used *= extent[a] / (Math.ceil(extent[a] / tile[a]) * tile[a]);
+  return used;
+}
+
+/** Picks the most blocked tiling that fits workgroup memory and does not waste most of its tile. */
+function planConv(key: ConvShapeKey, outDims: Triple, coutG: number): Plan {
+  const taps = key.kernel[0] * key.kernel[1] * key.kernel[2];
+  const bytes = limit("maxComputeWorkgroupStorageSize");
+  const strided = key.stride.some((s) => s > 1);
+  const names = taps > MAX_UNROLLED_TAPS ? [] : taps > MAX_BLOCKED_TAPS ? ["small"] : [
+    ...(coutG <= 4
+      ? ["volumeNarrow", "planeNarrow"]
+      : strided
+      ? ["strided", "volume", "plane"]
+      : ["volume", "plane"]),
+    "small",
+  ];
+  for (const name of names) {
+    const base = TILINGS[name];
+    const tile = convTile(key, base);
+    const fit = Math.min(base.stage, Math.floor(bytes / (16 * tile.vec4sPerChannel)));
+    if (fit < 1) continue;
+    const spatial = utilization(outDims, tile.out);
+    const channels = coutG / (Math.ceil(coutG / tile.channels) * tile.channels);
+    if (name !== "small" && (spatial < 0.6 || channels < 0.5)) continue;
+    const tiling = { ...base, stage: fit };
+    return {
+      kernel: cached(
+        `${name}:${JSON.stringify(key)}:${JSON.stringify(tiling)}`,
+        () => convKernel(key, tiling),
+      ),
+      tiling,
+    };
+  }
+  return { kernel: cached("naive", convNaiveKernel), tiling: null };
+}
+
+// --- Raw (non-recording) building blocks -----------------------------------------------------------------
+
+/** A convolution call: input [n, cin, ...inDims] convolved with packed weights into a (strided) output. */
+interface ConvCall {
+  key: ConvShapeKey;
+  n: number;
+  cin: number;
+  inDims: Triple;
+  cinG: number;
+  coutG: number;
+  groups: number;
+  pad: Triple;
+  outDims: Triple;
+  /** Output element offset and strides [batch, channel, d, h, w]. */
+  outOff: number;
+  outStrides: readonly [number, number, number, number, number];
+}
+
+/** Packs weights for `call`'s convolution (see `convPackKernel`); `source` describes where tap j comes from. */
+function packWeights(
+  w: Tensor,
+  call: ConvCall,
+  coP: number,
+  src: { sG: number; sCi: number; sCo: number; sK: Triple; start: Triple; step: Triple },
+): Tensor {
+  const [kd, kh, kw] = call.key.kernel;
+  const taps = kd * kh * kw;
+  const count = call.groups * call.cinG * taps * coP;
+  const packed = fromData(null, [count]);
+  const p = new Uint32Array(PACK_WORDS);
+  const i32 = new Int32Array(p.buffer);
+  p[PACK.count] = count;
+  p[PACK.cin] = call.cinG;
+  p[PACK.taps] = taps;
+  p[PACK.kh] = kh;
+  p[PACK.kw] = kw;
+  p[PACK.coP] = coP;
+  p[PACK.cout] = call.coutG;
+  p[PACK.sG] = src.sG;
+  p[PACK.sCi] = src.sCi;
+  p[PACK.sCo] = src.sCo;
+  [p[PACK.sKd], p[PACK.sKh], p[PACK.sKw]] = src.sK;
+  [i32[PACK.dStart], i32[PACK.hStart], i32[PACK.wStart]] = src.start;
+  [i32[PACK.dStep], i32[PACK.hStep], i32[PACK.wStep]] = src.step;
+  p[PACK.wOff] = w.offset;
+  dispatch(
+    cached("pack", convPackKernel),
+    p,
+    [w.storage("conv3d").buffer, packed.storage("conv3d").buffer],
+    Math.ceil(count / PACK_WG),
+  );
+  return packed;
+}
+
+/**
+ * A zero-padded copy of the contiguous [n, c, d, h, w] tensor `x` with extents `dims` (w rounded up to whole
+ * vec4s) whose index 0 along each axis is source coordinate `origin` (negative: padding; positive: a crop).
+ */
+function padVolume(x: Tensor, dims: Triple, origin: Triple): Tensor {
+  const [n, c, d, h, w] = x.shape;
+  const pw4 = Math.ceil(dims[2] / 4);
+  const rows = n * c * dims[0] * dims[1];
+  const out = fromData(null, [rows * pw4 * 4]);
+  const p = new Uint32Array(PAD_WORDS);
+  const i32 = new Int32Array(p.buffer);
+  p[PAD.rows] = rows;
+  [p[PAD.pd], p[PAD.ph], p[PAD.pw4]] = [dims[0], dims[1], pw4];
+  [p[PAD.d], p[PAD.h], p[PAD.w]] = [d, h, w];
+  [i32[PAD.d0], i32[PAD.h0], i32[PAD.w0]] = origin;
+  p[PAD.xOff] = x.offset;
+  dispatch(
+    cached("pad", convPadKernel),
+    p,
+    [x.storage("conv3d").buffer, out.storage("conv3d").buffer],
+    Math.ceil(rows / PAD_WG),
+  );
+  return out;
+}
+
+/**
+ * Runs one convolution of the contiguous input `x` into `out`. `packFor(coP)` packs the weights for the
+ * chosen tile's padded channel count.
+ */
+function runConv(
+  x: Tensor,
+  packFor: (coP: number) => Tensor,
+  bias: Tensor | null,
+  out: Tensor,
+  call: ConvCall,
+): void {
+  const plan = planConv(call.key, call.outDims, call.coutG);
+  const tile = plan.tiling ? convTile(call.key, plan.tiling) : null;
+  const coTiles = tile ? Math.ceil(call.coutG / tile.channels) : 1;
+  const coP = tile ? coTiles * tile.channels : call.coutG;
+  const packed = packFor(coP);
+  const biasBuffer = (bias ?? packed).storage("conv3d").buffer;
+  const outBuffer = out.storage("conv3d").buffer;
+  if (!tile) {
+    const p = new Uint32Array(NAIVE_WORDS);
+    const i32 = new Int32Array(p.buffer);
+    p[NAIVE.cin] = call.cin;
+    [p[NAIVE.d], p[NAIVE.h], p[NAIVE.w]] = call.inDims;
+    p[NAIVE.cinG] = call.cinG;
+    p[NAIVE.coutG] = call.coutG;
+    p[NAIVE.coP] = coP;
+    [i32[NAIVE.padD], i32[NAIVE.padH], i32[NAIVE.padW]] = call.pad;
+    [p[NAIVE.od], p[NAIVE.oh], p[NAIVE.ow]] = call.outDims;
+    p[NAIVE.batch] = call.n;
+    p[NAIVE.groups] = call.groups;
+    [p[NAIVE.kd], p[NAIVE.kh], p[NAIVE.kw]] = call.key.kernel;
+    [p[NAIVE.sd], p[NAIVE.sh], p[NAIVE.sw]] = call.key.stride;
+    [p[NAIVE.dd], p[NAIVE.dh], p[NAIVE.dw]] = call.key.dilation;
+    p[NAIVE.xOff] = x.offset;
+    p[NAIVE.outOff] = call.outOff;
+    p[NAIVE.biasOff] = bias ? bias.offset : 0;
+    p[NAIVE.hasBias] = bias ? 1 : 0;
+    [p[NAIVE.oN], p[NAIVE.oC], p[NAIVE.oD], p[NAIVE.oH], p[NAIVE.oW]] = call.outStrides;
+    const threads = call.n * call.groups * call.coutG * sizeOf(call.outDims);
+    dispatch(plan.kernel, p, [
+      x.storage("conv3d").buffer,
+      packed.storage("conv3d").buffer,
+      biasBuffer,
+      outBuffer,
+    ], Math.ceil(threads / NAIVE_WG));
+    packed.dispose();
+    return;
+  }
+  const tiles = call.outDims.map((o, a) => Math.ceil(o / tile.out[a]));
+  // Pad so that every tile's reads, halo included, are in bounds.
+  const padded = [0, 1, 2].map((a) => (tiles[a] - 1) * tile.out[a] * call.key.stride[a] + tile.in[a]);
+  padded[2] = (tiles[2] - 1) * tile.out[2] * call.key.stride[2] + 4 * tile.rowVec4s;
+  const xp = padVolume(x, padded as unknown as Triple, [-call.pad[0], -call.pad[1], -call.pad[2]]);
+  const p = new Uint32Array(CONV_WORDS);
+  p[CONV.cin] = call.cin;
+  [p[CONV.pd], p[CONV.ph], p[CONV.pw4]] = [padded[0], padded[1], padded[2] / 4];
+  p[CONV.cinG] = call.cinG;
+  p[CONV.coutG] = call.coutG;
+  p[CONV.coP] = coP;
+  [p[CONV.od], p[CONV.oh], p[CONV.ow]] = call.outDims;
+  [p[CONV.tilesD], p[CONV.tilesH], p[CONV.tilesW]] = tiles;
+  p[CONV.coTiles] = coTiles;
+  p[CONV.groups] = call.groups;
+  p[CONV.xOff4] = 0;
+  p[CONV.outOff] = call.outOff;
+  p[CONV.biasOff] = bias ? bias.offset : 0;
+  p[CONV.hasBias] = bias ? 1 : 0;
+  [p[CONV.oN], p[CONV.oC], p[CONV.oD], p[CONV.oH], p[CONV.oW]] = call.outStrides;
+  const workgroups = tiles[0] * tiles[1] * tiles[2] * coTiles * call.groups * call.n;
+  dispatch(plan.kernel, p, [
+    xp.storage("conv3d").buffer,
+    packed.storage("conv3d").buffer,
+    biasBuffer,
+    outBuffer,
+  ], workgroups);
+  xp.dispose();
+  packed.dispose();
+}
+
+function contiguousStrides5(shape: readonly number[]): [number, number, number, number, number] {
+  const [, c, d, h, w] = shape;
+  return [c * d * h * w, d * h * w, h * w, w, 1];
+}
+
+/** Forward convolution (no autograd); x, w contiguous. */
+function forwardRaw(x: Tensor, w: Tensor, bias: Tensor | null, g: Geometry): Tensor {
+  const outShape = [g.n, g.cout, ...g.outDims];
+  const out = fromData(null, outShape);
+  const taps = g.kernel[0] * g.kernel[1] * g.kernel[2];
+  const call: ConvCall = {
+    key: { kernel: g.kernel, stride: g.stride, dilation: g.dil },
+    n: g.n,
+    cin: g.cin,
+    inDims: g.inDims,
+    cinG: g.cinG,
+    coutG: g.coutG,
+    groups: g.groups,
+    pad: g.pad,
+    outDims: g.outDims,
+    outOff: 0,
+    outStrides: contiguousStrides5(outShape),
+  };
+  const packFor = (coP: number) =>
+    packWeights(w, call, coP, {
+      sG: g.coutG * g.cinG * taps,
+      sCi: taps,
+      sCo: g.cinG * taps,
+      sK: [g.kernel[1] * g.kernel[2], g.kernel[2], 1],
+      start: [0, 0, 0],
+      step: [1, 1, 1],
+    });
+  runConv(x, packFor, bias, out, call);
+  return out;
+}
+
+function gcd(a: number, b: number): number {
+  return b === 0 ? a : gcd(b, a % b);
+}
+
+/**
+ * One axis of one stride phase of the transposed convolution: input positions i = q·s + r receive the
+ * taps t with (r + pad − t·dil) ≡ 0 (mod s), from gradOut position q + (r + pad − t·dil)/s. Taps are
+ * listed by decreasing t (increasing gradOut offset) so that the phase is a correlation with dilation
+ * dil/gcd(s, dil) and padding −(first offset).
+ */
+function phaseAxis(k: number, s: number, p: number, dil: number, r: number, inExtent: number) {
+  const extent = Math.ceil((inExtent - r) / s);
+  let first = -1;
+  for (let t = k - 1; t >= 0; t--) {
+    if ((((r + p - t * dil) % s) + s) % s === 0) {
+      first = t;
+      break;
+    }
+  }
+  if (first < 0 || extent < 1) return null;
+  const step = s / gcd(s, dil);
+  const taps = Math.floor(first / step) + 1;
+  return {
+    taps,
+    start: first,
+    step: -step,
+    dilation: dil / gcd(s, dil),
+    pad: -((r + p - first * dil) / s),
+    extent,
+  };
+}
+
+/** Gradient w.r.t. the input (no autograd); gy, w contiguous. */
+function inputGradRaw(gy: Tensor, w: Tensor, g: Geometry): Tensor {
+  const xShape = [g.n, g.cin, ...g.inDims];
+  const [, H, W] = g.inDims;
+  const taps = g.kernel[0] * g.kernel[1] * g.kernel[2];
+  const axes = [0, 1, 2].map((a) =>
+    Array.from(
+      { length: g.stride[a] },
+      (_, r) => phaseAxis(g.kernel[a], g.stride[a], g.pad[a], g.dil[a], r, g.inDims[a]),
+    )
+  );
+  // Positions no tap reaches (phases without taps) keep the zeros of the fill.
+  const complete = axes.every((phases) => phases.every((ph) => ph !== null));
+  const dx = complete ? fromData(null, xShape) : map("fill", "s0", [], [0], xShape);
+  const strides = contiguousStrides5(xShape);
+  for (const [rd, pd] of axes[0].entries()) {
+    for (const [rh, ph] of axes[1].entries()) {
+      for (const [rw, pw] of axes[2].entries()) {
+        if (!pd || !ph || !pw) continue;
+        const call: ConvCall = {
+          key: {
+            kernel: [pd.taps, ph.taps, pw.taps],
+            stride: [1, 1, 1],
+            dilation: [pd.dilation, ph.dilation, pw.dilation],
+          },
+          n: g.n,
+          cin: g.cout,
+          inDims: g.outDims,
+          cinG: g.coutG,
+          coutG: g.cinG,
+          groups: g.groups,
+          pad: [pd.pad, ph.pad, pw.pad],
+          outDims: [pd.extent, ph.extent, pw.extent],
+          outOff: rd * H * W + rh * W + rw,
+          outStrides: [strides[0], strides[1], g.stride[0] * H * W, g.stride[1] * W, g.stride[2]],
+        };
+        const packFor = (coP: number) =>
+          packWeights(w, call, coP, {
+            sG: g.coutG * g.cinG * taps,
+            sCi: g.cinG * taps,
+            sCo: taps,
+            sK: [g.kernel[1] * g.kernel[2], g.kernel[2], 1],
+            start: [pd.start, ph.start, pw.start],
+            step: [pd.step, ph.step, pw.step],
+          });
+        runConv(gy, packFor, null, dx, call);
+      }
+    }
+  }
+  return dx;
+}
+
+/**
+ * Weight-gradient tiling: 4 output channels × all taps per thread (fewer for large kernels, to bound the
+ * accumulators), up to 16 input channels per workgroup; the staged block shrinks until it fits workgroup
+ * memory. Null when nothing fits or the kernel is too large to unroll: use the fallback.
+ */
+function planWeightGrad(
+  key: ConvShapeKey,
+  cinG: number,
+  coutG: number,
+  outDims: Triple,
+): ConvGradTiling | null {
+  const taps = key.kernel[0] * key.kernel[1] * key.kernel[2];
+  if (taps > MAX_UNROLLED_TAPS) return null;
+  const channels = taps <= MAX_BLOCKED_TAPS ? 4 : 1;
+  const bytes = limit("maxComputeWorkgroupStorageSize");
+  const pow2 = (v: number) => 2 ** Math.ceil(Math.log2(Math.max(1, v)));
+  // Blocks no larger than the output (small outputs waste less and compile smaller kernels).
+  const step = Number((globalThis as { WG_STEP?: string }).WG_STEP ?? 4);
+  const blocks = [...((globalThis as { WG_BLOCKS?: number[][] }).WG_BLOCKS ?? []), [4, 16], [4, 8], [2, 8], [
+    1,
+    8,
+  ], [1, 4]].filter(([rows, cols], i, all) =>
+    i === all.length - 1 ||
+    (rows <= Math.max(1, outDims[1]) && cols <= Math.max(4, 4 * Math.ceil(outDims[2] / 4)))
+  );
+  for (let ciThreads = Math.min(16, pow2(cinG)); ciThreads >= 1; ciThreads /= 2) {
+    const coThreads = Math.max(1, Math.min(64 / ciThreads, pow2(Math.ceil(coutG / channels))));
+    for (const [rows, cols] of blocks) {
+      const tiling: ConvGradTiling = {
+        channels,
+        threads: [coThreads, ciThreads],
+        rows,
+        cols,
+        step: cols % step === 0 ? step : 4,
+      };
+      if (convGradTile(key, tiling).vec4s * 16 <= bytes) return tiling;
+    }
+  }
+  return null;
+}
+
+/** The fallback weight gradient (x, gy contiguous). */
+function weightGradNaive(x: Tensor, gy: Tensor, g: Geometry): Tensor {
+  const dw = fromData(null, [g.cout, g.cinG, ...g.kernel]);
+  const p = new Uint32Array(WGRAD_NAIVE_WORDS);
+  const i32 = new Int32Array(p.buffer);
+  p[WGRAD_NAIVE.cin] = g.cin;
+  [p[WGRAD_NAIVE.d], p[WGRAD_NAIVE.h], p[WGRAD_NAIVE.w]] = g.inDims;
+  p[WGRAD_NAIVE.cinG] = g.cinG;
+  p[WGRAD_NAIVE.coutG] = g.coutG;
+  p[WGRAD_NAIVE.cout] = g.cout;
+  [i32[WGRAD_NAIVE.padD], i32[WGRAD_NAIVE.padH], i32[WGRAD_NAIVE.padW]] = g.pad;
+  [p[WGRAD_NAIVE.od], p[WGRAD_NAIVE.oh], p[WGRAD_NAIVE.ow]] = g.outDims;
+  p[WGRAD_NAIVE.batch] = g.n;
+  [p[WGRAD_NAIVE.kd], p[WGRAD_NAIVE.kh], p[WGRAD_NAIVE.kw]] = g.kernel;
+  [p[WGRAD_NAIVE.sd], p[WGRAD_NAIVE.sh], p[WGRAD_NAIVE.sw]] = g.stride;
+  [p[WGRAD_NAIVE.dd], p[WGRAD_NAIVE.dh], p[WGRAD_NAIVE.dw]] = g.dil;
+  p[WGRAD_NAIVE.xOff] = x.offset;
+  p[WGRAD_NAIVE.gOff] = gy.offset;
+  const kernel = cached("wgrad:naive", convWeightGradNaiveKernel);
+  dispatch(
+    kernel,
+    p,
+    [x.storage("conv3d").buffer, gy.storage("conv3d").buffer, dw.storage("conv3d").buffer],
+    Math.ceil(dw.size / NAIVE_WG),
+  );
+  return dw;
+}
+
+/** Gradient w.r.t. the weight (no autograd); x, gy contiguous. */
+function weightGradRaw(x: Tensor, gy: Tensor, g: Geometry): Tensor {
+  const key: ConvShapeKey = { kernel: g.kernel, stride: g.stride, dilation: g.dil };
+  const tiling = planWeightGrad(key, g.cinG, g.coutG, g.outDims);
+  if (!tiling) return weightGradNaive(x, gy, g);
+  const tile = convGradTile(key, tiling);
+  const taps = g.kernel[0] * g.kernel[1] * g.kernel[2];
+  const [OD, OH, OW] = g.outDims;
+  const blocksH = Math.ceil(OH / tiling.rows);
+  const blocksW = Math.ceil(OW / tiling.cols);
+  const blocks = g.n * OD * blocksH * blocksW;
+  const coTiles = Math.ceil(g.coutG / tile.coChannels);
+  const ciTiles = Math.ceil(g.cinG / tile.ciChannels);
+  // Enough workgroups to fill a GPU (a few hundred), never fewer than one block each.
+  const base = coTiles * ciTiles * g.groups;
+  const splits = Math.max(1, Math.min(blocks, Math.ceil(256 / base)));
+  const perSplit = Math.ceil(blocks / splits);
+  const used = Math.ceil(blocks / perSplit);
+  // Both operands padded so that whole blocks (with the input's halo) are in bounds.
+  const xDims: Triple = [
+    (OD - 1) * g.stride[0] + (g.kernel[0] - 1) * g.dil[0] + 1,
+    (blocksH - 1) * tiling.rows * g.stride[1] + tile.inRows,
+    (blocksW - 1) * tiling.cols * g.stride[2] + 4 * tile.rowVec4s,
+  ];
+  const xp = padVolume(x, xDims, [-g.pad[0], -g.pad[1], -g.pad[2]]);
+  const gp = padVolume(gy, [OD, blocksH * tiling.rows, blocksW * tiling.cols], [0, 0, 0]);
+  const partial = fromData(null, [g.cout * g.cinG * taps, used]);
+  const p = new Uint32Array(WGRAD_WORDS);
+  p[WGRAD.cin] = g.cin;
+  [p[WGRAD.pd], p[WGRAD.ph], p[WGRAD.pw4]] = [xDims[0], xDims[1], xDims[2] / 4];
+  p[WGRAD.cinG] = g.cinG;
+  p[WGRAD.coutG] = g.coutG;
+  p[WGRAD.cout] = g.cout;
+  [p[WGRAD.od], p[WGRAD.gh], p[WGRAD.gw4]] = [OD, blocksH * tiling.rows, (blocksW * tiling.cols) / 4];
+  p[WGRAD.blocksH] = blocksH;
+  p[WGRAD.blocksW] = blocksW;
+  p[WGRAD.blocks] = blocks;
+  p[WGRAD.perSplit] = perSplit;
+  p[WGRAD.coTiles] = coTiles;
+  p[WGRAD.ciTiles] = ciTiles;
+  p[WGRAD.groups] = g.groups;
+  p[WGRAD.splits] = used;
+  p[WGRAD.xOff4] = 0;
+  p[WGRAD.gOff4] = 0;
+  p[WGRAD.outOff] = 0;
+  const kernel = cached(
+    `wgrad:${JSON.stringify(key)}:${JSON.stringify(tiling)}`,
+    () => convWeightGradKernel(key, tiling),
+  );
+  dispatch(kernel, p, [
+    xp.storage("conv3d").buffer,
+    gp.storage("conv3d").buffer,
+    partial.storage("conv3d").buffer,
+  ], base * used);
+  xp.dispose();
+  gp.dispose();
+  const wShape = [g.cout, g.cinG, ...g.kernel];
+  if (used === 1) {
+    const out = reshape(partial, wShape);
+    partial.dispose();
+    return out;
+  }
+  const summed = sum(partial, 1);
+  partial.dispose();
+  const out = reshape(summed, wShape);
+  summed.dispose();
+  return out;
+}
+
+// --- Public ops ----------------------------------------------------------------------------------------
+
+function conv3dImpl(
+  op: string,
+  x: Tensor,
+  w: Tensor,
+  bias: Tensor | undefined,
+  opts: LiftedOptions,
+  shown: { x: readonly number[]; w: readonly number[] } = { x: x.shape, w: w.shape },
+): Tensor {
+  const g = geometry(op, x, w, bias, opts, shown);
+  const xc = contiguous(x);
+  const wc = contiguous(w);
+  const bc = bias ? contiguous(bias) : null;
+  const y = forwardRaw(xc, wc, bc, g);
+  bc?.dispose();
+  const inputs = bias ? [x, w, bias] : [x, w];
+  const out = record(op, y, inputs, (gOut, [xs, ws], needs) => {
+    const gy = contiguous(gOut);
+    const grads: Array<Tensor | null> = [
+      needs[0] ? inputGradRaw(gy, ws, g) : null,
+      needs[1] ? weightGradRaw(xs, gy, g) : null,
+    ];
+    if (bias) grads.push(needs[2] ? sum(gy, [0, 2, 3, 4]) : null);
+    gy.dispose();
+    return grads;
+  }, [xc, wc]);
+  xc.dispose();
+  wc.dispose();
+  return out;
+}
+
+/**
+ * 3-D convolution, PyTorch's `F.conv3d(x, w, bias, stride, padding, dilation, groups)`: x [N, Cin, D, H, W],
+ * w [Cout, Cin/groups, kd, kh, kw], bias [Cout] → [N, Cout, Do, Ho, Wo] with
+ * Do = ⌊(D + 2·pad − dil·(kd − 1) − 1) / stride⌋ + 1 (likewise H, W). Differentiable w.r.t. x, w and bias.
+ *
+ * @example
+ * ```ts
+ * const y = conv3d(x, w, { bias: b, padding: 1 }); // 3×3×3 "same" convolution
+ * ```
+ */
+export function conv3d(x: Tensor, w: Tensor, opts: Conv3dOptions = {}): Tensor {
+  const op = "conv3d";
+  checkTensor(op, "x", x);
+  checkTensor(op, "w", w);
+  if (opts.bias !== undefined) checkTensor(op, "bias", opts.bias);
+  if (x.rank !== 5) throw new Error(`${op}: x must be [N, C, D, H, W], got ${formatShape(x.shape)}.`);
+  if (w.rank !== 5) {
+    throw new Error(`${op}: w must be [Cout, Cin/groups, kd, kh, kw], got ${formatShape(w.shape)}.`);
+  }
+  return conv3dImpl(op, x, w, opts.bias, {
+    stride: perAxis(op, "stride", opts.stride, 1, 3, 1),
+    padding: perAxis(op, "padding", opts.padding, 0, 3, 0),
+    dilation: perAxis(op, "dilation", opts.dilation, 1, 3, 1),
+    groups: opts.groups,
+  });
+}
+
+/**
+ * 2-D convolution, PyTorch's `F.conv2d`: x [N, Cin, H, W], w [Cout, Cin/groups, kh, kw], bias [Cout] →
+ * [N, Cout, Ho, Wo]. Runs as {@linkcode conv3d} on a depth-1 view. Differentiable w.r.t. x, w and bias.
+ */
+export function conv2d(x: Tensor, w: Tensor, opts: Conv2dOptions = {}): Tensor {
+  const op = "conv2d";
+  checkTensor(op, "x", x);
+  checkTensor(op, "w", w);
+  if (opts.bias !== undefined) checkTensor(op, "bias", opts.bias);
+  if (x.rank !== 4) throw new Error(`${op}: x must be [N, C, H, W], got ${formatShape(x.shape)}.`);
+  if (w.rank !== 4) {
+    throw new Error(`${op}: w must be [Cout, Cin/groups, kh, kw], got ${formatShape(w.shape)}.`);
+  }
+  const stride = perAxis(op, "stride", opts.stride, 1, 2, 1);
+  const padding = perAxis(op, "padding", opts.padding, 0, 2, 0);
+  const dilation = perAxis(op, "dilation", opts.dilation, 1, 2, 1);
+  const [n, c, h, wd] = x.shape;
+  const [co, ci, kh, kw] = w.shape;
+  const x3 = reshape(x, [n, c, 1, h, wd]);
+  const w3 = reshape(w, [co, ci, 1, kh, kw]);
+  let y3: Tensor;
+  try {
+    y3 = conv3dImpl(op, x3, w3, opts.bias, {
+      stride: [1, ...stride],
+      padding: [0, ...padding],
+      dilation: [1, ...dilation],
+      groups: opts.groups,
+    }, { x: x.shape, w: w.shape });
+  } finally {
+    x3.dispose();
+    w3.dispose();
+  }
+  const [, , , ho, wo] = y3.shape;
+  const y = reshape(y3, [n, co, ho, wo]);
+  y3.dispose();
+  return y;
+}

@@ -1,0 +1,515 @@
+/**
+ * The HTTP API: routing, authentication, request validation, Server-Sent Events and result downloads.
+ * Every failure is JSON `{ error: { code, message } }` with a fitting status. The GPU work happens in the
+ * {@linkcode JobQueue}'s worker; nothing here ever waits for the GPU.
+ *
+ * @module
+ */
+
+import type { Catalog } from "./catalog.ts";
+import { ApiError } from "./errors.ts";
+import { type AdapterChoice, type SampleRequest, type SamplerName, SAMPLERS } from "./protocol.ts";
+import type { JobEvent, JobQueue } from "./queue.ts";
+import { FINAL_STATES, type Job, type JobStatus } from "./store.ts";
+import { niivueModule, viewerPage } from "./viewer.ts";
+
+/** Limits and settings of the API. */
+export interface ApiOptions {
+  /** The job queue. */
+  queue: JobQueue;
+  /** Models and adapters. */
+  catalog: Catalog;
+  /** Directory of the result files. */
+  resultsDir: string;
+  /** When set, every `/v1` request needs `Authorization: Bearer <token>`. */
+  token?: string;
+  /** Largest request body in bytes (413 beyond). */
+  maxBodyBytes: number;
+  /** Most sampling steps a request may ask for. */
+  maxSteps: number;
+  /** Most volumes per request. */
+  maxBatch: number;
+  /** Seconds between SSE keep-alive comments (default 15). */
+  keepAliveSeconds?: number;
+}
+
+/** The request handler and what graceful shutdown needs from it. */
+export interface Api {
+  /** Answers one request. */
+  handle(request: Request): Promise<Response>;
+  /** Ends every open event stream (they would otherwise keep the server from shutting down). */
+  closeStreams(): void;
+}
+
+/** The fields a sample request may have. */
+const REQUEST_FIELDS = ["model", "adapters", "sampler", "steps", "seed", "guidanceScale", "batch"];
+const ADAPTER_FIELDS = ["name", "weight"];
+const STATUSES: readonly JobStatus[] = ["queued", "running", "done", "failed", "cancelled"];
+const MAX_ADAPTERS = 8;
+const MAX_GUIDANCE = 30;
+
+/** Builds the API handler. */
+export function createApi(opts: ApiOptions): Api {
+  const streams = new Set<() => void>();
+  let closing = false;
+  const keepAliveMs = (opts.keepAliveSeconds ?? 15) * 1000;
+
+  async function route(req: Request, url: URL): Promise<Response> {
+    const path = url.pathname;
+    if (path === "/" || path === "/index.html") {
+      allow(req, ["GET"]);
+      return new Response(await viewerPage(), { headers: { "content-type": "text/html; charset=utf-8" } });
+    }
+    if (path === "/niivue.js") {
+      allow(req, ["GET"]);
+      return new Response(await niivueModule(), {
+        headers: {
+          "content-type": "text/javascript; charset=utf-8",
+          "cache-control": "public, max-age=86400",
+        },
+      });
+    }
+    if (path === "/healthz") {
+      allow(req, ["GET"]);
+      const health = opts.queue.health();
+      return json(health.worker === "unavailable" ? 503 : 200, {
+        status: health.worker === "ready" ? "ok" : health.worker,
+        auth: Boolean(opts.token),
+        ...health,
+      });
+    }
+    if (path !== "/v1" && !path.startsWith("/v1/")) {
+      throw new ApiError(404, "not_found", `No route ${path}.`);
+    }
+    await authorize(req);
+    const parts = path.split("/").slice(2); // "/v1/jobs/x" → ["jobs", "x"]
+    if (parts.length === 1 && parts[0] === "samples") {
+      allow(req, ["POST"]);
+      return await submit(req);
+    }
+    if (parts.length === 1 && parts[0] === "models") {
+      allow(req, ["GET"]);
+      return json(200, { models: await opts.catalog.models(), adapters: await opts.catalog.adapters() });
+    }
+    if (parts[0] === "jobs") {
+      if (parts.length === 1) {
+        allow(req, ["GET"]);
+        return listJobs(url);
+      }
+      const id = parts[1];
+      if (parts.length === 2) {
+        allow(req, ["GET", "DELETE"]);
+        if (req.method === "GET") return json(200, view(opts.queue.get(id)));
+        const { job, settled } = await opts.queue.cancel(id);
+        return json(settled ? 200 : 202, view(job));
+      }
+      if (parts.length === 3 && parts[2] === "events") {
+        allow(req, ["GET"]);
+        return events(id);
+      }
+      if (parts.length === 3 && parts[2] === "result") {
+        allow(req, ["GET"]);
+        return await result(id, url);
+      }
+    }
+    throw new ApiError(404, "not_found", `No route ${path}.`);
+  }
+
+  function authorize(req: Request): Promise<void> | void {
+    if (!opts.token) {
+      // Without a token the server is loopback-only; a foreign Host header means a DNS-rebinding page.
+      const host = new URL(req.url).hostname;
+      if (!isLoopbackHost(host)) {
+        throw new ApiError(
+          403,
+          "forbidden_host",
+          `Host "${host}" is not a loopback name; start with --token to serve it.`,
+        );
+      }
+      return;
+    }
+    const header = req.headers.get("authorization") ?? "";
+    const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
+    const challenge = { "WWW-Authenticate": 'Bearer realm="voxgen"' };
+    if (!match) {
+      throw new ApiError(
+        401,
+        "unauthorized",
+        "This server needs `Authorization: Bearer <token>`.",
+        challenge,
+      );
+    }
+    return sameSecret(match[1], opts.token).then((ok) => {
+      if (!ok) throw new ApiError(401, "unauthorized", "The bearer token is not valid.", challenge);
+    });
+  }
+
+  async function submit(req: Request): Promise<Response> {
+    const type = req.headers.get("content-type") ?? "";
+    if (!/^application\/json\s*(;|$)/i.test(type)) {
+      throw new ApiError(
+        415,
+        "unsupported_media_type",
+        `The body must be JSON with Content-Type: application/json (got ${JSON.stringify(type || null)}).`,
+      );
+    }
+    const body = await readJson(req, opts.maxBodyBytes);
+    const request = await validateRequest(body, opts);
+    const job = opts.queue.submit(request);
+    return json(202, { id: job.id, status: job.status }, { location: `/v1/jobs/${job.id}` });
+  }
+
+  function listJobs(url: URL): Response {
+    const limit = url.searchParams.get("limit") ?? "50";
+    const n = Number(limit);
+    if (!Number.isInteger(n) || n < 1 || n > 500) {
+      throw new ApiError(400, "invalid_query", `limit=${limit}: expected an integer in 1..500.`);
+    }
+    const status = url.searchParams.get("status");
+    if (status !== null && !STATUSES.includes(status as JobStatus)) {
+      throw new ApiError(400, "invalid_query", `status=${status}: expected one of ${STATUSES.join(", ")}.`);
+    }
+    const jobs = opts.queue.list(n, (status ?? undefined) as JobStatus | undefined);
+    return json(200, { jobs: jobs.map(view) });
+  }
+
+  function events(id: string): Response {
+    if (closing) throw new ApiError(503, "shutting_down", "The server is shutting down.");
+    const first = opts.queue.get(id);
+    const encoder = new TextEncoder();
+    let stop = () => {};
+    const body = new ReadableStream<Uint8Array>({
+      start(controller) {
+        const write = (text: string) => {
+          try {
+            controller.enqueue(encoder.encode(text));
+          } catch {
+            stop(); // the stream is already closed
+          }
+        };
+        const send = (event: string, data: unknown) =>
+          write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+        send("state", view(first));
+        if (FINAL_STATES.includes(first.status)) {
+          controller.close();
+          return;
+        }
+        const close = () => {
+          stop();
+          try {
+            controller.close();
+          } catch { /* already closed */ }
+        };
+        const unsubscribe = opts.queue.subscribe(id, (e: JobEvent) => {
+          if (e.type === "progress") {
+            const { status, progress } = e.job;
+            send("progress", { id, status, progress, step: e.step, total: e.total });
+            return;
+          }
+          send("state", view(e.job));
+          if (FINAL_STATES.includes(e.job.status)) close();
+        });
+        // Comments keep proxies and idle timeouts from dropping a quiet stream (a long queue wait).
+        const keepAlive = setInterval(() => write(": keep-alive\n\n"), keepAliveMs);
+        stop = () => {
+          unsubscribe();
+          clearInterval(keepAlive);
+          streams.delete(close);
+        };
+        streams.add(close);
+      },
+      cancel() {
+        stop(); // the client went away
+      },
+    });
+    return new Response(body, {
+      headers: {
+        "content-type": "text/event-stream; charset=utf-8",
+        "cache-control": "no-cache",
+        "x-accel-buffering": "no",
+      },
+    });
+  }
+
+  async function result(id: string, url: URL): Promise<Response> {
+    const job = opts.queue.get(id);
+    const format = url.searchParams.get("format") ?? "nifti";
+    if (!["nifti", "png"].includes(format)) {
+      throw new ApiError(400, "invalid_query", `format=${format}: expected nifti (default) or png.`);
+    }
+    if (job.status !== "done" || !job.result) {
+      throw new ApiError(
+        409,
+        "result_not_ready",
+        `Job ${id} is ${job.status}; results exist only for done jobs.`,
+      );
+    }
+    const name = format === "png" ? job.result.png : job.result.nifti;
+    let file: Deno.FsFile;
+    try {
+      file = await Deno.open(`${opts.resultsDir}/${name}`);
+    } catch {
+      throw new ApiError(410, "result_missing", `The result file of job ${id} is no longer on the server.`);
+    }
+    const { size } = await file.stat();
+    const download = `voxgen-${id}.${format === "png" ? "png" : "nii.gz"}`;
+    return new Response(file.readable, {
+      headers: {
+        "content-type": format === "png" ? "image/png" : "application/gzip",
+        "content-length": String(size),
+        "content-disposition": `${format === "png" ? "inline" : "attachment"}; filename="${download}"`,
+        // Results never change once written.
+        "cache-control": "private, max-age=31536000, immutable",
+      },
+    });
+  }
+
+  return {
+    async handle(req: Request): Promise<Response> {
+      const url = new URL(req.url);
+      try {
+        return await route(req, url);
+      } catch (error) {
+        if (error instanceof ApiError) {
+          return json(error.status, { error: { code: error.code, message: error.message } }, error.headers);
+        }
+        console.error(`${req.method} ${url.pathname}: ${(error as Error).stack ?? error}`);
+        return json(500, { error: { code: "internal_error", message: (error as Error).message } });
+      }
+    },
+    closeStreams(): void {
+      closing = true;
+      for (const close of [...streams]) close();
+    },
+  };
+}
+
+/** A job as the API shows it: result files become URLs. */
+function view(job: Job): Record<string, unknown> {
+  const { id, status, progress, createdAt, startedAt, finishedAt, error, request, result } = job;
+  const shown = { id, status, progress, createdAt, startedAt, finishedAt, error, request };
+  if (!result) return shown;
+  const base = `/v1/jobs/${job.id}/result`;
+  return {
+    ...shown,
+    result: {
+      shape: result.shape,
+      batch: result.batch,
+      bytes: result.bytes,
+      seconds: result.seconds,
+      nifti: base,
+      png: `${base}?format=png`,
+    },
+  };
+}
+
+function json(status: number, body: unknown, headers: Record<string, string> = {}): Response {
+  return new Response(JSON.stringify(body), {
+    status,
+    headers: { "content-type": "application/json; charset=utf-8", ...headers },
+  });
+}
+
+function allow(req: Request, methods: string[]): void {
+  if (!methods.includes(req.method)) {
+    throw new ApiError(
+      405,
+      "method_not_allowed",
+      `${req.method} is not allowed here; use ${methods.join(" or ")}.`,
+      {
+        Allow: methods.join(", "),
+      },
+    );
+  }
+}
+
+/** Reads a JSON body of at most `max` bytes (counted as they arrive, whatever Content-Length claims). */
+async function readJson(req: Request, max: number): Promise<unknown> {
+  const tooLarge = () =>
+    new ApiError(413, "body_too_large", `The request body exceeds the ${max}-byte limit.`);
+  const declared = Number(req.headers.get("content-length") ?? 0);
+  if (declared > max) throw tooLarge();
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  if (req.body) {
+    const reader = req.body.getReader();
+    while (true) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      total += value.byteLength;
+      if (total > max) {
+        await reader.cancel().catch(() => {});
+        throw tooLarge();
+      }
+      chunks.push(value);
+    }
+  }
+  const bytes = new Uint8Array(total);
+  let at = 0;
+  for (const c of chunks) {
+    bytes.set(c, at);
+    at += c.byteLength;
+  }
+  let text: string;
+  try {
+    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    throw new ApiError(400, "invalid_json", "The body is not UTF-8 text.");
+  }
+  try {
+    return JSON.parse(text);
+  } catch (error) {
+    throw new ApiError(400, "invalid_json", `The body is not valid JSON: ${(error as Error).message}`);
+  }
+}
+
+/**
+ * Validates a sample request body against the API's rules and the catalog, filling in defaults:
+ * 400 for structure and types, 404 for unknown names, 422 for values out of range.
+ */
+export async function validateRequest(
+  body: unknown,
+  limits: Pick<ApiOptions, "catalog" | "maxSteps" | "maxBatch">,
+): Promise<SampleRequest> {
+  if (typeof body !== "object" || body === null || Array.isArray(body)) {
+    throw new ApiError(400, "invalid_body", 'The body must be a JSON object, e.g. {"steps": 50}.');
+  }
+  const b = body as Record<string, unknown>;
+  rejectUnknown(b, REQUEST_FIELDS, "request");
+  const model = optional(b, "model", "string", "default") as string;
+  const sampler = optional(b, "sampler", "string", "ddim") as string;
+  const steps = integer(b, "steps", 50, 1, limits.maxSteps);
+  const batch = integer(b, "batch", 1, 1, limits.maxBatch);
+  const seed = integer(b, "seed", Math.floor(Math.random() * 2 ** 32), 0, Number.MAX_SAFE_INTEGER);
+  const guidanceScale = optional(b, "guidanceScale", "number", 1) as number;
+  if (!Number.isFinite(guidanceScale) || guidanceScale < 0 || guidanceScale > MAX_GUIDANCE) {
+    throw new ApiError(422, "out_of_range", `guidanceScale ${guidanceScale} is outside 0..${MAX_GUIDANCE}.`);
+  }
+  if (!SAMPLERS.includes(sampler as SamplerName)) {
+    throw new ApiError(422, "invalid_value", `sampler "${sampler}" is not one of ${SAMPLERS.join(", ")}.`);
+  }
+  const adapters = parseAdapters(b.adapters);
+
+  const { summary } = await limits.catalog.model(model);
+  for (const a of adapters) await limits.catalog.adapter(a.name);
+  if (summary.conditional) {
+    throw new ApiError(
+      422,
+      "conditional_model",
+      `Model "${model}" is conditional; the server samples unconditional models only.`,
+    );
+  }
+  if (guidanceScale !== 1) {
+    throw new ApiError(
+      422,
+      "invalid_value",
+      `guidanceScale ${guidanceScale}: model "${model}" is unconditional, so only 1 (no guidance) applies.`,
+    );
+  }
+  return { model, adapters, sampler: sampler as SamplerName, steps, seed, guidanceScale, batch };
+}
+
+function rejectUnknown(obj: Record<string, unknown>, known: string[], what: string): void {
+  const unknown = Object.keys(obj).filter((k) => !known.includes(k));
+  if (unknown.length > 0) {
+    throw new ApiError(
+      400,
+      "unknown_field",
+      `Unknown field${unknown.length > 1 ? "s" : ""} ${
+        unknown.map((k) => JSON.stringify(k)).join(", ")
+      } in the ` +
+        `${what}; accepted: ${known.join(", ")}.`,
+    );
+  }
+}
+
+function optional(
+  obj: Record<string, unknown>,
+  key: string,
+  type: "string" | "number",
+  fallback: unknown,
+): unknown {
+  const v = obj[key];
+  if (v === undefined) return fallback;
+  const fits = type === "string" ? typeof v === "string" : typeof v === "number";
+  if (!fits) throw new ApiError(400, "invalid_type", `${key} must be a ${type}, not ${describe(v)}.`);
+  return v;
+}
+
+function integer(
+  obj: Record<string, unknown>,
+  key: string,
+  fallback: number,
+  min: number,
+  max: number,
+): number {
+  const v = optional(obj, key, "number", fallback) as number;
+  if (!Number.isInteger(v) || v < min || v > max) {
+    throw new ApiError(422, "out_of_range", `${key} ${v} is not an integer in ${min}..${max}.`);
+  }
+  return v;
+}
+
+function parseAdapters(value: unknown): AdapterChoice[] {
+  if (value === undefined) return [];
+  if (!Array.isArray(value)) {
+    throw new ApiError(
+      400,
+      "invalid_type",
+      `adapters must be an array of { name, weight }, not ${describe(value)}.`,
+    );
+  }
+  if (value.length > MAX_ADAPTERS) {
+    throw new ApiError(422, "out_of_range", `${value.length} adapters; at most ${MAX_ADAPTERS} are allowed.`);
+  }
+  const out: AdapterChoice[] = [];
+  for (const [i, item] of value.entries()) {
+    if (typeof item !== "object" || item === null || Array.isArray(item)) {
+      throw new ApiError(
+        400,
+        "invalid_type",
+        `adapters[${i}] must be an object { name, weight }, not ${describe(item)}.`,
+      );
+    }
+    const a = item as Record<string, unknown>;
+    rejectUnknown(a, ADAPTER_FIELDS, `adapters[${i}]`);
+    if (typeof a.name !== "string") {
+      throw new ApiError(
+        400,
+        "invalid_type",
+        `adapters[${i}].name must be a string, not ${describe(a.name)}.`,
+      );
+    }
+    const weight = optional(a, "weight", "number", 1) as number;
+    if (!Number.isFinite(weight) || Math.abs(weight) > 10) {
+      throw new ApiError(422, "out_of_range", `adapters[${i}].weight ${weight} is outside -10..10.`);
+    }
+    if (out.some((o) => o.name === a.name)) {
+      throw new ApiError(422, "invalid_value", `adapter "${a.name}" is listed twice.`);
+    }
+    out.push({ name: a.name, weight });
+  }
+  return out;
+}
+
+function describe(v: unknown): string {
+  if (v === null) return "null";
+  if (Array.isArray(v)) return "an array";
+  return typeof v === "object" ? "an object" : `${typeof v} ${JSON.stringify(v)}`;
+}
+
+/** True for names and addresses that can only mean this machine. */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.replace(/^\[|\]$/g, "").toLowerCase();
+  return h === "localhost" || h.endsWith(".localhost") || h === "::1" || /^127(\.\d{1,3}){3}$/.test(h);
+}
+
+/** Compares secrets in time independent of where they differ (both are hashed to equal length first). */
+async function sameSecret(given: string, expected: string): Promise<boolean> {
+  const digest = async (s: string) =>
+    new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(s)));
+  const [a, b] = await Promise.all([digest(given), digest(expected)]);
+  let diff = 0;
+  for (let i = 0; i < a.length; i++) diff |= a[i] ^ b[i];
+  return diff === 0;
+}

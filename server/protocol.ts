@@ -1,0 +1,96 @@
+/**
+ * Types shared by the HTTP side of the server and the GPU worker: what a job asks for, what the worker
+ * reports back, and the worker's Comlink interface.
+ *
+ * @module
+ */
+
+/** Samplers the server offers. */
+export const SAMPLERS = ["ddim", "ddpm", "euler"] as const;
+
+/** A sampler name. */
+export type SamplerName = typeof SAMPLERS[number];
+
+/** An adapter applied on top of the model, with its weight. */
+export interface AdapterChoice {
+  /** Adapter name: a file `<data>/adapters/<name>.safetensors`. */
+  name: string;
+  /** Scale of the adapter's update (1 = as trained). */
+  weight: number;
+}
+
+/** A validated sample request with every default filled in (stored with the job, so it can be rerun). */
+export interface SampleRequest {
+  /** Model name ("default" is the embedded model). */
+  model: string;
+  /** Adapters, applied in order. */
+  adapters: AdapterChoice[];
+  /** Sampler. */
+  sampler: SamplerName;
+  /** Denoising steps. */
+  steps: number;
+  /** Seed of all the noise (0 ≤ seed < 2^53); chosen at random when the request has none. */
+  seed: number;
+  /** Classifier-free guidance scale (1 = none). */
+  guidanceScale: number;
+  /** Volumes to generate. */
+  batch: number;
+}
+
+/** Everything the worker needs to run a job: the request with names resolved to files. */
+export interface WorkerJob {
+  /** Job id (names the result files). */
+  id: string;
+  /** The request. */
+  request: SampleRequest;
+  /** Absolute path of the model file. */
+  modelPath: string;
+  /** Absolute paths and weights of the adapters. */
+  adapters: Array<{ path: string; weight: number }>;
+  /** Directory the result files go to. */
+  resultsDir: string;
+}
+
+/** What a finished job produced. */
+export interface JobResult {
+  /** Spatial size [nx, ny, nz] of each volume. */
+  shape: [number, number, number];
+  /** Volumes in the file (a batch of several is one 4-D NIfTI, t = batch index). */
+  batch: number;
+  /** NIfTI file name inside the results directory. */
+  nifti: string;
+  /** PNG preview file name inside the results directory. */
+  png: string;
+  /** Size of the NIfTI file in bytes. */
+  bytes: number;
+  /** Seconds the worker spent on the job (model load, sampling, writing). */
+  seconds: number;
+}
+
+/** Progress of a running job. */
+export interface WorkerProgress {
+  /** Steps done. */
+  step: number;
+  /** Total steps. */
+  total: number;
+}
+
+/** The adapter the worker's device runs on. */
+export interface WorkerDevice {
+  /** Adapter name, e.g. "llvmpipe (LLVM 15.0.6, 256 bits)". */
+  adapter: string;
+  /** Vendor string. */
+  vendor: string;
+  /** True for software adapters. */
+  isFallbackAdapter: boolean;
+}
+
+/** The GPU worker's interface (exposed with Comlink). */
+export interface WorkerApi {
+  /** Acquires the GPU device; rejects with the reason when there is none. */
+  init(): Promise<WorkerDevice>;
+  /** Runs one job to completion; progress goes to `onProgress`. Rejects on failure or cancellation. */
+  run(job: WorkerJob, onProgress: (p: WorkerProgress) => void): Promise<JobResult>;
+  /** Asks the running job `id` to stop at its next step. */
+  cancel(id: string): void;
+}

@@ -1,0 +1,229 @@
+/**
+ * The GPU worker: owns the WebGPU device, loads models, samples, and writes the result files. It runs in a
+ * Web Worker because a GPU readback in Deno blocks the JS thread for the whole GPU job; the main thread
+ * stays free to answer HTTP. The main thread talks to it through Comlink ({@linkcode WorkerApi}).
+ *
+ * Test hook: `VOXGEN_TEST_FAULTS="<seed>:<fault>,…"` makes jobs with those seeds destroy the GPU device
+ * (`lose-device`) or throw an uncaught error (`crash`) after their first step, or destroy the device just
+ * after they finished (`lose-device-idle`) — how the tests check that the server survives a lost device
+ * and a dying worker.
+ *
+ * @module
+ */
+
+import * as Comlink from "comlink";
+import { loadAdapters, modelHash } from "../adapters/mod.ts";
+import { makeScheduler } from "../cli/sample.ts";
+import { gpu, onDeviceLost, ready } from "../engine/device.ts";
+import { scope } from "../engine/memory.ts";
+import { map } from "../engine/ops/map.ts";
+import { writeNifti } from "../io/nifti.ts";
+import { atomicWrite } from "../io/atomic.ts";
+import { encodePng, type Image8, orthogonalSlices } from "../io/png.ts";
+import { type LoadedModel, loadModelFile } from "../pipelines/modelfile.ts";
+import { sample } from "../samplers/sample.ts";
+import type { JobResult, WorkerApi, WorkerDevice, WorkerJob, WorkerProgress } from "./protocol.ts";
+
+let lostReason: string | null = null;
+let current: { id: string; controller: AbortController } | null = null;
+/** The last base model used, kept loaded for the next job (jobs usually share a model). */
+let cached: { key: string; model: LoadedModel } | null = null;
+
+const api: WorkerApi = {
+  async init(): Promise<WorkerDevice> {
+    const info = await ready();
+    onDeviceLost((reason) => {
+      lostReason = reason;
+      if (current) {
+        current.controller.abort();
+        return;
+      }
+      // Idle: die loudly, so the main thread replaces this worker before it is given a job.
+      setTimeout(() => {
+        throw new Error(`the GPU device was lost (${reason})`);
+      });
+    });
+    return { adapter: info.adapter, vendor: info.vendor, isFallbackAdapter: info.isFallbackAdapter };
+  },
+
+  async run(job: WorkerJob, onProgress: (p: WorkerProgress) => void): Promise<JobResult> {
+    if (current) throw new Error(`the worker is busy with job ${current.id}`);
+    if (lostReason) throw new Error(`the GPU device was lost (${lostReason})`);
+    const controller = new AbortController();
+    current = { id: job.id, controller };
+    try {
+      return await runJob(job, controller.signal, onProgress);
+    } catch (error) {
+      if (lostReason) throw new Error(`the GPU device was lost (${lostReason})`);
+      if (controller.signal.aborted) {
+        // The name survives Comlink's error transfer: it tells the main thread this worker is still sound.
+        const cancelled = new Error("the job was stopped on request");
+        cancelled.name = "CancelledError";
+        throw cancelled;
+      }
+      throw error;
+    } finally {
+      current = null;
+      (onProgress as unknown as Comlink.Remote<unknown>)[Comlink.releaseProxy]?.();
+    }
+  },
+
+  cancel(id: string): void {
+    if (current?.id === id) current.controller.abort();
+  },
+};
+
+// Expose before any await, so no message from the main thread arrives before the handler exists.
+Comlink.expose(api);
+
+async function runJob(
+  job: WorkerJob,
+  signal: AbortSignal,
+  onProgress: (p: WorkerProgress) => void,
+): Promise<JobResult> {
+  const start = performance.now();
+  const { request } = job;
+  const fault = injectedFault(request.seed);
+  const model = await acquireModel(job);
+  try {
+    const { unet, info } = model;
+    const scheduler = makeScheduler(request.sampler, { ...info.scheduler });
+    const [nx, ny, nz] = info.volume.shape;
+    const channels = unet.config.inChannels;
+    const x = await sample((xt, t) => unet.forward(xt, t), scheduler, {
+      shape: [request.batch, channels, nz, ny, nx],
+      steps: request.steps,
+      seed: request.seed,
+      signal,
+      onProgress: (p) => {
+        // Fire and forget: a round trip per step would slow sampling for nothing.
+        Promise.resolve(onProgress({ step: p.step, total: p.total })).catch(() => {});
+        if (p.step === 1 && (fault === "lose-device" || fault === "crash")) injectFault(fault);
+      },
+    });
+    // Back to the trained intensity range (x̂0 is clipped there by the scheduler already).
+    const [lo, hi] = info.volume.range;
+    const clipped = scope(() => map("clamp", "min(max(a, s0), s1)", [x], [lo, hi]));
+    x.dispose();
+    const all = await clipped.toArray();
+    clipped.dispose();
+    // Channel 0 of every batch item, one after the other: exactly a 4-D NIfTI's layout (t = batch index).
+    const voxels = nx * ny * nz;
+    const volumes = Array.from(
+      { length: request.batch },
+      (_, b) => all.subarray(b * channels * voxels, b * channels * voxels + voxels),
+    );
+    const data = request.batch === 1 ? volumes[0] : concat(volumes);
+    const nifti = `${job.id}.nii.gz`;
+    const png = `${job.id}.png`;
+    await writeNifti(
+      `${job.resultsDir}/${nifti}`,
+      {
+        data,
+        shape: request.batch === 1 ? [nx, ny, nz] : [nx, ny, nz, request.batch],
+        affine: info.volume.affine,
+      },
+      {
+        description: `voxgen ${request.model} ${request.sampler} ${request.steps} steps seed ${request.seed}`,
+      },
+    );
+    const previews = volumes.map((v) => orthogonalSlices(v, [nx, ny, nz], { window: [lo, hi] }));
+    await atomicWrite(`${job.resultsDir}/${png}`, await encodePng(stackRows(previews)));
+    const { size } = await Deno.stat(`${job.resultsDir}/${nifti}`);
+    if (fault === "lose-device-idle") setTimeout(() => injectFault("lose-device"), 100);
+    return {
+      shape: [nx, ny, nz],
+      batch: request.batch,
+      nifti,
+      png,
+      bytes: size,
+      seconds: (performance.now() - start) / 1000,
+    };
+  } finally {
+    if (model !== cached?.model) model.unet.dispose();
+  }
+}
+
+/** The job's model: the cached base model when it has no adapters, otherwise a fresh copy with them merged. */
+async function acquireModel(job: WorkerJob): Promise<LoadedModel> {
+  const stat = await Deno.stat(job.modelPath);
+  const key = `${job.modelPath}:${stat.mtime?.getTime()}:${stat.size}`;
+  if (job.adapters.length === 0 && cached?.key === key) return cached.model;
+  const model = await loadModelFile(job.modelPath);
+  if (job.adapters.length > 0) {
+    try {
+      await applyAdapters(model, job.adapters);
+    } catch (error) {
+      model.unet.dispose();
+      throw error;
+    }
+    return model;
+  }
+  cached?.model.unet.dispose();
+  cached = { key, model };
+  return model;
+}
+
+/**
+ * Bakes adapters into a freshly loaded model: each is loaded onto the base weights (its file's base hash
+ * must match), merged with its weight, and its layers removed again, so the next one sees plain layers.
+ */
+async function applyAdapters(model: LoadedModel, adapters: WorkerJob["adapters"]): Promise<void> {
+  const baseHash = await modelHash(model.unet);
+  for (const a of adapters) {
+    const set = await loadAdapters(model.unet, a.path, { baseHash });
+    set.merge(a.weight);
+    set.remove();
+  }
+}
+
+function concat(parts: Float32Array[]): Float32Array {
+  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+/** Grey images one under the other, 4 px apart: the preview of a whole batch. */
+function stackRows(images: Image8[]): Image8 {
+  if (images.length === 1) return images[0];
+  const gap = 4;
+  const width = Math.max(...images.map((i) => i.width));
+  const height = images.reduce((n, i) => n + i.height, 0) + gap * (images.length - 1);
+  const pixels = new Uint8Array(width * height);
+  let top = 0;
+  for (const image of images) {
+    for (let y = 0; y < image.height; y++) {
+      pixels.set(image.pixels.subarray(y * image.width, (y + 1) * image.width), (top + y) * width);
+    }
+    top += image.height + gap;
+  }
+  return { width, height, channels: 1, pixels };
+}
+
+type Fault = "lose-device" | "lose-device-idle" | "crash";
+const FAULTS: readonly string[] = ["lose-device", "lose-device-idle", "crash"];
+
+function injectedFault(seed: number): Fault | null {
+  const spec = Deno.env.get("VOXGEN_TEST_FAULTS");
+  if (!spec) return null;
+  for (const entry of spec.split(",")) {
+    const [s, kind] = entry.split(":");
+    if (Number(s) === seed && FAULTS.includes(kind)) return kind as Fault;
+  }
+  return null;
+}
+
+function injectFault(fault: Fault): void {
+  if (fault === "lose-device") {
+    gpu().destroy();
+    return;
+  }
+  // Thrown outside any promise: an uncaught error, which ends the worker.
+  setTimeout(() => {
+    throw new Error("injected worker crash (VOXGEN_TEST_FAULTS)");
+  });
+}
