@@ -235,7 +235,9 @@ export async function train(
       }
     }
     if (showProgress) console.error("");
-    const tail = losses.slice(-50);
+    // A resumed run that had nothing left to do reports the tail of the logged losses.
+    const logged = lossLog.trim().split("\n").slice(1).map((row) => Number(row.split(",")[1]));
+    const tail = (losses.length > 0 ? losses : logged).slice(-50);
     return {
       step: steps,
       finalLoss: tail.reduce((a, b) => a + b, 0) / Math.max(tail.length, 1),

@@ -568,7 +568,6 @@ function planWeightGrad(
   const bytes = limit("maxComputeWorkgroupStorageSize");
   const pow2 = (v: number) => 2 ** Math.ceil(Math.log2(Math.max(1, v)));
   // Blocks no larger than the output (small outputs waste less and compile smaller kernels).
-  const step = Number((globalThis as { WG_STEP?: string }).WG_STEP ?? 4);
   const blocks = [...((globalThis as { WG_BLOCKS?: number[][] }).WG_BLOCKS ?? []), [4, 16], [4, 8], [2, 8], [
     1,
     8,
@@ -579,13 +578,7 @@ function planWeightGrad(
   for (let ciThreads = Math.min(16, pow2(cinG)); ciThreads >= 1; ciThreads /= 2) {
     const coThreads = Math.max(1, Math.min(64 / ciThreads, pow2(Math.ceil(coutG / channels))));
     for (const [rows, cols] of blocks) {
-      const tiling: ConvGradTiling = {
-        channels,
-        threads: [coThreads, ciThreads],
-        rows,
-        cols,
-        step: cols % step === 0 ? step : 4,
-      };
+      const tiling: ConvGradTiling = { channels, threads: [coThreads, ciThreads], rows, cols };
       if (convGradTile(key, tiling).vec4s * 16 <= bytes) return tiling;
     }
   }

@@ -117,9 +117,9 @@ function isSoftwareAdapter(): boolean {
 function chunkConfigFor(M: number, N: number, K: number, count: number): ChunkConfig | null {
   const path = matmulSettings.path;
   if (path === "tiled") return null;
-  if (path === "auto" && (M * N * K * count < matmulSettings.minChunkFlops || !isSoftwareAdapter())) {
-    return null;
-  }
+  // Few outputs over a long K would mean many dispatches with little work each: the tiled kernel loops instead.
+  const small = M * N * K * count < matmulSettings.minChunkFlops || M * N * count < 4096;
+  if (path === "auto" && (small || !isSoftwareAdapter())) return null;
   const large = path === "chunk-large" ||
     (path === "auto" && !matmulSettings.noLarge && N >= 768 && M >= 64 && K >= 128);
   const cfg = large ? MATMUL_CHUNK_LARGE : N >= 192 ? MATMUL_CHUNK_MEDIUM : MATMUL_CHUNK_NARROW;
