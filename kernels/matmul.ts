@@ -4,7 +4,7 @@
  * - {@linkcode matmulKernel}: the general tiled kernel. Arbitrary strides for rows and columns of A and B
  *   (transposed operands need no copy), any sizes. Shared-memory tiles of 64×64 outputs per workgroup, 16
  *   k-values per stage; each of the 256 threads accumulates a 4×4 block in registers.
- * - {@linkcode matmulChunkKernel}: the software-rasteriser kernel (Mesa lavapipe/llvmpipe). One dispatch
+ * - {@linkcode matmulChunkKernel}: the kernel for software adapters (Mesa lavapipe/llvmpipe). One dispatch
  *   computes the contribution of one K-chunk of `depth` k-values and adds it into C, so a product takes
  *   `ceil(K / depth)` dispatches. The kernel body has no loops at all: on llvmpipe a shared-memory load at a
  *   constant address outside any loop or branch compiles to one scalar load broadcast to the 8 SIMD lanes,
@@ -103,13 +103,13 @@ export interface ChunkConfig {
 }
 
 /**
- * Large tiles: 64 rows × 1024 columns × 128 k per dispatch (32768 unrolled vec4 FMAs per thread). About 40% of
- * the FMA peak at 1024² and above; the pipeline takes tens of seconds to compile the first time (Mesa caches
- * it on disk afterwards).
+ * Large tiles: 64 rows × 1024 columns × 128 k per dispatch (8192 unrolled vec4 FMAs per thread). 30–39% of the
+ * FMA peak at 1024³ and 2048³ on lavapipe (see `bench/README.md`); the pipeline takes tens of seconds to compile
+ * the first time (Mesa caches it on disk afterwards).
  */
 export const MATMUL_CHUNK_LARGE: ChunkConfig = { threads: 256, rows: 64, depth: 128, rowBlock: 4 };
 
-/** Medium tiles: 32 rows × 256 columns × 64 k (2048 vec4 FMAs per thread); compiles in a few seconds. */
+/** Medium tiles: 32 rows × 256 columns × 64 k (2048 vec4 FMAs per thread), ~28%; compiles in a few seconds. */
 export const MATMUL_CHUNK_MEDIUM: ChunkConfig = { threads: 64, rows: 32, depth: 64, rowBlock: 4 };
 
 /** Narrow tiles for N < 192: 32 rows × 64 columns × 64 k (wider tiles would mostly compute padding). */
@@ -118,8 +118,8 @@ export const MATMUL_CHUNK_NARROW: ChunkConfig = { threads: 16, rows: 32, depth: 
 /** Kernel selection knobs, for tests and benchmarks (the engine reads them on every product). */
 export const matmulSettings: {
   /**
-   * `auto`: on software adapters a chunk kernel for products of at least `minChunkFlops` (narrow, medium or
-   * large tiles by shape), else the tiled kernel. `tiled`: always the tiled kernel. `chunk`: always a chunk
+   * `auto`: on software adapters a chunk kernel for products of at least `minChunkFlops` multiply-adds and 4096
+   * outputs (narrow, medium or large tiles by shape), else the tiled kernel. `tiled`: always the tiled kernel. `chunk`: always a chunk
    * kernel, narrow or medium by shape. `chunk-large`: always {@linkcode MATMUL_CHUNK_LARGE}.
    */
   path: "auto" | "tiled" | "chunk" | "chunk-large";
