@@ -109,7 +109,7 @@ async function describeCompileError(
 
 /** Splits a 1-D count of workgroups into a grid within the per-dimension limit. */
 export function foldGrid(count: number): [number, number, number] {
-  if (count <= MAX_WORKGROUPS_PER_DIM) return [Math.max(count, 1), 1, 1];
+  if (count <= MAX_WORKGROUPS_PER_DIM) return [count, 1, 1];
   const y = Math.ceil(count / MAX_WORKGROUPS_PER_DIM);
   if (y <= MAX_WORKGROUPS_PER_DIM) return [Math.ceil(count / y), y, 1];
   const z = Math.ceil(y / MAX_WORKGROUPS_PER_DIM);

@@ -443,8 +443,9 @@ export interface ConvGradTiling {
   channels: number;
   /** Threads along output channels and along input channels (their product is the workgroup size). */
   threads: readonly [number, number];
-  /** Output rows (h) and columns (w, a multiple of 4) of one staged block of gradOut. */
+  /** Output rows (h) of one staged block of gradOut. */
   rows: number;
+  /** Output columns (w, a multiple of 4) of one staged block of gradOut. */
   cols: number;
 }
 
@@ -484,12 +485,15 @@ export const WGRAD_WORDS = 21;
 
 /** Derived sizes of a weight-gradient block. */
 export interface ConvGradTile {
-  /** Input rows and columns one block of gradOut reads (with halo), and vec4s per staged input row. */
+  /** Input rows one block of gradOut reads (with the kernel's halo). */
   inRows: number;
+  /** Input columns one block of gradOut reads (with the kernel's halo). */
   inCols: number;
+  /** vec4s per staged input row. */
   rowVec4s: number;
-  /** Output and input channels per workgroup. */
+  /** Output channels per workgroup. */
   coChannels: number;
+  /** Input channels per workgroup. */
   ciChannels: number;
   /** Threads per workgroup. */
   threads: number;
@@ -531,7 +535,9 @@ export function convWeightGradKernel(key: ConvShapeKey, tiling: ConvGradTiling):
   // A thread takes 4 output columns (one vec4 of gradOut per row) per inner iteration; 8 measured slower
   // (1.5× vs 1.3× the forward time at 64→64, 32³): the larger body spills more than it saves in loads.
   const STEP = 4;
-  if (tiling.cols % STEP !== 0) throw new Error(`convWeightGradKernel: cols ${tiling.cols} must be a multiple of 4`);
+  if (tiling.cols % STEP !== 0) {
+    throw new Error(`convWeightGradKernel: cols ${tiling.cols} must be a multiple of 4`);
+  }
   const tile = convGradTile(key, tiling);
   const [KD, KH, KW] = key.kernel;
   const [SD, SH, SW] = key.stride;

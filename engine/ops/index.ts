@@ -11,6 +11,8 @@ export * from "./softmax.ts";
 export * from "./matmul.ts";
 export { concat, expand, pad, permute, reshape, slice, transpose } from "./view.ts";
 export { contiguous } from "./map.ts";
+export * from "./conv.ts";
+export { attention, type AttentionOptions } from "./attention.ts";
 export { groupNorm, groupNormSilu, layerNorm } from "./norm.ts";
 export { avgPool2d, avgPool3d, interpolate, type InterpolateOptions } from "./resample.ts";
 export { rand, randn, type RandomOptions } from "./random.ts";

@@ -17,18 +17,38 @@ import { disposeAll, fromRef, gpuTest, toRef } from "../helpers/gpu.ts";
 const TOL = { rtol: 1e-5, atol: 1e-4 };
 
 type Triple = [number, number, number];
+type PerAxis = Triple | number;
 
+/** One convolution to check: shapes and options (bias unless `bias` is false). */
 interface Case {
   n: number;
   cin: number;
   cout: number;
   size: Triple;
   kernel: Triple;
-  stride: Triple | number;
-  padding: Triple | number;
-  dilation: Triple | number;
+  stride: PerAxis;
+  padding: PerAxis;
+  dilation: PerAxis;
   groups: number;
   bias?: boolean;
+}
+
+/** A case from [n, cin, cout, size, kernel, stride, padding, dilation, groups] (keeps the tables short). */
+function conv(
+  [n, cin, cout, size, kernel, stride, padding, dilation, groups]: [
+    number,
+    number,
+    number,
+    Triple,
+    Triple,
+    PerAxis,
+    PerAxis,
+    PerAxis,
+    number,
+  ],
+  bias = true,
+): Case {
+  return { n, cin, cout, size, kernel, stride, padding, dilation, groups, bias };
 }
 
 /** Forward, and all three gradients of Σ y ⊙ r (random r), against the float64 reference. */
@@ -61,26 +81,20 @@ async function checkConv3d(c: Case, seed: number): Promise<void> {
 }
 
 gpuTest(
-  "conv3d: every stride × padding × dilation × groups combination (kernel 3×2×1, odd sizes, batch 2)",
+  "conv3d: every stride × padding × dilation × groups combination (kernel 3×2×1, batch 2)",
   async () => {
-    // Padding 3 exceeds the kernel's reach on every axis (an output row of pure padding + bias).
-    const channels: Array<[number, number, number]> = [[3, 5, 1], [4, 6, 2], [4, 4, 4]]; // [cin, cout, groups]
+    // Odd sizes 7×6×5; padding 3 exceeds the kernel's reach on every axis (outputs of pure padding + bias);
+    // groups: plain, 2 groups, depthwise.
+    const channels: Triple[] = [[3, 5, 1], [4, 6, 2], [4, 4, 4]]; // [cin, cout, groups]
     let seed = 10;
     for (const [cin, cout, groups] of channels) {
       for (const stride of [1, 2]) {
         for (const padding of [0, 1, 3]) {
           for (const dilation of [1, 2]) {
-            await checkConv3d({
-              n: 2,
-              cin,
-              cout,
-              size: [7, 6, 5],
-              kernel: [3, 2, 1],
-              stride,
-              padding,
-              dilation,
-              groups,
-            }, seed++);
+            await checkConv3d(
+              conv([2, cin, cout, [7, 6, 5], [3, 2, 1], stride, padding, dilation, groups]),
+              seed++,
+            );
           }
         }
       }
@@ -90,86 +104,15 @@ gpuTest(
 
 gpuTest("conv3d: per-axis strides, paddings and dilations; kernels 1³, 2³, 3³; stride > kernel", async () => {
   const cases: Case[] = [
-    {
-      n: 2,
-      cin: 3,
-      cout: 5,
-      size: [7, 6, 5],
-      kernel: [3, 3, 3],
-      stride: 1,
-      padding: 1,
-      dilation: 1,
-      groups: 1,
-    },
-    {
-      n: 2,
-      cin: 3,
-      cout: 5,
-      size: [7, 6, 5],
-      kernel: [3, 3, 3],
-      stride: [2, 1, 3],
-      padding: [1, 0, 2],
-      dilation: [1, 2, 1],
-      groups: 1,
-    },
-    {
-      n: 1,
-      cin: 2,
-      cout: 3,
-      size: [9, 8, 7],
-      kernel: [2, 2, 2],
-      stride: [3, 2, 1],
-      padding: [0, 1, 1],
-      dilation: [2, 1, 3],
-      groups: 1,
-    },
-    {
-      n: 2,
-      cin: 3,
-      cout: 5,
-      size: [7, 6, 5],
-      kernel: [1, 1, 1],
-      stride: 1,
-      padding: 0,
-      dilation: 1,
-      groups: 1,
-    },
-    {
-      n: 2,
-      cin: 4,
-      cout: 4,
-      size: [7, 6, 5],
-      kernel: [1, 1, 1],
-      stride: 2,
-      padding: [2, 0, 1],
-      dilation: 1,
-      groups: 2,
-    },
+    conv([2, 3, 5, [7, 6, 5], [3, 3, 3], 1, 1, 1, 1]),
+    conv([2, 3, 5, [7, 6, 5], [3, 3, 3], [2, 1, 3], [1, 0, 2], [1, 2, 1], 1]),
+    conv([1, 2, 3, [9, 8, 7], [2, 2, 2], [3, 2, 1], [0, 1, 1], [2, 1, 3], 1]),
+    conv([2, 3, 5, [7, 6, 5], [1, 1, 1], 1, 0, 1, 1]),
+    conv([2, 4, 4, [7, 6, 5], [1, 1, 1], 2, [2, 0, 1], 1, 2]),
     // stride 3 > kernel 2: some input positions reach no output (their gradient is exactly 0)
-    {
-      n: 1,
-      cin: 3,
-      cout: 2,
-      size: [8, 7, 9],
-      kernel: [2, 2, 2],
-      stride: 3,
-      padding: 0,
-      dilation: 1,
-      groups: 1,
-    },
+    conv([1, 3, 2, [8, 7, 9], [2, 2, 2], 3, 0, 1, 1]),
     // depthwise with channel multiplier 2, no bias
-    {
-      n: 2,
-      cin: 3,
-      cout: 6,
-      size: [5, 7, 6],
-      kernel: [3, 3, 3],
-      stride: 2,
-      padding: 1,
-      dilation: 1,
-      groups: 3,
-      bias: false,
-    },
+    conv([2, 3, 6, [5, 7, 6], [3, 3, 3], 2, 1, 1, 3], false),
   ];
   for (const [i, c] of cases.entries()) await checkConv3d(c, 100 + 10 * i);
 });
@@ -177,71 +120,26 @@ gpuTest("conv3d: per-axis strides, paddings and dilations; kernels 1³, 2³, 3³
 gpuTest(
   "conv3d: the register-blocked tiles (U-Net-like 3³ convs, odd sizes near the tile shape)",
   async () => {
-    // Output 7×8×15 fills most of a 4×8×16 tile: selects the 16-channel "volume" tiling; 3 → 2 channels
-    // selects the narrow one at 7×16×31; stride 2 is the U-Net's downsampling.
     const cases: Case[] = [
-      {
-        n: 2,
-        cin: 6,
-        cout: 20,
-        size: [7, 8, 15],
-        kernel: [3, 3, 3],
-        stride: 1,
-        padding: 1,
-        dilation: 1,
-        groups: 1,
-      },
-      {
-        n: 1,
-        cin: 3,
-        cout: 2,
-        size: [7, 16, 31],
-        kernel: [3, 3, 3],
-        stride: 1,
-        padding: 1,
-        dilation: 1,
-        groups: 1,
-      },
-      {
-        n: 1,
-        cin: 5,
-        cout: 16,
-        size: [14, 16, 30],
-        kernel: [3, 3, 3],
-        stride: 2,
-        padding: 1,
-        dilation: 1,
-        groups: 1,
-      },
+      // 7×8×15 outputs fill most of a 4×8×16 tile: the 16-channel "volume" tiling (17 input channels:
+      // the input gradient, a transposed convolution into 17 channels, runs on it too)
+      conv([2, 17, 20, [7, 8, 15], [3, 3, 3], 1, 1, 1, 1]),
+      // 3 → 2 channels: the narrow tiling, at 7×16×31
+      conv([1, 3, 2, [7, 16, 31], [3, 3, 3], 1, 1, 1, 1]),
+      // stride 2, the U-Net's downsampling: the "strided" tiling; its input gradient's 8 phases (kernels
+      // 1 or 2 per axis, strided writes) run on the volume tiling
+      conv([1, 17, 16, [14, 16, 30], [3, 3, 3], 2, 1, 1, 1]),
+      // 7×8×7 outputs: the 4×8×8 tile of 8³ levels
+      conv([2, 5, 9, [7, 8, 7], [3, 3, 3], 1, 1, 1, 1]),
     ];
     for (const [i, c] of cases.entries()) await checkConv3d(c, 200 + 10 * i);
   },
 );
 
-gpuTest("conv3d: geometries that use the fallback kernel (large dilation, large kernel)", async () => {
+gpuTest("conv3d: geometries that use the fallback kernels (large dilation, large kernel)", async () => {
   const cases: Case[] = [
-    {
-      n: 1,
-      cin: 2,
-      cout: 3,
-      size: [20, 19, 21],
-      kernel: [3, 3, 3],
-      stride: 1,
-      padding: 1,
-      dilation: 9,
-      groups: 1,
-    },
-    {
-      n: 2,
-      cin: 2,
-      cout: 3,
-      size: [7, 6, 5],
-      kernel: [6, 5, 5],
-      stride: 1,
-      padding: 2,
-      dilation: 1,
-      groups: 1,
-    },
+    conv([1, 2, 3, [20, 19, 21], [3, 3, 3], 1, 1, 9, 1]),
+    conv([2, 2, 3, [7, 6, 5], [6, 5, 5], 1, 2, 1, 1]),
   ];
   for (const [i, c] of cases.entries()) await checkConv3d(c, 300 + 10 * i);
 });
@@ -348,6 +246,22 @@ gpuTest(
     }
   },
 );
+
+gpuTest("conv3d: an empty batch gives an empty output and zero weight and bias gradients", async () => {
+  const x = V.zeros([0, 3, 5, 5, 5], { requiresGrad: true });
+  const w = V.ones([4, 3, 3, 3, 3], { requiresGrad: true });
+  const b = V.ones([4], { requiresGrad: true });
+  const y = conv3d(x, w, { bias: b, padding: 1 });
+  const loss = V.sum(y);
+  const [dx, dw, db] = V.grad(loss, [x, w, b]);
+  try {
+    assertClose([...y.shape, ...dx.shape], [0, 4, 5, 5, 5, 0, 3, 5, 5, 5], { name: "shapes", atol: 0 });
+    assertClose(await dw.toArray(), new Float32Array(4 * 81), { name: "dw", atol: 0 });
+    assertClose(await db.toArray(), [0, 0, 0, 0], { name: "db", atol: 0 });
+  } finally {
+    disposeAll(x, w, b, y, loss, dx, dw, db);
+  }
+});
 
 gpuTest("conv3d: the same step twice leaves no tensors or buffers behind", async () => {
   const x = V.tensor(
