@@ -1,73 +1,91 @@
 /**
- * `deno task info`: print the WebGPU adapter Deno sees, its key limits and features, then run a
- * tiny compute self-check (doubles four numbers on the GPU). Exits 1 if either fails.
- *
- * Placeholder until the engine's `deviceInfo()` is wired in.
+ * `deno task info`: the WebGPU adapter and device voxgen uses (limits, features) and a tiny compute
+ * self-check through the engine; or, with `--adapter FILE`, an adapter file's per-layer table and totals
+ * (read from its metadata, no GPU needed).
  *
  * @module
  */
 
-const adapter = "gpu" in navigator ? await navigator.gpu.requestAdapter() : null;
-if (!adapter) {
-  console.error("info: no WebGPU adapter (run via `bash scripts/voxgen info` to set one up)");
-  Deno.exit(1);
+import { parseArgs } from "node:util";
+import { adapterSummary, readAdapterInfo } from "../adapters/mod.ts";
+import { deviceInfo, ready } from "../engine/device.ts";
+import { tensor } from "../engine/ops/create.ts";
+import { mul } from "../engine/ops/elementwise.ts";
+
+const HELP = `Usage: deno task info [--adapter FILE]
+
+  (no options)     the WebGPU adapter, its limits and features, and a compute self-check
+  --adapter FILE   an adapter file's method, base model hash, adapted layers and trainable parameters
+                   (repeat for several files)
+`;
+
+/** The limits that decide which volume sizes and kernels fit. */
+const KEY_LIMITS = [
+  "maxStorageBufferBindingSize",
+  "maxBufferSize",
+  "maxComputeWorkgroupStorageSize",
+  "maxComputeInvocationsPerWorkgroup",
+  "maxComputeWorkgroupsPerDimension",
+];
+
+/** Runs the command with `args`. */
+export async function main(args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      adapter: { type: "string", multiple: true },
+      help: { type: "boolean", short: "h" },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    console.log(HELP);
+    return;
+  }
+  if (values.adapter?.length) {
+    for (const [i, path] of values.adapter.entries()) {
+      try {
+        await Deno.stat(path);
+      } catch {
+        throw new Error(`--adapter: no such file ${path}.`);
+      }
+      if (i > 0) console.log("");
+      console.log(`${path}\n${adapterSummary(await readAdapterInfo(path))}`);
+    }
+    return;
+  }
+
+  await ready();
+  const info = deviceInfo();
+  console.log(`adapter:   ${info.adapter}${info.vendor ? ` (vendor ${info.vendor})` : ""}`);
+  console.log(`fallback:  ${info.isFallbackAdapter}${info.isFallbackAdapter ? " (software)" : ""}`);
+  console.log("limits:");
+  for (const name of KEY_LIMITS) {
+    if (name in info.limits) console.log(`  ${name.padEnd(34)} ${info.limits[name]}`);
+  }
+  console.log(`features:  ${info.features.join(", ") || "(none)"}`);
+  const out = await selfCheck();
+  if (out.join() !== "2,4,6,8") throw new Error(`self-check: FAILED: expected [2,4,6,8], got [${out}].`);
+  console.log("self-check: ok (the engine doubled [1,2,3,4] -> [2,4,6,8] on the GPU)");
 }
 
-const { info, limits } = adapter;
-const keyLimits = {
-  maxStorageBufferBindingSize: limits.maxStorageBufferBindingSize,
-  maxBufferSize: limits.maxBufferSize,
-  maxComputeWorkgroupStorageSize: limits.maxComputeWorkgroupStorageSize,
-  maxComputeInvocationsPerWorkgroup: limits.maxComputeInvocationsPerWorkgroup,
-};
-console.log(`adapter:   ${info.description || `vendor ${info.vendor}, device ${info.device}`}`);
-console.log(`fallback:  ${info.isFallbackAdapter ?? false}${info.isFallbackAdapter ? " (software)" : ""}`);
-console.log("limits:");
-for (const [name, value] of Object.entries(keyLimits)) console.log(`  ${name.padEnd(34)} ${value}`);
-console.log(`features:  ${[...adapter.features].sort().join(", ") || "(none)"}`);
-
-/** Double `[1, 2, 3, 4]` in a compute shader and read it back. */
-async function selfCheck(device: GPUDevice): Promise<number[]> {
-  const input = new Float32Array([1, 2, 3, 4]);
-  const data = device.createBuffer({
-    size: input.byteLength,
-    usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
-  });
-  const readback = device.createBuffer({
-    size: input.byteLength,
-    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-  });
-  device.queue.writeBuffer(data, 0, input);
-  const module = device.createShaderModule({
-    code: `@group(0) @binding(0) var<storage, read_write> v: array<f32>;
-      @compute @workgroup_size(4) fn main(@builtin(global_invocation_id) id: vec3u) { v[id.x] *= 2.0; }`,
-  });
-  const pipeline = device.createComputePipeline({ layout: "auto", compute: { module, entryPoint: "main" } });
-  const bindGroup = device.createBindGroup({
-    layout: pipeline.getBindGroupLayout(0),
-    entries: [{ binding: 0, resource: { buffer: data } }],
-  });
-  const encoder = device.createCommandEncoder();
-  const pass = encoder.beginComputePass();
-  pass.setPipeline(pipeline);
-  pass.setBindGroup(0, bindGroup);
-  pass.dispatchWorkgroups(1);
-  pass.end();
-  encoder.copyBufferToBuffer(data, 0, readback, 0, input.byteLength);
-  device.queue.submit([encoder.finish()]);
-  await readback.mapAsync(GPUMapMode.READ);
-  const out = [...new Float32Array(readback.getMappedRange())];
-  readback.unmap();
-  return out;
+/** Doubles [1, 2, 3, 4] with an engine op and reads it back. */
+async function selfCheck(): Promise<number[]> {
+  const x = tensor([1, 2, 3, 4], [4]);
+  const y = mul(x, 2);
+  try {
+    return [...await y.toArray()];
+  } finally {
+    x.dispose();
+    y.dispose();
+  }
 }
 
-try {
-  const device = await adapter.requestDevice();
-  const out = await selfCheck(device);
-  device.destroy();
-  if (out.join() !== "2,4,6,8") throw new Error(`expected [2,4,6,8], got [${out}]`);
-  console.log("self-check: ok (compute shader doubled [1,2,3,4] -> [2,4,6,8])");
-} catch (err) {
-  console.error(`self-check: FAILED: ${err instanceof Error ? err.message : err}`);
-  Deno.exit(1);
+if (import.meta.main) {
+  try {
+    await main(Deno.args);
+  } catch (error) {
+    console.error(`info: ${(error as Error).message}`);
+    Deno.exit(1);
+  }
 }

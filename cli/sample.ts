@@ -1,16 +1,19 @@
 /**
  * `deno task sample`: generates volumes from a voxgen model file (by default the embedded demo model) and
- * writes them as NIfTI with a PNG preview of the orthogonal mid-slices.
+ * writes them as NIfTI with a PNG preview of the orthogonal mid-slices. Adapters written by `finetune` can be
+ * blended in, each with its own weight.
  *
  * @module
  */
 
 import { parseArgs } from "node:util";
+import { loadAdapters, modelHash } from "../adapters/mod.ts";
 import { ready } from "../engine/device.ts";
 import { scope } from "../engine/memory.ts";
 import { map } from "../engine/ops/map.ts";
 import { writeNifti } from "../io/nifti.ts";
 import { writeSlicesPng } from "../io/png.ts";
+import type { DiffusionModelUNet } from "../models/unet.ts";
 import { loadModelFile } from "../pipelines/modelfile.ts";
 import { sample } from "../samplers/sample.ts";
 import {
@@ -22,11 +25,15 @@ import {
 import { numberOption, Progress } from "./progress.ts";
 
 /** Path of the embedded default model. */
-export const DEFAULT_MODEL = new URL("../models/default/brain32.safetensors", import.meta.url).pathname;
+export const DEFAULT_MODEL: string =
+  new URL("../models/default/brain32.safetensors", import.meta.url).pathname;
 
 const HELP = `Usage: deno task sample [options]
 
   --model FILE      voxgen model file (default: the embedded demo model, models/default/brain32.safetensors)
+  --adapter FILE[:W]
+                    an adapter written by \`deno task finetune\` for this model, merged with weight W
+                    (default 1; 0 = the base model); repeat to blend several
   --sampler NAME    ddim (default), ddpm or euler
   --steps N         sampling steps (default 50)
   --eta X           DDIM η (default 0)
@@ -50,12 +57,55 @@ export function makeScheduler(name: string, opts: ConstructorParameters<typeof D
   }
 }
 
+/** An adapter file and the weight its update is merged with. */
+export interface AdapterSpec {
+  /** The adapter file. */
+  path: string;
+  /** Scale of its update (1 = as trained). */
+  weight: number;
+}
+
+/** Parses `FILE` or `FILE:WEIGHT` (the part after the last colon is the weight when it is a number). */
+export function parseAdapterSpec(spec: string): AdapterSpec {
+  const colon = spec.lastIndexOf(":");
+  const suffix = colon >= 0 ? spec.slice(colon + 1) : "";
+  if (colon === spec.length - 1) {
+    throw new Error(`--adapter: "${spec}" ends in ":"; write FILE or FILE:WEIGHT.`);
+  }
+  if (colon > 0 && /^[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$/i.test(suffix)) {
+    return { path: spec.slice(0, colon), weight: Number(suffix) };
+  }
+  if (spec === "") throw new Error("--adapter: empty file name.");
+  return { path: spec, weight: 1 };
+}
+
+/**
+ * Bakes adapters into `unet`: each is loaded onto the base weights (checked against the hash taken before the
+ * first one changed them), merged with its weight and removed again, so the next one finds plain layers.
+ */
+export async function applyAdapters(
+  unet: DiffusionModelUNet,
+  adapters: readonly AdapterSpec[],
+): Promise<void> {
+  if (adapters.length === 0) return;
+  const baseHash = await modelHash(unet);
+  for (const { path, weight } of adapters) {
+    const set = await loadAdapters(unet, path, { baseHash });
+    console.error(
+      `adapter ${path}: ${set.info.kind} rank ${set.info.rank}, ${set.layers.size} layers, weight ${weight}`,
+    );
+    set.merge(weight);
+    set.remove();
+  }
+}
+
 /** Runs the command with `args`. */
 export async function main(args: string[]): Promise<void> {
   const { values } = parseArgs({
     args,
     options: {
       model: { type: "string" },
+      adapter: { type: "string", multiple: true },
       sampler: { type: "string", default: "ddim" },
       steps: { type: "string" },
       eta: { type: "string" },
@@ -80,6 +130,7 @@ export async function main(args: string[]): Promise<void> {
   const batch = numberOption("batch", values.batch, 1, 1, 64, true);
   const eta = numberOption("eta", values.eta, 0, 0, 1);
   const modelPath = values.model ?? DEFAULT_MODEL;
+  const adapters = (values.adapter ?? []).map(parseAdapterSpec);
   try {
     await Deno.stat(modelPath);
   } catch {
@@ -89,37 +140,50 @@ export async function main(args: string[]): Promise<void> {
         : `--model: no such file ${modelPath}.`,
     );
   }
+  for (const { path } of adapters) {
+    try {
+      await Deno.stat(path);
+    } catch {
+      throw new Error(`--adapter: no such file ${path}.`);
+    }
+  }
   const device = await ready();
   const { unet, info } = await loadModelFile(modelPath);
-  const scheduler = makeScheduler(values.sampler!, { ...info.scheduler });
-  const [nx, ny, nz] = info.volume.shape;
-  const channels = unet.config.inChannels;
-  console.error(`model ${modelPath}: ${unet.numParameters().toLocaleString()} parameters; ${device.adapter}`);
-  const progress = new Progress(`sampling (${values.sampler}, seed ${seed})`, steps);
-  const x = await sample((xt, t) => unet.forward(xt, t), scheduler, {
-    shape: [batch, channels, nz, ny, nx],
-    steps,
-    seed,
-    eta,
-    onProgress: (p) => progress.update(p.step),
-  });
-  // Bring samples back to the trained intensity range (x̂0 is clipped there by the scheduler already).
-  const [lo, hi] = info.volume.range;
-  const clipped = scope(() => map("clamp", "min(max(a, s0), s1)", [x], [lo, hi]));
-  x.dispose();
-  const values3d = await clipped.toArray();
-  clipped.dispose();
-  unet.dispose();
-  const voxels = nx * ny * nz * channels;
-  for (let b = 0; b < batch; b++) {
-    const data = values3d.subarray(b * voxels, b * voxels + nx * ny * nz);
-    const name = batch === 1 ? out : out.replace(/(\.nii(\.gz)?)$/, `_${b}$1`);
-    await writeNifti(name, { data, shape: [nx, ny, nz], affine: info.volume.affine }, {
-      description: `voxgen sample seed ${seed}`,
+  try {
+    await applyAdapters(unet, adapters);
+    const scheduler = makeScheduler(values.sampler!, { ...info.scheduler });
+    const [nx, ny, nz] = info.volume.shape;
+    const channels = unet.config.inChannels;
+    console.error(
+      `model ${modelPath}: ${unet.numParameters().toLocaleString()} parameters; ${device.adapter}`,
+    );
+    const progress = new Progress(`sampling (${values.sampler}, seed ${seed})`, steps);
+    const x = await sample((xt, t) => unet.forward(xt, t), scheduler, {
+      shape: [batch, channels, nz, ny, nx],
+      steps,
+      seed,
+      eta,
+      onProgress: (p) => progress.update(p.step),
     });
-    const png = values.png && batch === 1 ? values.png : name.replace(/\.nii(\.gz)?$/, ".png");
-    await writeSlicesPng(png, data, [nx, ny, nz], { window: [lo, hi] });
-    console.log(`wrote ${name} and ${png}`);
+    // Bring samples back to the trained intensity range (x̂0 is clipped there by the scheduler already).
+    const [lo, hi] = info.volume.range;
+    const clipped = scope(() => map("clamp", "min(max(a, s0), s1)", [x], [lo, hi]));
+    x.dispose();
+    const values3d = await clipped.toArray();
+    clipped.dispose();
+    const voxels = nx * ny * nz * channels;
+    for (let b = 0; b < batch; b++) {
+      const data = values3d.subarray(b * voxels, b * voxels + nx * ny * nz);
+      const name = batch === 1 ? out : out.replace(/(\.nii(\.gz)?)$/, `_${b}$1`);
+      await writeNifti(name, { data, shape: [nx, ny, nz], affine: info.volume.affine }, {
+        description: `voxgen sample seed ${seed}`,
+      });
+      const png = values.png && batch === 1 ? values.png : name.replace(/\.nii(\.gz)?$/, ".png");
+      await writeSlicesPng(png, data, [nx, ny, nz], { window: [lo, hi] });
+      console.log(`wrote ${name} and ${png}`);
+    }
+  } finally {
+    unet.dispose();
   }
 }
 

@@ -61,6 +61,12 @@ export interface TrainOptions {
   checkpointEvery?: number;
   /** Continue from the checkpoint in `outDir` if there is one (default true). */
   resume?: boolean;
+  /**
+   * Keep EMA copies of, and checkpoint, only the parameters that require gradients (default false: all of
+   * them). For fine-tuning, where copying and saving the frozen base model every time would dominate; a
+   * resumed run must then rebuild the same frozen weights before calling `train` (its checkpoint cannot).
+   */
+  trainableOnly?: boolean;
   /** Draw the progress line on stderr (default: when stderr is a terminal or under CI). */
   progress?: boolean;
   /** Called after every step. */
@@ -89,7 +95,10 @@ export interface TrainResult {
   finalLoss: number;
   /** Wall-clock seconds of this run. */
   seconds: number;
-  /** Path of the model weights written last (EMA weights when EMA is on). */
+  /**
+   * Path of the model weights written last (EMA weights when EMA is on); only the trainable parameters with
+   * `trainableOnly`.
+   */
   weightsPath: string;
 }
 
@@ -104,6 +113,8 @@ interface CheckpointMeta {
   step: number;
   seed: number;
   lossLog: string;
+  /** Which parameters the checkpoint holds (absent in checkpoints written before the option: "all"). */
+  parameters?: "all" | "trainable";
 }
 
 function target(scheduler: Scheduler, x0: Tensor, noise: Tensor, t: number[]): Tensor {
@@ -141,10 +152,13 @@ export async function train(
   const dir = opts.outDir.replace(/\/$/, "");
   await Deno.mkdir(dir, { recursive: true });
 
-  const named = model.namedParameters();
-  const params = named.map(([, t]) => t).filter((t) => t.requiresGrad);
-  const trainableNames = named.filter(([, t]) => t.requiresGrad).map(([n]) => n);
+  const trainable = model.namedParameters().filter(([, t]) => t.requiresGrad);
+  const params = trainable.map(([, t]) => t);
+  const trainableNames = trainable.map(([n]) => n);
   if (params.length === 0) throw new Error("train: the model has no trainable parameters.");
+  const kept = opts.trainableOnly ? "trainable" : "all";
+  // The parameters the EMA follows and checkpoints hold.
+  const named = opts.trainableOnly ? trainable : model.namedParameters();
   const optimizer = new AdamW(params, { lr, weightDecay: opts.weightDecay ?? 0 });
   const ema = emaDecay > 0 ? named.map(([, t]) => keep(noGrad(() => map("copy", "a", [t])))) : [];
 
@@ -154,6 +168,13 @@ export async function train(
     const ckpt = `${dir}/checkpoint`;
     if ((opts.resume ?? true) && await exists(`${ckpt}/meta.json`)) {
       const meta: CheckpointMeta = JSON.parse(await Deno.readTextFile(`${ckpt}/meta.json`));
+      const stored = meta.parameters ?? "all";
+      if (stored !== kept) {
+        throw new Error(
+          `train: the checkpoint in ${ckpt} holds ${stored} parameters but this run keeps ${kept} ` +
+            "(trainableOnly); resume with the same setting or use another outDir.",
+        );
+      }
       await loadInto(`${ckpt}/model.safetensors`, named);
       if (ema.length) await loadInto(`${ckpt}/ema.safetensors`, named.map(([n], i) => [n, ema[i]]));
       const state = await loadSafetensors(`${ckpt}/optimizer.safetensors`);
@@ -230,7 +251,12 @@ export async function train(
         progressLine(step + 1 - start, steps - start, step + 1, steps, loss, losses, elapsed);
       }
       if ((step + 1) % every === 0 || step + 1 === steps) {
-        await saveCheckpoint(ckpt, named, trainableNames, ema, optimizer, { step: step + 1, seed, lossLog });
+        await saveCheckpoint(ckpt, named, trainableNames, ema, optimizer, {
+          step: step + 1,
+          seed,
+          lossLog,
+          parameters: kept,
+        });
         await writeLogs(dir, lossLog);
       }
     }

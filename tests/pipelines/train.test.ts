@@ -112,3 +112,57 @@ gpuTest(
     await Deno.remove(dir, { recursive: true });
   },
 );
+
+gpuTest(
+  "trainableOnly: EMA and checkpoints hold only the trainable parameters, and resuming works with them",
+  async () => {
+    const dir = await Deno.makeTempDir();
+    const sched = new DDPMScheduler();
+    // b is frozen (the "base model"), w trains (the "adapter").
+    const frozenB = (m: Affine) => m.freeze((name) => name === "b");
+    const opts = { steps: 12, lr: 0.05, warmupSteps: 2, checkpointEvery: 6, progress: false };
+    const full = frozenB(new Affine());
+    await train(full, sched, data, { ...opts, outDir: `${dir}/full`, trainableOnly: true });
+    for (const file of ["model", "ema"]) {
+      const state = await V.loadSafetensors(`${dir}/full/checkpoint/${file}.safetensors`);
+      deepStrictEqual([...state.keys()], ["w"]);
+      for (const t of state.values()) t.dispose();
+    }
+    deepStrictEqual(await full.b.toArray(), Float32Array.of(0.3));
+
+    // Interrupted after step 7 (checkpoint at 6), resumed on a model with the same frozen b: equal weights.
+    const part = frozenB(new Affine());
+    await rejects(
+      () =>
+        train(part, sched, data, {
+          ...opts,
+          outDir: `${dir}/part`,
+          trainableOnly: true,
+          onStep: (s) => {
+            if (s.step === 7) throw new Error("interrupted");
+          },
+        }),
+      /interrupted/,
+    );
+    const resumed = frozenB(new Affine());
+    const steps: number[] = [];
+    await train(resumed, sched, data, {
+      ...opts,
+      outDir: `${dir}/part`,
+      trainableOnly: true,
+      onStep: (s) => steps.push(s.step),
+    });
+    deepStrictEqual([steps[0], steps.length], [7, 6]);
+    // Same arithmetic in the same order on the same device: equal up to f32 rounding.
+    assertClose(await resumed.w.toArray(), await full.w.toArray(), { rtol: 1e-6, atol: 1e-7, name: "w" });
+
+    // A checkpoint of trainable parameters only cannot resume a run that keeps all of them.
+    const other = frozenB(new Affine());
+    await rejects(
+      () => train(other, sched, data, { ...opts, steps: 20, outDir: `${dir}/part` }),
+      /holds trainable parameters but this run keeps all/,
+    );
+    for (const m of [full, part, resumed, other]) m.dispose();
+    await Deno.remove(dir, { recursive: true });
+  },
+);
