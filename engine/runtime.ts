@@ -107,6 +107,22 @@ async function describeCompileError(
   return `WGSL kernel "${kernel.key}" failed to compile:\n${detail}`;
 }
 
+const generated = new Map<string, Kernel>();
+
+/**
+ * `make(...args)`, generated once per distinct arguments: WGSL generation is string work that would
+ * otherwise run on every dispatch. The function's name plus the JSON of its arguments is the key.
+ */
+export function cachedKernel<A extends unknown[]>(make: (...args: A) => Kernel, ...args: A): Kernel {
+  const key = `${make.name}:${JSON.stringify(args)}`;
+  let kernel = generated.get(key);
+  if (!kernel) {
+    kernel = make(...args);
+    generated.set(key, kernel);
+  }
+  return kernel;
+}
+
 /** Splits a 1-D count of workgroups into a grid within the per-dimension limit. */
 export function foldGrid(count: number): [number, number, number] {
   if (count <= MAX_WORKGROUPS_PER_DIM) return [count, 1, 1];

@@ -23,27 +23,14 @@ import {
   type NormVec,
   reciprocalBits,
 } from "../../kernels/norm.ts";
-import { type Kernel, WG } from "../../kernels/types.ts";
+import { WG } from "../../kernels/types.ts";
 import { record } from "../autograd.ts";
-import { dispatch } from "../runtime.ts";
+import { cachedKernel, dispatch } from "../runtime.ts";
 import { formatShape, sizeOf } from "../shape.ts";
 import { fromData, Tensor } from "../tensor.ts";
 import { contiguous, map } from "./map.ts";
 import { sum } from "./reduce.ts";
 import { view, viewAs } from "./view.ts";
-
-const kernelCache = new Map<string, Kernel>();
-
-/** `make(...args)`, generated once per distinct arguments (WGSL generation is not free; dispatches are many). */
-function cached<A extends unknown[]>(make: (...args: A) => Kernel, ...args: A): Kernel {
-  const key = `${make.name}:${JSON.stringify(args)}`;
-  let kernel = kernelCache.get(key);
-  if (!kernel) {
-    kernel = make(...args);
-    kernelCache.set(key, kernel);
-  }
-  return kernel;
-}
 
 /** Loads per chunk of a long row: rows longer than this are split so that few long rows still fill the GPU. */
 const CHUNK_LOADS = 8192;
@@ -134,7 +121,7 @@ function rowStats(op: string, x: Tensor, layout: Layout, eps: number, vec: NormV
   floatBits(params, 5, eps);
   const partial = chunks > 1 ? fromData(null, [virtualRows, 2]) : stats;
   dispatch(
-    cached(normStatsKernel, tpr, vec, chunks === 1),
+    cachedKernel(normStatsKernel, tpr, vec, chunks === 1),
     params,
     [x.storage(op).buffer, partial.storage(op).buffer],
     Math.ceil(virtualRows / (WG / tpr)),
@@ -143,7 +130,7 @@ function rowStats(op: string, x: Tensor, layout: Layout, eps: number, vec: NormV
     const combine = new Uint32Array([rows, rowLen, chunks, chunkLen * vec, 0]);
     floatBits(combine, 4, eps);
     dispatch(
-      cached(normStatsCombineKernel),
+      cachedKernel(normStatsCombineKernel),
       combine,
       [partial.storage(op).buffer, stats.storage(op).buffer],
       Math.ceil(rows / WG),
@@ -172,7 +159,7 @@ function normForward(
   const y = fromData(null, x.shape);
   const { head, variant, workgroups } = elementwisePlan(layout, vec, w, b, silu);
   dispatch(
-    cached(normApplyKernel, variant),
+    cachedKernel(normApplyKernel, variant),
     new Uint32Array([...head, x.offset, w?.offset ?? 0, b?.offset ?? 0]),
     [x.storage(op).buffer, stats.storage(op).buffer, ...affineBuffers(op, w, b), y.storage(op).buffer],
     workgroups,
@@ -209,7 +196,7 @@ function normBackward(
   const part = fromData(null, [virtualPlanes, 2]);
   const offsets = [x.offset, g.offset, w?.offset ?? 0, b?.offset ?? 0];
   dispatch(
-    cached(normGradReduceKernel, tpr, variant),
+    cachedKernel(normGradReduceKernel, tpr, variant),
     new Uint32Array([
       virtualPlanes,
       planeLoads,
@@ -235,7 +222,7 @@ function normBackward(
   const dwb = channel ? fromData(null, [2, layout.channels]) : null;
   const weighted = channel && w !== null;
   dispatch(
-    cached(normGradCombineKernel, { affine: layout.affine, weight: w !== null }),
+    cachedKernel(normGradCombineKernel, { affine: layout.affine, weight: w !== null }),
     new Uint32Array([
       rows,
       layout.planes,
@@ -262,7 +249,7 @@ function normBackward(
 
   const dx = fromData(null, x.shape);
   dispatch(
-    cached(normGradApplyKernel, variant),
+    cachedKernel(normGradApplyKernel, variant),
     new Uint32Array([...head, ...offsets]),
     [
       x.storage(op).buffer,
@@ -392,7 +379,7 @@ function normalizeOnly(op: string, x: Tensor, stats: Tensor, layout: Layout): Te
   const y = fromData(null, x.shape);
   const { head, variant, workgroups } = elementwisePlan(layout, pickVec(layout, [x], []), null, null, false);
   dispatch(
-    cached(normApplyKernel, variant),
+    cachedKernel(normApplyKernel, variant),
     new Uint32Array([...head, x.offset, 0, 0]),
     [x.storage(op).buffer, stats.storage(op).buffer, y.storage(op).buffer],
     workgroups,

@@ -27,25 +27,12 @@ import {
   interpolateParamLayout,
   type ResampleVec,
 } from "../../kernels/resample.ts";
-import { type Kernel, WG } from "../../kernels/types.ts";
+import { WG } from "../../kernels/types.ts";
 import { record } from "../autograd.ts";
-import { dispatch } from "../runtime.ts";
+import { cachedKernel, dispatch } from "../runtime.ts";
 import { formatShape } from "../shape.ts";
 import { fromData, Tensor } from "../tensor.ts";
 import { contiguous } from "./map.ts";
-
-const kernelCache = new Map<string, Kernel>();
-
-/** `make(...args)`, generated once per distinct arguments (WGSL generation is not free; dispatches are many). */
-function cached<A extends unknown[]>(make: (...args: A) => Kernel, ...args: A): Kernel {
-  const key = `${make.name}:${JSON.stringify(args)}`;
-  let kernel = kernelCache.get(key);
-  if (!kernel) {
-    kernel = make(...args);
-    kernelCache.set(key, kernel);
-  }
-  return kernel;
-}
 
 /** Options of {@linkcode interpolate}: exactly one of `size` and `scaleFactor`, and a mode. */
 export interface InterpolateOptions {
@@ -240,7 +227,7 @@ export function interpolate(x: Tensor, opts: InterpolateOptions): Tensor {
     const params = new Uint32Array(interpolateParamLayout(nd).words);
     params.set([planes, fwd.groups, xc.offset, ...inDims, ...outDims, ...ratios, ...fwd.rcps]);
     dispatch(
-      cached(interpolateKernel, kind, nd, fwd.vec),
+      cachedKernel(interpolateKernel, kind, nd, fwd.vec),
       params,
       [xc.storage(op).buffer, y.storage(op).buffer],
       fwd.grid,
@@ -255,7 +242,7 @@ export function interpolate(x: Tensor, opts: InterpolateOptions): Tensor {
       const bwd = layoutOf(op, planes, inDims);
       const { table, rangeAt } = rangeTable(kind, axes);
       dispatch(
-        cached(interpolateGradKernel, kind, nd, bwd.vec),
+        cachedKernel(interpolateGradKernel, kind, nd, bwd.vec),
         new Uint32Array([
           planes,
           bwd.groups,
@@ -306,7 +293,7 @@ function avgPool(op: string, nd: number, x: Tensor, kernel: unknown, stride: unk
   if (y.size > 0) {
     const fwd = layoutOf(op, planes, outDims);
     dispatch(
-      cached(avgPoolKernel, nd, fwd.vec),
+      cachedKernel(avgPoolKernel, nd, fwd.vec),
       new Uint32Array([planes, fwd.groups, xc.offset, ...inDims, ...outDims, ...k, ...s, ...fwd.rcps]),
       [xc.storage(op).buffer, y.storage(op).buffer],
       fwd.grid,
@@ -320,7 +307,7 @@ function avgPool(op: string, nd: number, x: Tensor, kernel: unknown, stride: unk
     if (dx.size > 0) {
       const bwd = layoutOf(op, planes, inDims);
       dispatch(
-        cached(avgPoolGradKernel, nd, bwd.vec),
+        cachedKernel(avgPoolGradKernel, nd, bwd.vec),
         new Uint32Array([planes, bwd.groups, gc.offset, ...inDims, ...outDims, ...k, ...s, ...bwd.rcps]),
         [gc.storage(op).buffer, dx.storage(op).buffer],
         bwd.grid,
