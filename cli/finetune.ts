@@ -20,15 +20,14 @@ import {
 import { noGrad } from "../engine/autograd.ts";
 import { ready } from "../engine/device.ts";
 import { copyInto } from "../engine/ops/map.ts";
-import { concat } from "../engine/ops/view.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { atomicWrite } from "../io/atomic.ts";
 import { loadSafetensors } from "../io/safetensors.ts";
 import type { DiffusionModelUNet } from "../models/unet.ts";
-import { augment, type AugmentOptions } from "../pipelines/augment.ts";
+import { augmentedBatches, type AugmentOptions } from "../pipelines/augment.ts";
 import { listNiftiFiles, loadVolume, volumeTensor } from "../pipelines/dataset.ts";
 import { loadModelFile, saveModelFile } from "../pipelines/modelfile.ts";
-import { type Batch, train } from "../pipelines/train.ts";
+import { train } from "../pipelines/train.ts";
 import { DDPMScheduler } from "../samplers/scheduler.ts";
 import { numberOption } from "./progress.ts";
 
@@ -198,22 +197,7 @@ export async function main(args: string[]): Promise<void> {
       tensors.push(volumeTensor(await loadVolume(f, { shape, fov: "foreground", range })));
     }
     const augmentOptions: AugmentOptions | null = values["no-augment"] ? null : { range };
-    const data = (step: number, micro: number): Batch => {
-      const items: Tensor[] = [];
-      for (let b = 0; b < batch; b++) {
-        const k = (step * 7919 + micro * 104729 + b * 31) >>> 0;
-        const source = tensors[k % tensors.length];
-        items.push(
-          augmentOptions
-            ? augment(source, (seed * 2654435761 + k) >>> 0, augmentOptions).image
-            : noGrad(() => concat([source], 0)),
-        );
-      }
-      if (items.length === 1) return { x0: items[0] };
-      const x0 = noGrad(() => concat(items, 0));
-      for (const t of items) t.dispose();
-      return { x0 };
-    };
+    const data = augmentedBatches(tensors, { batch, seed, augment: augmentOptions });
     unet.train();
     const result = await train(unet, new DDPMScheduler(info.scheduler), data, {
       steps,

@@ -7,13 +7,10 @@
 
 import { parseArgs } from "node:util";
 import { ready } from "../engine/device.ts";
-import { noGrad } from "../engine/autograd.ts";
-import { concat } from "../engine/ops/view.ts";
-import type { Tensor } from "../engine/tensor.ts";
 import { writeSlicesPng } from "../io/png.ts";
 import { loadSafetensors } from "../io/safetensors.ts";
 import { DiffusionModelUNet, type DiffusionModelUNetOptions } from "../models/unet.ts";
-import { augment, type AugmentOptions } from "../pipelines/augment.ts";
+import { augmentedBatches, type AugmentOptions } from "../pipelines/augment.ts";
 import { listNiftiFiles, loadVolume, type Volume, volumeTensor } from "../pipelines/dataset.ts";
 import { saveModelFile } from "../pipelines/modelfile.ts";
 import { train } from "../pipelines/train.ts";
@@ -150,21 +147,7 @@ export async function main(args: string[]): Promise<void> {
   if (values.init) unet.loadStateDict(await loadSafetensors(values.init));
   console.error(`U-Net: ${unet.numParameters().toLocaleString()} parameters`);
   const augmentOptions: AugmentOptions | null = values["no-augment"] ? null : {};
-  const data = (step: number, micro: number) => {
-    const items: Tensor[] = [];
-    for (let b = 0; b < batch; b++) {
-      const k = (step * 7919 + micro * 104729 + b * 31) >>> 0;
-      const source = tensors[k % tensors.length];
-      items.push(
-        augmentOptions
-          ? augment(source, (seed * 2654435761 + k) >>> 0, augmentOptions).image
-          : noGrad(() => concat([source], 0)),
-      );
-    }
-    const x0 = items.length === 1 ? items[0] : concat(items, 0);
-    if (items.length > 1) { for (const t of items) t.dispose(); }
-    return { x0 };
-  };
+  const data = augmentedBatches(tensors, { batch, seed, augment: augmentOptions });
   const result = await train(unet, scheduler, data, {
     steps,
     lr,

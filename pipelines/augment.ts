@@ -11,6 +11,7 @@ import { noGrad } from "../engine/autograd.ts";
 import { tensor } from "../engine/ops/create.ts";
 import { map } from "../engine/ops/map.ts";
 import { warp3d } from "../engine/ops/warp.ts";
+import { concat } from "../engine/ops/view.ts";
 import { formatShape } from "../engine/shape.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { seededRandom } from "../nn/init.ts";
@@ -152,4 +153,43 @@ function jitterIntensity(
   const out = map(name, expr, field ? [x, field] : [x], scalars);
   field?.dispose();
   return out;
+}
+
+/** Options of {@linkcode augmentedBatches}. */
+export interface BatchOptions {
+  /** Volumes per batch. */
+  batch: number;
+  /** Seed of the augmentation draws. */
+  seed: number;
+  /** Augmentation strengths, or null to use the volumes as they are. */
+  augment: AugmentOptions | null;
+}
+
+/**
+ * A deterministic batch source for the training loop: batch b of micro-step `micro` at `step` takes volume
+ * k mod N with k = step·7919 + micro·104729 + b·31, augmented with seed `seed·2654435761 + k` (mod 2³²), and
+ * the batch is their concatenation [batch, C, D, H, W].
+ */
+export function augmentedBatches(
+  sources: readonly Tensor[],
+  opts: BatchOptions,
+): (step: number, micro: number) => { x0: Tensor } {
+  if (sources.length === 0) throw new Error("augmentedBatches: no source volumes.");
+  return (step, micro) =>
+    noGrad(() => {
+      const items: Tensor[] = [];
+      for (let b = 0; b < opts.batch; b++) {
+        const k = (step * 7919 + micro * 104729 + b * 31) >>> 0;
+        const source = sources[k % sources.length];
+        items.push(
+          opts.augment
+            ? augment(source, (opts.seed * 2654435761 + k) >>> 0, opts.augment).image
+            : concat([source], 0),
+        );
+      }
+      if (items.length === 1) return { x0: items[0] };
+      const x0 = concat(items, 0);
+      for (const t of items) t.dispose();
+      return { x0 };
+    });
 }
