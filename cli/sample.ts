@@ -34,7 +34,7 @@ const HELP = `Usage: deno task sample [options]
   --adapter FILE[:W]
                     an adapter written by \`deno task finetune\` for this model, merged with weight W
                     (default 1; 0 = the base model); repeat to blend several
-  --sampler NAME    ddim (default), ddpm or euler
+  --sampler NAME    ddim (default), ddpm or euler-a (Euler ancestral; "euler" is accepted too)
   --steps N         sampling steps (default 50)
   --eta X           DDIM η (default 0)
   --seed N          random seed (default 0)
@@ -43,17 +43,28 @@ const HELP = `Usage: deno task sample [options]
   --png FILE        preview image (default: the output name with .png)
 `;
 
-/** Builds a scheduler by name from the model's schedule. */
+/** The samplers `--sampler` accepts; `euler` is also accepted, as an alias of `euler-a`. */
+export const SAMPLERS: readonly string[] = ["ddim", "ddpm", "euler-a"];
+
+function unknownSampler(name: string): Error {
+  return new Error(`--sampler: "${name}" is not one of ${SAMPLERS.join(", ")}.`);
+}
+
+/**
+ * Builds a scheduler by name from the model's schedule: `ddpm`, `ddim`, or `euler-a` (Euler ancestral;
+ * `euler` is kept as an alias for it, the name the server API uses).
+ */
 export function makeScheduler(name: string, opts: ConstructorParameters<typeof DDPMScheduler>[0]): Scheduler {
   switch (name) {
     case "ddpm":
       return new DDPMScheduler(opts);
     case "ddim":
       return new DDIMScheduler(opts);
+    case "euler-a":
     case "euler":
       return new EulerAncestralScheduler(opts);
     default:
-      throw new Error(`--sampler: "${name}" is not one of ddim, ddpm, euler.`);
+      throw unknownSampler(name);
   }
 }
 
@@ -129,6 +140,10 @@ export async function main(args: string[]): Promise<void> {
   const seed = numberOption("seed", values.seed, 0, 0, 2 ** 53 - 1, true);
   const batch = numberOption("batch", values.batch, 1, 1, 64, true);
   const eta = numberOption("eta", values.eta, 0, 0, 1);
+  // Checked here, before the model is loaded, so a typo fails at once.
+  if (!SAMPLERS.includes(values.sampler!) && values.sampler !== "euler") {
+    throw unknownSampler(values.sampler!);
+  }
   const modelPath = values.model ?? DEFAULT_MODEL;
   const adapters = (values.adapter ?? []).map(parseAdapterSpec);
   try {

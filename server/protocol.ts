@@ -6,7 +6,7 @@
  */
 
 /** Samplers the server offers. */
-export const SAMPLERS = ["ddim", "ddpm", "euler"] as const;
+export const SAMPLERS = ["ddim", "ddpm", "euler-a", "euler"] as const;
 
 /** A sampler name. */
 export type SamplerName = typeof SAMPLERS[number];
