@@ -65,6 +65,14 @@ function liveFloats(pass: AttentionPass, { d, dv }: AttentionDims): number {
   return 2 * d + 2 * dv; // k, v, dk, dv
 }
 
+/** Workgroup memory a tiling may use: WebGPU's guaranteed minimum of maxComputeWorkgroupStorageSize. */
+const WORKGROUP_BYTES = 16384;
+
+/** Bytes of the staged tiles (two vec4 tiles, plus L and D in the dK/dV kernel). */
+function tileBytes({ d, dv }: AttentionDims, block: number): number {
+  return block * ((vecs(d) + vecs(dv)) * 16 + 8);
+}
+
 /**
  * The tiling of one pass over `ownedRows` rows per head (Nq, or Nk for "dkv") streaming `streamedRows`
  * rows of the other operand, for `heads` = B·H heads.
@@ -95,14 +103,6 @@ export function attentionTiling(
   let rows = Math.max(1, Math.min(24, Math.floor(budget / liveFloats(pass, dims))));
   while (rows > 1 && heads * Math.ceil(ownedRows / (threads * rows)) < 16) rows = Math.floor(rows / 2);
   return { threads, rows, block: 4 };
-}
-
-/** Workgroup memory a tiling may use: WebGPU's guaranteed minimum of maxComputeWorkgroupStorageSize. */
-const WORKGROUP_BYTES = 16384;
-
-/** Bytes of the staged tiles (two vec4 tiles, plus L and D in the dK/dV kernel). */
-function tileBytes({ d, dv }: AttentionDims, block: number): number {
-  return block * ((vecs(d) + vecs(dv)) * 16 + 8);
 }
 
 function checkConfig(name: string, dims: AttentionDims, tiling: AttentionTiling): void {
@@ -157,10 +157,8 @@ class Matrix {
   /** vec4 number `k` (a constant) of the row at `at`. */
   vec(at: string, k: number): string {
     if (this.packed) return `${this.name}[${at} / 4u + ${k}u]`;
-    const parts = range(4).map((
-      e,
-    ) => (4 * k + e < this.width ? `${this.name}[${at} + ${4 * k + e}u]` : "0.0"));
-    return `vec4<f32>(${parts.join(", ")})`;
+    const element = (c: number) => (c < this.width ? `${this.name}[${at} + ${c}u]` : "0.0");
+    return `vec4<f32>(${range(4).map((e) => element(4 * k + e)).join(", ")})`;
   }
 
   /** vec4 at column `col` (a multiple of 4, any expression) of the row at `at`. */
