@@ -1,0 +1,55 @@
+/**
+ * How well a model file denoises: the training template (preprocessed like training) is noised to several
+ * timesteps with a fixed seed, the model predicts ε, and the script reports the ε MSE and the MSE of the
+ * implied clean volume x̂0, writing x̂0 previews.
+ *
+ *   deno run -A scripts/denoise_check.ts models/default/brain32.safetensors docs/models/brain32-previews
+ *
+ * @module
+ */
+
+import { ready } from "../engine/device.ts";
+import { noGrad } from "../engine/autograd.ts";
+import { mse } from "../engine/ops/elementwise.ts";
+import { randn } from "../engine/ops/random.ts";
+import { writeSlicesPng } from "../io/png.ts";
+import { loadVolume, volumeTensor } from "../pipelines/dataset.ts";
+import { loadModelFile } from "../pipelines/modelfile.ts";
+import { DDPMScheduler } from "../samplers/scheduler.ts";
+
+const [modelPath, outDir] = Deno.args;
+if (!modelPath || !outDir) throw new Error("usage: denoise_check.ts MODEL OUT_DIR");
+await ready();
+const { unet, info } = await loadModelFile(modelPath);
+const [nx, ny, nz] = info.volume.shape;
+const volume = await loadVolume(
+  new URL("../../shared/data/MNI152_2009_template.nii.gz", import.meta.url).pathname,
+  {
+    shape: [nx, ny, nz],
+    fov: "foreground",
+    range: info.volume.range,
+  },
+);
+const x0 = volumeTensor(volume);
+const scheduler = new DDPMScheduler(info.scheduler);
+console.log("| t | √ᾱ | ε MSE | x̂0 MSE |\n| --- | --- | --- | --- |");
+for (const t of [100, 400, 700, 950]) {
+  const noise = randn(x0.shape, { seed: 5 });
+  const xt = scheduler.addNoise(x0, noise, t);
+  const eps = noGrad(() => unet.forward(xt, [t]));
+  const { prevSample, predOriginalSample } = scheduler.step(eps, t, xt, { noise });
+  const epsError = await mse(eps, noise).item();
+  const x0Error = await mse(predOriginalSample, x0).item();
+  console.log(
+    `| ${t} | ${Math.sqrt(scheduler.alphaBar(t)).toFixed(3)} | ${epsError.toFixed(4)} | ${
+      x0Error.toFixed(4)
+    } |`,
+  );
+  await writeSlicesPng(`${outDir}/denoised_t${t}.png`, await predOriginalSample.toArray(), [nx, ny, nz], {
+    window: [-1, 1],
+  });
+  await writeSlicesPng(`${outDir}/noisy_t${t}.png`, await xt.toArray(), [nx, ny, nz]);
+  for (const tensor of [noise, xt, eps, prevSample, predOriginalSample]) tensor.dispose();
+}
+x0.dispose();
+unet.dispose();
