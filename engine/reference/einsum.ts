@@ -149,3 +149,22 @@ export function einsum(spec: string, ...operands: RefTensor[]): RefTensor {
   }
   return { shape: outShape, data: out };
 }
+
+/**
+ * The same contraction evaluated one operand at a time in `order`, keeping only the indices still needed:
+ * exact like {@linkcode einsum}, but its cost is that of the pairwise steps, so it reaches sizes (TenVOO at
+ * r = 4) where the single loop over all indices would take hours.
+ */
+export function einsumInOrder(spec: string, xs: RefTensor[], order: number[]): RefTensor {
+  const { inputs, output } = parseEinsum(spec);
+  let letters = inputs[order[0]];
+  let acc = xs[order[0]];
+  for (let s = 1; s < order.length; s++) {
+    const k = order[s];
+    const later = order.slice(s + 1).map((j) => inputs[j]).join("") + output;
+    const kept = [...new Set(letters + inputs[k])].filter((c) => later.includes(c)).join("");
+    acc = einsum(`${letters},${inputs[k]}->${kept}`, acc, xs[k]);
+    letters = kept;
+  }
+  return einsum(`${letters}->${output}`, acc);
+}

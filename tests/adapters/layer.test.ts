@@ -21,21 +21,6 @@ import { disposeAll, fromRef, gpuTest, toRef } from "../helpers/gpu.ts";
 
 // --- Float64 reference of ΔW -----------------------------------------------------------------------------
 
-/** The reference einsum one operand at a time in `order` (exact, but cheap enough for r = 2 TenVOO). */
-function einsumInOrder(spec: string, xs: R.RefTensor[], order: number[]): R.RefTensor {
-  const { inputs, output } = R.parseEinsum(spec);
-  let letters = inputs[order[0]];
-  let acc = xs[order[0]];
-  for (let s = 1; s < order.length; s++) {
-    const k = order[s];
-    const later = order.slice(s + 1).map((j) => inputs[j]).join("") + output;
-    const kept = [...new Set(letters + inputs[k])].filter((c) => later.includes(c)).join("");
-    acc = R.einsum(`${letters},${inputs[k]}->${kept}`, acc, xs[k]);
-    letters = kept;
-  }
-  return R.einsum(`${letters}->${output}`, acc);
-}
-
 /** DESIGN.md's contractions with the paper's output order (i0 i1 i2 kD kH kW o0 o1 o2). */
 const PAPER_SPECS = {
   "tenvoo-l": TENVOO_SPECS["tenvoo-l"].replace("->ABCabcxyz", "->abcxyzABC"),
@@ -52,7 +37,7 @@ function refDelta(m: LayerMethod, weightShape: number[], cores: R.RefTensor[]): 
     case "tenvoo-l":
     case "tenvoo-q": {
       // The paper's code: (i0, i1, i2, kD, kH, kW, o0, o1, o2) → reshape (Cin, kD, kH, kW, Cout) → permute.
-      const full = einsumInOrder(PAPER_SPECS[m.kind], cores, ORDERS[m.kind]);
+      const full = R.einsumInOrder(PAPER_SPECS[m.kind], cores, ORDERS[m.kind]);
       const k3 = kernel.length === 3 ? kernel : [1, ...kernel];
       const w = R.permute(R.reshape(full, [I, ...k3, O]), [4, 0, 1, 2, 3]);
       return R.reshape(w, weightShape);

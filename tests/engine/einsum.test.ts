@@ -11,25 +11,6 @@ import { disposeAll, fromRef, gpuTest, toRef } from "../helpers/gpu.ts";
 
 // --- Helpers -------------------------------------------------------------------------------------------
 
-/**
- * The float64 reference einsum applied one operand at a time in `order`, keeping the indices still needed.
- * Exact like the single brute-force loop, but its cost is that of the pairwise steps, so it reaches sizes
- * (TenVOO at r = 4) where the loop over all 24 indices would take hours. Checked against the loop below.
- */
-function refInOrder(spec: string, xs: R.RefTensor[], order: number[]): R.RefTensor {
-  const { inputs, output } = R.parseEinsum(spec);
-  let letters = inputs[order[0]];
-  let acc = xs[order[0]];
-  for (let s = 1; s < order.length; s++) {
-    const k = order[s];
-    const later = order.slice(s + 1).map((j) => inputs[j]).join("") + output;
-    const kept = [...new Set(letters + inputs[k])].filter((c) => later.includes(c)).join("");
-    acc = R.einsum(`${letters},${inputs[k]}->${kept}`, acc, xs[k]);
-    letters = kept;
-  }
-  return R.einsum(`${letters}->${output}`, acc);
-}
-
 const TENVOO_L = "bade,cefg,xghi,yijk,zklm,Cmno,BopA,fdqh,lrpn,jqr->abcxyzABC";
 const TENVOO_Q = "bade,cefg,xghi,yijk,zjlm,Cmop,BpqA,oqrs,dftr,hlst->abcxyzABC";
 // Cheap orders for refInOrder: around the ring of rank indices.
@@ -411,7 +392,7 @@ gpuTest("TenVOO-L/-Q, r=2: the ordered reference agrees with the brute-force ref
   const sizes: TenVOOSizes = { r: 2, i: [2, 1, 2], o: [1, 2, 2], k: [2, 2, 1] };
   for (const { kind, spec, order } of TENVOO) {
     const xs = tenvooShapes(kind, sizes).map((s, k) => R.randomRef(s, 50 + k));
-    assertClose(refInOrder(spec, xs, order), R.einsum(spec, ...xs), {
+    assertClose(R.einsumInOrder(spec, xs, order), R.einsum(spec, ...xs), {
       rtol: 1e-12,
       atol: 1e-12,
       name: `TenVOO-${kind} reference in order vs loop`,
@@ -427,7 +408,7 @@ for (const { kind, spec, order } of TENVOO) {
     const before = runtimeStats().dispatches;
     const y = einsum(spec, ...cores);
     const dispatches = runtimeStats().dispatches - before;
-    const expected = refInOrder(spec, refs, order);
+    const expected = R.einsumInOrder(spec, refs, order);
     const rms = Math.sqrt(expected.data.reduce((s, v) => s + v * v, 0) / expected.data.length);
     const plan = einsumPath(spec, ...tenvooShapes(kind, sizes));
     console.log(
@@ -451,7 +432,7 @@ for (const { kind, spec, order } of TENVOO) {
           await checkOp({
             name: `TenVOO-${kind} r=2 (${force})`,
             gpu: (xs) => einsum(spec, ...xs),
-            ref: (xs) => refInOrder(spec, xs, order),
+            ref: (xs) => R.einsumInOrder(spec, xs, order),
             inputs: shapes.map((s, k) => R.randomRef(s, 70 + k)),
             // ~2^15 products of values in [-1, 1] summed through the steps in f32.
             rtol: 1e-4,
