@@ -10,13 +10,18 @@
  * instead (lavapipe runs a dispatch on its worker threads, which belong to this process), which is steadier
  * when other jobs compete for the cores.
  *
- * Run: `XDG_RUNTIME_DIR=/tmp deno run -A bench/conv.ts [--seconds 1] [--only 64->64] [--no-backward] [--torch]`
+ * `--path auto|direct|chunk` picks the kernel (`convSettings.path`; auto = chunk kernel on software adapters
+ * for large convs); `--rows N`/`--threads N` override the chunk kernel's geometry; `--compare` also times the
+ * forward on the direct kernel and prints the speed-up of the chosen path over it, side by side.
+ *
+ * Run: `XDG_RUNTIME_DIR=/tmp deno run -A bench/conv.ts [--seconds 1] [--only 64->64] [--no-backward] [--torch]
+ *   [--path auto|direct|chunk] [--compare]`
  *
  * @module
  */
 
 import * as V from "../mod.ts";
-import { conv3d } from "../engine/ops/conv.ts";
+import { conv3d, convSettings } from "../engine/ops/conv.ts";
 import { fmaPeak } from "./roofline.ts";
 
 const args = Deno.args;
@@ -28,6 +33,14 @@ const minSeconds = Number(option("--seconds") ?? 1);
 const only = option("--only");
 const backward = !args.includes("--no-backward");
 const withTorch = args.includes("--torch");
+const compare = args.includes("--compare");
+const path = option("--path") ?? "auto";
+if (path !== "auto" && path !== "direct" && path !== "chunk") {
+  throw new Error(`--path ${path}: auto, direct or chunk`);
+}
+convSettings.path = path;
+if (option("--rows")) convSettings.chunk = { ...convSettings.chunk, rows: Number(option("--rows")) };
+if (option("--threads")) convSettings.chunk = { ...convSettings.chunk, threads: Number(option("--threads")) };
 
 interface Shape {
   name: string;
@@ -163,6 +176,7 @@ const header = [
   "peak".padStart(6),
   ...(backward ? ["dx/fwd".padStart(7), "dw/fwd".padStart(7), "cpu".padStart(9)] : []),
   ...(torch.size ? ["torch ms".padStart(9), "torch/ours".padStart(10)] : []),
+  ...(compare ? ["direct ms".padStart(9), "speed-up".padStart(8)] : []),
 ];
 console.log(header.join(" "));
 for (const s of shapes) {
@@ -196,6 +210,15 @@ for (const s of shapes) {
   }
   const t = torch.get(s.name);
   if (t !== undefined) cells.push((t * 1e3).toFixed(1).padStart(9), (t / fwd.wall).toFixed(2).padStart(10));
+  if (compare) {
+    convSettings.path = "direct";
+    const direct = await time(() => V.scope(() => void conv3d(x, w, opts)));
+    convSettings.path = path;
+    cells.push(
+      (direct.wall * 1e3).toFixed(1).padStart(9),
+      `${(direct.cpu / fwd.cpu).toFixed(2)}×`.padStart(8),
+    );
+  }
   console.log(cells.join(" "));
   for (const u of [x, w, y, gy]) u.dispose();
 }

@@ -95,6 +95,15 @@ export function deviceInfo(): DeviceInfo {
   return info;
 }
 
+/**
+ * True when the adapter is a CPU implementation (Mesa's lavapipe/llvmpipe, SwiftShader): kernels that suit
+ * its SIMD-per-thread model (loop-free chunk kernels) are chosen then.
+ */
+export function isSoftwareAdapter(): boolean {
+  const { isFallbackAdapter, adapter } = deviceInfo();
+  return isFallbackAdapter || /llvmpipe|lavapipe|swiftshader/i.test(adapter);
+}
+
 /** The device, for engine internals. Throws a clear error before `ready()` or after the device was lost. */
 export function gpu(): GPUDevice {
   if (lostReason) {

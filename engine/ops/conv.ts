@@ -2,7 +2,10 @@
  * `conv3d` and `conv2d` with PyTorch semantics (cross-correlation, zero padding, stride, dilation,
  * groups, fused bias), differentiable w.r.t. input, weight and bias.
  *
- * - Forward: the register-blocked direct convolution of `kernels/conv.ts` over the input zero-padded to
+ * - Forward on software adapters (lavapipe), for large convolutions with whole-vec4 output rows: the
+ *   loop-free chunk kernel of `kernels/conv_chunk.ts` (an implicit GEMM over per-kw "planes" of the input;
+ *   see {@linkcode convSettings}).
+ * - Forward otherwise: the register-blocked direct convolution of `kernels/conv.ts` over the input zero-padded to
  *   whole tiles (one pass, so the kernel has no bounds checks) and weights packed as
  *   [groups, Cin/groups, taps, Cout/groups (padded)]. Geometries whose tiles do not fit workgroup memory
  *   (large dilations) or kernels above 125 taps use an unblocked fallback kernel.
@@ -10,7 +13,8 @@
  *   per stride phase (input positions i ≡ r mod stride): phase r sees only the taps t with
  *   (r + pad − t·dil) ≡ 0 mod stride, flipped and channel-transposed, and writes every stride-th input
  *   position. Exactly the forward's FLOPs, no zero insertion; for stride 1 it is the single phase with all
- *   taps and padding dil·(k − 1) − pad (which may be negative: a crop).
+ *   taps and padding dil·(k − 1) − pad (which may be negative: a crop). Each phase runs on the kernel the
+ *   forward would pick for its geometry.
  * - Gradient w.r.t. the weight: a reduction over batch and space (`convWeightGradKernel`), split over
  *   blocks of gradOut and summed; same padding scheme and fallback.
  * - Gradient w.r.t. the bias: the sum of gradOut over batch and space.
@@ -49,9 +53,19 @@ import {
   WGRAD_NAIVE_WORDS,
   WGRAD_WORDS,
 } from "../../kernels/conv.ts";
+import {
+  CHUNK,
+  CHUNK_WORDS,
+  type ConvChunkConfig,
+  convChunkKernel,
+  convPlanesKernel,
+  PLANES,
+  PLANES_WG,
+  PLANES_WORDS,
+} from "../../kernels/conv_chunk.ts";
 import type { Kernel } from "../../kernels/types.ts";
 import { record } from "../autograd.ts";
-import { limit } from "../device.ts";
+import { isSoftwareAdapter, limit } from "../device.ts";
 import { dispatch } from "../runtime.ts";
 import { formatShape, sizeOf } from "../shape.ts";
 import { fromData, Tensor } from "../tensor.ts";
@@ -280,6 +294,122 @@ function planConv(key: ConvShapeKey, outDims: Triple, coutG: number): Plan {
   return { kernel: cached("naive", convNaiveKernel), tiling: null };
 }
 
+// --- Chunk path (software adapters) ---------------------------------------------------------------------
+
+/** Kernel selection knobs, for tests and benchmarks (read on every convolution). */
+export const convSettings: {
+  /**
+   * `auto`: on software adapters the loop-free chunk kernel (`kernels/conv_chunk.ts`) for convolutions of
+   * at least `minChunkMacs` multiply-adds whose output rows are whole vec4s, else the direct kernel.
+   * `direct`: always the direct kernel. `chunk`: the chunk kernel whenever the geometry allows it.
+   */
+  path: "auto" | "direct" | "chunk";
+  /** Smallest number of multiply-adds for which `auto` uses the chunk kernel. */
+  minChunkMacs: number;
+  /** Overrides of the chunk kernel's geometry (tests use small ones, which compile fast). */
+  chunk: Partial<ConvChunkConfig>;
+} = { path: "auto", minChunkMacs: 2 ** 24, chunk: {} };
+
+/** k-values (input channels × taps) per chunk dispatch: 4 input channels of a 3³ kernel. */
+const CHUNK_DEPTH = 108;
+
+/** The chunk kernel's geometry for `call`, or null when the direct kernel should run it. */
+function chunkConfigFor(call: ConvCall): ConvChunkConfig | null {
+  if (convSettings.path === "direct") return null;
+  const [od, oh, ow] = call.outDims;
+  const taps = call.key.kernel[0] * call.key.kernel[1] * call.key.kernel[2];
+  const [sN, sC, sD, sH, sW] = call.outStrides;
+  // B is read as vec4s of 4 adjacent output positions and C written as vec4s: whole, aligned output rows.
+  const aligned = ow % 4 === 0 && sW === 1 && sH === ow && sD === oh * ow && sC % 4 === 0 && sN % 4 === 0 &&
+    call.outOff % 4 === 0;
+  if (!aligned || taps > CHUNK_DEPTH) return null;
+  const positions = od * oh * ow;
+  const macs = call.n * call.groups * call.coutG * call.cinG * taps * positions;
+  if (convSettings.path === "auto" && (macs < convSettings.minChunkMacs || !isSoftwareAdapter())) return null;
+  return {
+    threads: positions >= 4 * 128 * 16 ? 128 : 64,
+    rows: call.coutG <= 8 ? 8 : call.coutG <= 16 ? 16 : call.coutG <= 32 ? 32 : 64,
+    channels: Math.max(1, Math.min(call.cinG, Math.floor(CHUNK_DEPTH / taps))),
+    ...convSettings.chunk,
+  };
+}
+
+/** Runs `call` with the chunk kernel: w-planes of the input, then one dispatch per input-channel chunk. */
+function runConvChunk(
+  x: Tensor,
+  packFor: (coP: number) => Tensor,
+  bias: Tensor | null,
+  out: Tensor,
+  call: ConvCall,
+  cfg: ConvChunkConfig,
+): void {
+  const kw = call.key.kernel[2];
+  const [od, oh, ow] = call.outDims;
+  const extent = (a: number) =>
+    (call.outDims[a] - 1) * call.key.stride[a] + (call.key.kernel[a] - 1) * call.key.dilation[a] + 1;
+  const [pd, ph] = [extent(0), extent(1)];
+  const row4 = ow / 4;
+  const planeVec4s = pd * ph * row4;
+  const count = call.n * call.cin * kw * planeVec4s;
+  const planes = fromData(null, [count * 4]);
+  const q = new Uint32Array(PLANES_WORDS);
+  const qi = new Int32Array(q.buffer);
+  q[PLANES.count] = count;
+  [q[PLANES.kw], q[PLANES.pd], q[PLANES.ph], q[PLANES.row4]] = [kw, pd, ph, row4];
+  [q[PLANES.d], q[PLANES.h], q[PLANES.w]] = call.inDims;
+  [qi[PLANES.d0], qi[PLANES.h0], qi[PLANES.w0]] = [-call.pad[0], -call.pad[1], -call.pad[2]];
+  [q[PLANES.sw], q[PLANES.dw], q[PLANES.ow]] = [call.key.stride[2], call.key.dilation[2], ow];
+  q[PLANES.xOff] = x.offset;
+  launch(
+    cached("planes", convPlanesKernel),
+    q,
+    [x.storage("conv3d").buffer, planes.storage("conv3d").buffer],
+    Math.ceil(count / PLANES_WG),
+  );
+  const coP = Math.ceil(call.coutG / cfg.rows) * cfg.rows;
+  const packed = packFor(coP);
+  const kernel = cached(
+    `chunk:${JSON.stringify(call.key)}:${JSON.stringify(cfg)}`,
+    () => convChunkKernel(call.key, cfg),
+  );
+  const p = new Uint32Array(CHUNK_WORDS);
+  const positions = od * oh * ow;
+  [p[CHUNK.positions], p[CHUNK.oh], p[CHUNK.ow]] = [positions, oh, ow];
+  [p[CHUNK.cinG], p[CHUNK.coutG], p[CHUNK.coP]] = [call.cinG, call.coutG, coP];
+  [p[CHUNK.groups], p[CHUNK.cin]] = [call.groups, call.cin];
+  [p[CHUNK.xChan], p[CHUNK.xPlane], p[CHUNK.xRowD], p[CHUNK.xRowH]] = [
+    kw * planeVec4s,
+    planeVec4s,
+    ph * row4,
+    row4,
+  ];
+  [p[CHUNK.outOff4], p[CHUNK.oN4], p[CHUNK.oC4]] = [
+    call.outOff / 4,
+    call.outStrides[0] / 4,
+    call.outStrides[1] / 4,
+  ];
+  [p[CHUNK.biasOff], p[CHUNK.hasBias]] = [bias ? bias.offset : 0, bias ? 1 : 0];
+  const buffers = [
+    planes.storage("conv3d").buffer,
+    packed.storage("conv3d").buffer,
+    (bias ?? packed).storage("conv3d").buffer,
+    out.storage("conv3d").buffer,
+  ];
+  const grid: [number, number, number] = [
+    Math.ceil(positions / (4 * cfg.threads)),
+    coP / cfg.rows,
+    call.n * call.groups,
+  ];
+  for (let ci0 = 0; ci0 < call.cinG; ci0 += cfg.channels) {
+    const params = p.slice();
+    params[CHUNK.ci0] = ci0;
+    params[CHUNK.first] = ci0 === 0 ? 1 : 0;
+    dispatch(kernel, params, buffers, grid);
+  }
+  planes.dispose();
+  packed.dispose();
+}
+
 // --- Raw (non-recording) building blocks -----------------------------------------------------------------
 
 /** A convolution call: input [n, cin, ...inDims] convolved with packed weights into a (strided) output. */
@@ -370,6 +500,8 @@ function runConv(
   out: Tensor,
   call: ConvCall,
 ): void {
+  const chunk = chunkConfigFor(call);
+  if (chunk) return runConvChunk(x, packFor, bias, out, call, chunk);
   const plan = planConv(call.key, call.outDims, call.coutG);
   const tile = plan.tiling ? convTile(call.key, plan.tiling) : null;
   const coTiles = tile ? Math.ceil(call.coutG / tile.channels) : 1;

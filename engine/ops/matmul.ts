@@ -20,7 +20,7 @@ import {
 } from "../../kernels/matmul.ts";
 import type { Kernel } from "../../kernels/types.ts";
 import { record } from "../autograd.ts";
-import { deviceInfo } from "../device.ts";
+import { isSoftwareAdapter } from "../device.ts";
 import { dispatch } from "../runtime.ts";
 import {
   broadcastShapes,
@@ -107,11 +107,6 @@ function tiledMatmul(
 // --- K-chunk kernel for software adapters --------------------------------------------------------------
 
 const chunkKernels = new Map<ChunkConfig, Kernel>();
-
-function isSoftwareAdapter(): boolean {
-  const info = deviceInfo();
-  return info.isFallbackAdapter || /llvmpipe|lavapipe|swiftshader/i.test(info.adapter);
-}
 
 /** The chunk-kernel geometry for a product, or null for the general kernel. */
 function chunkConfigFor(M: number, N: number, K: number, count: number): ChunkConfig | null {

@@ -1,7 +1,7 @@
 import { throws as assertThrows } from "node:assert";
 import * as R from "../../engine/reference/mod.ts";
 import * as V from "../../mod.ts";
-import { conv2d, type Conv2dOptions, conv3d } from "../../engine/ops/conv.ts";
+import { conv2d, type Conv2dOptions, conv3d, convSettings } from "../../engine/ops/conv.ts";
 import { assertClose } from "../helpers/check.ts";
 import { checkOp } from "../helpers/opcheck.ts";
 import { disposeAll, fromRef, gpuTest, toRef } from "../helpers/gpu.ts";
@@ -133,6 +133,32 @@ gpuTest(
       conv([2, 5, 9, [7, 8, 7], [3, 3, 3], 1, 1, 1, 1]),
     ];
     for (const [i, c] of cases.entries()) await checkConv3d(c, 200 + 10 * i);
+  },
+);
+
+gpuTest(
+  "conv3d: the chunk kernel (implicit GEMM over w-planes; software adapters' path for large convs)",
+  async () => {
+    // Forced on at small sizes with a small geometry (8 threads × 8 output channels, which compiles in a
+    // second) so that the code generator is exercised on partial column tiles, partial row tiles, a partial
+    // last input-channel chunk, groups, dilation and stride 2; the input gradients of the stride-1 cases
+    // (contiguous, width a multiple of 4) run on it too.
+    const saved = { ...convSettings, chunk: { ...convSettings.chunk } };
+    try {
+      convSettings.path = "chunk";
+      convSettings.chunk = { threads: 8, rows: 8 };
+      const cases: Case[] = [
+        conv([2, 6, 10, [5, 6, 8], [3, 3, 3], 1, 1, 1, 1]),
+        conv([1, 5, 7, [9, 7, 8], [3, 3, 3], 2, 1, 1, 1]),
+        conv([2, 4, 6, [7, 8, 12], [3, 3, 3], 1, 2, 2, 2], false),
+        conv([1, 9, 4, [6, 5, 4], [1, 1, 1], 1, 0, 1, 1]),
+      ];
+      for (const [i, c] of cases.entries()) await checkConv3d(c, 700 + 10 * i);
+      convSettings.chunk = { threads: 8, rows: 8, channels: 2 };
+      await checkConv3d(conv([1, 5, 3, [6, 7, 4], [3, 3, 3], 1, 1, 1, 1]), 790);
+    } finally {
+      Object.assign(convSettings, saved);
+    }
   },
 );
 

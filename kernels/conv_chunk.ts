@@ -1,0 +1,246 @@
+/**
+ * Convolution as an implicit GEMM in loop-free input-channel chunks, for software adapters (lavapipe).
+ *
+ * The direct kernel in `conv.ts` keeps its accumulators in registers across a loop over input channels, so
+ * every operand — input rows and weights — is a load inside a loop, which llvmpipe compiles to a per-lane
+ * scalar loop (~240 instructions per vec4). A strided convolution reuses each loaded input row for fewer
+ * taps, so it needs ~1.7× the loads per FMA of a stride-1 one and cannot pass ~12% of the FMA peak that way.
+ *
+ * This kernel borrows the matmul chunk kernel's design instead (see `matmul.ts` and `bench/README.md`):
+ * C[co, position] += Σ_k A[co, k] · B[k, position] with k = (input channel, tap), where one dispatch covers
+ * `channels` input channels × all taps and has no loops at all. The weights of the chunk are staged in
+ * workgroup memory and read at constant addresses — llvmpipe broadcasts those for free — so each thread's
+ * only per-lane loads are one vec4 of B per k (4 adjacent output positions) and one read-modify-write of C
+ * per output channel, independent of the stride.
+ *
+ * B needs 4 adjacent output positions of one tap to be one aligned vec4. {@linkcode convPlanesKernel}
+ * makes that so by copying the zero-padded input once per kernel column kw into a "plane" whose element i
+ * is input column `i·stride + kw·dilation` (im2col along w only: kw copies instead of taps copies).
+ *
+ * @module
+ */
+
+import type { ConvShapeKey } from "./conv.ts";
+import { type Kernel, LINEAR_INDEX, paramsBlock } from "./types.ts";
+
+/** Geometry of a {@linkcode convChunkKernel}. */
+export interface ConvChunkConfig {
+  /** Threads per workgroup (a multiple of 8); each owns 4 adjacent output positions. */
+  readonly threads: number;
+  /** Output channels per workgroup (a multiple of 4); all threads share them. */
+  readonly rows: number;
+  /** Input channels per dispatch; a dispatch unrolls `channels × taps` k-values. */
+  readonly channels: number;
+}
+
+/** Word indices of the chunk kernel's parameter block. */
+export const CHUNK = {
+  /** Output positions per batch item (od·oh·ow, a multiple of 4), output extents h and w. */
+  positions: 0,
+  oh: 1,
+  ow: 2,
+  /** Input channels per group, output channels per group, padded output channels of the packed weights. */
+  cinG: 3,
+  coutG: 4,
+  coP: 5,
+  /** Groups; input channels of the whole tensor. */
+  groups: 6,
+  cin: 7,
+  /** First input channel (within the group) of this dispatch; 1 for the first dispatch (store, not add). */
+  ci0: 8,
+  first: 9,
+  /** Planes in vec4s: per input channel, per kw plane, per padded d row, per padded h row. */
+  xChan: 10,
+  xPlane: 11,
+  xRowD: 12,
+  xRowH: 13,
+  /** Output in vec4s: offset, batch stride, channel stride. */
+  outOff4: 14,
+  oN4: 15,
+  oC4: 16,
+  /** Bias element offset, 1 when there is a bias. */
+  biasOff: 17,
+  hasBias: 18,
+  /** A runtime f32 zero and a never-set guard word (see the kernel). */
+  zero: 19,
+  guard: 20,
+} as const;
+
+/** Size of the chunk kernel's parameter block in u32 words. */
+export const CHUNK_WORDS = 21;
+
+/**
+ * One input-channel chunk of a convolution: `Out[n, g·coutG + co, p] (+)= Σ_{c < channels, tap}
+ * Wp[g, ci0 + c, tap, co] · planes[n, g·cinG + ci0 + c, kw, od·sd + kd·dd, oh·sh + kh·dh, ow]` over the
+ * positions p = (od, oh, ow) of a contiguous output whose width is a multiple of 4. The first dispatch
+ * (`first` = 1) stores bias + sum, later ones add into Out. Input channels past `cinG` and output channels
+ * past `coutG` contribute nothing; `Wp` is the [groups, cinG, taps, coP] packing of `conv.ts` with `coP` a
+ * multiple of `rows`.
+ *
+ * Bindings: planes (vec4), packed weights (vec4), bias (any buffer when `hasBias` is 0), out (vec4).
+ * Grid: `[ceil(positions / (4·threads)), coP / rows, n · groups]`.
+ */
+export function convChunkKernel(key: ConvShapeKey, cfg: ConvChunkConfig): Kernel {
+  const { threads: W, rows: TM, channels: CC } = cfg;
+  if (W % 8 !== 0 || TM % 4 !== 0 || CC < 1) {
+    throw new Error(`convChunkKernel: bad config ${JSON.stringify(cfg)}`);
+  }
+  const [KD, KH, KW] = key.kernel;
+  const [SD, SH] = key.stride;
+  const [DD, DH] = key.dilation;
+  const taps = KD * KH * KW;
+  const depth = CC * taps; // k-values per dispatch
+  const quads = TM / 4; // vec4s of weights per k
+  const staged = depth * quads;
+  const L: string[] = [];
+  L.push(`let P = pu(${CHUNK.positions}u); let OH = pu(${CHUNK.oh}u); let OW = pu(${CHUNK.ow}u);`);
+  L.push(
+    `let cinG = pu(${CHUNK.cinG}u); let coutG = pu(${CHUNK.coutG}u); let coP4 = pu(${CHUNK.coP}u) / 4u;`,
+  );
+  L.push(`let ci0 = pu(${CHUNK.ci0}u); let first = pu(${CHUNK.first}u) != 0u;`);
+  // A runtime zero: accumulators start from a value with many uses, which keeps LLVM from scalarising the
+  // FMA chains into the per-lane store loops (see matmul.ts).
+  L.push(`let zero = vec4<f32>(pf(${CHUNK.zero}u));`);
+  L.push(`let g = wid.z % pu(${CHUNK.groups}u); let n = wid.z / pu(${CHUNK.groups}u);`);
+  L.push(`let row0 = wid.y * ${TM}u;`);
+  // Stage the chunk's weights as [k][co/4] vec4s: element e = j·W + li is k = e / quads, quad e % quads.
+  L.push(`let w_base = (g * cinG + ci0) * ${taps}u * coP4 + row0 / 4u;`);
+  for (let j = 0; j * W < staged; j++) {
+    const e = `${j * W}u + li`;
+    const bound = (j + 1) * W > staged ? `if (${e} < ${staged}u) ` : "";
+    L.push(
+      `${bound}{ let e = ${e}; let k = e / ${quads}u; let ok = ci0 + k / ${taps}u < cinG;` +
+        ` Ws[e] = select(zero, Wp[select(0u, w_base + k * coP4 + e % ${quads}u, ok)], vec4<bool>(ok)); }`,
+    );
+  }
+  L.push(`workgroupBarrier();`);
+  // This thread's 4 output positions and, for every k of the chunk, their 4 input values (one vec4).
+  L.push(`let col = (wid.x * ${W}u + li) * 4u; let valid = col < P;`);
+  L.push(`let od = col / (OH * OW); let oh = (col / OW) % OH; let ow4 = (col % OW) / 4u;`);
+  L.push(`let xChan = pu(${CHUNK.xChan}u); let xPlane = pu(${CHUNK.xPlane}u);`);
+  L.push(`let xRowD = pu(${CHUNK.xRowD}u); let xRowH = pu(${CHUNK.xRowH}u);`);
+  L.push(
+    `let xb = (n * pu(${CHUNK.cin}u) + g * cinG + ci0) * xChan + od * ${SD}u * xRowD + oh * ${SH}u * xRowH + ow4;`,
+  );
+  for (let c = 0; c < CC; c++) {
+    L.push(`let ok${c} = valid && ci0 + ${c}u < cinG;`);
+    for (let kd = 0; kd < KD; kd++) {
+      for (let kh = 0; kh < KH; kh++) {
+        for (let kw = 0; kw < KW; kw++) {
+          const k = (c * KD + kd) * KH * KW + kh * KW + kw;
+          const at = `xb + ${c}u * xChan + ${kw}u * xPlane + ${kd * DD}u * xRowD + ${kh * DH}u * xRowH`;
+          L.push(`let b${k} = select(zero, X4[select(0u, ${at}, ok${c})], vec4<bool>(ok${c}));`);
+        }
+      }
+    }
+  }
+  L.push(`var guard = zero;`);
+  L.push(`let out_n = pu(${CHUNK.outOff4}u) + n * pu(${CHUNK.oN4}u) + col / 4u;`);
+  L.push(`let oC4 = pu(${CHUNK.oC4}u); let has_bias = pu(${CHUNK.hasBias}u) != 0u;`);
+  // Four output channels at a time, interleaved so that four independent FMA chains are in flight.
+  for (let m0 = 0; m0 < TM; m0 += 4) {
+    for (let m = m0; m < m0 + 4; m++) L.push(`var c${m} = zero;`);
+    for (let k = 0; k < depth; k++) {
+      for (let m = m0; m < m0 + 4; m++) {
+        L.push(`c${m} = fma(vec4<f32>(Ws[${k * quads + (m >> 2)}u][${m & 3}]), b${k}, c${m});`);
+      }
+    }
+    for (let m = m0; m < m0 + 4; m++) {
+      L.push(
+        `if (valid && row0 + ${m}u < coutG) { let co = g * coutG + row0 + ${m}u; let i = out_n + co * oC4;` +
+          ` var prev = zero; if (first) { if (has_bias) { prev = vec4<f32>(Bias[pu(${CHUNK.biasOff}u) + co]); } }` +
+          ` else { prev = Out4[i]; } Out4[i] = prev + c${m}; }`,
+        `guard = guard + c${m};`,
+      );
+    }
+  }
+  // Never true (the engine passes 0); gives every accumulator a second use, see `zero` above.
+  L.push(`if (pu(${CHUNK.guard}u) == 1u) { Out4[li] = guard; }`);
+  const code = /* wgsl */ `
+${paramsBlock(CHUNK_WORDS)}
+@group(0) @binding(1) var<storage, read> X4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> Wp: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> Bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> Out4: array<vec4<f32>>;
+var<workgroup> Ws: array<vec4<f32>, ${staged}>;
+@compute @workgroup_size(${W})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  ${L.join("\n  ")}
+}
+`;
+  return {
+    key: `conv3d:chunk:k${key.kernel}:s${key.stride}:d${key.dilation}:${W}x${TM}x${CC}`,
+    code,
+    bindings: ["read", "read", "read", "write"],
+  };
+}
+
+/** Word indices of the planes kernel's parameter block. */
+export const PLANES = {
+  /** vec4s to write. */
+  count: 0,
+  /** Planes per channel (kernel w extent), padded d and h extents, vec4s per plane row. */
+  kw: 1,
+  pd: 2,
+  ph: 3,
+  row4: 4,
+  /** Source extents. */
+  d: 5,
+  h: 6,
+  w: 7,
+  /** Source coordinate of padded index 0 along d, h, w (i32; negative = zero padding). */
+  d0: 8,
+  h0: 9,
+  w0: 10,
+  /** Stride and dilation along w; valid elements per plane row; source element offset. */
+  sw: 11,
+  dw: 12,
+  ow: 13,
+  xOff: 14,
+} as const;
+
+/** Size of the planes kernel's parameter block in u32 words. */
+export const PLANES_WORDS = 15;
+
+/** Threads per workgroup of the planes kernel. */
+export const PLANES_WG = 64;
+
+/**
+ * Copies the contiguous [rows of] d×h×w volume into `kw` planes per row of the source: plane j, padded row
+ * (z, y), element i holds source (z + d0, y + h0, i·sw + j·dw + w0), zero outside the source and for
+ * i ≥ ow. Output layout [rows][kw][pd][ph][row4] of vec4s; one thread per vec4 (1-D grid, folded).
+ */
+export function convPlanesKernel(): Kernel {
+  const code = /* wgsl */ `
+${paramsBlock(PLANES_WORDS)}
+${LINEAR_INDEX}
+@group(0) @binding(1) var<storage, read> X: array<f32>;
+@group(0) @binding(2) var<storage, read_write> Xq: array<vec4<f32>>;
+fn ip(i: u32) -> i32 { return bitcast<i32>(pu(i)); }
+@compute @workgroup_size(${PLANES_WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) li: u32) {
+  let t = linear_workgroup(wid, nwg) * ${PLANES_WG}u + li;
+  if (t >= pu(${PLANES.count}u)) { return; }
+  let R4 = pu(${PLANES.row4}u); let PH = pu(${PLANES.ph}u); let PD = pu(${PLANES.pd}u);
+  let KW = pu(${PLANES.kw}u);
+  let v = t % R4;
+  let y = i32((t / R4) % PH) + ip(${PLANES.h0}u);
+  let z = i32((t / (R4 * PH)) % PD) + ip(${PLANES.d0}u);
+  let j = (t / (R4 * PH * PD)) % KW;
+  let row = t / (R4 * PH * PD * KW);
+  let D = i32(pu(${PLANES.d}u)); let H = i32(pu(${PLANES.h}u)); let W = i32(pu(${PLANES.w}u));
+  var out = vec4<f32>(0.0);
+  if (z >= 0 && z < D && y >= 0 && y < H) {
+    let src = pu(${PLANES.xOff}u) + ((row * u32(D) + u32(z)) * u32(H) + u32(y)) * u32(W);
+    for (var e = 0u; e < 4u; e++) {
+      let i = v * 4u + e;
+      let x = i32(i * pu(${PLANES.sw}u) + j * pu(${PLANES.dw}u)) + ip(${PLANES.w0}u);
+      if (i < pu(${PLANES.ow}u) && x >= 0 && x < W) { out[e] = X[src + u32(x)]; }
+    }
+  }
+  Xq[t] = out;
+}
+`;
+  return { key: "conv3d:planes", code, bindings: ["read", "write"] };
+}
