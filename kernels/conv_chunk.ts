@@ -244,3 +244,123 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 `;
   return { key: "conv3d:planes", code, bindings: ["read", "write"] };
 }
+
+/** Geometry of a {@linkcode convWeightGradChunkKernel}. */
+export interface ConvWeightGradChunkConfig {
+  /** Threads per workgroup (a multiple of 8); each owns one k = (input channel, tap). */
+  readonly threads: number;
+  /** Output channels per workgroup (a multiple of 4). */
+  readonly rows: number;
+  /** Groups of 4 output positions per dispatch (the contraction chunk). */
+  readonly depth: number;
+}
+
+/** Word indices of the weight-gradient chunk kernel's parameter block (then `depth` row offsets). */
+export const WCHUNK = {
+  /** k-values (input channels × taps), output channels. */
+  K: 0,
+  cout: 1,
+  /** Planes in vec4s: batch item's offset, per input channel, per kw plane, per padded d row, per h row. */
+  xN: 2,
+  xChan: 3,
+  xPlane: 4,
+  xRowD: 5,
+  xRowH: 6,
+  /** gradOut in vec4s: offset of this batch item and chunk, channel stride. */
+  gOff4: 7,
+  gC4: 8,
+  /** Valid position groups in this chunk (≤ depth); 1 for the first dispatch (store, not add). */
+  valid: 9,
+  first: 10,
+  /** A runtime f32 zero and a never-set guard word (see `convChunkKernel`). */
+  zero: 11,
+  guard: 12,
+  /** Start of the table: the planes offset (vec4s) of each position group's (od·sd, oh·sh, ow/4) row. */
+  rows: 13,
+} as const;
+
+/** Size of the weight-gradient chunk kernel's parameter block for a chunk of `depth` position groups. */
+export function weightGradChunkWords(depth: number): number {
+  return WCHUNK.rows + depth;
+}
+
+/**
+ * One position chunk of a convolution's weight gradient (groups = 1): `dW[co, k] (+)= Σ_{j < valid}
+ * Σ_{e < 4} gradOut[co, chunk position 4j + e] · planes[ci(k), kw(k), row_j + kd(k)·dd, + kh(k)·dh, e]` with
+ * k = (ci, kd, kh, kw) and `row_j` the planes offset of position group j, passed in the parameter block
+ * (uniform loads at constant offsets are free on llvmpipe; computing it in the kernel would divide). The
+ * chunk of gradOut ([rows][depth] vec4s) is staged in workgroup memory and read at constant addresses; each
+ * thread loads one vec4 of planes per position group. The first dispatch stores, later ones add.
+ *
+ * Bindings: planes (vec4, as {@linkcode convPlanesKernel} writes them for the forward), gradOut (vec4,
+ * contiguous [cout][positions]), dW (f32, [cout][K]). Grid: `[ceil(K / threads), ceil(cout / rows), 1]`,
+ * one dispatch per (batch item, chunk).
+ */
+export function convWeightGradChunkKernel(key: ConvShapeKey, cfg: ConvWeightGradChunkConfig): Kernel {
+  const { threads: W, rows: TM, depth: D } = cfg;
+  if (W % 8 !== 0 || TM % 4 !== 0 || D < 1) {
+    throw new Error(`convWeightGradChunkKernel: bad config ${JSON.stringify(cfg)}`);
+  }
+  const [KD, KH, KW] = key.kernel;
+  const [DD, DH] = key.dilation;
+  const taps = KD * KH * KW;
+  const staged = TM * D;
+  const L: string[] = [];
+  L.push(`let K = pu(${WCHUNK.K}u); let cout = pu(${WCHUNK.cout}u); let valid = pu(${WCHUNK.valid}u);`);
+  L.push(`let first = pu(${WCHUNK.first}u) != 0u; let zero = vec4<f32>(pf(${WCHUNK.zero}u));`);
+  L.push(`let row0 = wid.y * ${TM}u; let gC4 = pu(${WCHUNK.gC4}u); let gOff4 = pu(${WCHUNK.gOff4}u);`);
+  // Stage gradOut's chunk as [co][j] vec4s: element e = i·W + li is channel e / D, position group e % D.
+  for (let i = 0; i * W < staged; i++) {
+    const e = `${i * W}u + li`;
+    const bound = (i + 1) * W > staged ? `if (${e} < ${staged}u) ` : "";
+    L.push(
+      `${bound}{ let e = ${e}; let co = row0 + e / ${D}u; let ok = co < cout && e % ${D}u < valid;` +
+        ` Gs[e] = select(zero, G4[select(0u, gOff4 + co * gC4 + e % ${D}u, ok)], vec4<bool>(ok)); }`,
+    );
+  }
+  L.push(`workgroupBarrier();`);
+  L.push(`let k = wid.x * ${W}u + li; let kvalid = k < K;`);
+  L.push(`let ci = k / ${taps}u; let tap = k % ${taps}u;`);
+  L.push(`let kd = tap / ${KH * KW}u; let kh = (tap / ${KW}u) % ${KH}u; let kw = tap % ${KW}u;`);
+  L.push(
+    `let tb = pu(${WCHUNK.xN}u) + ci * pu(${WCHUNK.xChan}u) + kw * pu(${WCHUNK.xPlane}u) + ` +
+      `kd * ${DD}u * pu(${WCHUNK.xRowD}u) + kh * ${DH}u * pu(${WCHUNK.xRowH}u);`,
+  );
+  for (let j = 0; j < D; j++) {
+    L.push(
+      `let b${j} = select(zero, X4[select(0u, tb + pu(${WCHUNK.rows + j}u), kvalid && ${j}u < valid)],` +
+        ` vec4<bool>(kvalid && ${j}u < valid));`,
+    );
+  }
+  L.push(`var guard = zero;`);
+  for (let m0 = 0; m0 < TM; m0 += 4) {
+    for (let m = m0; m < m0 + 4; m++) L.push(`var c${m} = zero;`);
+    for (let j = 0; j < D; j++) {
+      for (let m = m0; m < m0 + 4; m++) L.push(`c${m} = fma(Gs[${m * D + j}u], b${j}, c${m});`);
+    }
+    for (let m = m0; m < m0 + 4; m++) {
+      L.push(
+        `if (kvalid && row0 + ${m}u < cout) { let i = (row0 + ${m}u) * K + k;` +
+          ` var prev = 0.0; if (!first) { prev = dW[i]; } dW[i] = prev + dot(c${m}, vec4<f32>(1.0)); }`,
+        `guard = guard + c${m};`,
+      );
+    }
+  }
+  L.push(`if (pu(${WCHUNK.guard}u) == 1u) { dW[li] = guard.x; }`);
+  const code = /* wgsl */ `
+${paramsBlock(weightGradChunkWords(D))}
+@group(0) @binding(1) var<storage, read> X4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> G4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> dW: array<f32>;
+var<workgroup> Gs: array<vec4<f32>, ${staged}>;
+@compute @workgroup_size(${W})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  ${L.join("\n  ")}
+}
+`;
+  return {
+    key: `conv3d:wgrad-chunk:k${key.kernel}:d${key.dilation}:${W}x${TM}x${D}`,
+    code,
+    bindings: ["read", "read", "write"],
+  };
+}

@@ -59,9 +59,13 @@ import {
   type ConvChunkConfig,
   convChunkKernel,
   convPlanesKernel,
+  type ConvWeightGradChunkConfig,
+  convWeightGradChunkKernel,
   PLANES,
   PLANES_WG,
   PLANES_WORDS,
+  WCHUNK,
+  weightGradChunkWords,
 } from "../../kernels/conv_chunk.ts";
 import type { Kernel } from "../../kernels/types.ts";
 import { record } from "../autograd.ts";
@@ -308,7 +312,9 @@ export const convSettings: {
   minChunkMacs: number;
   /** Overrides of the chunk kernel's geometry (tests use small ones, which compile fast). */
   chunk: Partial<ConvChunkConfig>;
-} = { path: "auto", minChunkMacs: 2 ** 24, chunk: {} };
+  /** Overrides of the weight-gradient chunk kernel's geometry. */
+  weightGradChunk: Partial<ConvWeightGradChunkConfig>;
+} = { path: "auto", minChunkMacs: 2 ** 24, chunk: {}, weightGradChunk: {} };
 
 /** k-values (input channels × taps) per chunk dispatch: 4 input channels of a 3³ kernel. */
 const CHUNK_DEPTH = 108;
@@ -334,24 +340,99 @@ function chunkConfigFor(call: ConvCall): ConvChunkConfig | null {
   };
 }
 
-/** Runs `call` with the chunk kernel: w-planes of the input, then one dispatch per input-channel chunk. */
-function runConvChunk(
+/** The weight-gradient chunk kernel's geometry for `g`, or null for the direct weight-gradient kernel. */
+function weightGradChunkConfigFor(g: Geometry): ConvWeightGradChunkConfig | null {
+  if (convSettings.path === "direct" || g.groups !== 1 || g.outDims[2] % 4 !== 0) return null;
+  const taps = g.kernel[0] * g.kernel[1] * g.kernel[2];
+  const macs = g.n * g.cout * g.cin * taps * sizeOf(g.outDims);
+  if (convSettings.path === "auto" && (macs < convSettings.minChunkMacs || !isSoftwareAdapter())) return null;
+  const rows = g.cout <= 8 ? 8 : g.cout <= 16 ? 16 : g.cout <= 32 ? 32 : 64;
+  // rows × depth = 2048: 32 KB of staged gradOut and 2048 unrolled vec4 FMAs per thread.
+  return { threads: 64, rows, depth: 2048 / rows, ...convSettings.weightGradChunk };
+}
+
+/**
+ * The weight gradient on the chunk kernel: the input's kw-planes (as the forward reads them), then one
+ * dispatch per (batch item, chunk of 4·depth output positions), each adding its share into dW.
+ */
+function weightGradChunk(x: Tensor, gy: Tensor, g: Geometry, cfg: ConvWeightGradChunkConfig): Tensor {
+  const taps = g.kernel[0] * g.kernel[1] * g.kernel[2];
+  const K = g.cin * taps;
+  const [OD, OH, OW] = g.outDims;
+  const positions = OD * OH * OW;
+  const key: ConvShapeKey = { kernel: g.kernel, stride: g.stride, dilation: g.dil };
+  const planes = inputPlanes(x, {
+    key,
+    n: g.n,
+    cin: g.cin,
+    inDims: g.inDims,
+    pad: g.pad,
+    outDims: g.outDims,
+  });
+  const [xChan, xPlane, xRowD, xRowH] = planes.strides;
+  const dw = fromData(null, [g.cout, K]);
+  const kernel = cached(
+    `wgrad-chunk:${JSON.stringify(key)}:${JSON.stringify(cfg)}`,
+    () => convWeightGradChunkKernel(key, cfg),
+  );
+  const buffers = [
+    planes.tensor.storage("conv3d").buffer,
+    gy.storage("conv3d").buffer,
+    dw.storage("conv3d").buffer,
+  ];
+  const grid: [number, number, number] = [Math.ceil(K / cfg.threads), Math.ceil(g.cout / cfg.rows), 1];
+  const words = weightGradChunkWords(cfg.depth);
+  for (let n = 0; n < g.n; n++) {
+    for (let p0 = 0; p0 < positions; p0 += 4 * cfg.depth) {
+      const p = new Uint32Array(words);
+      [p[WCHUNK.K], p[WCHUNK.cout]] = [K, g.cout];
+      [p[WCHUNK.xN], p[WCHUNK.xChan], p[WCHUNK.xPlane], p[WCHUNK.xRowD], p[WCHUNK.xRowH]] = [
+        n * g.cin * xChan,
+        xChan,
+        xPlane,
+        xRowD,
+        xRowH,
+      ];
+      [p[WCHUNK.gOff4], p[WCHUNK.gC4]] = [(gy.offset + n * g.cout * positions + p0) / 4, positions / 4];
+      const valid = Math.min(cfg.depth, (positions - p0) / 4);
+      [p[WCHUNK.valid], p[WCHUNK.first]] = [valid, n === 0 && p0 === 0 ? 1 : 0];
+      // Each position group's row in the planes: computed here once rather than divided out per thread.
+      for (let j = 0; j < valid; j++) {
+        const q = p0 + 4 * j;
+        const od = Math.floor(q / (OH * OW));
+        const oh = Math.floor(q / OW) % OH;
+        p[WCHUNK.rows + j] = od * g.stride[0] * xRowD + oh * g.stride[1] * xRowH + (q % OW) / 4;
+      }
+      dispatch(kernel, p, buffers, grid);
+    }
+  }
+  planes.tensor.dispose();
+  const out = reshape(dw, [g.cout, g.cinG, ...g.kernel]);
+  dw.dispose();
+  return out;
+}
+
+/** The kw-planes of `x` for `call` (see `convPlanesKernel`) and their strides in vec4s. */
+interface Planes {
+  tensor: Tensor;
+  /** vec4s per input channel, per kw plane, per padded d row, per padded h row. */
+  strides: [number, number, number, number];
+}
+
+/** Copies the contiguous input `x` into the per-kw planes the chunk kernels read. */
+function inputPlanes(
   x: Tensor,
-  packFor: (coP: number) => Tensor,
-  bias: Tensor | null,
-  out: Tensor,
-  call: ConvCall,
-  cfg: ConvChunkConfig,
-): void {
+  call: Pick<ConvCall, "key" | "n" | "cin" | "inDims" | "pad" | "outDims">,
+): Planes {
   const kw = call.key.kernel[2];
-  const [od, oh, ow] = call.outDims;
+  const ow = call.outDims[2];
   const extent = (a: number) =>
     (call.outDims[a] - 1) * call.key.stride[a] + (call.key.kernel[a] - 1) * call.key.dilation[a] + 1;
   const [pd, ph] = [extent(0), extent(1)];
   const row4 = ow / 4;
   const planeVec4s = pd * ph * row4;
   const count = call.n * call.cin * kw * planeVec4s;
-  const planes = fromData(null, [count * 4]);
+  const tensor = fromData(null, [count * 4]);
   const q = new Uint32Array(PLANES_WORDS);
   const qi = new Int32Array(q.buffer);
   q[PLANES.count] = count;
@@ -363,9 +444,23 @@ function runConvChunk(
   launch(
     cached("planes", convPlanesKernel),
     q,
-    [x.storage("conv3d").buffer, planes.storage("conv3d").buffer],
+    [x.storage("conv3d").buffer, tensor.storage("conv3d").buffer],
     Math.ceil(count / PLANES_WG),
   );
+  return { tensor, strides: [kw * planeVec4s, planeVec4s, ph * row4, row4] };
+}
+
+/** Runs `call` with the chunk kernel: w-planes of the input, then one dispatch per input-channel chunk. */
+function runConvChunk(
+  x: Tensor,
+  packFor: (coP: number) => Tensor,
+  bias: Tensor | null,
+  out: Tensor,
+  call: ConvCall,
+  cfg: ConvChunkConfig,
+): void {
+  const [od, oh, ow] = call.outDims;
+  const planes = inputPlanes(x, call);
   const coP = Math.ceil(call.coutG / cfg.rows) * cfg.rows;
   const packed = packFor(coP);
   const kernel = cached(
@@ -377,12 +472,7 @@ function runConvChunk(
   [p[CHUNK.positions], p[CHUNK.oh], p[CHUNK.ow]] = [positions, oh, ow];
   [p[CHUNK.cinG], p[CHUNK.coutG], p[CHUNK.coP]] = [call.cinG, call.coutG, coP];
   [p[CHUNK.groups], p[CHUNK.cin]] = [call.groups, call.cin];
-  [p[CHUNK.xChan], p[CHUNK.xPlane], p[CHUNK.xRowD], p[CHUNK.xRowH]] = [
-    kw * planeVec4s,
-    planeVec4s,
-    ph * row4,
-    row4,
-  ];
+  [p[CHUNK.xChan], p[CHUNK.xPlane], p[CHUNK.xRowD], p[CHUNK.xRowH]] = planes.strides;
   [p[CHUNK.outOff4], p[CHUNK.oN4], p[CHUNK.oC4]] = [
     call.outOff / 4,
     call.outStrides[0] / 4,
@@ -390,7 +480,7 @@ function runConvChunk(
   ];
   [p[CHUNK.biasOff], p[CHUNK.hasBias]] = [bias ? bias.offset : 0, bias ? 1 : 0];
   const buffers = [
-    planes.storage("conv3d").buffer,
+    planes.tensor.storage("conv3d").buffer,
     packed.storage("conv3d").buffer,
     (bias ?? packed).storage("conv3d").buffer,
     out.storage("conv3d").buffer,
@@ -406,7 +496,7 @@ function runConvChunk(
     params[CHUNK.first] = ci0 === 0 ? 1 : 0;
     dispatch(kernel, params, buffers, grid);
   }
-  planes.dispose();
+  planes.tensor.dispose();
   packed.dispose();
 }
 
@@ -754,6 +844,9 @@ function weightGradNaive(x: Tensor, gy: Tensor, g: Geometry): Tensor {
 
 /** Gradient w.r.t. the weight (no autograd); x, gy contiguous. */
 function weightGradRaw(x: Tensor, gy: Tensor, g: Geometry): Tensor {
+  // gradOut is read as vec4s: its offset must be whole vec4s (a fresh contiguous tensor's is 0).
+  const chunk = g.n > 0 && g.cin > 0 && gy.offset % 4 === 0 ? weightGradChunkConfigFor(g) : null;
+  if (chunk) return weightGradChunk(x, gy, g, chunk);
   const key: ConvShapeKey = { kernel: g.kernel, stride: g.stride, dilation: g.dil };
   const tiling = planWeightGrad(key, g.cinG, g.coutG, g.outDims);
   if (!tiling) return weightGradNaive(x, gy, g);

@@ -137,16 +137,20 @@ gpuTest(
 );
 
 gpuTest(
-  "conv3d: the chunk kernel (implicit GEMM over w-planes; software adapters' path for large convs)",
+  "conv3d: the chunk kernels (implicit GEMM over w-planes; software adapters' path for large convs)",
   async () => {
     // Forced on at small sizes with a small geometry (8 threads × 8 output channels, which compiles in a
     // second) so that the code generator is exercised on partial column tiles, partial row tiles, a partial
     // last input-channel chunk, groups, dilation and stride 2; the input gradients of the stride-1 cases
-    // (contiguous, width a multiple of 4) run on it too.
-    const saved = { ...convSettings, chunk: { ...convSettings.chunk } };
+    // (contiguous, width a multiple of 4) run on it too, and the weight gradients (groups = 1) on the
+    // weight-gradient chunk kernel.
+    const saved = { ...convSettings };
     try {
       convSettings.path = "chunk";
       convSettings.chunk = { threads: 8, rows: 8 };
+      // Weight gradients: 8 k-values × 8 output channels × 3 groups of 4 positions per dispatch, so the
+      // cases also cover partial k, channel and position chunks and several batch items.
+      convSettings.weightGradChunk = { threads: 8, rows: 8, depth: 3 };
       const cases: Case[] = [
         conv([2, 6, 10, [5, 6, 8], [3, 3, 3], 1, 1, 1, 1]),
         conv([1, 5, 7, [9, 7, 8], [3, 3, 3], 2, 1, 1, 1]),
