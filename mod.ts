@@ -93,12 +93,19 @@ export {
 } from "./pipelines/dataset.ts";
 export {
   type Batch,
+  describeChanges,
   type DiffusionNetwork,
+  emaDecayAt,
+  learningRate,
+  ResumeMismatchError,
+  type RunSetting,
+  type SettingChange,
   type StepReport,
   train,
   type TrainOptions,
   type TrainResult,
 } from "./pipelines/train.ts";
+export { duration, Progress, type ProgressMode, type ProgressOptions } from "./io/progress.ts";
 export {
   type LoadedModel,
   loadModelFile,

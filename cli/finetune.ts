@@ -2,8 +2,8 @@
  * `deno task finetune`: fine-tunes a voxgen model file on NIfTI volumes, either with a parameter-efficient
  * adapter (LoCon, LoHa, LoKr, TenVOO-L/Q, QuanTA; writes an adapter file) or in full (writes a new model
  * file). The volumes are preprocessed to the base model's grid and augmented as in `train`; the training
- * loop's progress line, loss.csv/loss.png and checkpoints go to the run folder, and rerunning the same
- * command continues from its checkpoint.
+ * loop's progress, loss.csv/loss.png and checkpoints go to the run folder, and rerunning the same
+ * command (or one with more --steps) continues from its checkpoint; other settings are refused.
  *
  * @module
  */
@@ -21,15 +21,14 @@ import { noGrad } from "../engine/autograd.ts";
 import { ready } from "../engine/device.ts";
 import { copyInto } from "../engine/ops/map.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import { atomicWrite } from "../io/atomic.ts";
 import { loadSafetensors } from "../io/safetensors.ts";
 import type { DiffusionModelUNet } from "../models/unet.ts";
 import { augmentedBatches, type AugmentOptions } from "../pipelines/augment.ts";
 import { listNiftiFiles, loadVolume, volumeTensor } from "../pipelines/dataset.ts";
 import { loadModelFile, saveModelFile } from "../pipelines/modelfile.ts";
-import { train } from "../pipelines/train.ts";
+import { ResumeMismatchError, type RunSetting, train } from "../pipelines/train.ts";
 import { DDPMScheduler } from "../samplers/scheduler.ts";
-import { numberOption } from "./progress.ts";
+import { numberOption } from "./options.ts";
 
 /** What `--adapter` accepts: an adapter kind, or "full" for fine-tuning every parameter. */
 export const FINETUNE_KINDS: readonly string[] = [...ADAPTER_KINDS, "full"];
@@ -48,7 +47,8 @@ const HELP =
   --no-augment         train on the volumes as they are (default: augmented as in \`train\`)
   --out FILE           the adapter (or, with full, the model) file to write (.safetensors)
   --run-dir DIR        checkpoint/, loss.csv, loss.png (default: the --out path without .safetensors + ".run");
-                       rerunning the same command continues from the checkpoint there
+                       rerunning the same command continues from the checkpoint there (only --steps may
+                       change: a run with other settings is refused)
 Training
   --steps N            optimizer steps (default 500)
   --batch N            volumes per step (default 2)
@@ -56,21 +56,12 @@ Training
   --lr X               peak learning rate (default 1e-4; seed 000 used 5e-5 with batch 1 × 4 accumulated)
   --min-lr X           final learning rate of the cosine decay (default lr: constant)
   --warmup N           linear warm-up steps (default steps/10, at most 100)
-  --ema X              EMA decay of the trained parameters (default 0.995; 0 disables)
+  --ema X              EMA decay of the trained parameters (default 0.995; 0 disables), warmed up: step t
+                       uses min(X, (1 + t)/(10 + t)), so short runs do not keep the initial weights
   --seed N             seed of the adapter's initial cores, the noise and the augmentation (default 0)
   --checkpoint-every N default 250
   --description TEXT   stored in the model file (full fine-tuning)
 `;
-
-/** What must not change between a run and its resumption (the checkpoint holds only trained tensors). */
-interface RunConfig {
-  baseHash: string;
-  kind: string;
-  rank: number | null;
-  alpha: number | null;
-  joint: boolean;
-  seed: number;
-}
 
 /** Runs the command with `args`. */
 export async function main(args: string[]): Promise<void> {
@@ -179,14 +170,25 @@ export async function main(args: string[]): Promise<void> {
           `trainable parameters (${share}) on ${set.layers.size} layers`,
       );
     }
-    await claimRunDir(runDir, {
-      baseHash,
-      kind: values.adapter,
+    // With train's own (lr, EMA, seed, schedule…), what a resumed run must share with its checkpoint; the
+    // checkpoint holds only the trained tensors, the frozen base is rebuilt from --base and --seed.
+    const settings: Record<string, RunSetting> = {
+      base: baseHash,
+      adapter: values.adapter,
       rank: full ? null : rank,
-      alpha: set ? set.info.alpha : null,
+      // The default alpha follows --rank: stored as the rule, so a new rank is one change, not two.
+      alpha: full ? null : alpha ?? "default for the rank",
       joint: values.joint ?? false,
-      seed,
-    });
+      data: await Promise.all(files.map((f) => Deno.realPath(f))),
+      "no-augment": values["no-augment"] ?? false,
+      size: shape,
+      range,
+      batch,
+      // Defaults that follow other settings are stored as their rule: the warm-up follows --steps, which
+      // may grow on resume, and a new --lr is one change, not two.
+      warmupSteps: values.warmup === undefined ? "steps/10, at most 100" : warmup,
+      minLr: values["min-lr"] === undefined ? "lr" : minLr,
+    };
 
     console.error(
       `fine-tuning on ${files.length} volume(s) at ${
@@ -211,6 +213,9 @@ export async function main(args: string[]): Promise<void> {
       checkpointEvery,
       // The frozen base is rebuilt from --base and --seed on resume: only the trained tensors are kept.
       trainableOnly: true,
+      settings,
+    }).catch((error) => {
+      throw explainResumeMismatch(error, settings);
     });
     unet.eval();
     console.error(
@@ -257,42 +262,22 @@ async function loadTrained(unet: DiffusionModelUNet, path: string): Promise<void
   }
 }
 
-/**
- * Records the run's configuration in `dir/finetune.json`, refusing a folder whose checkpoint was made with
- * another base model, method, rank, alpha or seed (resuming would mix two runs).
- */
-async function claimRunDir(dir: string, config: RunConfig): Promise<void> {
-  const path = `${dir}/finetune.json`;
-  const hasCheckpoint = await exists(`${dir}/checkpoint/meta.json`);
-  if (hasCheckpoint) {
-    if (!await exists(path)) {
-      throw new Error(
-        `--run-dir ${dir} holds a checkpoint that finetune did not write; choose another --run-dir.`,
-      );
-    }
-    const before: RunConfig = JSON.parse(await Deno.readTextFile(path));
-    const changed = (Object.keys(config) as Array<keyof RunConfig>).filter((k) => before[k] !== config[k]);
-    if (changed.length > 0) {
-      const show = (c: RunConfig, k: keyof RunConfig) =>
-        k === "baseHash" ? `${String(c[k]).slice(0, 12)}…` : JSON.stringify(c[k]);
-      throw new Error(
-        `--run-dir ${dir} holds the checkpoint of another fine-tuning run (${
-          changed.map((k) => `${k} ${show(before, k)} there, ${show(config, k)} now`).join("; ")
-        }). Rerun with the same options to resume, or choose another --run-dir (or delete it to start over).`,
-      );
-    }
-  }
-  await Deno.mkdir(dir, { recursive: true });
-  await atomicWrite(path, new TextEncoder().encode(JSON.stringify(config, null, 2)));
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
+/** Train's refusal to resume, in this command's words: settings named by their flags. */
+function explainResumeMismatch(error: unknown, settings: Record<string, RunSetting>): unknown {
+  if (!(error instanceof ResumeMismatchError)) return error;
+  const flags: Record<string, string> = {
+    ...Object.fromEntries(Object.keys(settings).map((name) => [name, `--${name}`])),
+    lr: "--lr",
+    minLr: "--min-lr",
+    gradAccumulation: "--accumulate",
+    emaDecay: "--ema",
+    seed: "--seed",
+    warmupSteps: "--warmup",
+    base: "--base (hash of its weights)",
+    size: "size (of the base model)",
+    range: "range (of the base model)",
+  };
+  return new Error(error.explain(flags, "another --run-dir (or --out)"));
 }
 
 /** Whether two paths name the same existing file. */

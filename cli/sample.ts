@@ -22,7 +22,8 @@ import {
   EulerAncestralScheduler,
   type Scheduler,
 } from "../samplers/scheduler.ts";
-import { numberOption, Progress } from "./progress.ts";
+import { numberOption } from "./options.ts";
+import { Progress } from "../io/progress.ts";
 
 /** Path of the embedded default model. */
 export const DEFAULT_MODEL: string =

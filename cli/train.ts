@@ -13,7 +13,7 @@ import { DiffusionModelUNet, type DiffusionModelUNetOptions } from "../models/un
 import { augmentedBatches, type AugmentOptions } from "../pipelines/augment.ts";
 import { listNiftiFiles, loadVolume, type Volume, volumeTensor } from "../pipelines/dataset.ts";
 import { saveModelFile } from "../pipelines/modelfile.ts";
-import { train } from "../pipelines/train.ts";
+import { ResumeMismatchError, type RunSetting, train } from "../pipelines/train.ts";
 import { sample } from "../samplers/sample.ts";
 import {
   DDIMScheduler,
@@ -22,7 +22,7 @@ import {
   type SchedulerOptions,
 } from "../samplers/scheduler.ts";
 import type { ScheduleName } from "../samplers/schedule.ts";
-import { numberList, numberOption } from "./progress.ts";
+import { numberList, numberOption } from "./options.ts";
 
 const HELP = `Usage: deno task train --data <files|dir|glob> --out DIR [options]
 
@@ -47,12 +47,13 @@ Training
   --accumulate N       micro-batches per step (default 1)
   --lr X               peak learning rate (default 2e-4), warm-up 100 steps, then cosine decay
   --min-lr X           final learning rate of the decay (default lr/10; = lr keeps it constant)
-  --ema X              EMA decay (default 0.995)
+  --ema X              EMA decay (default 0.995; 0 disables), warmed up: step t uses min(X, (1 + t)/(10 + t))
   --seed N             seed (default 0)
   --init FILE          start from these weights (safetensors state dict)
   --checkpoint-every N default 250
 Output
-  --out DIR            run folder: checkpoint/, loss.csv, loss.png, model.safetensors, samples
+  --out DIR            run folder: checkpoint/, loss.csv, loss.png, model.safetensors, samples; rerunning
+                       continues from its checkpoint (with the same settings; only --steps may change)
   --description TEXT   stored in the model file
   --previews N         DDIM sample previews written at the end (default 2)
 `;
@@ -148,16 +149,33 @@ export async function main(args: string[]): Promise<void> {
   console.error(`U-Net: ${unet.numParameters().toLocaleString()} parameters`);
   const augmentOptions: AugmentOptions | null = values["no-augment"] ? null : {};
   const data = augmentedBatches(tensors, { batch, seed, augment: augmentOptions });
+  // With train's own (lr, EMA, seed, schedule…), what a resumed run must share with its checkpoint.
+  const settings: Record<string, RunSetting> = {
+    data: await Promise.all(files.map((f) => Deno.realPath(f))),
+    size,
+    "no-augment": values["no-augment"] ?? false,
+    channels,
+    attention: attention.map(Number),
+    "res-blocks": unetOptions.numResBlocks!,
+    groups: unetOptions.normNumGroups!,
+    "head-channels": unetOptions.numHeadChannels!,
+    init: values.init ? await Deno.realPath(values.init) : null,
+    batch,
+  };
   const result = await train(unet, scheduler, data, {
     steps,
     lr,
-    minLr: numberOption("min-lr", values["min-lr"], lr / 10, 0, 1),
+    // Unset, train's default lr/10 applies (and is recorded as that rule).
+    minLr: values["min-lr"] === undefined ? undefined : numberOption("min-lr", values["min-lr"], 0, 0, 1),
     warmupSteps: 100,
     emaDecay: numberOption("ema", values.ema, 0.995, 0, 1),
     gradAccumulation: numberOption("accumulate", values.accumulate, 1, 1, 64, true),
     seed,
     outDir: values.out,
     checkpointEvery: numberOption("checkpoint-every", values["checkpoint-every"], 250, 1, 1e7, true),
+    settings,
+  }).catch((error) => {
+    throw explainResumeMismatch(error, settings);
   });
   console.error(
     `trained ${result.step} steps in ${result.seconds.toFixed(0)} s; final loss (mean of last 50) ${
@@ -200,6 +218,22 @@ export async function main(args: string[]): Promise<void> {
   }
   for (const t of tensors) t.dispose();
   unet.dispose();
+}
+
+/** Train's refusal to resume, in this command's words: settings named by their flags. */
+function explainResumeMismatch(error: unknown, settings: Record<string, RunSetting>): unknown {
+  if (!(error instanceof ResumeMismatchError)) return error;
+  const flags: Record<string, string> = {
+    ...Object.fromEntries(Object.keys(settings).map((name) => [name, `--${name}`])),
+    lr: "--lr",
+    minLr: "--min-lr",
+    gradAccumulation: "--accumulate",
+    emaDecay: "--ema",
+    seed: "--seed",
+    predictionType: "--prediction",
+    noiseSchedule: "--schedule/--beta-start/--beta-end",
+  };
+  return new Error(error.explain(flags, "another --out folder"));
 }
 
 if (import.meta.main) {

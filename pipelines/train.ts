@@ -1,7 +1,8 @@
 /**
  * Diffusion training: MSE on ε, v or x0 with AdamW, gradient accumulation, linear warm-up then cosine
- * decay, EMA weights, seeded noise and timesteps, atomic checkpoints (model, EMA, optimizer state) with
- * resume, a live progress line, a CSV loss log and a PNG loss plot.
+ * decay, EMA weights with a warm-up of the decay, seeded noise and timesteps, atomic checkpoints (model,
+ * EMA, optimizer state, the run's settings) with resume, progress on stderr, a CSV loss log and a PNG loss
+ * plot.
  *
  * @module
  */
@@ -17,6 +18,7 @@ import { atomicWrite } from "../io/atomic.ts";
 import { writePlotPng } from "../io/plot.ts";
 import { loadSafetensors, saveSafetensors } from "../io/safetensors.ts";
 import { seededRandom } from "../nn/init.ts";
+import { Progress } from "../io/progress.ts";
 import type { Scheduler } from "../samplers/scheduler.ts";
 
 /** What the training loop needs of a network. */
@@ -51,7 +53,11 @@ export interface TrainOptions {
   weightDecay?: number;
   /** Micro-batches per optimizer step (default 1). */
   gradAccumulation?: number;
-  /** EMA decay (default 0.999; 0 disables EMA). */
+  /**
+   * EMA decay (default 0.999; 0 disables EMA). It is warmed up: optimizer step t (1-based) uses
+   * min(emaDecay, (1 + t) / (10 + t)) — 0.18 at step 1, 0.9 at step 80 — so that the EMA forgets the initial
+   * weights in a short run too (a fixed 0.995 over 60 steps would keep 74% of them).
+   */
   emaDecay?: number;
   /** Seed of noise and timesteps (default 0). */
   seed?: number;
@@ -67,8 +73,21 @@ export interface TrainOptions {
    * resumed run must then rebuild the same frozen weights before calling `train` (its checkpoint cannot).
    */
   trainableOnly?: boolean;
-  /** Draw the progress line on stderr (default: when stderr is a terminal or under CI). */
-  progress?: boolean;
+  /**
+   * Settings that define the run beyond those `train` sees (data, model, augmentation…), stored in the
+   * checkpoint with train's own (lr, minLr, warmupSteps, weightDecay, gradAccumulation, emaDecay, seed,
+   * predictionType, noiseSchedule) and compared on resume: a changed one throws a
+   * {@linkcode ResumeMismatchError}. A key named like one of train's replaces it (e.g. a warm-up derived
+   * from `steps` can be stored as its rule). `steps` is not a setting: it may grow to continue a run.
+   */
+  settings?: Record<string, string | number | boolean | null | ReadonlyArray<string | number | boolean>>;
+  /**
+   * Report progress on stderr (default true): on a terminal one line redrawn every step, otherwise a plain
+   * line every `progressEvery` seconds and at the first and the last step. "terminal" or "log" forces one.
+   */
+  progress?: boolean | "terminal" | "log";
+  /** Seconds between progress lines when stderr is not a terminal (default 30). */
+  progressEvery?: number;
   /** Called after every step. */
   onStep?: (s: StepReport) => void;
 }
@@ -109,12 +128,94 @@ export function learningRate(step: number, steps: number, lr: number, minLr: num
   return minLr + 0.5 * (lr - minLr) * (1 + Math.cos(Math.PI * progress));
 }
 
+/** The value of one run setting (compared as JSON). */
+export type RunSetting = string | number | boolean | null | ReadonlyArray<string | number | boolean>;
+
+/** A setting whose value differs between a checkpoint and the run resuming from it. */
+export interface SettingChange {
+  /** The setting's name. */
+  name: string;
+  /** Its value in the checkpoint (undefined: not recorded there). */
+  checkpoint: RunSetting | undefined;
+  /** Its value now (undefined: not given now). */
+  now: RunSetting | undefined;
+}
+
+/** Thrown by {@linkcode train} when the checkpoint it would resume from was made with other settings. */
+export class ResumeMismatchError extends Error {
+  /** The checkpoint folder. */
+  readonly checkpointDir: string;
+  /** The settings that differ. */
+  readonly changes: SettingChange[];
+
+  /** Creates the error for the checkpoint folder `checkpointDir` and what changed. */
+  constructor(checkpointDir: string, changes: SettingChange[]) {
+    super("");
+    this.name = "ResumeMismatchError";
+    this.checkpointDir = checkpointDir;
+    this.changes = changes;
+    this.message = `train: ${this.explain({}, "another outDir")}`;
+  }
+
+  /**
+   * The refusal in a caller's words: one line per changed setting, renamed by `names` (e.g. to command-line
+   * flags), then what to do; `elsewhere` says how to choose another folder (e.g. "another --out").
+   */
+  explain(names: Record<string, string>, elsewhere: string): string {
+    return `the checkpoint in ${this.checkpointDir} was made with other settings:\n` +
+      describeChanges(this.changes, names).map((line) => `  ${line}\n`).join("") +
+      "Rerun with the checkpoint's settings to continue that run (only the number of steps may change), " +
+      `or start a new run in ${elsewhere} (or delete ${this.checkpointDir}).`;
+  }
+}
+
+/** "name: X in the checkpoint, Y now" for each change; `names` renames settings (e.g. to CLI flags). */
+export function describeChanges(changes: SettingChange[], names: Record<string, string> = {}): string[] {
+  const show = (v: RunSetting | undefined) => v === undefined ? "unset" : JSON.stringify(v);
+  return changes.map((c) =>
+    `${names[c.name] ?? c.name}: ${show(c.checkpoint)} in the checkpoint, ${show(c.now)} now`
+  );
+}
+
 interface CheckpointMeta {
   step: number;
   seed: number;
   lossLog: string;
   /** Which parameters the checkpoint holds (absent in checkpoints written before the option: "all"). */
   parameters?: "all" | "trainable";
+  /** The run's settings (absent in checkpoints written before they were recorded). */
+  settings?: Record<string, RunSetting>;
+}
+
+/** EMA decay at optimizer step `t` (1-based): the warm-up min(decay, (1 + t) / (10 + t)). */
+export function emaDecayAt(decay: number, t: number): number {
+  return Math.min(decay, (1 + t) / (10 + t));
+}
+
+/** Settings that differ between `before` (a checkpoint) and `now`, over the keys of both. */
+function changedSettings(
+  before: Record<string, RunSetting>,
+  now: Record<string, RunSetting>,
+): SettingChange[] {
+  const names = [...new Set([...Object.keys(before), ...Object.keys(now)])];
+  return names
+    .filter((name) => JSON.stringify(before[name]) !== JSON.stringify(now[name]))
+    .map((name) => ({ name, checkpoint: before[name], now: now[name] }));
+}
+
+/**
+ * The noise schedule in a few words and a fingerprint of all its β (two schedules with the same ends
+ * differ in between).
+ */
+function describeSchedule(scheduler: Scheduler): string {
+  const betas = scheduler.schedule.betas;
+  let hash = 0x811c9dc5; // FNV-1a over the float64 bytes
+  for (const byte of new Uint8Array(betas.buffer, betas.byteOffset, betas.byteLength)) {
+    hash = Math.imul(hash ^ byte, 0x01000193);
+  }
+  const short = (b: number) => Number(b.toPrecision(4));
+  const hex = (hash >>> 0).toString(16).padStart(8, "0");
+  return `T ${betas.length}, β ${short(betas[0])}…${short(betas[betas.length - 1])} (${hex})`;
 }
 
 function target(scheduler: Scheduler, x0: Tensor, noise: Tensor, t: number[]): Tensor {
@@ -130,7 +231,9 @@ function target(scheduler: Scheduler, x0: Tensor, noise: Tensor, t: number[]): T
 
 /**
  * Trains `model` to denoise batches from `data(step, microStep)` under `scheduler`'s forward process.
- * Resumes from `outDir` when a checkpoint is there.
+ * Resumes from `outDir` when a checkpoint is there, after checking that it was made with the same settings
+ * (throws {@linkcode ResumeMismatchError} if not; checkpoints that predate recorded settings resume with a
+ * warning).
  */
 export async function train(
   model: DiffusionNetwork,
@@ -151,6 +254,20 @@ export async function train(
   const every = opts.checkpointEvery ?? 250;
   const dir = opts.outDir.replace(/\/$/, "");
   await Deno.mkdir(dir, { recursive: true });
+  // What changes the result (steps may grow: a longer run continues a shorter one); defaults that follow
+  // another setting are stored as their rule, so a change is reported once.
+  const settings: Record<string, RunSetting> = {
+    lr,
+    minLr: opts.minLr ?? "lr/10",
+    warmupSteps: opts.warmupSteps ?? 100,
+    weightDecay: opts.weightDecay ?? 0,
+    gradAccumulation: accumulation,
+    emaDecay,
+    seed,
+    predictionType: scheduler.predictionType,
+    noiseSchedule: describeSchedule(scheduler),
+    ...opts.settings,
+  };
 
   const trainable = model.namedParameters().filter(([, t]) => t.requiresGrad);
   const params = trainable.map(([, t]) => t);
@@ -175,6 +292,21 @@ export async function train(
             "(trainableOnly); resume with the same setting or use another outDir.",
         );
       }
+      if (meta.settings) {
+        const changes = changedSettings(meta.settings, settings);
+        if (changes.length > 0) throw new ResumeMismatchError(ckpt, changes);
+      } else {
+        console.error(
+          `warning: the checkpoint in ${ckpt} predates recorded settings; resuming without verifying ` +
+            "that this run uses the same ones.",
+        );
+      }
+      if (meta.step > steps) {
+        throw new Error(
+          `train: the checkpoint in ${ckpt} is at step ${meta.step}, past steps ${steps}; ask for at ` +
+            `least ${meta.step} steps, or start a new run in another outDir.`,
+        );
+      }
       await loadInto(`${ckpt}/model.safetensors`, named);
       if (ema.length) await loadInto(`${ckpt}/ema.safetensors`, named.map(([n], i) => [n, ema[i]]));
       const state = await loadSafetensors(`${ckpt}/optimizer.safetensors`);
@@ -189,7 +321,14 @@ export async function train(
     const T = scheduler.numTrainTimesteps;
     const began = performance.now();
     const losses: number[] = [];
-    const showProgress = opts.progress ?? (Deno.stderr.isTerminal() || Deno.env.get("CI") === "true");
+    const show = opts.progress ?? true;
+    const progress = show !== false && start < steps
+      ? new Progress("step", steps, {
+        start,
+        mode: show === true ? undefined : show,
+        logEvery: opts.progressEvery ?? 30,
+      })
+      : null;
     let noiseOffset = 0;
     for (let step = start; step < steps; step++) {
       const stepLr = learningRate(step, steps, lr, minLr, warmup);
@@ -226,10 +365,12 @@ export async function train(
       optimizer.step(summed!);
       for (const g of summed!) g.dispose();
       if (ema.length) {
+        // The decay depends on the step only, so a resumed run continues the same EMA.
+        const decay = emaDecayAt(emaDecay, step + 1);
         noGrad(() =>
           scope(() => {
             named.forEach(([, p], i) => {
-              const updated = map("ema", "a * s0 + b * s1", [ema[i], p], [emaDecay, 1 - emaDecay]);
+              const updated = map("ema", "a * s0 + b * s1", [ema[i], p], [decay, 1 - decay]);
               copyInto(ema[i], updated);
             });
           })
@@ -245,10 +386,10 @@ export async function train(
       const elapsed = (performance.now() - began) / 1000;
       lossLog += `${step + 1},${loss},${stepLr},${elapsed.toFixed(2)}\n`;
       opts.onStep?.({ step: step + 1, steps, loss, lr: stepLr, elapsed });
-      // On a terminal the line redraws every step; in logs, about twenty lines per run.
-      const logEvery = Deno.stderr.isTerminal() ? 1 : Math.max(1, Math.floor(steps / 20));
-      if (showProgress && ((step + 1) % logEvery === 0 || step + 1 === steps)) {
-        progressLine(step + 1 - start, steps - start, step + 1, steps, loss, losses, elapsed);
+      if (progress) {
+        const recent = losses.slice(-20);
+        const average = recent.reduce((a, b) => a + b, 0) / recent.length;
+        progress.update(step + 1, `loss ${loss.toFixed(4)} (avg ${average.toFixed(4)})`);
       }
       if ((step + 1) % every === 0 || step + 1 === steps) {
         await saveCheckpoint(ckpt, named, trainableNames, ema, optimizer, {
@@ -256,11 +397,11 @@ export async function train(
           seed,
           lossLog,
           parameters: kept,
+          settings,
         });
         await writeLogs(dir, lossLog);
       }
     }
-    if (showProgress) console.error("");
     // A resumed run that had nothing left to do reports the tail of the logged losses.
     const logged = lossLog.trim().split("\n").slice(1).map((row) => Number(row.split(",")[1]));
     const tail = (losses.length > 0 ? losses : logged).slice(-50);
@@ -338,34 +479,4 @@ async function writeLogs(dir: string, lossLog: string): Promise<void> {
     { x, y, color: [170, 195, 235] },
     { x, y: smooth, color: [20, 60, 160] },
   ], { logY: true });
-}
-
-function progressLine(
-  done: number,
-  todo: number,
-  step: number,
-  steps: number,
-  loss: number,
-  losses: number[],
-  elapsed: number,
-) {
-  const width = 24;
-  const filled = Math.round((width * step) / steps);
-  const recent = losses.slice(-20);
-  const avg = recent.reduce((a, b) => a + b, 0) / recent.length;
-  const rate = done / Math.max(elapsed, 1e-9);
-  const eta = (todo - done) / Math.max(rate, 1e-9);
-  const fmt = (
-    s: number,
-  ) => (s >= 3600
-    ? `${Math.floor(s / 3600)}h${Math.floor((s % 3600) / 60)}m`
-    : s >= 60
-    ? `${Math.floor(s / 60)}m${Math.floor(s % 60)}s`
-    : `${s.toFixed(0)}s`);
-  const line =
-    `step ${step}/${steps} [${"=".repeat(filled)}${" ".repeat(width - filled)}] loss ${loss.toFixed(4)} ` +
-    `(avg ${avg.toFixed(4)}) ${rate >= 1 ? `${rate.toFixed(2)} it/s` : `${(1 / rate).toFixed(2)} s/it`} ETA ${
-      fmt(eta)
-    }`;
-  Deno.stderr.writeSync(new TextEncoder().encode(Deno.stderr.isTerminal() ? `\r${line}` : `${line}\n`));
 }

@@ -22,7 +22,7 @@ import { relative } from "node:path";
 import { parseArgs } from "node:util";
 import { readAdapterInfo, trainableCount } from "../adapters/mod.ts";
 import { FINETUNE_KINDS } from "../cli/finetune.ts";
-import { numberOption } from "../cli/progress.ts";
+import { numberOption } from "../cli/options.ts";
 import { applyAdapters } from "../cli/sample.ts";
 import { ready } from "../engine/device.ts";
 import { memory, releaseCachedMemory } from "../engine/memory.ts";
@@ -165,8 +165,8 @@ const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b)
 
 /**
  * Runs a command, streaming its stdout and stderr line by line to our stderr behind `prefix`; resolves to
- * the exit code and the last lines (for the error record). CI=true makes the training loop log its progress
- * line although stderr is a pipe.
+ * the exit code and the last lines (for the error record). Off a terminal the training loop logs a progress
+ * line every 30 s.
  */
 async function runPrefixed(args: string[], prefix: string): Promise<{ code: number; tail: string[] }> {
   const child = new Deno.Command(Deno.execPath(), {
@@ -174,7 +174,6 @@ async function runPrefixed(args: string[], prefix: string): Promise<{ code: numb
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
-    env: { CI: "true" },
   }).spawn();
   const tail: string[] = [];
   const encoder = new TextEncoder();

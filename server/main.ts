@@ -14,7 +14,7 @@
 
 import { parseArgs } from "node:util";
 import { DEFAULT_MODEL } from "../cli/sample.ts";
-import { numberOption } from "../cli/progress.ts";
+import { numberOption } from "../cli/options.ts";
 import { createApi, isLoopbackHost } from "./api.ts";
 import { Catalog } from "./catalog.ts";
 import type { WorkerDevice } from "./protocol.ts";

@@ -12,6 +12,7 @@ export * from "./matmul.ts";
 export { concat, expand, pad, permute, reshape, slice, transpose } from "./view.ts";
 export { contiguous } from "./map.ts";
 export * from "./conv.ts";
+export type { ConvChunkConfig, ConvWeightGradChunkConfig } from "../../kernels/conv_chunk.ts";
 export { attention, type AttentionOptions } from "./attention.ts";
 export { groupNorm, groupNormSilu, layerNorm } from "./norm.ts";
 export { avgPool2d, avgPool3d, interpolate, type InterpolateOptions } from "./resample.ts";

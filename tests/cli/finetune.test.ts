@@ -51,7 +51,7 @@ gpuTest("finetune writes an adapter that sample blends and info describes", asyn
   // The run folder: checkpoint, loss log (header + 3 steps) and plot.
   const run = `${dir}/tenvoo.run`;
   deepStrictEqual((await Deno.readTextFile(`${run}/loss.csv`)).trim().split("\n").length, 4);
-  for (const f of ["loss.png", "finetune.json", "checkpoint/meta.json"]) await Deno.stat(`${run}/${f}`);
+  for (const f of ["loss.png", "checkpoint/meta.json"]) await Deno.stat(`${run}/${f}`);
 
   // Weight 0 leaves the base model exactly (W + 0·ΔW = W); weight 1 changes the samples; two halves of the
   // same adapter make a whole one (the second is loaded with the hash of the unmodified base).

@@ -37,11 +37,23 @@ gpuTest("finetune resumes from the run folder's checkpoint; joint and full fine-
   }
   for (const t of [...straight.values(), ...resumed.values()]) t.dispose();
 
-  // Another rank on the same run folder is refused, naming what changed.
+  // Another rank, or a learning rate, on the same run folder is refused, naming what changed; the finished
+  // run is left as it was.
+  const finished = await Deno.readTextFile(`${dir}/resumed.run/checkpoint/meta.json`);
   await rejects(
     () => finetune([...args(`${dir}/resumed.safetensors`, 4), "--rank", "3"]),
-    /another fine-tuning run \(rank 2 there, 3 now;/,
+    /other settings:\n {2}--rank: 2 in the checkpoint, 3 now\nRerun with the checkpoint's settings/,
   );
+  await rejects(
+    () => finetune([...args(`${dir}/resumed.safetensors`, 4), "--lr", "0.02", "--ema", "0.9"]),
+    new RegExp(
+      "^Error: the checkpoint in .*/resumed\\.run/checkpoint was made with other settings:\\n" +
+        " {2}--lr: 0\\.01 in the checkpoint, 0\\.02 now\\n {2}--ema: 0\\.995 in the checkpoint, 0\\.9 now\\n" +
+        "Rerun with the checkpoint's settings to continue that run \\(only the number of steps may change\\), " +
+        "or start a new run in another --run-dir \\(or --out\\) \\(or delete .*/resumed\\.run/checkpoint\\)\\.$",
+    ),
+  );
+  deepStrictEqual(await Deno.readTextFile(`${dir}/resumed.run/checkpoint/meta.json`), finished);
 
   // Joint fine-tuning: the layers without adapters train along and are stored in the adapter file.
   const joint = `${dir}/joint.safetensors`;

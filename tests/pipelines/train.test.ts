@@ -1,10 +1,10 @@
 import * as V from "../../mod.ts";
-import { learningRate, train } from "../../pipelines/train.ts";
+import { emaDecayAt, learningRate, ResumeMismatchError, train } from "../../pipelines/train.ts";
 import { Module } from "../../nn/module.ts";
 import { DDPMScheduler } from "../../samplers/scheduler.ts";
 import { assertClose } from "../helpers/check.ts";
 import { gpuTest } from "../helpers/gpu.ts";
-import { deepStrictEqual, rejects } from "node:assert";
+import { deepStrictEqual, ok, rejects } from "node:assert";
 
 /** ε̂ = w·x + b per voxel: tiny, but it can lower the loss, and all of train's machinery runs. */
 class Affine extends Module {
@@ -24,6 +24,63 @@ Deno.test("learning rate: linear warm-up, then cosine decay to the minimum", () 
   assertClose([learningRate(55, 100, 1, 0.1, 10), learningRate(100, 100, 1, 0.1, 10)], [0.55, 0.1], {
     atol: 1e-12,
   });
+});
+
+Deno.test("EMA decay: warmed up as min(decay, (1 + t) / (10 + t)) at optimizer step t", () => {
+  deepStrictEqual(
+    [emaDecayAt(0.999, 1), emaDecayAt(0.999, 80), emaDecayAt(0.99, 1000), emaDecayAt(0.5, 1)],
+    [2 / 11, 0.9, 0.99, 2 / 11],
+  );
+});
+
+/** The tensors of a safetensors file as arrays, by name. */
+async function readState(path: string): Promise<Map<string, Float32Array>> {
+  const state = await V.loadSafetensors(path);
+  const out = new Map<string, Float32Array>();
+  for (const [name, t] of state) {
+    out.set(name, await t.toArray());
+    t.dispose();
+  }
+  return out;
+}
+
+/** Runs `fn` with console.error captured; returns what it printed. */
+async function captureErrors(fn: () => Promise<unknown>): Promise<string> {
+  const { error } = console;
+  let printed = "";
+  console.error = (...parts: unknown[]) => void (printed += `${parts.join(" ")}\n`);
+  try {
+    await fn();
+  } finally {
+    console.error = error;
+  }
+  return printed;
+}
+
+gpuTest("EMA after one step: the warm-up decay 2/11, not the nominal 0.999", async () => {
+  const dir = await Deno.makeTempDir();
+  const model = new Affine();
+  const initial = { w: 0.1, b: 0.3 };
+  await train(model, new DDPMScheduler(), data, {
+    steps: 1,
+    lr: 0.05,
+    warmupSteps: 1,
+    emaDecay: 0.999,
+    outDir: dir,
+    progress: false,
+  });
+  const ema = await readState(`${dir}/checkpoint/ema.safetensors`);
+  const decay = emaDecayAt(0.999, 1); // 2/11
+  for (const name of ["w", "b"] as const) {
+    const trained = (await model[name].toArray())[0];
+    const averaged = ema.get(name)![0];
+    // One f32 multiply-add of values of magnitude < 1: a few ulps.
+    assertClose([averaged], [decay * initial[name] + (1 - decay) * trained], { atol: 1e-7, name });
+    const moved = (averaged - initial[name]) / (trained - initial[name]);
+    ok(moved >= 0.5, `EMA ${name} moved ${moved} of the way to the trained weight (a fixed 0.999: 0.001)`);
+  }
+  model.dispose();
+  await Deno.remove(dir, { recursive: true });
 });
 
 gpuTest(
@@ -97,6 +154,12 @@ gpuTest(
         name: `resumed ${name}`,
       });
     }
+    // The EMA weights too: the warm-up decay depends only on the step, which the checkpoint holds.
+    const fullEma = await readState(`${dir}/full/checkpoint/ema.safetensors`);
+    const resumedEma = await readState(`${dir}/part/checkpoint/ema.safetensors`);
+    for (const [name, values] of fullEma) {
+      assertClose(resumedEma.get(name)!, values, { rtol: 1e-6, atol: 1e-7, name: `resumed EMA ${name}` });
+    }
     // Nothing is left half-written: only complete files in the checkpoint folder.
     deepStrictEqual([...Deno.readDirSync(`${dir}/part/checkpoint`)].map((e) => e.name).sort(), [
       "ema.safetensors",
@@ -163,6 +226,77 @@ gpuTest(
       /holds trainable parameters but this run keeps all/,
     );
     for (const m of [full, part, resumed, other]) m.dispose();
+    await Deno.remove(dir, { recursive: true });
+  },
+);
+
+gpuTest(
+  "resuming refuses changed settings, accepts more steps, and warns on checkpoints without settings",
+  async () => {
+    const dir = await Deno.makeTempDir();
+    const sched = new DDPMScheduler();
+    const opts = {
+      lr: 0.05,
+      warmupSteps: 1,
+      outDir: dir,
+      checkpointEvery: 2,
+      progress: false,
+      settings: { data: ["a.nii.gz"], size: 4 },
+    };
+    const model = new Affine();
+    await train(model, sched, data, { ...opts, steps: 2 });
+    const meta = JSON.parse(await Deno.readTextFile(`${dir}/checkpoint/meta.json`));
+    deepStrictEqual(
+      [meta.settings.lr, meta.settings.emaDecay, meta.settings.data, meta.settings.predictionType],
+      [0.05, 0.999, ["a.nii.gz"], "epsilon"],
+    );
+    ok(!("steps" in meta.settings), JSON.stringify(meta.settings));
+
+    // Another learning rate, or other data, is refused with each change named; nothing is trained.
+    const refused = await train(model, sched, data, { ...opts, steps: 4, lr: 0.01 }).catch((e) => e);
+    ok(refused instanceof ResumeMismatchError, String(refused));
+    deepStrictEqual(refused.changes, [{ name: "lr", checkpoint: 0.05, now: 0.01 }]);
+    ok(/lr: 0\.05 in the checkpoint, 0\.01 now/.test(refused.message), refused.message);
+    ok(refused.message.includes(`delete ${dir}/checkpoint`), refused.message);
+    await rejects(
+      () => train(model, sched, data, { ...opts, steps: 4, emaDecay: 0.9, settings: { data: ["b.nii.gz"] } }),
+      /emaDecay: 0\.999 in the checkpoint, 0\.9 now\n {2}data: \["a\.nii\.gz"\] in the checkpoint, \["b\.nii\.gz"\] now\n {2}size: 4 in the checkpoint, unset now/,
+    );
+    // Fewer steps than the checkpoint's would return its weights as if they were the shorter run's.
+    await rejects(() => train(model, sched, data, { ...opts, steps: 1 }), /is at step 2, past steps 1/);
+
+    // The same settings with more steps continue the run.
+    const steps: number[] = [];
+    await train(model, sched, data, { ...opts, steps: 4, onStep: (s) => steps.push(s.step) });
+    deepStrictEqual(steps, [3, 4]);
+
+    // A checkpoint from before settings were recorded resumes, with one warning, and records them from then on.
+    const old = JSON.parse(await Deno.readTextFile(`${dir}/checkpoint/meta.json`));
+    delete old.settings;
+    await Deno.writeTextFile(`${dir}/checkpoint/meta.json`, JSON.stringify(old));
+    const warned = await captureErrors(() => train(model, sched, data, { ...opts, steps: 6 }));
+    deepStrictEqual(warned.match(/warning: .*predates recorded settings/g)?.length, 1, warned);
+    ok(JSON.parse(await Deno.readTextFile(`${dir}/checkpoint/meta.json`)).settings, "settings recorded");
+    model.dispose();
+    await Deno.remove(dir, { recursive: true });
+  },
+);
+
+gpuTest(
+  "progress off a terminal: plain lines on the first and the last step, no carriage returns",
+  async () => {
+    const dir = await Deno.makeTempDir();
+    const model = new Affine();
+    // progressEvery of an hour: only the first and the last of the 3 steps print (the format is tested in
+    // tests/cli/progress.test.ts with a fake clock).
+    const printed = await captureErrors(() =>
+      train(model, new DDPMScheduler(), data, { steps: 3, outDir: dir, progress: "log", progressEvery: 3600 })
+    );
+    const lines = printed.trim().split("\n");
+    deepStrictEqual(lines.map((l) => l.match(/^step (\d)\/3 /)?.[1]), ["1", "3"], printed);
+    ok(lines.every((l) => / loss \d\.\d{4} \(avg \d\.\d{4}\), .* ETA /.test(l)), printed);
+    ok(!printed.includes("\r"), JSON.stringify(printed));
+    model.dispose();
     await Deno.remove(dir, { recursive: true });
   },
 );
