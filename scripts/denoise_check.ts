@@ -1,7 +1,7 @@
 /**
  * How well a model file denoises: the training template (preprocessed like training) is noised to several
- * timesteps with a fixed seed, the model predicts ε, and the script reports the ε MSE and the MSE of the
- * implied clean volume x̂0, writing x̂0 previews.
+ * timesteps with a fixed seed, the model predicts its target (ε, v or x0, as it was trained), and the script
+ * reports the MSE of that prediction and the MSE of the implied clean volume x̂0, writing x̂0 previews.
  *
  *   deno run -A scripts/denoise_check.ts models/default/brain32.safetensors docs/models/brain32-previews
  *
@@ -32,16 +32,23 @@ const volume = await loadVolume(
 );
 const x0 = volumeTensor(volume);
 const scheduler = new DDPMScheduler(info.scheduler);
-console.log("| t | √ᾱ | ε MSE | x̂0 MSE |\n| --- | --- | --- | --- |");
+const prediction = scheduler.predictionType;
+const label = prediction === "epsilon" ? "ε" : prediction === "v_prediction" ? "v" : "x0";
+console.log(`| t | √ᾱ | ${label} MSE | x̂0 MSE |\n| --- | --- | --- | --- |`);
 for (const t of [100, 400, 700, 950]) {
   const noise = randn(x0.shape, { seed: 5 });
   const xt = scheduler.addNoise(x0, noise, t);
-  const eps = noGrad(() => unet.forward(xt, [t]));
-  const { prevSample, predOriginalSample } = scheduler.step(eps, t, xt, { noise });
-  const epsError = await mse(eps, noise).item();
+  const output = noGrad(() => unet.forward(xt, [t]));
+  const target = prediction === "epsilon"
+    ? noise
+    : prediction === "v_prediction"
+    ? scheduler.getVelocity(x0, noise, t)
+    : x0;
+  const { prevSample, predOriginalSample } = scheduler.step(output, t, xt, { noise });
+  const predictionError = await mse(output, target).item();
   const x0Error = await mse(predOriginalSample, x0).item();
   console.log(
-    `| ${t} | ${Math.sqrt(scheduler.alphaBar(t)).toFixed(3)} | ${epsError.toFixed(4)} | ${
+    `| ${t} | ${Math.sqrt(scheduler.alphaBar(t)).toFixed(3)} | ${predictionError.toFixed(4)} | ${
       x0Error.toFixed(4)
     } |`,
   );
@@ -49,7 +56,8 @@ for (const t of [100, 400, 700, 950]) {
     window: [-1, 1],
   });
   await writeSlicesPng(`${outDir}/noisy_t${t}.png`, await xt.toArray(), [nx, ny, nz]);
-  for (const tensor of [noise, xt, eps, prevSample, predOriginalSample]) tensor.dispose();
+  if (target !== noise && target !== x0) target.dispose();
+  for (const tensor of [noise, xt, output, prevSample, predOriginalSample]) tensor.dispose();
 }
 x0.dispose();
 unet.dispose();
