@@ -342,10 +342,17 @@ function chunkConfigFor(call: ConvCall): ConvChunkConfig | null {
 
 /** The weight-gradient chunk kernel's geometry for `g`, or null for the direct weight-gradient kernel. */
 function weightGradChunkConfigFor(g: Geometry): ConvWeightGradChunkConfig | null {
-  // Only when asked for (`path: "chunk"`): faster in isolation (bench/conv.ts) and in a bare U-Net step, but
-  // a whole training step of the default model measured 6.3 s with it against 4.0 s without — not yet
-  // understood, so `auto` keeps the direct weight-gradient kernel.
-  if (convSettings.path !== "chunk" || g.groups !== 1 || g.outDims[2] % 4 !== 0) return null;
+  if (convSettings.path === "direct" || g.groups !== 1 || g.outDims[2] % 4 !== 0) return null;
+  const taps = g.kernel[0] * g.kernel[1] * g.kernel[2];
+  const macs = g.n * g.cout * g.cin * taps * sizeOf(g.outDims);
+  // `auto` picks it for strided convolutions only, where the direct kernel is slowest (3.5× the forward at
+  // the U-Net's downsample, against 1.1× for this one). For stride 1 it is faster in isolation and in a bare
+  // U-Net forward + backward, yet a whole training step of the default model measured 6.3 s with it against
+  // 4.0 s without (4.4 s with it on strided convolutions only) — not understood yet, so not by default.
+  if (
+    convSettings.path === "auto" &&
+    (g.stride.every((s) => s === 1) || macs < convSettings.minChunkMacs || !isSoftwareAdapter())
+  ) return null;
   const rows = g.cout <= 8 ? 8 : g.cout <= 16 ? 16 : g.cout <= 32 ? 32 : 64;
   // rows × depth = 2048: 32 KB of staged gradOut and 2048 unrolled vec4 FMAs per thread.
   return { threads: 64, rows, depth: 2048 / rows, ...convSettings.weightGradChunk };
