@@ -17,7 +17,10 @@ export interface ReadyOptions {
 export interface DeviceInfo {
   /** Human-readable adapter name, e.g. "llvmpipe (LLVM 15.0.6, 256 bits)". */
   adapter: string;
-  /** Vendor string as the adapter reports it. */
+  /**
+   * Vendor: a name when the adapter reports one, else the name of its numeric PCI/Khronos vendor id when
+   * known ("mesa (0x10005)"), else the id as reported.
+   */
   vendor: string;
   /** True for software adapters such as Mesa's lavapipe. */
   isFallbackAdapter: boolean;
@@ -81,7 +84,7 @@ async function acquire(options: ReadyOptions): Promise<GPUDevice> {
   device = dev;
   info = {
     adapter: adapterInfo.description || adapterInfo.device || "unknown adapter",
-    vendor: adapterInfo.vendor,
+    vendor: vendorName(adapterInfo.vendor),
     isFallbackAdapter: Boolean((adapterInfo as unknown as { isFallbackAdapter?: boolean }).isFallbackAdapter),
     limits,
     features: [...dev.features].map(String).sort(),
@@ -93,6 +96,26 @@ async function acquire(options: ReadyOptions): Promise<GPUDevice> {
 export function deviceInfo(): DeviceInfo {
   if (!info) throw new Error("deviceInfo(): no device yet — call `await ready()` first.");
   return info;
+}
+
+/** Vendor ids some implementations report instead of a name (PCI ids, and Khronos ids for Mesa). */
+const VENDOR_IDS: Record<number, string> = {
+  0x1002: "amd",
+  0x10de: "nvidia",
+  0x8086: "intel",
+  0x13b5: "arm",
+  0x5143: "qualcomm",
+  0x106b: "apple",
+  0x1ae0: "google",
+  0x10005: "mesa",
+};
+
+/** "65541" → "mesa (0x10005)"; names and unknown ids pass through. */
+export function vendorName(reported: string): string {
+  if (!/^\d+$/.test(reported)) return reported;
+  const id = Number(reported);
+  const name = VENDOR_IDS[id];
+  return name ? `${name} (0x${id.toString(16)})` : reported;
 }
 
 /**

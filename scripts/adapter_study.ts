@@ -50,8 +50,8 @@ const HELP = `Usage: deno run -A scripts/adapter_study.ts --base MODEL --data FI
   --steps N           fine-tuning steps for every kind (default 60)
   --batch N           volumes per step (default 2)
   --lr X              learning rate, constant after warm-up (default 1e-4, finetune's default)
-  --ema X             EMA decay of the saved weights (default 0: the last weights; an EMA starting from the
-                      base weights keeps 0.995^steps of them, three quarters after 60 steps)
+  --ema X             EMA decay of the saved weights (default 0: the last weights, which is what a short
+                      fine-tune should save)
   --seed N            fine-tuning seed (default 0)
   --count N           generated and real volumes per set (default 16, at least 2)
   --sample-steps N    DDIM steps per generated volume (default 10)

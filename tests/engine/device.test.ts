@@ -1,6 +1,7 @@
 import * as V from "../../mod.ts";
 import { gpuTest } from "../helpers/gpu.ts";
 import { foldGrid } from "../../engine/runtime.ts";
+import { vendorName } from "../../engine/device.ts";
 import { deepStrictEqual } from "node:assert";
 
 gpuTest("ready() requests the adapter's maximum limits and deviceInfo() reports them", async () => {
@@ -13,6 +14,13 @@ gpuTest("ready() requests the adapter's maximum limits and deviceInfo() reports 
   }
   if (!info.adapter) throw new Error("adapter name missing");
   deepStrictEqual(V.deviceInfo(), info);
+});
+
+Deno.test("vendorName: numeric vendor ids become names, names and unknown ids pass through", () => {
+  deepStrictEqual(
+    ["65541", "4318", "32902", "nvidia", "12345", ""].map(vendorName),
+    ["mesa (0x10005)", "nvidia (0x10de)", "intel (0x8086)", "nvidia", "12345", ""],
+  );
 });
 
 Deno.test("grids over 65535 workgroups fold into more dimensions and cover every workgroup", () => {
