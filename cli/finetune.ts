@@ -26,9 +26,9 @@ import type { DiffusionModelUNet } from "../models/unet.ts";
 import { augmentedBatches, type AugmentOptions } from "../pipelines/augment.ts";
 import { listNiftiFiles, loadVolume, volumeTensor } from "../pipelines/dataset.ts";
 import { loadModelFile, saveModelFile } from "../pipelines/modelfile.ts";
-import { ResumeMismatchError, type RunSetting, train } from "../pipelines/train.ts";
+import { type RunSetting, train } from "../pipelines/train.ts";
 import { DDPMScheduler } from "../samplers/scheduler.ts";
-import { numberOption } from "./options.ts";
+import { explainResumeMismatch, numberOption } from "./options.ts";
 
 /** What `--adapter` accepts: an adapter kind, or "full" for fine-tuning every parameter. */
 export const FINETUNE_KINDS: readonly string[] = [...ADAPTER_KINDS, "full"];
@@ -215,7 +215,12 @@ export async function main(args: string[]): Promise<void> {
       trainableOnly: true,
       settings,
     }).catch((error) => {
-      throw explainResumeMismatch(error, settings);
+      throw explainResumeMismatch(error, settings, {
+        warmupSteps: "--warmup",
+        base: "--base (hash of its weights)",
+        size: "size (of the base model)",
+        range: "range (of the base model)",
+      }, "another --run-dir (or --out)");
     });
     unet.eval();
     console.error(
@@ -260,24 +265,6 @@ async function loadTrained(unet: DiffusionModelUNet, path: string): Promise<void
   } finally {
     for (const t of state.values()) t.dispose();
   }
-}
-
-/** Train's refusal to resume, in this command's words: settings named by their flags. */
-function explainResumeMismatch(error: unknown, settings: Record<string, RunSetting>): unknown {
-  if (!(error instanceof ResumeMismatchError)) return error;
-  const flags: Record<string, string> = {
-    ...Object.fromEntries(Object.keys(settings).map((name) => [name, `--${name}`])),
-    lr: "--lr",
-    minLr: "--min-lr",
-    gradAccumulation: "--accumulate",
-    emaDecay: "--ema",
-    seed: "--seed",
-    warmupSteps: "--warmup",
-    base: "--base (hash of its weights)",
-    size: "size (of the base model)",
-    range: "range (of the base model)",
-  };
-  return new Error(error.explain(flags, "another --run-dir (or --out)"));
 }
 
 /** Whether two paths name the same existing file. */

@@ -4,6 +4,8 @@
  * @module
  */
 
+import { ResumeMismatchError, type RunSetting } from "../pipelines/train.ts";
+
 /** Parses "a,b,c" into numbers, with a clear error naming the option. */
 export function numberList(option: string, value: string): number[] {
   const list = value.split(",").map((v) => Number(v.trim()));
@@ -30,4 +32,32 @@ export function numberOption(
     );
   }
   return n;
+}
+
+/** Flags of the training settings every command shares (train's own settings). */
+const TRAIN_FLAGS: Record<string, string> = {
+  lr: "--lr",
+  minLr: "--min-lr",
+  gradAccumulation: "--accumulate",
+  emaDecay: "--ema",
+  seed: "--seed",
+};
+
+/**
+ * Train's refusal to resume, in a command's words: each changed setting named by its flag (`--name` for the
+ * command's own settings, `flags` for the rest), and `elsewhere` saying where a new run would go.
+ */
+export function explainResumeMismatch(
+  error: unknown,
+  settings: Record<string, RunSetting>,
+  flags: Record<string, string>,
+  elsewhere: string,
+): unknown {
+  if (!(error instanceof ResumeMismatchError)) return error;
+  const names = {
+    ...Object.fromEntries(Object.keys(settings).map((name) => [name, `--${name}`])),
+    ...TRAIN_FLAGS,
+    ...flags,
+  };
+  return new Error(error.explain(names, elsewhere));
 }

@@ -13,7 +13,7 @@ import { DiffusionModelUNet, type DiffusionModelUNetOptions } from "../models/un
 import { augmentedBatches, type AugmentOptions } from "../pipelines/augment.ts";
 import { listNiftiFiles, loadVolume, type Volume, volumeTensor } from "../pipelines/dataset.ts";
 import { saveModelFile } from "../pipelines/modelfile.ts";
-import { ResumeMismatchError, type RunSetting, train } from "../pipelines/train.ts";
+import { type RunSetting, train } from "../pipelines/train.ts";
 import { sample } from "../samplers/sample.ts";
 import {
   DDIMScheduler,
@@ -22,7 +22,7 @@ import {
   type SchedulerOptions,
 } from "../samplers/scheduler.ts";
 import type { ScheduleName } from "../samplers/schedule.ts";
-import { numberList, numberOption } from "./options.ts";
+import { explainResumeMismatch, numberList, numberOption } from "./options.ts";
 
 const HELP = `Usage: deno task train --data <files|dir|glob> --out DIR [options]
 
@@ -175,7 +175,10 @@ export async function main(args: string[]): Promise<void> {
     checkpointEvery: numberOption("checkpoint-every", values["checkpoint-every"], 250, 1, 1e7, true),
     settings,
   }).catch((error) => {
-    throw explainResumeMismatch(error, settings);
+    throw explainResumeMismatch(error, settings, {
+      predictionType: "--prediction",
+      noiseSchedule: "--schedule/--beta-start/--beta-end",
+    }, "another --out folder");
   });
   console.error(
     `trained ${result.step} steps in ${result.seconds.toFixed(0)} s; final loss (mean of last 50) ${
@@ -218,22 +221,6 @@ export async function main(args: string[]): Promise<void> {
   }
   for (const t of tensors) t.dispose();
   unet.dispose();
-}
-
-/** Train's refusal to resume, in this command's words: settings named by their flags. */
-function explainResumeMismatch(error: unknown, settings: Record<string, RunSetting>): unknown {
-  if (!(error instanceof ResumeMismatchError)) return error;
-  const flags: Record<string, string> = {
-    ...Object.fromEntries(Object.keys(settings).map((name) => [name, `--${name}`])),
-    lr: "--lr",
-    minLr: "--min-lr",
-    gradAccumulation: "--accumulate",
-    emaDecay: "--ema",
-    seed: "--seed",
-    predictionType: "--prediction",
-    noiseSchedule: "--schedule/--beta-start/--beta-end",
-  };
-  return new Error(error.explain(flags, "another --out folder"));
 }
 
 if (import.meta.main) {
