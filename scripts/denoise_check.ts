@@ -19,6 +19,7 @@ import { DDPMScheduler } from "../samplers/scheduler.ts";
 
 const [modelPath, outDir] = Deno.args;
 if (!modelPath || !outDir) throw new Error("usage: denoise_check.ts MODEL OUT_DIR");
+await Deno.mkdir(outDir, { recursive: true });
 await ready();
 const { unet, info } = await loadModelFile(modelPath);
 const [nx, ny, nz] = info.volume.shape;

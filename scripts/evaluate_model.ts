@@ -36,6 +36,7 @@ const { values } = parseArgs({
 if (!values.model || !values.data) throw new Error("--model and --data are required");
 const count = Number(values.count);
 const steps = Number(values.steps);
+if (values.previews) await Deno.mkdir(values.previews, { recursive: true }); // fail before the long work
 await ready();
 const { unet, info } = await loadModelFile(values.model);
 const [nx, ny, nz] = info.volume.shape;
@@ -65,15 +66,6 @@ const resultTrained = await scoreAgainstReal(trained, reals, { sigma: resultUntr
 /** The four scores of the table, in its column order. */
 const cells = (s: typeof resultTrained) =>
   [s.mmdGaussian, s.mmdLinear, s.msSsimMean, s.msSsimNearest].map((v) => v.toPrecision(4));
-if (values.previews) {
-  for (const [name, set] of [["trained", trained], ["untrained", untrained], ["real", reals]] as const) {
-    for (let i = 0; i < Math.min(4, set.length); i++) {
-      await writeSlicesPng(`${values.previews}/${name}_${i}.png`, await set[i].toArray(), [nx, ny, nz], {
-        window: [-1, 1],
-      });
-    }
-  }
-}
 const rows = [
   [
     "",
@@ -93,6 +85,15 @@ if (values.json) {
       JSON.stringify({ count, steps, trained: resultTrained, untrained: resultUntrained }, null, 2) + "\n",
     ),
   );
+}
+if (values.previews) {
+  for (const [name, set] of [["trained", trained], ["untrained", untrained], ["real", reals]] as const) {
+    for (let i = 0; i < Math.min(4, set.length); i++) {
+      await writeSlicesPng(`${values.previews}/${name}_${i}.png`, await set[i].toArray(), [nx, ny, nz], {
+        window: [-1, 1],
+      });
+    }
+  }
 }
 for (const t of [...trained, ...untrained, ...reals, ...sources]) t.dispose();
 unet.dispose();
