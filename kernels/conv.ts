@@ -99,12 +99,17 @@ export interface ConvTile {
   vec4sPerChannel: number;
 }
 
+/** Input span read by `outputs` consecutive outputs along one axis: (outputs − 1)·stride + (kernel − 1)·dilation + 1. */
+export function inputSpan(outputs: number, kernel: number, stride: number, dilation: number): number {
+  return (outputs - 1) * stride + (kernel - 1) * dilation + 1;
+}
+
 /** Tile geometry of `tiling` for a kernel of this shape. */
 export function convTile(key: ConvShapeKey, tiling: ConvTiling): ConvTile {
   const [, td, th, tw] = tiling.threads;
   const out: Triple = [td * tiling.block[0], th * tiling.block[1], tw * tiling.block[2]];
-  const extent = (a: number) => (out[a] - 1) * key.stride[a] + (key.kernel[a] - 1) * key.dilation[a] + 1;
-  const inDims: Triple = [extent(0), extent(1), extent(2)];
+  const span = (a: number) => inputSpan(out[a], key.kernel[a], key.stride[a], key.dilation[a]);
+  const inDims: Triple = [span(0), span(1), span(2)];
   const rowVec4s = Math.ceil(inDims[2] / 4);
   const channels = tiling.threads[0] * tiling.channels;
   const taps = key.kernel[0] * key.kernel[1] * key.kernel[2];

@@ -38,6 +38,7 @@ import {
   type ConvTiling,
   convWeightGradKernel,
   convWeightGradNaiveKernel,
+  inputSpan,
   NAIVE,
   NAIVE_WG,
   NAIVE_WORDS,
@@ -433,9 +434,9 @@ function inputPlanes(
 ): Planes {
   const kw = call.key.kernel[2];
   const ow = call.outDims[2];
-  const extent = (a: number) =>
-    (call.outDims[a] - 1) * call.key.stride[a] + (call.key.kernel[a] - 1) * call.key.dilation[a] + 1;
-  const [pd, ph] = [extent(0), extent(1)];
+  const span = (a: number) =>
+    inputSpan(call.outDims[a], call.key.kernel[a], call.key.stride[a], call.key.dilation[a]);
+  const [pd, ph] = [span(0), span(1)];
   const row4 = ow / 4;
   const planeVec4s = pd * ph * row4;
   const count = call.n * call.cin * kw * planeVec4s;
@@ -874,7 +875,7 @@ function weightGradRaw(x: Tensor, gy: Tensor, g: Geometry): Tensor {
   const used = Math.ceil(blocks / perSplit);
   // Both operands padded so that whole blocks (with the input's halo) are in bounds.
   const xDims: Triple = [
-    (OD - 1) * g.stride[0] + (g.kernel[0] - 1) * g.dil[0] + 1,
+    inputSpan(OD, g.kernel[0], g.stride[0], g.dil[0]),
     (blocksH - 1) * tiling.rows * g.stride[1] + tile.inRows,
     (blocksW - 1) * tiling.cols * g.stride[2] + 4 * tile.rowVec4s,
   ];
