@@ -28,6 +28,7 @@ import { ready } from "../engine/device.ts";
 import { memory, releaseCachedMemory } from "../engine/memory.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { atomicWrite } from "../io/atomic.ts";
+import { writePlotPng } from "../io/plot.ts";
 import { writeSlicesPng } from "../io/png.ts";
 import { listNiftiFiles } from "../pipelines/dataset.ts";
 import { loadModelFile, type ModelInfo } from "../pipelines/modelfile.ts";
@@ -132,6 +133,28 @@ interface KindResult {
 }
 
 const log = (message: string) => console.error(`[study] ${message}`);
+
+/** Line colours of the combined loss plot, by kind (the docs name them). */
+const LOSS_PLOT_COLORS: Record<string, [number, number, number]> = {
+  locon: [31, 119, 180], // blue
+  loha: [255, 127, 14], // orange
+  lokr: [44, 160, 44], // green
+  "tenvoo-l": [214, 39, 40], // red
+  "tenvoo-q": [148, 103, 189], // purple
+  quanta: [140, 86, 75], // brown
+  full: [40, 40, 40], // black
+};
+
+/** Trailing moving average over `window` points (shorter at the start). */
+function movingAverage(ys: readonly number[], window: number): number[] {
+  const out: number[] = [];
+  let sum = 0;
+  for (let i = 0; i < ys.length; i++) {
+    sum += ys[i] - (i >= window ? ys[i - window] : 0);
+    out.push(sum / Math.min(i + 1, window));
+  }
+  return out;
+}
 
 function shellQuote(args: readonly string[]): string {
   return args.map((a) => (/^[\w./:=,+@%-]+$/.test(a) ? a : `'${a.replaceAll("'", `'\\''`)}'`)).join(" ");
@@ -375,6 +398,17 @@ async function main(args: string[]): Promise<number> {
   await preview("real", reals[0]);
 
   const results: KindResult[] = [];
+  // Every kind trains on the same batches, timesteps and noise (same seed), so their losses compare step
+  // by step; plotted as 10-step moving averages.
+  const lossLogs = new Map<string, number[][]>();
+  const plotLosses = async () => {
+    const series = [...lossLogs].filter(([, rows]) => rows.length > 0).map(([kind, rows]) => ({
+      x: rows.map((r) => r[0]),
+      y: movingAverage(rows.map((r) => r[1]), 10),
+      color: LOSS_PLOT_COLORS[kind] ?? [128, 128, 128],
+    }));
+    if (series.length > 0) await writePlotPng(`${out}/loss.png`, series);
+  };
   let before: MetricsRecord | null = null;
   const report = async () => {
     const doc = {
@@ -422,6 +456,7 @@ async function main(args: string[]): Promise<number> {
     await writeJson(jsonPath, doc);
     const table = markdownTable(before?.metrics ?? null, results, baseBytes.length);
     await atomicWrite(mdPath, new TextEncoder().encode(`${table}\n`));
+    await plotLosses();
     return table;
   };
 
@@ -536,6 +571,7 @@ async function main(args: string[]): Promise<number> {
       result.finetuneSeconds = training.finetuneSeconds ?? null;
       result.fileBytes = (await fileSize(file))!;
       const lossLog = await lossRows(`${runDir}/loss.csv`);
+      lossLogs.set(kind, lossLog);
       const times = stepTimes(lossLog);
       result.secondsPerStep = times.mean;
       result.stepsTimed = times.timed;
