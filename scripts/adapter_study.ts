@@ -274,6 +274,7 @@ function markdownTable(before: SetScores | null, rows: readonly KindResult[], ba
     "% of base",
     "file size",
     "s/step",
+    "final loss",
     "MMD Gaussian before → after ↓",
     "MMD linear ↓",
     "MS-SSIM mean ↑",
@@ -287,6 +288,7 @@ function markdownTable(before: SetScores | null, rows: readonly KindResult[], ba
       "–",
       bytesText(baseBytes),
       "–",
+      "–",
       num(before.mmdGaussian),
       num(before.mmdLinear),
       num(before.msSsimMean),
@@ -298,7 +300,7 @@ function markdownTable(before: SetScores | null, rows: readonly KindResult[], ba
       lines.push([
         r.kind,
         `failed: ${(r.error ?? "").replaceAll("|", "\\|").split("\n")[0]}`,
-        ...Array(7).fill(""),
+        ...Array(8).fill(""),
       ]);
       continue;
     }
@@ -309,13 +311,22 @@ function markdownTable(before: SetScores | null, rows: readonly KindResult[], ba
       `${r.percentOfBase!.toFixed(3)}%`,
       bytesText(r.fileBytes!),
       r.secondsPerStep == null ? "–" : r.secondsPerStep.toFixed(2),
+      r.finalLoss == null ? "–" : r.finalLoss.toFixed(4),
       `${before ? num(before.mmdGaussian) : "?"} → ${num(m.mmdGaussian)}`,
       num(m.mmdLinear),
       num(m.msSsimMean),
       num(m.msSsimNearest),
     ]);
   }
-  return lines.map((cells) => `| ${cells.join(" | ")} |`).join("\n");
+  return alignedTable(lines);
+}
+
+/** Rows (header first, then the "---" row) as a markdown table padded the way `deno fmt` pads it. */
+function alignedTable(lines: readonly string[][]): string {
+  const widths = lines[0].map((_, c) => Math.max(3, ...lines.map((cells) => (cells[c] ?? "").length)));
+  return lines.map((cells, i) =>
+    `| ${widths.map((w, c) => i === 1 ? "-".repeat(w) : (cells[c] ?? "").padEnd(w)).join(" | ")} |`
+  ).join("\n");
 }
 
 async function main(args: string[]): Promise<number> {
@@ -445,6 +456,8 @@ async function main(args: string[]): Promise<number> {
         "the base model's samples and the real set; mmdGaussianOwnSigma uses each set's own median distance " +
         "(scripts/evaluate_model.ts's choice).",
         "MS-SSIM mean: over all generated x real pairs; nearest: each sample's best real volume, averaged.",
+        "final loss: mean training loss of the last 10 steps (every kind trains on the same batches, timesteps " +
+        "and noise).",
         "Adapters are merged into the base weights for sampling (as deno task sample --adapter does).",
       ],
       before: before
