@@ -99,6 +99,12 @@ class GpuWorker {
     this.#api.cancel(id).catch(() => {});
   }
 
+  /** Lets an idle worker free its GPU device (for at most `ms`), then terminates it. */
+  async close(ms: number): Promise<void> {
+    if (!this.#terminated) await within(this.#race(this.#api.close()).catch(() => {}), ms);
+    this.terminate();
+  }
+
   /** Stops the worker at once; a running job rejects. */
   terminate(reason = "the GPU worker was stopped"): void {
     if (this.#terminated) return;
@@ -267,7 +273,7 @@ export class JobQueue {
       }
     }
     await this.#loop;
-    this.#worker?.terminate();
+    await this.#worker?.close(2_000);
     this.#worker = null;
     await this.#starting?.then((w) => w.terminate(), () => {});
   }

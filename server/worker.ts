@@ -15,7 +15,7 @@ import * as Comlink from "comlink";
 import { loadAdapters, modelHash } from "../adapters/mod.ts";
 import { makeScheduler } from "../cli/sample.ts";
 import { gpu, onDeviceLost, ready } from "../engine/device.ts";
-import { scope } from "../engine/memory.ts";
+import { releaseCachedMemory, scope } from "../engine/memory.ts";
 import { map } from "../engine/ops/map.ts";
 import { writeNifti } from "../io/nifti.ts";
 import { atomicWrite } from "../io/atomic.ts";
@@ -25,6 +25,8 @@ import { sample } from "../samplers/sample.ts";
 import type { JobResult, WorkerApi, WorkerDevice, WorkerJob, WorkerProgress } from "./protocol.ts";
 
 let lostReason: string | null = null;
+/** Set by `close`: the device is being destroyed on purpose, which is not a loss. */
+let closing = false;
 let current: { id: string; controller: AbortController } | null = null;
 /** The last base model used, kept loaded for the next job (jobs usually share a model). */
 let cached: { key: string; model: LoadedModel } | null = null;
@@ -33,6 +35,7 @@ const api: WorkerApi = {
   async init(): Promise<WorkerDevice> {
     const info = await ready();
     onDeviceLost((reason) => {
+      if (closing) return;
       lostReason = reason;
       if (current) {
         current.controller.abort();
@@ -70,6 +73,16 @@ const api: WorkerApi = {
 
   cancel(id: string): void {
     if (current?.id === id) current.controller.abort();
+  },
+
+  close(): void {
+    // Releasing the device here, in order, rather than leaving it to thread teardown at process exit: a
+    // software Vulkan driver's threads can still be running then.
+    closing = true;
+    cached?.model.unet.dispose();
+    cached = null;
+    releaseCachedMemory();
+    if (!lostReason) gpu().destroy();
   },
 };
 
