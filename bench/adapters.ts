@@ -14,12 +14,12 @@
  * @module
  */
 
-import process from "node:process";
 import { parseArgs } from "node:util";
 import * as V from "../mod.ts";
 import { ADAPTER_KINDS, type AdapterKind, type AdapterSet, injectAdapters } from "../adapters/mod.ts";
 import { loadModelFile } from "../pipelines/modelfile.ts";
 import type { DiffusionModelUNet } from "../models/unet.ts";
+import { type Batch, median, timeBatch } from "./timing.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -54,9 +54,9 @@ interface Contender {
   set: AdapterSet | null;
   params: V.Tensor[];
   optimizer: V.AdamW;
-  trainTimes: Array<{ wall: number; cpu: number }>;
-  forwardTimes: Array<{ wall: number; cpu: number }>;
-  mergedTimes: Array<{ wall: number; cpu: number }>;
+  trainTimes: Batch[];
+  forwardTimes: Batch[];
+  mergedTimes: Batch[];
 }
 
 const { info } = await loadModelFile(values.model);
@@ -70,10 +70,10 @@ const target = V.keep(
   info.scheduler.predictionType === "v_prediction" ? scheduler.getVelocity(x0, noise, t) : noise,
 );
 
-async function contender(name: string, kind: AdapterKind | "full" | "base"): Promise<Contender> {
+async function contender(name: string, kind: AdapterKind | "full"): Promise<Contender> {
   const { unet } = await loadModelFile(values.model);
   let set: AdapterSet | null = null;
-  if (kind === "full" || kind === "base") unet.unfreeze();
+  if (kind === "full") unet.unfreeze();
   else set = await injectAdapters(unet, { kind, rank, seed: 0 });
   const params = unet.parameters().filter((p) => p.requiresGrad);
   return {
@@ -88,15 +88,8 @@ async function contender(name: string, kind: AdapterKind | "full" | "base"): Pro
   };
 }
 
-async function timed(run: () => void): Promise<{ wall: number; cpu: number }> {
-  await V.sync();
-  const c0 = process.cpuUsage();
-  const t0 = performance.now();
-  run();
-  await V.sync();
-  const c = process.cpuUsage(c0);
-  return { wall: (performance.now() - t0) / 1000, cpu: (c.user + c.system) / 1e6 };
-}
+/** One timed call of `run`. */
+const timed = (run: () => void) => timeBatch(run, 1);
 
 function trainStep(c: Contender): void {
   c.unet.train();
@@ -133,12 +126,7 @@ for (let round = 0; round < rounds; round++) {
   for (const c of contenders) c.mergedTimes.push(await timed(() => forward(c)));
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const n = s.length;
-  return n % 2 ? s[(n - 1) / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
-}
-const med = (xs: Array<{ wall: number; cpu: number }>) => ({
+const med = (xs: Batch[]) => ({
   wall: median(xs.map((x) => x.wall)),
   cpu: median(xs.map((x) => x.cpu)),
 });

@@ -33,12 +33,16 @@ export interface Measurement {
   all: number[];
 }
 
-interface Batch {
+/** Wall-clock and process CPU seconds of one timed batch. */
+export interface Batch {
+  /** Wall-clock seconds. */
   wall: number;
+  /** Process CPU seconds (user + system). */
   cpu: number;
 }
 
-async function timeBatch(run: () => void, reps: number): Promise<Batch> {
+/** Runs `run` `reps` times between two `sync()` calls and returns the batch's wall and CPU seconds. */
+export async function timeBatch(run: () => void, reps: number): Promise<Batch> {
   await sync();
   const c0 = process.cpuUsage();
   const t0 = performance.now();
@@ -49,7 +53,8 @@ async function timeBatch(run: () => void, reps: number): Promise<Batch> {
   return { wall, cpu: (c.user + c.system) / 1e6 };
 }
 
-function median(xs: number[]): number {
+/** Median of `xs`. */
+export function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const n = s.length;
   return n % 2 ? s[(n - 1) / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;

@@ -37,6 +37,17 @@ export interface Series {
   color: [number, number, number];
 }
 
+/** Trailing moving average of `ys` over `window` points (over fewer at the start), for smoothed curves. */
+export function movingAverage(ys: readonly number[], window: number): number[] {
+  const out: number[] = [];
+  let sum = 0;
+  for (let i = 0; i < ys.length; i++) {
+    sum += ys[i] - (i >= window ? ys[i - window] : 0);
+    out.push(sum / Math.min(i + 1, window));
+  }
+  return out;
+}
+
 /** Options of {@linkcode plotPng}. */
 export interface PlotOptions {
   /** Image width (default 640). */

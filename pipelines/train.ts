@@ -15,7 +15,7 @@ import { randn } from "../engine/ops/random.ts";
 import { AdamW } from "../engine/optim.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { atomicWrite } from "../io/atomic.ts";
-import { writePlotPng } from "../io/plot.ts";
+import { movingAverage, writePlotPng } from "../io/plot.ts";
 import { loadSafetensors, saveSafetensors } from "../io/safetensors.ts";
 import { seededRandom } from "../nn/init.ts";
 import { Progress } from "../io/progress.ts";
@@ -471,10 +471,7 @@ async function writeLogs(dir: string, lossLog: string): Promise<void> {
   const x = rows.map((r) => r[0]);
   const y = rows.map((r) => r[1]);
   const window = Math.max(1, Math.round(y.length / 50));
-  const smooth = y.map((_, i) => {
-    const part = y.slice(Math.max(0, i - window + 1), i + 1);
-    return part.reduce((a, b) => a + b, 0) / part.length;
-  });
+  const smooth = movingAverage(y, window);
   await writePlotPng(`${dir}/loss.png`, [
     { x, y, color: [170, 195, 235] },
     { x, y: smooth, color: [20, 60, 160] },

@@ -28,7 +28,7 @@ import { ready } from "../engine/device.ts";
 import { memory, releaseCachedMemory } from "../engine/memory.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { atomicWrite } from "../io/atomic.ts";
-import { writePlotPng } from "../io/plot.ts";
+import { movingAverage, writePlotPng } from "../io/plot.ts";
 import { writeSlicesPng } from "../io/png.ts";
 import { listNiftiFiles } from "../pipelines/dataset.ts";
 import { loadModelFile, type ModelInfo } from "../pipelines/modelfile.ts";
@@ -144,17 +144,6 @@ const LOSS_PLOT_COLORS: Record<string, [number, number, number]> = {
   quanta: [140, 86, 75], // brown
   full: [40, 40, 40], // black
 };
-
-/** Trailing moving average over `window` points (shorter at the start). */
-function movingAverage(ys: readonly number[], window: number): number[] {
-  const out: number[] = [];
-  let sum = 0;
-  for (let i = 0; i < ys.length; i++) {
-    sum += ys[i] - (i >= window ? ys[i - window] : 0);
-    out.push(sum / Math.min(i + 1, window));
-  }
-  return out;
-}
 
 function shellQuote(args: readonly string[]): string {
   return args.map((a) => (/^[\w./:=,+@%-]+$/.test(a) ? a : `'${a.replaceAll("'", `'\\''`)}'`)).join(" ");
