@@ -36,6 +36,13 @@ export {
   unetOptionsFromMonai,
 } from "./models/unet.ts";
 export {
+  ControlNet,
+  type ControlNetForwardOptions,
+  type ControlNetOptions,
+  controlNetOptionsFromMonai,
+  type ControlNetResiduals,
+} from "./models/controlnet.ts";
+export {
   type DDIMOptions,
   DDIMScheduler,
   DDPMScheduler,
