@@ -41,6 +41,7 @@ export {
   type ControlNetOptions,
   controlNetOptionsFromMonai,
   type ControlNetResiduals,
+  type ResolvedControlNetOptions,
 } from "./models/controlnet.ts";
 export {
   type DDIMOptions,
