@@ -44,6 +44,21 @@ export {
   type ResolvedControlNetOptions,
 } from "./models/controlnet.ts";
 export {
+  encoderDownsamplings,
+  epsFromPrediction,
+  modulate,
+  type Modulation,
+  type Prediction,
+  predictionFromEps,
+  type ResolvedVCMOptions,
+  resolveVCMOptions,
+  VCM,
+  VCMConditionEncoder,
+  type VCMForwardOptions,
+  type VCMOptions,
+  type VCMUNetOptions,
+} from "./models/vcm.ts";
+export {
   type DDIMOptions,
   DDIMScheduler,
   DDPMScheduler,
