@@ -114,3 +114,21 @@ export {
   type VolumeInfo,
 } from "./pipelines/modelfile.ts";
 export * from "./adapters/mod.ts";
+export {
+  ACCEPTED_SAMPLER_NAMES,
+  DEFAULT_SAMPLER,
+  findSampler,
+  makeScheduler,
+  SAMPLER_NAMES,
+  SAMPLER_REGISTRY,
+  type SamplerEntry,
+} from "./samplers/registry.ts";
+export {
+  type ConditionSpec,
+  generate,
+  type GeneratedVolumes,
+  type GenerationRequest,
+  type Generator,
+} from "./pipelines/generate.ts";
+export { loadGenerator, type LoadGeneratorOptions, unetGenerator } from "./pipelines/modelfile.ts";
+export { writeStackedFiles, writeVolumeFiles, type WrittenVolume } from "./pipelines/output.ts";

@@ -6,21 +6,19 @@
  * @module
  */
 
+import { type AdapterSpec, mergeAdapterFiles } from "../adapters/io.ts";
+import type { AdapterSet } from "../adapters/inject.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import type { Affine } from "../io/nifti.ts";
 import { loadSafetensorsFile, saveSafetensors } from "../io/safetensors.ts";
 import { DiffusionModelUNet, type DiffusionModelUNetOptions } from "../models/unet.ts";
 import type { SchedulerOptions } from "../samplers/scheduler.ts";
+import type { Generator, VolumeInfo } from "./generate.ts";
 
-/** Geometry and intensity convention of the volumes a model generates. */
-export interface VolumeInfo {
-  /** Spatial size [nx, ny, nz] (the tensor is [1, C, nz, ny, nx]). */
-  shape: [number, number, number];
-  /** Voxel → world affine of generated volumes. */
-  affine: Affine;
-  /** Intensity range the model was trained in (e.g. [-1, 1]). */
-  range: [number, number];
-}
+export type { VolumeInfo } from "./generate.ts";
+
+/** Path of the embedded default model (the demo model `deno task sample` and the server use). */
+export const DEFAULT_MODEL: string =
+  new URL("../models/default/brain32.safetensors", import.meta.url).pathname;
 
 /** What a model file describes besides its weights. */
 export interface ModelInfo {
@@ -82,4 +80,39 @@ export async function loadModelFile(path: string): Promise<LoadedModel> {
   } finally {
     for (const t of weights.values()) t.dispose();
   }
+}
+
+/** The {@linkcode Generator} of a loaded U-Net model (disposing it disposes the U-Net). */
+export function unetGenerator({ unet, info }: LoadedModel): Generator {
+  const [nx, ny, nz] = info.volume.shape;
+  const classes = unet.config.numClassEmbeds;
+  return {
+    denoiser: (x, t, c) => unet.forward(x, t, { context: c.context, classLabels: c.classLabels }),
+    sampleShape: [unet.config.inChannels, nz, ny, nx],
+    scheduler: info.scheduler,
+    parameterCount: unet.numParameters(),
+    volume: info.volume,
+    conditions: classes !== null ? { classes: { count: classes } } : undefined,
+    dispose: () => unet.dispose(),
+  };
+}
+
+/** Options of {@linkcode loadGenerator}. */
+export interface LoadGeneratorOptions {
+  /** Adapters merged into the weights, in order. */
+  adapters?: readonly AdapterSpec[];
+  /** Hears about each adapter merged (e.g. to log it). */
+  onAdapter?: (spec: AdapterSpec, set: AdapterSet) => void;
+}
+
+/** Loads a model file, merges its adapters, and returns it ready for `generate`. */
+export async function loadGenerator(path: string, opts: LoadGeneratorOptions = {}): Promise<Generator> {
+  const model = await loadModelFile(path);
+  try {
+    await mergeAdapterFiles(model.unet, opts.adapters ?? [], opts.onAdapter);
+  } catch (error) {
+    model.unet.dispose();
+    throw error;
+  }
+  return unetGenerator(model);
 }

@@ -5,11 +5,8 @@
  * @module
  */
 
-/** Samplers the server offers. */
-export const SAMPLERS = ["ddim", "ddpm", "euler-a", "euler"] as const;
-
-/** A sampler name. */
-export type SamplerName = typeof SAMPLERS[number];
+/** A sampler name or alias (samplers/registry.ts has the list). */
+export type SamplerName = string;
 
 /** An adapter applied on top of the model, with its weight. */
 export interface AdapterChoice {
