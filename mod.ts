@@ -132,3 +132,15 @@ export {
 } from "./pipelines/generate.ts";
 export { loadGenerator, type LoadGeneratorOptions, unetGenerator } from "./pipelines/modelfile.ts";
 export { writeStackedFiles, writeVolumeFiles, type WrittenVolume } from "./pipelines/output.ts";
+export { parsePrompt, type PromptPart } from "./models/prompt.ts";
+export {
+  BOS,
+  checkConceptName,
+  PAD,
+  TokenTable,
+  type TokenVocabulary,
+  UnknownTokenError,
+  vocabularyRows,
+} from "./models/tokens.ts";
+export { type ConditioningInfo, DEFAULT_MODEL, modelWeights, TOKEN_PREFIX } from "./pipelines/modelfile.ts";
+export { predictGuided } from "./samplers/sample.ts";

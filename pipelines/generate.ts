@@ -18,6 +18,8 @@ import { map } from "../engine/ops/map.ts";
 import { full, tensor } from "../engine/ops/create.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import type { Affine } from "../io/nifti.ts";
+import { parsePrompt } from "../models/prompt.ts";
+import type { TokenTable } from "../models/tokens.ts";
 import { makeScheduler } from "../samplers/registry.ts";
 import {
   type Conditioning,
@@ -45,6 +47,8 @@ export interface ConditionSpec {
    * condition dropout), which classifier-free guidance needs.
    */
   classes?: { count: number; nullClass?: number };
+  /** The token table prompts are encoded with (a cross-attention model conditioned on learned tokens). */
+  tokens?: TokenTable;
 }
 
 /**
@@ -86,6 +90,11 @@ export interface GenerationRequest {
   eta?: number;
   /** Classifier-free guidance scale (default 1 = plain conditional sampling, no unconditional pass). */
   guidanceScale?: number;
+  /**
+   * Prompt, for a model with a token table: `"<t1>"`, `"<t1>:0.25 AND <flair>:0.75"`, or `""` (the null
+   * context, the default). See models/prompt.ts.
+   */
+  prompt?: string;
   /** Class label, for a class-conditional model. */
   classLabel?: number;
   /**
@@ -136,7 +145,12 @@ export async function generate(model: Generator, request: GenerationRequest): Pr
   }
 }
 
-/** The plain condition or the guidance of a request, checked against what the model accepts. */
+/**
+ * The plain condition or the guidance of a request, checked against what the model accepts. A prompt's
+ * sub-prompts become weighted conditions (weight × guidance scale, A1111's semantics) against the null
+ * context; a class label is guided against the null class. Without guidance (one condition of weight 1)
+ * there is no unconditional pass.
+ */
 function conditioningOf(
   model: Generator,
   request: GenerationRequest,
@@ -145,11 +159,16 @@ function conditioningOf(
 ): Pick<SampleOptions, "condition" | "guidance"> {
   const scale = request.guidanceScale ?? 1;
   if (!Number.isFinite(scale)) throw new Error(`guidance scale ${scale} is not a number.`);
-  const classes = model.conditions?.classes;
+  const { classes, tokens } = model.conditions ?? {};
   if (request.classLabel !== undefined && !classes) {
     throw new Error("a class label was given, but the model has no classes.");
   }
-  if (!classes) {
+  if (request.prompt !== undefined && !tokens) {
+    throw new Error(
+      "a prompt was given, but the model has no token table (it is not conditioned on tokens).",
+    );
+  }
+  if (!classes && !tokens) {
     if (scale !== 1) {
       throw new Error(
         `guidance scale ${scale}: the model is unconditional, so only 1 (no guidance) applies.`,
@@ -158,26 +177,38 @@ function conditioningOf(
     return {};
   }
   const label = request.classLabel;
-  if (label === undefined || !Number.isInteger(label) || label < 0 || label >= classes.count) {
+  if (classes && (label === undefined || !Number.isInteger(label) || label < 0 || label >= classes.count)) {
     throw new Error(
       `the model is class-conditional: give a class label, an integer in 0..${classes.count - 1}` +
         (label === undefined ? "." : ` (got ${label}).`),
     );
   }
-  const labels = (value: number): Conditioning => {
-    const t = full([batch], value);
-    owned.push(t);
-    return { classLabels: t };
+  // Without a token table the class label is the one condition; the empty prompt is the null context.
+  const parts = tokens ? parsePrompt(request.prompt ?? "") : [{ tokens: [], weight: 1 }];
+  tokens?.checkTokens(parts.flatMap((p) => p.tokens));
+  const make = (words: readonly string[] | null, classValue: number | undefined): Conditioning => {
+    const c: Conditioning = {};
+    if (tokens) owned.push(c.context = tokens.encode(words ?? []));
+    if (classValue !== undefined) owned.push(c.classLabels = full([batch], classValue));
+    return c;
   };
-  if (scale === 1) return { condition: labels(label) };
-  if (classes.nullClass === undefined) {
-    throw new Error(
-      `guidance scale ${scale}: the model learned no null class (it was trained without condition ` +
-        "dropout), so it cannot be guided; use scale 1.",
-    );
+  if (parts.length === 0) return { condition: make(null, label) };
+  if (parts.length === 1 && parts[0].weight * scale === 1) return { condition: make(parts[0].tokens, label) };
+  let nullClass: number | undefined;
+  if (classes) {
+    nullClass = classes.nullClass;
+    if (nullClass === undefined) {
+      throw new Error(
+        `guidance scale ${scale}: the model learned no null class (it was trained without condition ` +
+          "dropout), so it cannot be guided; use scale 1.",
+      );
+    }
   }
   return {
-    guidance: { unconditional: labels(classes.nullClass), conditions: [{ ...labels(label), weight: scale }] },
+    guidance: {
+      unconditional: make(null, nullClass),
+      conditions: parts.map((p) => ({ ...make(p.tokens, label), weight: p.weight * scale })),
+    },
   };
 }
 
