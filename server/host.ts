@@ -33,6 +33,7 @@ import {
   CANCELLED,
   DEFAULT_QUEUE_NAME,
   type QueuedJob,
+  type QueueKeys,
   queueKeys,
   recordFinished,
   redact,
@@ -96,13 +97,15 @@ export async function startHost(opts: HostOptions): Promise<RunningHost> {
   const resolve = catalogFiles(catalog);
 
   const redis = new Redis({ ...connection, lazyConnect: true });
-  redis.on("error", () => {}); // reported where a command fails (and ioredis reconnects by itself)
+  // Errors surface where a command fails (ioredis reconnects by itself); the last one explains a failed start.
+  let lastError: Error | undefined;
+  redis.on("error", (error: Error) => (lastError = error));
   try {
     await redis.connect();
   } catch (error) {
     redis.disconnect();
     throw new Error(
-      `cannot reach the queue's Redis at ${redact(opts.queueUrl)}: ${(error as Error).message}`,
+      `cannot reach the queue's Redis at ${redact(opts.queueUrl)}: ${(lastError ?? error as Error).message}`,
     );
   }
   const gpu = new GpuRunner({ log });

@@ -291,19 +291,25 @@ export class RedisQueue implements JobQueue {
 
   /** Connects to the queue at `url`; rejects when Redis cannot be reached. */
   static async open(url: string, opts: RedisQueueOptions): Promise<RedisQueue> {
-    const connection = redisOptions(url);
+    // An API server's commands fail fast while Redis is away (an error answer, not a request that hangs);
+    // only QueueEvents, which blocks on the event stream, must retry for ever.
+    const connection = { ...redisOptions(url), maxRetriesPerRequest: 2 };
     const name = opts.name ?? DEFAULT_QUEUE_NAME;
     const redis = new Redis({ ...connection, lazyConnect: true });
-    redis.on("error", () => {}); // reported where a command fails (and ioredis reconnects by itself)
+    // Errors surface where a command fails (ioredis reconnects by itself); the last one explains a failed start.
+    let lastError: Error | undefined;
+    redis.on("error", (error: Error) => (lastError = error));
     try {
       await redis.connect();
       await redis.ping();
     } catch (error) {
       redis.disconnect();
-      throw new Error(`cannot reach the queue's Redis at ${redact(url)}: ${(error as Error).message}`);
+      throw new Error(
+        `cannot reach the queue's Redis at ${redact(url)}: ${(lastError ?? error as Error).message}`,
+      );
     }
     const queue: SampleQueue = new Queue(name, { connection });
-    const events = new QueueEvents(name, { connection });
+    const events = new QueueEvents(name, { connection: { ...connection, maxRetriesPerRequest: null } });
     const producer = new QueueEventsProducer(name, { connection });
     await Promise.all([queue.waitUntilReady(), events.waitUntilReady(), producer.waitUntilReady()]);
     const self = new RedisQueue(queue, events, producer, redis, name, opts);
@@ -428,10 +434,26 @@ export class RedisQueue implements JobQueue {
   }
 
   async health(): Promise<QueueHealth> {
-    const [counts, hosts] = await Promise.all([
-      this.#queue.getJobCounts("waiting", "prioritized", "delayed", "active"),
-      readHosts(this.#redis, this.#keys),
-    ]);
+    let counts: Record<string, number>;
+    let hosts: WorkerHostInfo[];
+    try {
+      [counts, hosts] = await Promise.all([
+        this.#queue.getJobCounts("waiting", "prioritized", "delayed", "active"),
+        readHosts(this.#redis, this.#keys),
+      ]);
+    } catch (error) {
+      return {
+        queue: "redis",
+        worker: "unavailable",
+        device: null,
+        workerError: `the queue's Redis cannot be reached: ${(error as Error).message}`,
+        workerRestarts: 0,
+        depth: 0,
+        capacity: this.#capacity,
+        running: null,
+        active: 0,
+      };
+    }
     const order: WorkerState[] = ["ready", "restarting", "starting", "unavailable"];
     const best = order.find((s) => hosts.some((h) => h.state === s));
     const ready = hosts.find((h) => h.state === "ready");

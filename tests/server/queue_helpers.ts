@@ -23,8 +23,11 @@ export interface RedisServer {
   stop(): Promise<void>;
 }
 
-/** Starts `redis-server` on a fresh unix socket with TCP off and no persistence; resolves once it answers. */
-export async function startRedis(): Promise<RedisServer> {
+/**
+ * Starts `redis-server` on a fresh unix socket with TCP off and no persistence; resolves once it accepts
+ * connections. With `password`, clients must authenticate (the URL carries it).
+ */
+export async function startRedis(password?: string): Promise<RedisServer> {
   const dir = await Deno.makeTempDir({ prefix: "voxgen-redis-" });
   const sock = `${dir}/redis.sock`;
   let child: Deno.ChildProcess;
@@ -33,6 +36,7 @@ export async function startRedis(): Promise<RedisServer> {
       args: [
         ...["--port", "0", "--unixsocket", sock, "--unixsocketperm", "700"],
         ...["--save", "", "--appendonly", "no", "--dir", dir, "--maxmemory-policy", "noeviction"],
+        ...(password ? ["--requirepass", password] : []),
       ],
       stdin: "null",
       stdout: "null",
@@ -66,7 +70,8 @@ export async function startRedis(): Promise<RedisServer> {
       await new Promise((r) => setTimeout(r, 20));
     }
   }
-  return { url: `unix://${sock}`, stop };
+  const query = password ? `?password=${encodeURIComponent(password)}` : "";
+  return { url: `unix://${sock}${query}`, stop };
 }
 
 /** A GPU worker host process (`server/host.ts`). */

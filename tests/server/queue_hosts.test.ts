@@ -3,7 +3,8 @@
  * worker hosts (`worker`), all on loopback. Queued jobs survive an API server restart; results are served
  * by either API server; a cancel sent to one API server stops the job on whichever host runs it; a host
  * SIGKILLed mid-job has its job finished by the other host, and every job completes exactly once; a
- * restarted host takes jobs again. Short lock and stall intervals keep the recovery to a few seconds.
+ * restarted host takes jobs again; with Redis gone, /healthz answers 503. Redis needs a password (given in the
+ * URL). Short lock and stall intervals keep the recovery to a few seconds.
  */
 
 import { deepStrictEqual, equal, match, ok } from "node:assert";
@@ -30,7 +31,7 @@ Deno.test({
     const dir = await Deno.makeTempDir();
     const model = `${dir}/tiny.safetensors`;
     await makeTinyModel(model);
-    const redis = await startRedis();
+    const redis = await startRedis("s3cret/&pass");
     const apiArgs = (name: string) => [
       ...["--queue", redis.url, "--token", TOKEN, "--data-dir", `${dir}/${name}`, "--default-model", model],
       ...["--queue-size", "20"],
@@ -157,9 +158,22 @@ Deno.test({
         equal(value("voxgen_job_seconds_count"), 8);
         match(text, /^voxgen_job_seconds_bucket\{le="\+Inf"\} 8$/m);
       });
+
+      await t.step(
+        "a wrong Redis password is refused; with Redis gone, /healthz is 503 and says why",
+        async () => {
+          const wrong = redis.url.replace(/password=[^&]*/, "password=wrong");
+          const res = await startServer(["--queue", wrong, "--data-dir", `${dir}/api-c`]).catch((e) => e);
+          match(String(res), /cannot reach the queue's Redis.*(WRONGPASS|invalid username-password)/s);
+          await redis.stop();
+          const health = await fetch(`${a.url}/healthz`);
+          equal(health.status, 503);
+          match((await health.json()).workerError, /the queue's Redis cannot be reached/);
+        },
+      );
     } finally {
-      for (const h of hosts) await h.stop("SIGKILL").catch(() => {});
-      for (const s of servers) await s.stop("SIGTERM").catch(() => {});
+      // SIGKILL: with Redis gone a graceful stop would wait for reconnections.
+      for (const p of [...hosts, ...servers]) await p.stop("SIGKILL").catch(() => {});
       await redis.stop();
       await Deno.remove(dir, { recursive: true });
     }
