@@ -8,6 +8,9 @@
 /** A sampler name or alias (samplers/registry.ts has the list). */
 export type SamplerName = string;
 
+/** Highest queue priority a request may ask for (0 is the default and lowest). */
+export const MAX_PRIORITY = 100;
+
 /** An adapter applied on top of the model, with its weight. */
 export interface AdapterChoice {
   /** Adapter name: a file `<data>/adapters/<name>.safetensors`. */
@@ -32,6 +35,8 @@ export interface SampleRequest {
   guidanceScale: number;
   /** Volumes to generate. */
   batch: number;
+  /** Queue priority 0…100: higher runs first, equal ones in order of submission (default 0). */
+  priority?: number;
 }
 
 /** Everything the worker needs to run a job: the request with names resolved to files. */
