@@ -64,7 +64,11 @@ function halfToFloat(h: number): number {
   return sign * (1 + frac / 1024) * 2 ** (exp - 15);
 }
 
-function decode(
+/**
+ * Decodes `count` little-endian elements of `dtype` from `bytes`: float types to a Float32Array, integer and
+ * bool types to an Int32Array (int64 outside the int32 range is an error naming `name` and `source`).
+ */
+export function decodeTensorData(
   dtype: SafetensorsDType,
   bytes: Uint8Array,
   count: number,
@@ -210,7 +214,7 @@ export function parseSafetensors(bytes: Uint8Array, source = "<bytes>"): Safeten
     tensors.set(name, {
       dtype,
       shape: shape as number[],
-      data: decode(dtype, data.subarray(begin, end), count, name, source),
+      data: decodeTensorData(dtype, data.subarray(begin, end), count, name, source),
     });
   }
   ranges.sort((a, b) => a[0] - b[0]);
