@@ -24,10 +24,13 @@ import {
 } from "../samplers/scheduler.ts";
 import { numberOption } from "./options.ts";
 import { Progress } from "../io/progress.ts";
+import { isUrl, pathOrUrl } from "../io/read.ts";
 
-/** Path of the embedded default model. */
-export const DEFAULT_MODEL: string =
-  new URL("../models/default/brain32.safetensors", import.meta.url).pathname;
+/** Where the embedded default model is: next to this module, locally or on a web server. */
+export const DEFAULT_MODEL_URL: URL = new URL("../models/default/brain32.safetensors", import.meta.url);
+
+/** The embedded default model as a path when it is local, else as its URL. */
+export const DEFAULT_MODEL: string = pathOrUrl(DEFAULT_MODEL_URL);
 
 const HELP = `Usage: deno task sample [options]
 
@@ -148,7 +151,8 @@ export async function main(args: string[]): Promise<void> {
   const modelPath = values.model ?? DEFAULT_MODEL;
   const adapters = (values.adapter ?? []).map(parseAdapterSpec);
   try {
-    await Deno.stat(modelPath);
+    // A remote model (running from a URL) is checked when it is fetched.
+    if (!isUrl(modelPath)) await Deno.stat(modelPath);
   } catch {
     throw new Error(
       modelPath === DEFAULT_MODEL

@@ -59,13 +59,15 @@ export interface LoadedModel {
   info: ModelInfo;
 }
 
-/** Loads a model file written by {@linkcode saveModelFile}. */
-export async function loadModelFile(path: string): Promise<LoadedModel> {
+/** Loads a model file written by {@linkcode saveModelFile}, from a path, a URL (`file:`, `http(s):`) or bytes. */
+export async function loadModelFile(path: string | URL | Uint8Array): Promise<LoadedModel> {
   const { tensors: weights, metadata: meta } = await loadSafetensorsFile(path);
   try {
     if (meta.format !== KIND) {
       throw new Error(
-        `${path} is not a voxgen model file (metadata format ${JSON.stringify(meta.format)}); ` +
+        `${path instanceof Uint8Array ? "<bytes>" : path} is not a voxgen model file (metadata format ${
+          JSON.stringify(meta.format)
+        }); ` +
           "a MONAI state dict loads with DiffusionModelUNet.loadStateDict instead.",
       );
     }
