@@ -16,8 +16,9 @@ import { writeVolumeFiles } from "../pipelines/output.ts";
 import { findSampler, SAMPLER_REGISTRY, unknownSamplerMessage } from "../samplers/registry.ts";
 import { numberOption } from "./options.ts";
 import { Progress } from "../io/progress.ts";
+import { isUrl, pathOrUrl } from "../io/read.ts";
 
-export { DEFAULT_MODEL } from "../pipelines/modelfile.ts";
+export { DEFAULT_MODEL, DEFAULT_MODEL_URL } from "../pipelines/modelfile.ts";
 export type { AdapterSpec } from "../adapters/mod.ts";
 
 const SAMPLER_HELP = SAMPLER_REGISTRY.map((s) =>
@@ -107,7 +108,8 @@ export async function main(args: string[]): Promise<void> {
   const modelPath = values.model ?? DEFAULT_MODEL;
   const adapters = (values.adapter ?? []).map(parseAdapterSpec);
   try {
-    await Deno.stat(modelPath);
+    // A remote model (running from a URL) is checked when it is fetched.
+    if (!isUrl(modelPath)) await Deno.stat(modelPath);
   } catch {
     throw new Error(
       modelPath === DEFAULT_MODEL
