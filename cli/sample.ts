@@ -1,7 +1,7 @@
 /**
  * `deno task sample`: generates volumes from a voxgen model file (by default the embedded demo model) and
  * writes them as NIfTI with a PNG preview of the orthogonal mid-slices. Adapters written by `finetune` can be
- * blended in, each with its own weight.
+ * blended in, each with its own weight, and a control module (`train-control`) steers it with condition volumes.
  *
  * @module
  */
@@ -11,12 +11,14 @@ import { type AdapterSet, type AdapterSpec, mergeAdapterFiles } from "../adapter
 import { ready } from "../engine/device.ts";
 import type { DiffusionModelUNet } from "../models/unet.ts";
 import { generate } from "../pipelines/generate.ts";
-import { DEFAULT_MODEL, loadGenerator } from "../pipelines/modelfile.ts";
+import { DEFAULT_MODEL, loadGenerator, loadModelWithAdapters } from "../pipelines/modelfile.ts";
+import { controlledGenerator } from "../pipelines/control.ts";
+import { readNifti } from "../io/nifti.ts";
 import { writeVolumeFiles } from "../pipelines/output.ts";
 import { findSampler, SAMPLER_REGISTRY, unknownSamplerMessage } from "../samplers/registry.ts";
 import { numberOption } from "./options.ts";
 import { Progress } from "../io/progress.ts";
-import { isUrl, pathOrUrl } from "../io/read.ts";
+import { isUrl } from "../io/read.ts";
 
 export { DEFAULT_MODEL, DEFAULT_MODEL_URL } from "../pipelines/modelfile.ts";
 export type { AdapterSpec } from "../adapters/mod.ts";
@@ -39,6 +41,12 @@ const HELP = `Usage: deno task sample [options]
   --batch N         number of volumes (default 1)
   --out FILE        output NIfTI (.nii or .nii.gz; default sample.nii.gz); batches get _0, _1, … suffixes
   --png FILE        preview image (default: the output name with .png)
+  --control-model FILE
+                    a control module written by \`deno task train-control\` for this model (VCM or ControlNet)
+  --control FILE    its condition volume (NIfTI on the model's grid, in the model's intensity range for
+                    image conditions); repeat once per condition of the module, in its order ("none": absent,
+                    VCM only)
+  --control-scale S strength of the control (default 1)
 `;
 
 /** Parses `FILE` or `FILE:WEIGHT` (the part after the last colon is the weight when it is a number). */
@@ -86,6 +94,9 @@ export async function main(args: string[]): Promise<void> {
       batch: { type: "string" },
       out: { type: "string", default: "sample.nii.gz" },
       png: { type: "string" },
+      "control-model": { type: "string" },
+      control: { type: "string", multiple: true },
+      "control-scale": { type: "string" },
       help: { type: "boolean", short: "h" },
     },
     strict: true,
@@ -124,8 +135,31 @@ export async function main(args: string[]): Promise<void> {
       throw new Error(`--adapter: no such file ${path}.`);
     }
   }
+  const controlModel = values["control-model"];
+  if (!controlModel && (values.control?.length || values["control-scale"] !== undefined)) {
+    throw new Error("--control and --control-scale need --control-model (the control module to apply).");
+  }
+  if (controlModel && !values.control?.length) {
+    throw new Error(
+      "--control-model needs its condition volumes: --control COND.nii.gz (once per condition).",
+    );
+  }
+  const controlScale = numberOption("control-scale", values["control-scale"], 1, -100, 100);
+  const conditions = await Promise.all((values.control ?? []).map(async (path) => {
+    if (path === "none") return null;
+    const nii = await readNifti(path).catch((error) => {
+      throw new Error(`--control: cannot read ${path}: ${(error as Error).message}`);
+    });
+    return { data: nii.data, shape: nii.shape, source: path };
+  }));
   const device = await ready();
-  const model = await loadGenerator(modelPath, { adapters, onAdapter: logAdapter });
+  const model = controlModel
+    ? await controlledGenerator(await loadModelWithAdapters(modelPath, { adapters, onAdapter: logAdapter }), {
+      file: controlModel,
+      conditions,
+      scale: controlScale,
+    })
+    : await loadGenerator(modelPath, { adapters, onAdapter: logAdapter });
   try {
     console.error(
       `model ${modelPath}: ${model.parameterCount.toLocaleString()} parameters; ${device.adapter}`,

@@ -16,6 +16,7 @@ import { noGrad } from "../engine/autograd.ts";
 import { scope } from "../engine/memory.ts";
 import { abs, add, mse, mul } from "../engine/ops/elementwise.ts";
 import { mean } from "../engine/ops/reduce.ts";
+import { tensor } from "../engine/ops/create.ts";
 import { concat } from "../engine/ops/view.ts";
 import { formatShape } from "../engine/shape.ts";
 import type { Tensor } from "../engine/tensor.ts";
@@ -30,8 +31,10 @@ import {
   VCM,
   type VCMOptions,
 } from "../models/vcm.ts";
-import type { Denoiser } from "../samplers/sample.ts";
-import type { Scheduler } from "../samplers/scheduler.ts";
+import type { Conditioning, Denoiser } from "../samplers/sample.ts";
+import { DDPMScheduler, type Scheduler } from "../samplers/scheduler.ts";
+import type { Generator } from "./generate.ts";
+import { type LoadedModel, unetGenerator } from "./modelfile.ts";
 import type { Batch, ControlInput, DiffusionNetwork } from "./train.ts";
 
 /** The kinds of control module. */
@@ -270,18 +273,19 @@ export function controlledPrediction(
   t: readonly number[],
   input: ControlInput,
   scale = 1,
+  cond: Conditioning = {},
 ): Tensor {
   checkConditions(control, x, input.conditions);
   return scope(() => {
     const conditions = batched(input.conditions, x.shape[0]);
     if (control.module instanceof ControlNet) {
-      const cond = conditions.length === 1 ? conditions[0]! : concat(conditions as Tensor[], 1);
-      const residuals = control.module.forward(x, t, cond, { conditioningScale: scale });
-      return base.forward(x, t, residuals);
+      const condition = conditions.length === 1 ? conditions[0]! : concat(conditions as Tensor[], 1);
+      const residuals = control.module.forward(x, t, condition, { conditioningScale: scale, ...cond });
+      return base.forward(x, t, { ...cond, ...residuals });
     }
     const alphaBar = t.map((s) => scheduler.alphaBar(s));
     const prediction = scheduler.predictionType;
-    const eps = noGrad(() => epsFromPrediction(prediction, base.forward(x, t), x, alphaBar));
+    const eps = noGrad(() => epsFromPrediction(prediction, base.forward(x, t, cond), x, alphaBar));
     const m = control.module.forward(x, eps, conditions, t, { keep: input.keep });
     const scaled: Modulation = scale === 1 ? m : { gamma: mul(m.gamma, scale), beta: mul(m.beta, scale) };
     return predictionFromEps(prediction, modulate(eps, scaled), x, alphaBar);
@@ -296,10 +300,17 @@ export function controlledDenoiser(
   conditions: ReadonlyArray<Tensor | null>,
   scale = 1,
 ): Denoiser {
-  return (x, t) =>
-    controlledPrediction(base, scheduler, control, x, new Array(x.shape[0]).fill(t), {
-      conditions: [...conditions],
-    }, scale);
+  return (x, t, cond) =>
+    controlledPrediction(
+      base,
+      scheduler,
+      control,
+      x,
+      new Array(x.shape[0]).fill(t),
+      { conditions: [...conditions] },
+      scale,
+      cond,
+    );
 }
 
 /**
@@ -339,4 +350,114 @@ export function controlTrainingNetwork(
     };
   }
   return network;
+}
+
+/** A condition volume on the CPU, as read from a NIfTI file. */
+export interface ConditionVolume {
+  /** Values, x fastest, channels slowest. */
+  data: Float32Array;
+  /** [nx, ny, nz] (one channel, or a tissue label map) or [nx, ny, nz, channels]. */
+  shape: readonly number[];
+  /** Where it came from (for errors). */
+  source: string;
+}
+
+/**
+ * The tensor [1, C, nz, ny, nx] of condition `index` of `control` from a volume on the grid of the model's
+ * volumes (`modelShape` [nx, ny, nz], times the module's condition factor). A 3-D volume is one channel, or,
+ * for a "tissue" condition, a label map (1 CSF, 2 grey, 3 white) made one-hot. Anything else is refused with
+ * what is accepted.
+ */
+export function conditionTensor(
+  control: Control,
+  index: number,
+  volume: ConditionVolume,
+  modelShape: readonly number[],
+): Tensor {
+  const name = control.info.conditions[index];
+  const channels = control.info.conditionChannels[index];
+  const factor = control.module instanceof VCM
+    ? 2 ** control.module.config.downsamplings
+    : control.module.conditionFactor;
+  const grid = modelShape.map((n) => n * factor);
+  const [nx, ny, nz] = grid;
+  const spatial = volume.shape.slice(0, 3);
+  if (spatial.join() !== grid.join() || volume.shape.length > 4) {
+    throw new Error(
+      `condition "${name}" (${volume.source}) is ${
+        volume.shape.join("×")
+      }; this control module takes it on ` +
+        `the grid ${grid.join("×")} (the model's ${modelShape.join("×")} volumes${
+          factor > 1 ? ` × ${factor}` : ""
+        }): resample it to that grid first.`,
+    );
+  }
+  const given = volume.shape[3] ?? 1;
+  if (given === channels) return tensor(volume.data, [1, channels, nz, ny, nx]);
+  if (given === 1 && name === "tissue" && channels === 3) {
+    const voxels = nx * ny * nz;
+    const onehot = new Float32Array(3 * voxels);
+    volume.data.forEach((v, i) => {
+      const k = Math.round(v);
+      if (k >= 1 && k <= 3) onehot[(k - 1) * voxels + i] = 1;
+    });
+    return tensor(onehot, [1, 3, nz, ny, nx]);
+  }
+  throw new Error(
+    `condition "${name}" (${volume.source}) has ${given} channel(s); the control module takes ${channels}` +
+      (name === "tissue" ? " (or a 3-D label map: 1 CSF, 2 grey, 3 white)" : "") + ".",
+  );
+}
+
+/** What `sample --control-model` adds to a model. */
+export interface ControlRequest {
+  /** The control file. */
+  file: string;
+  /** One volume per condition of the module, in its order (null: absent, VCM only). */
+  conditions: ReadonlyArray<ConditionVolume | null>;
+  /** Control scale (default 1): ControlNet's conditioningScale, or VCM's γ and β. */
+  scale?: number;
+}
+
+/**
+ * A model steered by a control module, ready for `generate`: the model's own generator with its denoiser
+ * wrapped (see {@linkcode controlledDenoiser}); it frees the module and the conditions with the model.
+ */
+export async function controlledGenerator(model: LoadedModel, request: ControlRequest): Promise<Generator> {
+  const plain = unetGenerator(model);
+  const owned: Tensor[] = [];
+  let control: Control | null = null;
+  try {
+    control = await loadControlFile(request.file, model.unet);
+    if (request.conditions.length !== control.info.conditions.length) {
+      throw new Error(
+        `${request.file} takes ${control.info.conditions.length} condition(s) (${
+          control.info.conditions.join(", ")
+        }); ${request.conditions.length} given.`,
+      );
+    }
+    const tensors = request.conditions.map((v, i) => {
+      if (!v) return null;
+      const t = conditionTensor(control!, i, v, model.info.volume.shape);
+      owned.push(t);
+      return t;
+    });
+    const scheduler = new DDPMScheduler(model.info.scheduler);
+    const module = control.module;
+    return {
+      ...plain,
+      denoiser: controlledDenoiser(model.unet, scheduler, control, tensors, request.scale ?? 1),
+      parameterCount: plain.parameterCount + module.numParameters(),
+      dispose: () => {
+        plain.dispose();
+        module.dispose();
+        for (const t of owned) t.dispose();
+      },
+    };
+  } catch (error) {
+    plain.dispose();
+    control?.module.dispose();
+    for (const t of owned) t.dispose();
+    throw error;
+  }
 }

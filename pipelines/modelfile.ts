@@ -166,8 +166,11 @@ export interface LoadGeneratorOptions {
   onAdapter?: (spec: AdapterSpec, set: AdapterSet) => void;
 }
 
-/** Loads a model file, merges its adapters, and returns it ready for `generate`. */
-export async function loadGenerator(path: string, opts: LoadGeneratorOptions = {}): Promise<Generator> {
+/** Loads a model file and merges its adapters into the U-Net (frees the model if a merge fails). */
+export async function loadModelWithAdapters(
+  path: string,
+  opts: LoadGeneratorOptions = {},
+): Promise<LoadedModel> {
   const model = await loadModelFile(path);
   try {
     await mergeAdapterFiles(model.unet, opts.adapters ?? [], opts.onAdapter);
@@ -176,5 +179,10 @@ export async function loadGenerator(path: string, opts: LoadGeneratorOptions = {
     model.tokens?.dispose();
     throw error;
   }
-  return unetGenerator(model);
+  return model;
+}
+
+/** Loads a model file, merges its adapters, and returns it ready for `generate`. */
+export async function loadGenerator(path: string, opts: LoadGeneratorOptions = {}): Promise<Generator> {
+  return unetGenerator(await loadModelWithAdapters(path, opts));
 }
