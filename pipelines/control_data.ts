@@ -3,8 +3,8 @@
  * random deformation (pipelines/augment.ts; labels with nearest sampling), and spatial conditions computed
  * from each pair:
  *
- * - `ventricles`: the CSF component nearest the centre of the template (a lateral-ventricle analogue), found
- *   once on the template and carried by the deformation (1 channel, 0/1);
+ * - `ventricles`: the CSF in the central box of the template (a lateral-ventricle analogue, see
+ *   {@linkcode ventricleMask}), found once on the template and carried by the deformation (1 channel, 0/1);
  * - `tissue`: one-hot CSF, grey and white matter (3 channels);
  * - `outside`: the image outside the brain (a partial image): [image where not brain, else 0; the known mask];
  * - `slices`: every k-th axial slice (super-resolution): [image on kept slices, else 0; the known mask].
@@ -58,55 +58,27 @@ export interface TemplatePair {
 }
 
 /**
- * The CSF (label 1) component, 6-connected, with the most voxels in the central box (the middle half along
- * every axis): on a brain template, the lateral ventricles. `labels` is x-fastest over `shape` [nx, ny, nz].
+ * The ventricle analogue: CSF (label 1) inside the central box (the middle half along every axis). At the
+ * default model's 6 mm voxels the lateral ventricles are a few dozen voxels, and "the CSF component nearest
+ * the centre" picked different structures in a template and in its segmentation; the central box is the
+ * same rule for both. `labels` is x-fastest over `shape` [nx, ny, nz].
  */
-export function ventricleMask(labels: Float32Array, shape: readonly [number, number, number]): Float32Array {
+export function ventricleMask(
+  labels: ArrayLike<number>,
+  shape: readonly [number, number, number],
+): Float32Array {
   const [nx, ny, nz] = shape;
-  const component = new Int32Array(labels.length).fill(-1);
-  const central = (i: number) => {
-    const x = i % nx, y = Math.floor(i / nx) % ny, z = Math.floor(i / (nx * ny));
-    const inside = (v: number, n: number) => v >= n / 4 && v < (3 * n) / 4;
-    return inside(x, nx) && inside(y, ny) && inside(z, nz);
-  };
-  let best = -1;
-  let bestCount = 0;
-  let next = 0;
-  const stack: number[] = [];
-  for (let seed = 0; seed < labels.length; seed++) {
-    if (labels[seed] !== 1 || component[seed] >= 0) continue;
-    const id = next++;
-    let count = 0;
-    component[seed] = id;
-    stack.push(seed);
-    while (stack.length) {
-      const i = stack.pop()!;
-      if (central(i)) count++;
-      const x = i % nx, y = Math.floor(i / nx) % ny, z = Math.floor(i / (nx * ny));
-      const neighbours = [
-        x > 0 ? i - 1 : -1,
-        x < nx - 1 ? i + 1 : -1,
-        y > 0 ? i - nx : -1,
-        y < ny - 1 ? i + nx : -1,
-        z > 0 ? i - nx * ny : -1,
-        z < nz - 1 ? i + nx * ny : -1,
-      ];
-      for (const j of neighbours) {
-        if (j >= 0 && labels[j] === 1 && component[j] < 0) {
-          component[j] = id;
-          stack.push(j);
-        }
+  const inside = (v: number, n: number) => v >= n / 4 && v < (3 * n) / 4;
+  const mask = new Float32Array(nx * ny * nz);
+  for (let z = 0; z < nz; z++) {
+    for (let y = 0; y < ny; y++) {
+      for (let x = 0; x < nx; x++) {
+        const i = x + nx * (y + ny * z);
+        if (Math.round(labels[i]) === 1 && inside(x, nx) && inside(y, ny) && inside(z, nz)) mask[i] = 1;
       }
     }
-    if (count > bestCount) {
-      best = id;
-      bestCount = count;
-    }
   }
-  if (best < 0) {
-    throw new Error("ventricleMask: no CSF voxel (label 1) in the central box of the tissue map.");
-  }
-  return Float32Array.from(component, (c) => (c === best ? 1 : 0));
+  return mask;
 }
 
 /**
@@ -242,7 +214,7 @@ export function pairedBatches(
       const lab = labels.length === 1 ? labels[0] : concat(labels, 0);
       const conditions = conditionsOf(opts.conditions, x0, lab, { sliceEvery: opts.sliceEvery });
       if (images.length > 1) { for (const t of [...images, ...labels]) t.dispose(); }
-      else lab.dispose();
+      lab.dispose();
       const n = opts.conditions.length;
       let keep: number[][] | undefined;
       if (n > 1 && (opts.latentDropout ?? true)) {
