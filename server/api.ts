@@ -6,10 +6,12 @@
  * @module
  */
 
-import type { Catalog } from "./catalog.ts";
+import { type Catalog, safetensorsMetadata } from "./catalog.ts";
+import { readNifti } from "../io/nifti.ts";
+import { atomicWrite } from "../io/atomic.ts";
 import { ApiError } from "./errors.ts";
 import { ACCEPTED_SAMPLER_NAMES, DEFAULT_SAMPLER, findSampler } from "../samplers/registry.ts";
-import { type AdapterChoice, MAX_PRIORITY, type SampleRequest } from "./protocol.ts";
+import { type AdapterChoice, type ControlChoice, MAX_PRIORITY, type SampleRequest } from "./protocol.ts";
 import { prometheusText } from "./metrics.ts";
 import type { JobEvent, JobQueue } from "./queue.ts";
 import { FINAL_STATES, type Job, type JobStatus } from "./store.ts";
@@ -51,7 +53,11 @@ const REQUEST_FIELDS = [
   "guidanceScale",
   "batch",
   "priority",
+  "control",
 ];
+const CONTROL_FIELDS = ["name", "conditions", "scale"];
+/** Largest condition volume upload (a 128³ float32 volume with 4 channels is 32 MiB). */
+const MAX_CONDITION_BYTES = 64 * 1024 * 1024;
 const ADAPTER_FIELDS = ["name", "weight"];
 const STATUSES: readonly JobStatus[] = ["queued", "running", "done", "failed", "cancelled"];
 const MAX_ADAPTERS = 8;
@@ -106,7 +112,15 @@ export function createApi(opts: ApiOptions): Api {
     }
     if (parts.length === 1 && parts[0] === "models") {
       allow(req, ["GET"]);
-      return json(200, { models: await opts.catalog.models(), adapters: await opts.catalog.adapters() });
+      return json(200, {
+        models: await opts.catalog.models(),
+        adapters: await opts.catalog.adapters(),
+        controls: await opts.catalog.controls(),
+      });
+    }
+    if (parts.length === 2 && parts[0] === "conditions") {
+      allow(req, ["PUT"]);
+      return await uploadCondition(req, parts[1]);
     }
     if (parts[0] === "jobs") {
       if (parts.length === 1) {
@@ -174,6 +188,25 @@ export function createApi(opts: ApiOptions): Api {
     const request = await validateRequest(body, opts);
     const job = await opts.queue.submit(request);
     return json(202, { id: job.id, status: job.status }, { location: `/v1/jobs/${job.id}` });
+  }
+
+  /** Stores an uploaded condition volume (a NIfTI file, gzipped or not) under `name`, atomically. */
+  async function uploadCondition(req: Request, name: string): Promise<Response> {
+    const path = opts.catalog.conditionPath(name);
+    const bytes = await readBody(req, MAX_CONDITION_BYTES);
+    let shape: number[];
+    try {
+      shape = (await readNifti(bytes)).shape;
+    } catch (error) {
+      throw new ApiError(
+        422,
+        "invalid_condition",
+        `The body is not a NIfTI volume: ${(error as Error).message}`,
+      );
+    }
+    await Deno.mkdir(opts.catalog.conditionsDir, { recursive: true });
+    await atomicWrite(path, bytes);
+    return json(201, { name, shape });
   }
 
   async function listJobs(url: URL): Promise<Response> {
@@ -336,8 +369,8 @@ function allow(req: Request, methods: string[]): void {
   }
 }
 
-/** Reads a JSON body of at most `max` bytes (counted as they arrive, whatever Content-Length claims). */
-async function readJson(req: Request, max: number): Promise<unknown> {
+/** Reads a body of at most `max` bytes (counted as they arrive, whatever Content-Length claims). */
+async function readBody(req: Request, max: number): Promise<Uint8Array> {
   const tooLarge = () =>
     new ApiError(413, "body_too_large", `The request body exceeds the ${max}-byte limit.`);
   const declared = Number(req.headers.get("content-length") ?? 0);
@@ -363,6 +396,12 @@ async function readJson(req: Request, max: number): Promise<unknown> {
     bytes.set(c, at);
     at += c.byteLength;
   }
+  return bytes;
+}
+
+/** Reads a JSON body of at most `max` bytes. */
+async function readJson(req: Request, max: number): Promise<unknown> {
+  const bytes = await readBody(req, max);
   let text: string;
   try {
     text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
@@ -424,6 +463,7 @@ export async function validateRequest(
     );
   }
   const request: SampleRequest = { model, adapters, sampler, steps, seed, guidanceScale, batch };
+  if (b.control !== undefined) request.control = await parseControl(b.control, limits.catalog);
   // Only when asked for, so the stored request of an ordinary job stays as it was.
   if (b.priority !== undefined) request.priority = integer(b, "priority", 0, 0, MAX_PRIORITY);
   return request;
@@ -510,6 +550,49 @@ function parseAdapters(value: unknown): AdapterChoice[] {
     out.push({ name: a.name, weight });
   }
   return out;
+}
+
+/**
+ * Checks a request's `control` ({ name, conditions, scale }) against the catalog: the module exists, takes as
+ * many conditions as given, and every named condition volume was uploaded. (Grids are checked by the job.)
+ */
+async function parseControl(value: unknown, catalog: Catalog): Promise<ControlChoice> {
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new ApiError(
+      400,
+      "invalid_type",
+      `control must be an object { name, conditions, scale }, not ${describe(value)}.`,
+    );
+  }
+  const c = value as Record<string, unknown>;
+  rejectUnknown(c, CONTROL_FIELDS, "control");
+  if (typeof c.name !== "string") {
+    throw new ApiError(400, "invalid_type", `control.name must be a string, not ${describe(c.name)}.`);
+  }
+  const conditions = c.conditions;
+  if (!Array.isArray(conditions) || !conditions.every((x) => typeof x === "string" || x === null)) {
+    throw new ApiError(
+      400,
+      "invalid_type",
+      "control.conditions must be an array of uploaded condition names (PUT /v1/conditions/:name) or null.",
+    );
+  }
+  const scale = optional(c, "scale", "number", 1) as number;
+  if (!Number.isFinite(scale) || Math.abs(scale) > 10) {
+    throw new ApiError(422, "out_of_range", `control.scale ${scale} is outside -10..10.`);
+  }
+  const path = await catalog.control(c.name);
+  const takes: string[] = JSON.parse((await safetensorsMetadata(path)).conditions ?? "[]");
+  if (takes.length !== conditions.length) {
+    throw new ApiError(
+      422,
+      "invalid_value",
+      `Control module "${c.name}" takes ${takes.length} condition(s) (${takes.join(", ")}); ` +
+        `${conditions.length} given.`,
+    );
+  }
+  for (const name of conditions) if (name !== null) await catalog.condition(name);
+  return { name: c.name, conditions: conditions as Array<string | null>, scale };
 }
 
 function describe(v: unknown): string {

@@ -1,6 +1,8 @@
 /**
  * The models and adapters a server offers: `<data>/models/<name>.safetensors` (voxgen model files) and
- * `<data>/adapters/<name>.safetensors`, plus the embedded default model under the name "default". Only the
+ * `<data>/adapters/<name>.safetensors`, plus the embedded default model under the name "default"; control
+ * modules `<data>/controls/<name>.safetensors` and the condition volumes uploaded for them,
+ * `<data>/conditions/<name>.nii`. Only the
  * safetensors header is read here (the weights are the worker's business), and names are checked so that
  * no request can reach a file outside those directories.
  *
@@ -52,6 +54,8 @@ const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
 const MAX_HEADER = 100 * 1024 * 1024;
 const MODEL_FORMAT = "voxgen-diffusion-unet";
 const ADAPTER_FORMAT = "voxgen-adapter";
+const CONTROL_FORMAT = "voxgen-control";
+type Kind = "model" | "adapter" | "control" | "condition";
 const ADAPTER_SUMMARY = ["format", "kind", "rank", "alpha", "base_hash", "trainable", "error"];
 
 /** Reads the `__metadata__` of a safetensors file without reading its tensors. */
@@ -77,6 +81,10 @@ export async function safetensorsMetadata(path: string): Promise<Record<string, 
 export class Catalog {
   readonly #modelsDir: string;
   readonly #adaptersDir: string;
+  /** Control modules (`train-control`). */
+  readonly controlsDir: string;
+  /** Uploaded condition volumes. */
+  readonly conditionsDir: string;
   readonly #summaries = new Map<string, { stamp: string; summary: ModelSummary }>();
 
   /**
@@ -88,6 +96,56 @@ export class Catalog {
   constructor(dataDir: string, readonly defaultModel: string) {
     this.#modelsDir = `${dataDir}/models`;
     this.#adaptersDir = `${dataDir}/adapters`;
+    this.controlsDir = `${dataDir}/controls`;
+    this.conditionsDir = `${dataDir}/conditions`;
+  }
+
+  /** Every control module, in name order, with its short metadata (kind, conditions) or an error. */
+  async controls(): Promise<AdapterSummary[]> {
+    const out: AdapterSummary[] = [];
+    for (const name of await listNames(this.controlsDir)) {
+      const path = await this.#resolve("control", name, this.controlsDir).catch(() => null);
+      if (!path) continue;
+      const meta: Record<string, string> = await safetensorsMetadata(path).catch((e) => ({
+        error: (e as Error).message,
+      }));
+      const metadata = Object.fromEntries(
+        Object.entries(meta).filter(([k]) =>
+          ["format", "kind", "conditions", "baseHash", "error"].includes(k)
+        ),
+      );
+      out.push({ name, bytes: (await Deno.stat(path)).size, metadata });
+    }
+    return out;
+  }
+
+  /** Resolves a control module name: 400 bad name, 404 none, 422 not a voxgen control file. */
+  async control(name: string): Promise<string> {
+    const path = await this.#resolve("control", name, this.controlsDir);
+    const meta = await safetensorsMetadata(path).catch((e) =>
+      ({ error: (e as Error).message }) as Record<string, string>
+    );
+    if (meta.format !== CONTROL_FORMAT) {
+      throw new ApiError(
+        422,
+        "invalid_control",
+        `Control module "${name}" cannot be used: ${
+          meta.error ?? `not a voxgen control file (format ${JSON.stringify(meta.format ?? null)})`
+        }.`,
+      );
+    }
+    return path;
+  }
+
+  /** Resolves an uploaded condition volume: 400 bad name, 404 not uploaded. */
+  condition(name: string): Promise<string> {
+    return this.#resolve("condition", name, this.conditionsDir, ".nii");
+  }
+
+  /** The path an upload named `name` is stored at (400 for a bad name). */
+  conditionPath(name: string): string {
+    checkName("condition", name);
+    return `${this.conditionsDir}/${name}.nii`;
   }
 
   /** Every model: the default one first, then the data directory's in name order. */
@@ -163,18 +221,9 @@ export class Catalog {
     return path;
   }
 
-  async #resolve(kind: "model" | "adapter", name: string, dir: string): Promise<string> {
-    if (!NAME.test(name)) {
-      throw new ApiError(
-        400,
-        "invalid_name",
-        `${kind} name ${
-          JSON.stringify(name)
-        } is not allowed: names are 1–100 letters, digits, ".", "_" or "-", ` +
-          "starting with a letter or digit (no paths).",
-      );
-    }
-    const path = `${dir}/${name}.safetensors`;
+  async #resolve(kind: Kind, name: string, dir: string, ext = ".safetensors"): Promise<string> {
+    checkName(kind, name);
+    const path = `${dir}/${name}${ext}`;
     let real: string;
     try {
       real = await Deno.realPath(path);
@@ -211,6 +260,19 @@ export class Catalog {
     }
     this.#summaries.set(path, { stamp, summary });
     return summary;
+  }
+}
+
+function checkName(kind: Kind, name: string): void {
+  if (!NAME.test(name)) {
+    throw new ApiError(
+      400,
+      "invalid_name",
+      `${kind} name ${
+        JSON.stringify(name)
+      } is not allowed: names are 1–100 letters, digits, ".", "_" or "-", ` +
+        "starting with a letter or digit (no paths).",
+    );
   }
 }
 

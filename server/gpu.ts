@@ -22,15 +22,28 @@ import type {
 export type WorkerState = "starting" | "ready" | "restarting" | "unavailable" | "no_workers";
 
 /** Turns a request's names into files (fails with an ApiError when a model or adapter has gone). */
-export type ResolveFiles = (request: SampleRequest) => Promise<Pick<WorkerJob, "modelPath" | "adapters">>;
+export type ResolveFiles = (
+  request: SampleRequest,
+) => Promise<Pick<WorkerJob, "modelPath" | "adapters" | "control">>;
 
-/** The resolver of a catalog: model and adapter names to their files. */
+/** The resolver of a catalog: model, adapter, control and condition names to their files. */
 export function catalogFiles(catalog: Catalog): ResolveFiles {
   return async (request) => ({
     modelPath: (await catalog.model(request.model)).path,
     adapters: await Promise.all(
       request.adapters.map(async (a) => ({ path: await catalog.adapter(a.name), weight: a.weight })),
     ),
+    ...(request.control
+      ? {
+        control: {
+          path: await catalog.control(request.control.name),
+          conditions: await Promise.all(
+            request.control.conditions.map((c) => c === null ? null : catalog.condition(c)),
+          ),
+          scale: request.control.scale,
+        },
+      }
+      : {}),
   });
 }
 

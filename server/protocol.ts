@@ -19,6 +19,16 @@ export interface AdapterChoice {
   weight: number;
 }
 
+/** A control module steering the model, with its condition volumes (names of uploads) and scale. */
+export interface ControlChoice {
+  /** Control module name: a file `<data>/controls/<name>.safetensors`. */
+  name: string;
+  /** One uploaded condition volume per condition of the module, in its order (null: absent, VCM only). */
+  conditions: Array<string | null>;
+  /** Strength of the control (1 = as trained). */
+  scale: number;
+}
+
 /** A validated sample request with every default filled in (stored with the job, so it can be rerun). */
 export interface SampleRequest {
   /** Model name ("default" is the embedded model). */
@@ -37,6 +47,8 @@ export interface SampleRequest {
   batch: number;
   /** Queue priority 0…100: higher runs first, equal ones in order of submission (default 0). */
   priority?: number;
+  /** A control module and its conditions (absent: uncontrolled). */
+  control?: ControlChoice;
 }
 
 /** Everything the worker needs to run a job: the request with names resolved to files. */
@@ -49,6 +61,8 @@ export interface WorkerJob {
   modelPath: string;
   /** Absolute paths and weights of the adapters. */
   adapters: Array<{ path: string; weight: number }>;
+  /** The control module's file, its condition volumes' files and the scale. */
+  control?: { path: string; conditions: Array<string | null>; scale: number };
   /** Directory the result files go to. */
   resultsDir: string;
 }

@@ -15,7 +15,9 @@ import * as Comlink from "comlink";
 import { gpu, onDeviceLost, ready } from "../engine/device.ts";
 import { releaseCachedMemory } from "../engine/memory.ts";
 import { generate, type Generator } from "../pipelines/generate.ts";
-import { loadGenerator } from "../pipelines/modelfile.ts";
+import { loadGenerator, loadModelWithAdapters } from "../pipelines/modelfile.ts";
+import { controlledGenerator } from "../pipelines/control.ts";
+import { readNifti } from "../io/nifti.ts";
 import { writeStackedFiles } from "../pipelines/output.ts";
 import type { JobResult, WorkerApi, WorkerDevice, WorkerJob, WorkerProgress } from "./protocol.ts";
 
@@ -127,8 +129,21 @@ async function runJob(
   }
 }
 
-/** The job's model: the cached base model when it has no adapters, otherwise a fresh copy with them merged. */
+/**
+ * The job's model: the cached base model when it has no adapters and no control, otherwise a fresh copy with
+ * the adapters merged and the control module wrapped around it.
+ */
 async function acquireModel(job: WorkerJob): Promise<Generator> {
+  if (job.control) {
+    const { path, conditions, scale } = job.control;
+    const volumes = await Promise.all(conditions.map(async (file) => {
+      if (file === null) return null;
+      const nii = await readNifti(file);
+      return { data: nii.data, shape: nii.shape, source: file.split("/").pop()!.replace(/\.nii$/, "") };
+    }));
+    const model = await loadModelWithAdapters(job.modelPath, { adapters: job.adapters });
+    return await controlledGenerator(model, { file: path, conditions: volumes, scale });
+  }
   const stat = await Deno.stat(job.modelPath);
   const key = `${job.modelPath}:${stat.mtime?.getTime()}:${stat.size}`;
   if (job.adapters.length === 0 && cached?.key === key) return cached.model;

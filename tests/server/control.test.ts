@@ -1,0 +1,115 @@
+/**
+ * The server samples under control: a condition volume is uploaded (PUT /v1/conditions/:name), a request
+ * names a control module of the data directory and its conditions, and the job writes controlled volumes; a
+ * condition on the wrong grid fails the job with a clear error, and malformed control requests are refused.
+ */
+
+import { deepStrictEqual, equal, match, notDeepStrictEqual, ok } from "node:assert";
+import { randn } from "../../mod.ts";
+import { noGrad } from "../../engine/autograd.ts";
+import { copyInto } from "../../engine/ops/map.ts";
+import { encodeNifti, readNifti } from "../../io/nifti.ts";
+import { createControl, saveControlFile } from "../../pipelines/control.ts";
+import { loadModelFile } from "../../pipelines/modelfile.ts";
+import { makeTinyModel, startServer, submit, waitForJob } from "./helpers.ts";
+
+/** A 0/1 ball on an n³ grid. */
+function ball(n: number): Float32Array {
+  const c = (n - 1) / 2;
+  return Float32Array.from({ length: n ** 3 }, (_, i) => {
+    const x = i % n, y = Math.floor(i / n) % n, z = Math.floor(i / (n * n));
+    return (x - c) ** 2 + (y - c) ** 2 + (z - c) ** 2 < (n / 3) ** 2 ? 1 : 0;
+  });
+}
+
+Deno.test({
+  name: "server: upload a condition volume and sample under a control module",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "voxgen-server-control-" });
+    await Deno.mkdir(`${dir}/controls`);
+    await makeTinyModel(`${dir}/default.safetensors`);
+    const model = await loadModelFile(`${dir}/default.safetensors`);
+    const control = await createControl("vcm", model.unet, {
+      conditions: ["mask"],
+      conditionChannels: [1],
+      vcm: {
+        encoderChannels: [4],
+        encoderGroups: 4,
+        unet: { channels: [8, 8], attentionLevels: [false, false], numResBlocks: 1, normNumGroups: 4 },
+        hiddenChannels: 8,
+        headChannels: 8,
+      },
+    });
+    // Non-zero output layers, so that the control visibly changes the sample.
+    noGrad(() => {
+      for (const [name, t] of control.module.namedParameters()) {
+        if (!/^(mlp_gamma|mlp_beta|time_unet\.out\.2)\./.test(name)) continue;
+        const w = randn(t.shape, { seed: t.size });
+        copyInto(t, w);
+        w.dispose();
+      }
+    });
+    await saveControlFile(`${dir}/controls/vcm.safetensors`, control);
+    control.module.dispose();
+    model.unet.dispose();
+    const server = await startServer(["--data-dir", dir, "--default-model", `${dir}/default.safetensors`]);
+    try {
+      const put = (name: string, body: Uint8Array) =>
+        fetch(`${server.url}/v1/conditions/${name}`, {
+          method: "PUT",
+          body: new Blob([body as Uint8Array<ArrayBuffer>]),
+        });
+      const up = await put("mask", encodeNifti({ data: ball(8), shape: [8, 8, 8] }));
+      equal(up.status, 201);
+      deepStrictEqual(await up.json(), { name: "mask", shape: [8, 8, 8] });
+      equal((await put("big", encodeNifti({ data: ball(16), shape: [16, 16, 16] }))).status, 201);
+      const junk = await put("junk", new TextEncoder().encode("not a volume"));
+      equal(junk.status, 422);
+      equal((await junk.json()).error.code, "invalid_condition");
+
+      const models = await (await fetch(`${server.url}/v1/models`)).json();
+      deepStrictEqual(models.controls.map((c: { name: string }) => c.name), ["vcm"]);
+
+      const base = { steps: 3, seed: 5 };
+      const plain = await submit(server.url, base);
+      const steered = await submit(server.url, { ...base, control: { name: "vcm", conditions: ["mask"] } });
+      equal(steered.status, 202, JSON.stringify(steered.body));
+      const volumes = [];
+      for (const id of [plain.body.id, steered.body.id] as string[]) {
+        const job = await waitForJob(server.url, id);
+        equal(job.status, "done", JSON.stringify(job));
+        const res = await fetch(`${server.url}/v1/jobs/${id}/result`);
+        volumes.push((await readNifti(new Uint8Array(await res.arrayBuffer()))).data);
+      }
+      notDeepStrictEqual(volumes[1], volumes[0]);
+
+      const wrongGrid = await submit(server.url, { ...base, control: { name: "vcm", conditions: ["big"] } });
+      const failed = await waitForJob(server.url, wrongGrid.body.id as string);
+      equal(failed.status, "failed");
+      match(
+        failed.error as string,
+        /condition "mask" \(big\) is 16×16×16; this control module takes it on the grid 8×8×8/,
+      );
+
+      for (
+        const [control, status, pattern] of [
+          [{ name: "vcm", conditions: [] }, 422, /takes 1 condition\(s\) \(mask\); 0 given/],
+          [{ name: "vcm", conditions: ["absent"] }, 404, /No condition named "absent"/],
+          [{ name: "nope", conditions: ["mask"] }, 404, /No control named "nope"/],
+          [{ name: "vcm", conditions: ["mask"], scale: 99 }, 422, /control\.scale 99 is outside/],
+          [{ name: "vcm", conditions: "mask" }, 400, /control\.conditions must be an array/],
+        ] as const
+      ) {
+        const r = await submit(server.url, { ...base, control });
+        equal(r.status, status, JSON.stringify(r.body));
+        match((r.body.error as { message: string }).message, pattern);
+      }
+    } finally {
+      await server.stop();
+      await Deno.remove(dir, { recursive: true });
+    }
+    ok(true);
+  },
+});
