@@ -116,6 +116,7 @@ export {
 } from "./pipelines/dataset.ts";
 export {
   type Batch,
+  type ControlInput,
   describeChanges,
   type DiffusionNetwork,
   emaDecayAt,
@@ -137,6 +138,23 @@ export {
   type VolumeInfo,
 } from "./pipelines/modelfile.ts";
 export * from "./adapters/mod.ts";
+export {
+  type ConditionVolume,
+  type Control,
+  CONTROL_KINDS,
+  type ControlInfo,
+  type ControlKind,
+  controlledDenoiser,
+  controlledGenerator,
+  controlledPrediction,
+  type ControlRequest,
+  controlTrainingNetwork,
+  createControl,
+  type CreateControlOptions,
+  loadControlFile,
+  saveControlFile,
+  type VCMPreset,
+} from "./pipelines/control.ts";
 export {
   ACCEPTED_SAMPLER_NAMES,
   DEFAULT_SAMPLER,
