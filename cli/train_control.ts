@@ -47,6 +47,7 @@ const HELP = `Usage: deno task train-control --kind vcm|controlnet --base MODEL 
 VCM
   --preset P           small (default; for 32³ pixel models) | paper (the release's sizes, 45 M parameters)
   --release-head       the release's head: InstanceNorm after γ and β, not zero-initialised
+  --resize-condition   the paper's "trilinear" ablation: the condition resized to the model grid, no encoder
   --lambda X           weight of mean|γ| + mean|β| in the loss (default 1: the paper's λ = 1/(b·c·h·w·d))
 Training
   --steps N            optimizer steps (default 500)
@@ -74,6 +75,7 @@ export async function main(args: string[]): Promise<void> {
       "run-dir": { type: "string" },
       preset: { type: "string" },
       "release-head": { type: "boolean" },
+      "resize-condition": { type: "boolean" },
       lambda: { type: "string" },
       steps: { type: "string" },
       batch: { type: "string" },
@@ -101,8 +103,11 @@ export async function main(args: string[]): Promise<void> {
   if (!values.out?.endsWith(".safetensors")) {
     throw new Error("--out is required: the control file (.safetensors).");
   }
-  if (kind === "controlnet" && (values.preset || values["release-head"] || values.lambda)) {
-    throw new Error("--preset, --release-head and --lambda apply to --kind vcm only.");
+  if (
+    kind === "controlnet" &&
+    (values.preset || values["release-head"] || values.lambda || values["resize-condition"])
+  ) {
+    throw new Error("--preset, --release-head, --resize-condition and --lambda apply to --kind vcm only.");
   }
   const preset = values.preset ?? "small";
   if (preset !== "small" && preset !== "paper") {
@@ -137,6 +142,7 @@ export async function main(args: string[]): Promise<void> {
     conditionChannels: conditions.map((c) => CONDITION_CHANNELS[c]),
     preset,
     releaseHead: values["release-head"],
+    encoder: values["resize-condition"] ? "resize" : undefined,
     seed,
   });
   try {
@@ -155,6 +161,7 @@ export async function main(args: string[]): Promise<void> {
       sliceEvery,
       preset: kind === "vcm" ? preset : null,
       releaseHead: values["release-head"] ?? false,
+      resizeCondition: values["resize-condition"] ?? false,
       lambda: kind === "vcm" ? lambda : null,
       batch,
       warmupSteps: values.warmup === undefined ? "steps/30" : warmup,
@@ -192,6 +199,7 @@ export async function main(args: string[]): Promise<void> {
         warmupSteps: "--warmup",
         sliceEvery: "--slice-every",
         releaseHead: "--release-head",
+        resizeCondition: "--resize-condition",
         image: "--data (image)",
         labels: "--data (labels)",
       }, "another --run-dir (or --out)");

@@ -25,6 +25,7 @@ import { add, div, maximum, mul, sub } from "../engine/ops/elementwise.ts";
 import { map } from "../engine/ops/map.ts";
 import { groupNorm } from "../engine/ops/norm.ts";
 import { tensor, zeros } from "../engine/ops/create.ts";
+import { interpolate } from "../engine/ops/resample.ts";
 import { concat } from "../engine/ops/view.ts";
 import { formatShape } from "../engine/shape.ts";
 import type { Tensor } from "../engine/tensor.ts";
@@ -60,6 +61,11 @@ export interface VCMOptions {
    * space, 3 for BrainLDM's ×8 autoencoder (see {@linkcode encoderDownsamplings}).
    */
   downsamplings: number;
+  /**
+   * How conditions reach the model grid: "asymmetric" (default), the condition encoders; or "resize", the
+   * paper's Table 3 ablation — the condition resized (trilinear) to the model grid, no encoder.
+   */
+  encoder?: "asymmetric" | "resize";
   /** Channels of the encoder's levels (default [16, 32, 48]); at least `downsamplings` levels. */
   encoderChannels?: readonly number[];
   /** Time-free ResnetBlocks per encoder level (default 2), one number or one per level. */
@@ -91,6 +97,8 @@ export interface ResolvedVCMOptions {
   conditionChannels: number[];
   /** Halvings of each encoder. */
   downsamplings: number;
+  /** Encoders, or the resize ablation. */
+  encoder: "asymmetric" | "resize";
   /** Encoder channels per level. */
   encoderChannels: number[];
   /** Encoder ResnetBlocks per level. */
@@ -149,7 +157,11 @@ export function resolveVCMOptions(opts: VCMOptions): ResolvedVCMOptions {
     );
   }
   const down = opts.downsamplings;
-  if (!Number.isInteger(down) || down < 0 || down > encoderChannels.length) {
+  const encoder = opts.encoder ?? "asymmetric";
+  if (encoder !== "asymmetric" && encoder !== "resize") {
+    fail(`encoder must be "asymmetric" or "resize", got ${JSON.stringify(encoder)}.`);
+  }
+  if (!Number.isInteger(down) || down < 0 || (encoder === "asymmetric" && down > encoderChannels.length)) {
     fail(
       `downsamplings must be an integer in 0..${encoderChannels.length} (one per encoder level at most), got ${down}.`,
     );
@@ -187,6 +199,7 @@ export function resolveVCMOptions(opts: VCMOptions): ResolvedVCMOptions {
     modelChannels: opts.modelChannels,
     conditionChannels,
     downsamplings: down,
+    encoder,
     encoderChannels,
     encoderResBlocks,
     encoderGroups,
@@ -308,7 +321,7 @@ export interface VCMForwardOptions {
 export class VCM extends Module {
   /** The options with defaults filled in. */
   readonly config: ResolvedVCMOptions;
-  /** The condition encoders, one per condition. */
+  /** The condition encoders, one per condition (none for the resize ablation). */
   readonly encoders: VCMConditionEncoder[];
 
   /** Builds the module (seeded initialisation; γ and β at zero unless `zeroHead: false`). */
@@ -318,10 +331,15 @@ export class VCM extends Module {
     this.config = cfg;
     const seed = seedStream(cfg.seed);
     const sd = cfg.spatialDims;
-    this.encoders = cfg.conditionChannels.map((c) => new VCMConditionEncoder(sd, c, cfg, seed()));
+    const resize = cfg.encoder === "resize";
+    this.encoders = resize
+      ? []
+      : cfg.conditionChannels.map((c) => new VCMConditionEncoder(sd, c, cfg, seed()));
     if (this.encoders.length === 1) this.child("modality_encoder", this.encoders[0]);
-    else this.child("modality_encoders", new ModuleList(this.encoders));
-    const encoded = this.encoders.reduce((n, e) => n + e.outChannels, 0);
+    else if (this.encoders.length > 1) this.child("modality_encoders", new ModuleList(this.encoders));
+    const encoded = resize
+      ? cfg.conditionChannels.reduce((a, b) => a + b, 0)
+      : this.encoders.reduce((n, e) => n + e.outChannels, 0);
     this.child(
       "time_unet",
       new DiffusionModelUNet({
@@ -375,10 +393,11 @@ export class VCM extends Module {
     }
     const ones = new Array<number>(cfg.spatialDims).fill(1);
     return scope(() => {
-      const encoded = this.encoders.map((encoder, i) => {
+      const encoded = cfg.conditionChannels.map((c, i) => {
         const y = conditions[i];
-        if (!y) return zeros([batch, encoder.outChannels, ...grid]);
-        const h = encoder.forward(y);
+        const encoder = this.encoders[i];
+        if (!y) return zeros([batch, encoder?.outChannels ?? c, ...grid]);
+        const h = encoder ? encoder.forward(y) : resized(y, grid, cfg.spatialDims);
         const keep = opts.keep?.[i];
         if (!keep || keep.every((k) => k === 1)) return h;
         return mul(h, tensor(keep.map(Number), [batch, 1, ...ones]));
@@ -394,6 +413,12 @@ export class VCM extends Module {
       return { gamma: out("mlp_gamma"), beta: out("mlp_beta") };
     });
   }
+}
+
+/** The resize ablation: the condition brought to the model grid by (tri/bi)linear interpolation. */
+function resized(y: Tensor, grid: readonly number[], spatialDims: SpatialDims): Tensor {
+  if (y.shape.slice(2).join() === grid.join()) return y;
+  return interpolate(y, { size: [...grid], mode: spatialDims === 3 ? "trilinear" : "bilinear" });
 }
 
 function checkConditions(

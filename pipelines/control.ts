@@ -82,6 +82,8 @@ export interface CreateControlOptions {
   preset?: VCMPreset;
   /** The release's head (InstanceNorm after γ and β, PyTorch initialisation) instead of a zero head. */
   releaseHead?: boolean;
+  /** VCM's condition path: the encoders (default) or the resize ablation (no encoder). */
+  encoder?: "asymmetric" | "resize";
   /** Seed of the new weights (default 0). */
   seed?: number;
   /** VCM options that replace the preset's (e.g. smaller sizes in tests). */
@@ -130,6 +132,7 @@ export async function createControl(
         }
         : {}),
       ...(opts.releaseHead ? { headNorm: "instance" as const, zeroHead: false } : {}),
+      ...(opts.encoder ? { encoder: opts.encoder } : {}),
       seed,
       ...opts.vcm,
     };

@@ -192,3 +192,19 @@ gpuTest(
     vcm.dispose();
   },
 );
+
+gpuTest("VCM resize ablation: no encoder, the condition resized trilinearly to the model grid", async () => {
+  const vcm = new VCM({ ...TINY, encoder: "resize", zeroHead: false });
+  ok(![...vcm.stateDict().keys()].some((k) => k.startsWith("modality_encoder")));
+  // time U-Net input: z_t, ε and the 1-channel resized condition.
+  deepStrictEqual(vcm.stateDict().get("time_unet.conv_in.conv.weight")!.shape, [8, 3, 3, 3, 3]);
+  wakeTimeUNet(vcm);
+  const zt = randn([1, 1, 4, 4, 4], { seed: 1 });
+  const eps = randn([1, 1, 4, 4, 4], { seed: 2 });
+  const cond = randn([1, 1, 8, 8, 8], { seed: 3 });
+  const m = noGrad(() => vcm.forward(zt, eps, [cond], 300));
+  deepStrictEqual(m.gamma.shape, [1, 1, 4, 4, 4]);
+  ok((await m.gamma.toArray()).some((v) => v !== 0));
+  disposeAll(zt, eps, cond, m.gamma, m.beta);
+  vcm.dispose();
+});
