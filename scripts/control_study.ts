@@ -6,7 +6,7 @@
  * shows how close the whole image comes. The segmenter's own score on the real volumes is the ceiling.
  *
  *   deno run -A scripts/control_study.ts --control NAME=FILE [--control …] [--pairs 4] [--steps 20] \
- *     [--model FILE] [--json OUT]
+ *     [--model FILE] [--json OUT] [--skip-uncontrolled]
  *
  * @module
  */
@@ -28,6 +28,7 @@ const { values } = parseArgs({
     pairs: { type: "string", default: "4" },
     steps: { type: "string", default: "20" },
     json: { type: "string" },
+    "skip-uncontrolled": { type: "boolean" },
   },
 });
 await ready();
@@ -84,7 +85,9 @@ for (let p = 0; p < pairs; p++) {
     mae: 0,
     seconds: 0,
   });
-  await score("uncontrolled", async () => unetGenerator(await loadModelFile(modelPath)));
+  if (!values["skip-uncontrolled"]) {
+    await score("uncontrolled", async () => unetGenerator(await loadModelFile(modelPath)));
+  }
   for (const c of controls) {
     await score(c.name, async () =>
       controlledGenerator(await loadModelFile(modelPath), {
