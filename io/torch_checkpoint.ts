@@ -16,7 +16,7 @@
 
 import { isZip, readZip } from "./zip.ts";
 import { type PickleGlobal, unpickle } from "./pickle.ts";
-import { decodeTensorData, type RawTensor, type SafetensorsDType } from "./safetensors.ts";
+import { decodeTensorData, type RawTensor, type SafetensorsDType } from "./safetensors_codec.ts";
 
 /** A tensor read from a checkpoint (a {@linkcode RawTensor}: dtype as stored, shape, contiguous values). */
 export class CheckpointTensor implements RawTensor {

@@ -1,19 +1,16 @@
 /**
  * Sampling in a web page with the page's own WebGPU: the entry point of the browser bundle the viewer page
  * loads (`GET /voxgen.js`, built by `deno bundle`). It takes a voxgen model file's bytes, samples one volume
- * exactly as `deno task sample` does with the DDIM sampler (same schedule, seed, noise stream and clipping),
+ * through the same generation pipeline as `deno task sample` with the DDIM sampler,
  * and returns it with its NIfTI encoding. Nothing here uses Deno APIs.
  *
  * @module
  */
 
 import { ready } from "../engine/device.ts";
-import { scope } from "../engine/memory.ts";
-import { map } from "../engine/ops/map.ts";
 import { encodeNifti } from "../io/nifti.ts";
-import { loadModelFile } from "../pipelines/modelfile.ts";
-import { sample } from "../samplers/sample.ts";
-import { DDIMScheduler } from "../samplers/scheduler.ts";
+import { generate } from "../pipelines/generate.ts";
+import { modelFromBytes, unetGenerator } from "../pipelines/model.ts";
 
 /** Options of {@linkcode generateVolume}. */
 export interface GenerateOptions {
@@ -37,7 +34,7 @@ export interface GeneratedVolume {
   adapter: string;
 }
 
-/** Samples one volume from a voxgen model file's bytes. */
+/** Samples one volume from a voxgen model file's bytes, through the pipeline `deno task sample` uses. */
 export async function generateVolume(
   model: Uint8Array,
   opts: GenerateOptions = {},
@@ -45,26 +42,18 @@ export async function generateVolume(
   const steps = opts.steps ?? 50;
   const seed = opts.seed ?? 0;
   const device = await ready();
-  const { unet, info } = await loadModelFile(model);
+  const generator = unetGenerator(modelFromBytes(model, "the model file"));
   try {
-    const [nx, ny, nz] = info.volume.shape;
-    const x = await sample((xt, t) => unet.forward(xt, t), new DDIMScheduler({ ...info.scheduler }), {
-      shape: [1, unet.config.inChannels, nz, ny, nx],
+    const { volumes, shape, affine } = await generate(generator, {
+      sampler: "ddim",
       steps,
       seed,
       onProgress: (p) => opts.onProgress?.(p.step, p.total),
     });
-    const [lo, hi] = info.volume.range;
-    const clipped = scope(() => map("clamp", "min(max(a, s0), s1)", [x], [lo, hi]));
-    x.dispose();
-    const data = (await clipped.toArray()).slice(0, nx * ny * nz);
-    clipped.dispose();
-    const nifti = encodeNifti(
-      { data, shape: [nx, ny, nz], affine: info.volume.affine },
-      { description: `voxgen sample seed ${seed}` },
-    );
-    return { data, shape: [nx, ny, nz], nifti, adapter: device.adapter };
+    const data = volumes[0];
+    const nifti = encodeNifti({ data, shape, affine }, { description: `voxgen sample seed ${seed}` });
+    return { data, shape, nifti, adapter: device.adapter };
   } finally {
-    unet.dispose();
+    generator.dispose();
   }
 }

@@ -1,0 +1,147 @@
+/**
+ * voxgen models in memory: what a model file holds besides its weights ({@linkcode ModelInfo}), building
+ * the U-Net (and token table) from a model file's bytes, the metadata written with them, and the
+ * {@linkcode Generator} that `generate` runs. Works wherever WebGPU does: reading and writing files is
+ * pipelines/modelfile.ts.
+ *
+ * @module
+ */
+
+import type { Tensor } from "../engine/tensor.ts";
+import { tensorsFromSafetensors } from "../io/safetensors_codec.ts";
+import { DiffusionModelUNet, type DiffusionModelUNetOptions } from "../models/unet.ts";
+import { TokenTable, type TokenVocabulary } from "../models/tokens.ts";
+import type { SchedulerOptions } from "../samplers/scheduler.ts";
+import type { Generator, VolumeInfo } from "./generate.ts";
+
+export type { VolumeInfo } from "./generate.ts";
+
+/** What a model file describes besides its weights. */
+export interface ModelInfo {
+  /** U-Net constructor options. */
+  unet: DiffusionModelUNetOptions;
+  /** Noise schedule and prediction type the model was trained with. */
+  scheduler: SchedulerOptions;
+  /** Output geometry. */
+  volume: VolumeInfo;
+  /** Free-form description (training data, steps, …). */
+  description?: string;
+  /** The token table of a cross-attention model conditioned on learned tokens (weights `token_embedding.*`). */
+  tokens?: TokenVocabulary;
+  /** How conditions were trained: the null class of a class-conditional model trained with dropout. */
+  conditioning?: ConditioningInfo;
+}
+
+/** How a conditional model was trained. */
+export interface ConditioningInfo {
+  /** The class label standing for "no class" (learned through condition dropout), if any. */
+  nullClass?: number;
+  /** Probability with which training dropped each sample's condition. */
+  uncondProb?: number;
+}
+
+/** State-dict prefix of the token table's weights in a model file. */
+export const TOKEN_PREFIX = "token_embedding.";
+
+/** The `format` metadata of voxgen model files. */
+export const MODEL_FORMAT = "voxgen-diffusion-unet";
+
+/** The safetensors metadata of a model file with `info`. */
+export function modelFileMetadata(info: ModelInfo): Record<string, string> {
+  return {
+    format: MODEL_FORMAT,
+    unet: JSON.stringify(info.unet),
+    scheduler: JSON.stringify(info.scheduler),
+    volume: JSON.stringify(info.volume),
+    description: info.description ?? "",
+    ...(info.tokens ? { tokens: JSON.stringify(info.tokens) } : {}),
+    ...(info.conditioning ? { conditioning: JSON.stringify(info.conditioning) } : {}),
+  };
+}
+
+/** A loaded model file: the U-Net in eval mode with its weights, and its info. */
+export interface LoadedModel {
+  /** The network (eval mode, weights loaded, frozen). */
+  unet: DiffusionModelUNet;
+  /** Its info. */
+  info: ModelInfo;
+  /** The token table (eval mode, frozen), when the model has one. */
+  tokens?: TokenTable;
+}
+
+/** The weights a model file stores: the U-Net's, plus the token table's under `token_embedding.`. */
+export function modelWeights(unet: DiffusionModelUNet, tokens?: TokenTable): Map<string, Tensor> {
+  const weights = new Map(unet.stateDict());
+  for (const [name, t] of tokens?.stateDict() ?? []) weights.set(TOKEN_PREFIX + name, t);
+  return weights;
+}
+
+/**
+ * Builds the model of a model file's bytes (written by `saveModelFile`): the U-Net, and the token table
+ * when there is one, in eval mode with frozen weights. `source` names the data in errors.
+ */
+export function modelFromBytes(bytes: Uint8Array, source = "<bytes>"): LoadedModel {
+  const { tensors: weights, metadata: meta } = tensorsFromSafetensors(bytes, source);
+  try {
+    if (meta.format !== MODEL_FORMAT) {
+      throw new Error(
+        `${source} is not a voxgen model file (metadata format ${JSON.stringify(meta.format)}); ` +
+          "a MONAI checkpoint converts with `deno task cli import --monai`, a MONAI state dict loads with " +
+          "DiffusionModelUNet.loadStateDict.",
+      );
+    }
+    const info: ModelInfo = {
+      unet: JSON.parse(meta.unet),
+      scheduler: JSON.parse(meta.scheduler),
+      volume: JSON.parse(meta.volume),
+      description: meta.description,
+      ...(meta.tokens ? { tokens: JSON.parse(meta.tokens) } : {}),
+      ...(meta.conditioning ? { conditioning: JSON.parse(meta.conditioning) } : {}),
+    };
+    const own = new Map([...weights].filter(([name]) => !name.startsWith(TOKEN_PREFIX)));
+    const unet = new DiffusionModelUNet(info.unet);
+    let tokens: TokenTable | undefined;
+    try {
+      unet.loadStateDict(own);
+      unet.eval().freeze();
+      if (info.tokens) {
+        tokens = new TokenTable(info.tokens);
+        const rows = new Map(
+          [...weights].filter(([n]) => n.startsWith(TOKEN_PREFIX)).map((
+            [n, t],
+          ) => [n.slice(TOKEN_PREFIX.length), t]),
+        );
+        tokens.loadStateDict(rows);
+        tokens.eval().freeze();
+      }
+    } catch (error) {
+      unet.dispose();
+      tokens?.dispose();
+      throw error;
+    }
+    return { unet, info, tokens };
+  } finally {
+    for (const t of weights.values()) t.dispose();
+  }
+}
+
+/** The {@linkcode Generator} of a loaded U-Net model (disposing it disposes the U-Net). */
+export function unetGenerator({ unet, info, tokens }: LoadedModel): Generator {
+  const [nx, ny, nz] = info.volume.shape;
+  const classes = unet.config.numClassEmbeds;
+  const nullClass = info.conditioning?.nullClass;
+  return {
+    denoiser: (x, t, c) => unet.forward(x, t, { context: c.context, classLabels: c.classLabels }),
+    sampleShape: [unet.config.inChannels, nz, ny, nx],
+    scheduler: info.scheduler,
+    parameterCount: unet.numParameters() + (tokens?.numParameters() ?? 0),
+    volume: info.volume,
+    conditions: classes !== null || tokens
+      ? { classes: classes !== null ? { count: classes, nullClass } : undefined, tokens }
+      : undefined,
+    dispose: () => {
+      unet.dispose();
+      tokens?.dispose();
+    },
+  };
+}
