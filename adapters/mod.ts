@@ -19,7 +19,6 @@ export {
   type AdapterOptions,
   adapterParameterCount,
   AdapterSet,
-  createMethod,
   DEFAULT_TARGETS,
   injectAdapters,
   MIDDLE_BLOCK_TARGETS,
@@ -33,7 +32,6 @@ export {
 } from "./io.ts";
 export { adapterSummary } from "./summary.ts";
 export { modelHash, parameterHash } from "./hash.ts";
-export { type AdaptableLayer, AdaptedLayer, isAdaptable, weightShapeOf } from "./layer.ts";
 export {
   type AdaptedLayerInfo,
   ADAPTER_FORMAT,
@@ -41,15 +39,4 @@ export {
   type AdapterInfo,
   trainableCount,
 } from "./format.ts";
-export {
-  ADAPTER_KINDS,
-  type AdapterKind,
-  type CoreInit,
-  type LayerMethod,
-  type MethodOptions,
-  type WeightShape,
-} from "./method.ts";
-export { balancedFactors3, factorize2, factorize3, type Factors3, TENVOO_FACTORS } from "./factorize.ts";
-export { TENVOO_SPECS, tenvooCoreShapes, tenvooParameterCount, type TenvooVariant } from "./tenvoo.ts";
-export { QUANTA_SPEC, quantaCoreShapes, quantaFactors, quantaParameterCount } from "./quanta.ts";
-export { loconParameterCount, lohaParameterCount, lokrFactors, lokrParameterCount } from "./lycoris.ts";
+export { ADAPTER_KINDS, type AdapterKind } from "./method.ts";

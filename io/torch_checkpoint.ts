@@ -26,6 +26,7 @@ export class CheckpointTensor implements RawTensor {
   readonly shape: number[];
   /** Values in row-major order: float32 for float types, int32 for integer and bool types. */
   readonly data: Float32Array | Int32Array;
+  /** A tensor of `dtype` (as stored) with `shape` and contiguous `data`. */
   constructor(dtype: SafetensorsDType, shape: number[], data: Float32Array | Int32Array) {
     this.dtype = dtype;
     this.shape = shape;

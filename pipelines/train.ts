@@ -9,7 +9,7 @@
 
 import { grad, noGrad } from "../engine/autograd.ts";
 import { keep, scope } from "../engine/memory.ts";
-import { add, mse } from "../engine/ops/elementwise.ts";
+import { add, mseLoss } from "../engine/ops/elementwise.ts";
 import { copyInto, map } from "../engine/ops/map.ts";
 import { randn } from "../engine/ops/random.ts";
 import { AdamW } from "../engine/optim.ts";
@@ -365,7 +365,7 @@ export async function train(
           const xt = scheduler.addNoise(batch.x0, noise, t);
           const l = model.trainingLoss
             ? model.trainingLoss(xt, t, noise, batch)
-            : mse(model.forward(xt, t, batch), target(scheduler, batch.x0, noise, t));
+            : mseLoss(model.forward(xt, t, batch), target(scheduler, batch.x0, noise, t));
           const scaled = accumulation > 1 ? map("scale", "a * s0", [l], [1 / accumulation]) : l;
           return { loss: l, grads: grad(scaled, params) };
         });

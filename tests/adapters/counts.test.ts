@@ -4,17 +4,10 @@
  */
 
 import assert from "node:assert/strict";
-import {
-  ADAPTER_KINDS,
-  type AdapterKind,
-  adapterParameterCount,
-  balancedFactors3,
-  createMethod,
-  factorize2,
-  factorize3,
-  TENVOO_FACTORS,
-  type WeightShape,
-} from "../../adapters/mod.ts";
+import { ADAPTER_KINDS, type AdapterKind, adapterParameterCount } from "../../adapters/mod.ts";
+import { createMethod } from "../../adapters/inject.ts";
+import { balancedFactors3, factorize2, factorize3, TENVOO_FACTORS } from "../../adapters/factorize.ts";
+import type { WeightShape } from "../../adapters/method.ts";
 import { seededRandom } from "../../nn/init.ts";
 
 /** DESIGN.md's factorisations. */

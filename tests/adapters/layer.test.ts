@@ -6,7 +6,10 @@
 
 import assert from "node:assert/strict";
 import { grad, mul, sum } from "../../mod.ts";
-import { AdaptedLayer, type AdapterKind, createMethod, type LayerMethod } from "../../adapters/mod.ts";
+import type { AdapterKind } from "../../adapters/mod.ts";
+import { createMethod } from "../../adapters/inject.ts";
+import { AdaptedLayer } from "../../adapters/layer.ts";
+import type { LayerMethod } from "../../adapters/method.ts";
 import { TENVOO_SPECS } from "../../adapters/tenvoo.ts";
 import { QUANTA_SPEC } from "../../adapters/quanta.ts";
 import { noGrad } from "../../engine/autograd.ts";

@@ -11,7 +11,7 @@ import {
   grad,
   mean,
   memory,
-  mse,
+  mseLoss,
   noGrad,
   randn,
   reshape,
@@ -223,7 +223,7 @@ function lossAndGrads(model: DiffusionModelUNet, f: Fixture): { loss: Tensor; gr
   return scope(() => {
     const y = model.forward(f.x, f.timesteps, { context: f.context, classLabels: f.classLabels });
     const target = randn(y.shape, { seed: 5 });
-    const loss = mse(y, target);
+    const loss = mseLoss(y, target);
     return { loss, grads: grad(loss, params) };
   });
 }
@@ -279,7 +279,7 @@ gpuTest(
     const losses: number[] = [];
     for (let step = 0; step < 6; step++) {
       const loss = scope(() => {
-        const l = mse(model.forward(x, [10, 900]), target);
+        const l = mseLoss(model.forward(x, [10, 900]), target);
         opt.step(grad(l, params));
         return l;
       });
