@@ -1,5 +1,5 @@
 /**
- * Parameter-efficient fine-tuning adapters: LoCon, LoHa, LoKr (LyCORIS), TenVOO-L/Q (seed 000) and QuanTA.
+ * Parameter-efficient fine-tuning adapters: LoCon, LoHa, LoKr (LyCORIS), TenVOO-L/Q (Li et al.) and QuanTA.
  *
  * @example
  * ```ts

@@ -24,7 +24,7 @@ import { disposeAll, fromRef, gpuTest, toRef } from "../helpers/gpu.ts";
 
 // --- Float64 reference of ΔW -----------------------------------------------------------------------------
 
-/** DESIGN.md's contractions with the paper's output order (i0 i1 i2 kD kH kW o0 o1 o2). */
+/** TenVOO's contractions with the paper's output order (i0 i1 i2 kD kH kW o0 o1 o2). */
 const PAPER_SPECS = {
   "tenvoo-l": TENVOO_SPECS["tenvoo-l"].replace("->ABCabcxyz", "->abcxyzABC"),
   "tenvoo-q": TENVOO_SPECS["tenvoo-q"].replace("->ABCabcxyz", "->abcxyzABC"),

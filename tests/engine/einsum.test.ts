@@ -24,7 +24,7 @@ interface TenVOOSizes {
   k: [number, number, number];
 }
 
-/** Core shapes of DESIGN.md (and the tenvoo repository's `generate_weights`). */
+/** TenVOO's core shapes (the tenvoo repository's `generate_weights`). */
 function tenvooShapes(kind: "L" | "Q", { r, i, o, k }: TenVOOSizes): number[][] {
   const [i0, i1, i2] = i;
   const [o0, o1, o2] = o;

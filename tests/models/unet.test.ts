@@ -356,7 +356,7 @@ gpuTest("DiffusionModelUNet: forward inputs are checked", () => {
 });
 
 gpuTest(
-  "DiffusionModelUNet: the seed-004 3-D DDPM (channels 128/128/256, attention at the deepest level)",
+  "DiffusionModelUNet: Basile et al.'s 3-D DDPM (channels 128/128/256, attention at the deepest level)",
   async () => {
     // Basile et al.: 3-D, 1 → 1 channels, channels [128, 128, 256], attention at the deepest level with 256
     // head channels, 2 residual blocks per level (MONAI's defaults otherwise: 32 groups, eps 1e-6).
