@@ -39,4 +39,11 @@ export {
   type AdapterInfo,
   trainableCount,
 } from "./format.ts";
-export { ADAPTER_KINDS, type AdapterKind } from "./method.ts";
+export {
+  ADAPTER_KINDS,
+  type AdapterKind,
+  type CoreInit,
+  type LayerMethod,
+  type WeightShape,
+} from "./method.ts";
+export { type AdaptableLayer, AdaptedLayer } from "./layer.ts";
