@@ -130,7 +130,7 @@ export {
   type GenerationRequest,
   type Generator,
 } from "./pipelines/generate.ts";
-export { loadGenerator, type LoadGeneratorOptions, unetGenerator } from "./pipelines/modelfile.ts";
+export { loadGenerator, type LoadGeneratorOptions, unetGenerator } from "./pipelines/generators.ts";
 export { writeStackedFiles, writeVolumeFiles, type WrittenVolume } from "./pipelines/output.ts";
 export { parsePrompt, type PromptPart } from "./models/prompt.ts";
 export {
@@ -144,3 +144,19 @@ export {
 } from "./models/tokens.ts";
 export { type ConditioningInfo, DEFAULT_MODEL, modelWeights, TOKEN_PREFIX } from "./pipelines/modelfile.ts";
 export { predictGuided } from "./samplers/sample.ts";
+export {
+  attachEmbedding,
+  baseModelHash,
+  EMBEDDING_FORMAT,
+  type EmbeddingInfo,
+  type LoadedEmbedding,
+  loadEmbeddingFile,
+  saveEmbeddingFile,
+} from "./pipelines/embedding.ts";
+export {
+  type InpaintNormalize,
+  prepareInpainting,
+  type PrepareInpaintingOptions,
+  sphereMask,
+  type VolumeData,
+} from "./pipelines/inpaint.ts";

@@ -6,14 +6,12 @@
  * @module
  */
 
-import { type AdapterSpec, mergeAdapterFiles } from "../adapters/io.ts";
-import type { AdapterSet } from "../adapters/inject.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { loadSafetensorsFile, saveSafetensors } from "../io/safetensors.ts";
 import { DiffusionModelUNet, type DiffusionModelUNetOptions } from "../models/unet.ts";
 import type { SchedulerOptions } from "../samplers/scheduler.ts";
 import { TokenTable, type TokenVocabulary } from "../models/tokens.ts";
-import type { Generator, VolumeInfo } from "./generate.ts";
+import type { VolumeInfo } from "./generate.ts";
 
 export type { VolumeInfo } from "./generate.ts";
 
@@ -127,46 +125,4 @@ export async function loadModelFile(path: string): Promise<LoadedModel> {
   } finally {
     for (const t of weights.values()) t.dispose();
   }
-}
-
-/** The {@linkcode Generator} of a loaded U-Net model (disposing it disposes the U-Net). */
-export function unetGenerator({ unet, info, tokens }: LoadedModel): Generator {
-  const [nx, ny, nz] = info.volume.shape;
-  const classes = unet.config.numClassEmbeds;
-  const nullClass = info.conditioning?.nullClass;
-  return {
-    denoiser: (x, t, c) => unet.forward(x, t, { context: c.context, classLabels: c.classLabels }),
-    sampleShape: [unet.config.inChannels, nz, ny, nx],
-    scheduler: info.scheduler,
-    parameterCount: unet.numParameters() + (tokens?.numParameters() ?? 0),
-    volume: info.volume,
-    conditions: classes !== null || tokens
-      ? { classes: classes !== null ? { count: classes, nullClass } : undefined, tokens }
-      : undefined,
-    dispose: () => {
-      unet.dispose();
-      tokens?.dispose();
-    },
-  };
-}
-
-/** Options of {@linkcode loadGenerator}. */
-export interface LoadGeneratorOptions {
-  /** Adapters merged into the weights, in order. */
-  adapters?: readonly AdapterSpec[];
-  /** Hears about each adapter merged (e.g. to log it). */
-  onAdapter?: (spec: AdapterSpec, set: AdapterSet) => void;
-}
-
-/** Loads a model file, merges its adapters, and returns it ready for `generate`. */
-export async function loadGenerator(path: string, opts: LoadGeneratorOptions = {}): Promise<Generator> {
-  const model = await loadModelFile(path);
-  try {
-    await mergeAdapterFiles(model.unet, opts.adapters ?? [], opts.onAdapter);
-  } catch (error) {
-    model.unet.dispose();
-    model.tokens?.dispose();
-    throw error;
-  }
-  return unetGenerator(model);
 }

@@ -90,6 +90,9 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       adapters: await Promise.all(
         request.adapters.map(async (a) => ({ path: await catalog.adapter(a.name), weight: a.weight })),
       ),
+      embeddings: await Promise.all(
+        (request.embeddings ?? []).map(async (n) => (await catalog.embedding(n)).path),
+      ),
     }),
   });
   let device: WorkerDevice;

@@ -32,6 +32,26 @@ export interface SampleRequest {
   guidanceScale: number;
   /** Volumes to generate. */
   batch: number;
+  /** Prompt, for a model with a token table ("" = the null prompt). */
+  prompt?: string;
+  /** Class label, for a class-conditional model. */
+  classLabel?: number;
+  /** Textual-inversion embeddings (names in `<data>/embeddings/`) whose tokens the prompt may use. */
+  embeddings?: string[];
+  /** Inpainting: where the kept image and the mask come from (files in the results directory). */
+  inpaint?: InpaintChoice;
+}
+
+/** Inpainting inputs of a request, resolved to files in the results directory when it was accepted. */
+export interface InpaintChoice {
+  /** The kept image: a NIfTI file in the results directory (an upload or a finished job's result). */
+  image: string;
+  /** Volume of a 4-D image (a batch result) to use. */
+  index: number;
+  /** The mask (non-zero = generate): a NIfTI file in the results directory, or a sphere in voxels. */
+  mask: string | { center: [number, number, number]; radius: number };
+  /** How the image reaches the model's intensity range (see pipelines/inpaint.ts). */
+  normalize: "auto" | "none" | "percentile";
 }
 
 /** Everything the worker needs to run a job: the request with names resolved to files. */
@@ -44,6 +64,8 @@ export interface WorkerJob {
   modelPath: string;
   /** Absolute paths and weights of the adapters. */
   adapters: Array<{ path: string; weight: number }>;
+  /** Absolute paths of the embeddings (absent: none). */
+  embeddings?: string[];
   /** Directory the result files go to. */
   resultsDir: string;
 }
