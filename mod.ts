@@ -160,3 +160,16 @@ export {
   sphereMask,
   type VolumeData,
 } from "./pipelines/inpaint.ts";
+export {
+  conditionalBatches,
+  type ConditionalBatchOptions,
+  ConditionalNetwork,
+  type SampleCondition,
+} from "./pipelines/conditional.ts";
+export {
+  isManifestPath,
+  type Manifest,
+  type ManifestItem,
+  parseManifest,
+  readManifest,
+} from "./pipelines/manifest.ts";

@@ -12,22 +12,24 @@ import { loadSafetensors } from "../io/safetensors.ts";
 import { DiffusionModelUNet, type DiffusionModelUNetOptions } from "../models/unet.ts";
 import { augmentedBatches, type AugmentOptions } from "../pipelines/augment.ts";
 import { listNiftiFiles, loadVolume, type Volume, volumeTensor } from "../pipelines/dataset.ts";
-import { saveModelFile } from "../pipelines/modelfile.ts";
+import { conditionalBatches, ConditionalNetwork } from "../pipelines/conditional.ts";
+import { generate } from "../pipelines/generate.ts";
+import { loadGenerator } from "../pipelines/generators.ts";
+import { isManifestPath, type Manifest, readManifest } from "../pipelines/manifest.ts";
+import { type ModelInfo, saveModelFile, TOKEN_PREFIX } from "../pipelines/modelfile.ts";
 import { type RunSetting, train } from "../pipelines/train.ts";
-import { sample } from "../samplers/sample.ts";
-import {
-  DDIMScheduler,
-  DDPMScheduler,
-  type PredictionType,
-  type SchedulerOptions,
-} from "../samplers/scheduler.ts";
+import { TokenTable, type TokenVocabulary } from "../models/tokens.ts";
+import { DDPMScheduler, type PredictionType, type SchedulerOptions } from "../samplers/scheduler.ts";
 import type { ScheduleName } from "../samplers/schedule.ts";
 import { explainResumeMismatch, numberList, numberOption } from "./options.ts";
 
 const HELP = `Usage: deno task train --data <files|dir|glob> --out DIR [options]
 
 Data
-  --data SPEC          NIfTI files, folders or globs (repeat or comma-separate)
+  --data SPEC          NIfTI files, folders or globs (repeat or comma-separate), or one manifest .json for
+                       conditional training: {"items": [{"file", "concept" | "prompt", "class"}]} (paths
+                       relative to the manifest). Concepts become learned tokens (cross-attention), classes
+                       class embeddings
   --size N             cubic training grid N³ (default 32), fitted to the foreground of each volume
   --no-augment         train on the volumes as they are (default: flips, affine, elastic, bias, intensity)
 Model
@@ -36,6 +38,12 @@ Model
   --res-blocks N       ResnetBlocks per level (default 1)
   --groups N           GroupNorm groups (default 8)
   --head-channels N    channels per attention head (default 16)
+Conditioning (with a manifest)
+  --uncond-prob X      condition dropout: each sample's prompt/class is replaced by the null one with this
+                       probability (default 0.1), so that the model can be guided (--cfg)
+  --vectors N          token rows per concept (default 4)
+  --context-length N   tokens per context, <bos> and <pad> included (default 16)
+  --token-dim N        token width = the U-Net's cross-attention width (default 64)
 Diffusion
   --schedule NAME      linear_beta | scaled_linear_beta (default) | cosine
   --beta-start X       default 0.0005 (seed 004's scaled-linear schedule)
@@ -87,6 +95,10 @@ export async function main(args: string[]): Promise<void> {
       init: { type: "string" },
       "checkpoint-every": { type: "string" },
       description: { type: "string" },
+      "uncond-prob": { type: "string" },
+      vectors: { type: "string" },
+      "context-length": { type: "string" },
+      "token-dim": { type: "string" },
       help: { type: "boolean", short: "h" },
     },
     strict: true,
@@ -136,8 +148,17 @@ export async function main(args: string[]): Promise<void> {
     seed,
   };
 
+  const specs = values.data.flatMap((d) => d.split(","));
+  const manifest = specs.some(isManifestPath) ? await readManifestSpec(specs) : null;
+  const conditioning = manifest ? conditioningOf(manifest, values) : null;
+  if (conditioning?.vocabulary) {
+    unetOptions.withConditioning = true;
+    unetOptions.crossAttentionDim = conditioning.vocabulary.dim;
+  }
+  if (conditioning?.numClassEmbeds) unetOptions.numClassEmbeds = conditioning.numClassEmbeds;
+
   const device = await ready();
-  const files = await listNiftiFiles(values.data.flatMap((d) => d.split(",")));
+  const files = manifest ? manifest.items.map((i) => i.file) : await listNiftiFiles(specs);
   console.error(`training on ${files.length} volume(s) at ${size}³ on ${device.adapter}`);
   const volumes: Volume[] = [];
   for (const f of files) {
@@ -145,10 +166,43 @@ export async function main(args: string[]): Promise<void> {
   }
   const tensors = volumes.map(volumeTensor);
   const unet = new DiffusionModelUNet(unetOptions);
-  if (values.init) unet.loadStateDict(await loadSafetensors(values.init));
-  console.error(`U-Net: ${unet.numParameters().toLocaleString()} parameters`);
+  const tokens = conditioning?.vocabulary
+    ? new TokenTable(conditioning.vocabulary, { seed: seed + 1 })
+    : undefined;
+  const network = new ConditionalNetwork(unet, tokens);
+  if (values.init) {
+    const init = await loadSafetensors(values.init);
+    unet.loadStateDict(new Map([...init].filter(([n]) => !n.startsWith(TOKEN_PREFIX))));
+    if (tokens) {
+      tokens.loadStateDict(
+        new Map(
+          [...init].filter(([n]) => n.startsWith(TOKEN_PREFIX)).map((
+            [n, t],
+          ) => [n.slice(TOKEN_PREFIX.length), t]),
+        ),
+      );
+    }
+    for (const t of init.values()) t.dispose();
+  }
+  console.error(
+    `U-Net: ${unet.numParameters().toLocaleString()} parameters` +
+      (tokens
+        ? `; token table ${tokens.numEmbeddings} × ${tokens.dim} (${
+          conditioning!.vocabulary!.concepts.map((c) => c.name).join(", ")
+        })`
+        : "") +
+      (conditioning?.numClassEmbeds ? `; ${manifest!.classes} classes` : ""),
+  );
   const augmentOptions: AugmentOptions | null = values["no-augment"] ? null : {};
-  const data = augmentedBatches(tensors, { batch, seed, augment: augmentOptions });
+  const plain = augmentedBatches(tensors, { batch, seed, augment: augmentOptions });
+  const data = manifest && conditioning
+    ? conditionalBatches(plain, manifest.items, {
+      tokens,
+      nullClass: conditioning.nullClass,
+      uncondProb: conditioning.uncondProb,
+      seed,
+    })
+    : plain;
   // With train's own (lr, EMA, seed, schedule…), what a resumed run must share with its checkpoint.
   const settings: Record<string, RunSetting> = {
     data: await Promise.all(files.map((f) => Deno.realPath(f))),
@@ -161,8 +215,18 @@ export async function main(args: string[]): Promise<void> {
     "head-channels": unetOptions.numHeadChannels!,
     init: values.init ? await Deno.realPath(values.init) : null,
     batch,
+    ...(manifest
+      ? {
+        prompts: manifest.items.map((i) => i.tokens.join(" ")),
+        classes: manifest.items.map((i) => i.classLabel ?? -1),
+        "uncond-prob": conditioning!.uncondProb,
+        vectors: conditioning!.vocabulary?.concepts[0]?.vectors ?? null,
+        "context-length": conditioning!.vocabulary?.contextLength ?? null,
+        "token-dim": conditioning!.vocabulary?.dim ?? null,
+      }
+      : {}),
   };
-  const result = await train(unet, scheduler, data, {
+  const result = await train(network, scheduler, data, {
     steps,
     lr,
     // Unset, train's default lr/10 applies (and is recorded as that rule).
@@ -190,37 +254,113 @@ export async function main(args: string[]): Promise<void> {
   const weights = await loadSafetensors(result.weightsPath);
   const grid = volumes[0];
   const modelPath = `${values.out.replace(/\/$/, "")}/model.safetensors`;
-  await saveModelFile(modelPath, weights, {
+  const info: ModelInfo = {
     unet: unetOptions,
     scheduler: schedulerOptions,
     volume: { shape: [size, size, size], affine: grid.affine, range: [-1, 1] },
+    ...(conditioning?.vocabulary ? { tokens: conditioning.vocabulary } : {}),
+    ...(conditioning
+      ? {
+        conditioning: {
+          uncondProb: conditioning.uncondProb,
+          ...(conditioning.nullClass !== undefined ? { nullClass: conditioning.nullClass } : {}),
+        },
+      }
+      : {}),
     description: values.description ??
       `DDPM trained by voxgen on ${files.map((f) => f.split("/").pop()).join(", ")} (${
           augmentOptions ? "augmented" : "as is"
         }), ` +
         `${result.step} steps, batch ${batch}, ${size}³`,
-  });
+  };
+  await saveModelFile(modelPath, weights, info);
   for (const t of weights.values()) t.dispose();
   console.log(`wrote ${modelPath}`);
-
-  // Previews from the trained (EMA) model: DDIM samples.
-  const ema = await loadSafetensors(result.weightsPath);
-  unet.loadStateDict(ema);
-  for (const t of ema.values()) t.dispose();
-  unet.eval();
-  for (let s = 0; s < previews; s++) {
-    const x = await sample((xt, t) => unet.forward(xt, t), new DDIMScheduler(schedulerOptions), {
-      shape: [1, 1, size, size, size],
-      steps: 50,
-      seed: s,
-    });
-    const path = `${values.out.replace(/\/$/, "")}/sample_${s}.png`;
-    await writeSlicesPng(path, await x.toArray(), [size, size, size], { window: [-1, 1] });
-    x.dispose();
-    console.log(`wrote ${path}`);
-  }
   for (const t of tensors) t.dispose();
   unet.dispose();
+  tokens?.dispose();
+
+  // Previews from the trained (EMA) model, through the generation pipeline: DDIM samples, one per concept
+  // (or class) in turn for a conditional model.
+  const model = await loadGenerator(modelPath);
+  try {
+    const concepts = conditioning?.vocabulary?.concepts.map((c) => c.name) ?? [];
+    for (let s = 0; s < previews; s++) {
+      const prompt = concepts.length ? concepts[s % concepts.length] : undefined;
+      const classLabel = manifest?.classes ? s % manifest.classes : undefined;
+      const generated = await generate(model, { sampler: "ddim", steps: 50, seed: s, prompt, classLabel });
+      const path = `${values.out.replace(/\/$/, "")}/sample_${s}.png`;
+      await writeSlicesPng(path, generated.volumes[0], generated.shape, { window: [-1, 1] });
+      console.log(`wrote ${path}${prompt ? ` (${prompt})` : ""}`);
+    }
+  } finally {
+    model.dispose();
+  }
+}
+
+/** The manifest named among the data specs (then it must be the only one). */
+async function readManifestSpec(specs: string[]): Promise<Manifest> {
+  if (specs.length !== 1) {
+    throw new Error(`--data: a manifest (.json) must be the only data spec (got ${specs.join(", ")}).`);
+  }
+  const manifest = await readManifest(specs[0]);
+  if (manifest.hasConditions) {
+    throw new Error(
+      `--data ${specs[0]}: condition volumes ("condition") are not supported by train yet; ` +
+        "use concepts/prompts or classes.",
+    );
+  }
+  return manifest;
+}
+
+/** The token vocabulary, classes and dropout of a conditional run. */
+function conditioningOf(
+  manifest: Manifest,
+  values: Record<string, string | boolean | string[] | undefined>,
+): {
+  vocabulary?: TokenVocabulary;
+  numClassEmbeds?: number;
+  nullClass?: number;
+  uncondProb: number;
+} {
+  const uncondProb = numberOption("uncond-prob", values["uncond-prob"] as string | undefined, 0.1, 0, 1);
+  const out: ReturnType<typeof conditioningOf> = { uncondProb };
+  if (manifest.concepts.length > 0) {
+    const contextLength = numberOption(
+      "context-length",
+      values["context-length"] as string | undefined,
+      16,
+      2,
+      256,
+      true,
+    );
+    const vectors = numberOption(
+      "vectors",
+      values.vectors as string | undefined,
+      4,
+      1,
+      contextLength - 1,
+      true,
+    );
+    const longest = Math.max(...manifest.items.map((i) => i.tokens.length));
+    if (1 + longest * vectors > contextLength) {
+      throw new Error(
+        `--context-length ${contextLength}: a prompt of ${longest} tokens × ${vectors} vectors needs ` +
+          `${1 + longest * vectors} slots (<bos> included).`,
+      );
+    }
+    out.vocabulary = {
+      contextLength,
+      dim: numberOption("token-dim", values["token-dim"] as string | undefined, 64, 1, 4096, true),
+      concepts: manifest.concepts.map((name) => ({ name, vectors })),
+    };
+  }
+  if (manifest.classes > 0) {
+    // The null class is one more label, learned from the dropped samples.
+    out.numClassEmbeds = manifest.classes + (uncondProb > 0 ? 1 : 0);
+    if (uncondProb > 0) out.nullClass = manifest.classes;
+  }
+  return out;
 }
 
 if (import.meta.main) {
