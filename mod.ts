@@ -173,3 +173,4 @@ export {
   parseManifest,
   readManifest,
 } from "./pipelines/manifest.ts";
+export { initialVectors, invertConcept, type InvertOptions, type InvertResult } from "./pipelines/invert.ts";
