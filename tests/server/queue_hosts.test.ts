@@ -1,10 +1,11 @@
 /**
- * The shared queue across processes: a private redis-server, two API servers (`serve --queue`) and two GPU
- * worker hosts (`worker`), all on loopback. Queued jobs survive an API server restart; results are served
- * by either API server; a cancel sent to one API server stops the job on whichever host runs it; a host
- * SIGKILLed mid-job has its job finished by the other host, and every job completes exactly once; a
- * restarted host takes jobs again; with Redis gone, /healthz answers 503. Redis needs a password (given in the
- * URL). Short lock and stall intervals keep the recovery to a few seconds.
+ * The shared queue across processes: a private redis-server (with a password, given in the URL), two API
+ * servers (`serve --queue`) and two GPU worker hosts (`worker`), all on loopback. Queued jobs survive an API
+ * server restart; results are served by either API server; a cancel sent to one API server stops the job on
+ * whichever host runs it; a host SIGKILLed mid-job has its job finished by the other host, and every job
+ * completes exactly once; a restarted host takes jobs again, and one stopped (SIGTERM) mid-job puts its job
+ * back for the other; with Redis gone, /healthz answers 503. Short lock and stall intervals keep the
+ * recovery to a few seconds.
  */
 
 import { deepStrictEqual, equal, match, ok } from "node:assert";
@@ -38,7 +39,7 @@ Deno.test({
     ];
     const hostArgs = (name: string) => [
       ...["--queue", redis.url, "--data-dir", `${dir}/${name}`, "--default-model", model],
-      ...["--lock-duration", "2000", "--stalled-interval", "1000"],
+      ...["--lock-duration", "2000", "--stalled-interval", "1000", "--shutdown-grace", "0"],
     ];
     const servers: ServerProcess[] = [];
     const hosts: HostProcess[] = [];
@@ -96,9 +97,10 @@ Deno.test({
         const events = readEvents(a.url, id, AUTH);
         await waitUntilRunning(b.url, id, AUTH);
         const res = await fetch(`${b.url}/v1/jobs/${id}`, { method: "DELETE", headers: AUTH });
-        const body = await res.json();
-        deepStrictEqual([res.status, body.status, body.error], [200, "cancelled", "cancelled by request"]);
-        equal((await events).at(-1)?.data.status, "cancelled");
+        // 200 when it stopped within 5 s, 202 when it is still stopping (a loaded machine).
+        ok([200, 202].includes(res.status), `${res.status} ${JSON.stringify(await res.json())}`);
+        const last = (await events).at(-1)?.data;
+        deepStrictEqual([last?.status, last?.error], ["cancelled", "cancelled by request"]);
         const holder = hosts.filter((h) => h.log().includes(`job ${id}: cancel requested`));
         equal(holder.length, 1, "exactly one host held the job");
         equal((await get(a.url, `/v1/jobs/${id}`)).status, "cancelled");
@@ -135,13 +137,27 @@ Deno.test({
         },
       );
 
-      await t.step("the killed host restarts and takes jobs again", async () => {
-        hosts[0] = await startHost(hostArgs("host-1"));
-        await hosts[1].stop("SIGTERM"); // so the next job must go to the restarted host
-        const id = (await submit(b.url, { steps: 2, seed: 20 }, AUTH)).body.id as string;
-        equal((await waitForJob(a.url, id, AUTH)).status, "done");
-        match(hosts[0].log(), new RegExp(`job ${id} done in`));
-      });
+      await t.step(
+        "the killed host restarts; a host stopped mid-job puts its job back for the other",
+        async () => {
+          hosts[0] = await startHost(hostArgs("host-1"));
+          const id = (await submit(b.url, { steps: 60, seed: 20 }, AUTH)).body.id as string;
+          await waitUntilRunning(a.url, id, AUTH);
+          const { workers } = await (await fetch(`${a.url}/healthz`)).json();
+          const holder = workers.find((w: { running: string | null }) => w.running === id);
+          const [stopped, other] = hosts[0].log().includes(holder.id)
+            ? [hosts[0], hosts[1]]
+            : [hosts[1], hosts[0]];
+          equal((await stopped.stop("SIGTERM")).code, 0); // --shutdown-grace 0: back to the queue at once
+          match(
+            stopped.log(),
+            new RegExp(`job ${id} did not finish within the grace period: back to the queue`),
+          );
+          equal((await waitForJob(a.url, id, AUTH)).status, "done");
+          match(other.log(), new RegExp(`job ${id} started again`));
+          equal((stopped.log() + other.log()).split(`job ${id} done in`).length - 1, 1);
+        },
+      );
 
       await t.step("/metrics counts the cluster's jobs (behind the token)", async () => {
         equal((await fetch(`${a.url}/metrics`)).status, 401);
