@@ -8,13 +8,8 @@
 
 import type { Catalog } from "./catalog.ts";
 import { ApiError } from "./errors.ts";
-import {
-  type AdapterChoice,
-  MAX_PRIORITY,
-  type SampleRequest,
-  type SamplerName,
-  SAMPLERS,
-} from "./protocol.ts";
+import { ACCEPTED_SAMPLER_NAMES, DEFAULT_SAMPLER, findSampler } from "../samplers/registry.ts";
+import { type AdapterChoice, MAX_PRIORITY, type SampleRequest } from "./protocol.ts";
 import { prometheusText } from "./metrics.ts";
 import type { JobEvent, JobQueue } from "./queue.ts";
 import { FINAL_STATES, type Job, type JobStatus } from "./store.ts";
@@ -395,7 +390,7 @@ export async function validateRequest(
   const b = body as Record<string, unknown>;
   rejectUnknown(b, REQUEST_FIELDS, "request");
   const model = optional(b, "model", "string", "default") as string;
-  const sampler = optional(b, "sampler", "string", "ddim") as string;
+  const sampler = optional(b, "sampler", "string", DEFAULT_SAMPLER) as string;
   const steps = integer(b, "steps", 50, 1, limits.maxSteps);
   const batch = integer(b, "batch", 1, 1, limits.maxBatch);
   const seed = integer(b, "seed", Math.floor(Math.random() * 2 ** 32), 0, Number.MAX_SAFE_INTEGER);
@@ -403,8 +398,12 @@ export async function validateRequest(
   if (!Number.isFinite(guidanceScale) || guidanceScale < 0 || guidanceScale > MAX_GUIDANCE) {
     throw new ApiError(422, "out_of_range", `guidanceScale ${guidanceScale} is outside 0..${MAX_GUIDANCE}.`);
   }
-  if (!SAMPLERS.includes(sampler as SamplerName)) {
-    throw new ApiError(422, "invalid_value", `sampler "${sampler}" is not one of ${SAMPLERS.join(", ")}.`);
+  if (!findSampler(sampler)) {
+    throw new ApiError(
+      422,
+      "invalid_value",
+      `sampler "${sampler}" is not one of ${ACCEPTED_SAMPLER_NAMES.join(", ")}.`,
+    );
   }
   const adapters = parseAdapters(b.adapters);
 
@@ -424,15 +423,7 @@ export async function validateRequest(
       `guidanceScale ${guidanceScale}: model "${model}" is unconditional, so only 1 (no guidance) applies.`,
     );
   }
-  const request: SampleRequest = {
-    model,
-    adapters,
-    sampler: sampler as SamplerName,
-    steps,
-    seed,
-    guidanceScale,
-    batch,
-  };
+  const request: SampleRequest = { model, adapters, sampler, steps, seed, guidanceScale, batch };
   // Only when asked for, so the stored request of an ordinary job stays as it was.
   if (b.priority !== undefined) request.priority = integer(b, "priority", 0, 0, MAX_PRIORITY);
   return request;

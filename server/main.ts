@@ -17,8 +17,8 @@
  */
 
 import { parseArgs } from "node:util";
-import { DEFAULT_MODEL } from "../cli/sample.ts";
-import { numberOption } from "../cli/options.ts";
+import { numberOption } from "../io/options.ts";
+import { DEFAULT_MODEL } from "../pipelines/modelfile.ts";
 import { createApi, isLoopbackHost } from "./api.ts";
 import { Catalog } from "./catalog.ts";
 import { catalogFiles } from "./gpu.ts";

@@ -5,14 +5,11 @@
  * @module
  */
 
-/** Samplers the server offers. */
-export const SAMPLERS = ["ddim", "ddpm", "euler-a", "euler"] as const;
+/** A sampler name or alias (samplers/registry.ts has the list). */
+export type SamplerName = string;
 
 /** Highest queue priority a request may ask for (0 is the default and lowest). */
 export const MAX_PRIORITY = 100;
-
-/** A sampler name. */
-export type SamplerName = typeof SAMPLERS[number];
 
 /** An adapter applied on top of the model, with its weight. */
 export interface AdapterChoice {
