@@ -188,13 +188,16 @@ export async function startHost(opts: HostOptions): Promise<RunningHost> {
   });
   worker.on("completed", (job, result) => {
     log(`job ${job.id} done in ${result.seconds.toFixed(2)} s`);
-    void recordFinished(redis, keys, "done", result.seconds).catch(() => {});
+    void recordFinished(redis, keys, job.id!, "done", result.seconds, job.data.retentionSeconds).catch(
+      () => {},
+    );
   });
   worker.on("failed", (job, error) => {
     if (!job || error.name === "WaitingError") return;
     const cancelled = error.message === CANCELLED;
     log(`job ${job.id} ${cancelled ? "cancelled" : `failed: ${error.message}`}`);
-    void recordFinished(redis, keys, cancelled ? "cancelled" : "failed").catch(() => {});
+    const status = cancelled ? "cancelled" : "failed";
+    void recordFinished(redis, keys, job.id!, status, 0, job.data.retentionSeconds).catch(() => {});
   });
   worker.on("error", (error) => log(`queue: ${error.message}`));
 
@@ -209,6 +212,12 @@ export async function startHost(opts: HostOptions): Promise<RunningHost> {
       gpu.stop(jobId);
     },
   );
+  // A job BullMQ fails itself (recovered from dead hosts too often) has no host to report it: count it here.
+  events.on("failed", ({ jobId, failedReason }) => {
+    if (!/stalled/i.test(failedReason)) return;
+    log(`job ${jobId} failed: ${failedReason}`);
+    void recordFinished(redis, keys, jobId, "failed").catch(() => {});
+  });
   await Promise.all([events.waitUntilReady(), worker.waitUntilReady()]);
   await beat();
   const heartbeat = setInterval(beat, heartbeatMs);
