@@ -139,6 +139,8 @@ export async function startHost(opts: HostOptions): Promise<RunningHost> {
     );
   };
 
+  /** Back-off while this host's GPU worker cannot start (doubles up to a minute; reset on success). */
+  let noGpuWaitMs = 0;
   const processJob = async (job: SampleJob, token?: string): Promise<JobResult> => {
     const { request, retentionSeconds } = job.data;
     const mine: Current = { id: job.id!, cancel: false, requeue: false };
@@ -146,6 +148,22 @@ export async function startHost(opts: HostOptions): Promise<RunningHost> {
     void beat();
     try {
       if (await redis.exists(keys.cancel(mine.id))) throw new UnrecoverableError(CANCELLED);
+      try {
+        await gpu.ready();
+        noGpuWaitMs = 0;
+      } catch (error) {
+        // No GPU here (lost for good?): the job goes back for another host, and this one waits before it
+        // takes the next, instead of failing every job in the queue.
+        noGpuWaitMs = Math.min(60_000, Math.max(2 * noGpuWaitMs, 5_000));
+        log(
+          `no GPU (${(error as Error).message}): job ${mine.id} goes back to the queue; next try in ${
+            noGpuWaitMs / 1000
+          } s`,
+        );
+        await job.moveToWait(token);
+        await new Promise((r) => setTimeout(r, noGpuWaitMs));
+        throw new WaitingError();
+      }
       let files;
       try {
         files = await resolve(request);
