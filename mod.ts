@@ -36,6 +36,29 @@ export {
   unetOptionsFromMonai,
 } from "./models/unet.ts";
 export {
+  ControlNet,
+  type ControlNetForwardOptions,
+  type ControlNetOptions,
+  controlNetOptionsFromMonai,
+  type ControlNetResiduals,
+  type ResolvedControlNetOptions,
+} from "./models/controlnet.ts";
+export {
+  encoderDownsamplings,
+  epsFromPrediction,
+  modulate,
+  type Modulation,
+  type Prediction,
+  predictionFromEps,
+  type ResolvedVCMOptions,
+  resolveVCMOptions,
+  VCM,
+  VCMConditionEncoder,
+  type VCMForwardOptions,
+  type VCMOptions,
+  type VCMUNetOptions,
+} from "./models/vcm.ts";
+export {
   type DDIMOptions,
   DDIMScheduler,
   DDPMScheduler,
@@ -93,6 +116,7 @@ export {
 } from "./pipelines/dataset.ts";
 export {
   type Batch,
+  type ControlInput,
   describeChanges,
   type DiffusionNetwork,
   emaDecayAt,

@@ -20,8 +20,9 @@ import { Progress } from "../io/progress.ts";
 import { readNifti } from "../io/nifti.ts";
 import { parsePrompt } from "../models/prompt.ts";
 import { type InpaintNormalize, prepareInpainting } from "../pipelines/inpaint.ts";
+import { isUrl } from "../io/read.ts";
 
-export { DEFAULT_MODEL } from "../pipelines/modelfile.ts";
+export { DEFAULT_MODEL, DEFAULT_MODEL_URL } from "../pipelines/modelfile.ts";
 export type { AdapterSpec } from "../adapters/mod.ts";
 
 const SAMPLER_HELP = SAMPLER_REGISTRY.map((s) =>
@@ -153,7 +154,8 @@ export async function main(args: string[]): Promise<void> {
   const modelPath = values.model ?? DEFAULT_MODEL;
   const adapters = (values.adapter ?? []).map(parseAdapterSpec);
   try {
-    await Deno.stat(modelPath);
+    // A remote model (running from a URL) is checked when it is fetched.
+    if (!isUrl(modelPath)) await Deno.stat(modelPath);
   } catch {
     throw new Error(
       modelPath === DEFAULT_MODEL

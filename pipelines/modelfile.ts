@@ -7,6 +7,7 @@
  */
 
 import type { Tensor } from "../engine/tensor.ts";
+import { pathOrUrl } from "../io/read.ts";
 import { loadSafetensorsFile, saveSafetensors } from "../io/safetensors.ts";
 import { DiffusionModelUNet, type DiffusionModelUNetOptions } from "../models/unet.ts";
 import type { SchedulerOptions } from "../samplers/scheduler.ts";
@@ -15,9 +16,14 @@ import type { VolumeInfo } from "./generate.ts";
 
 export type { VolumeInfo } from "./generate.ts";
 
-/** Path of the embedded default model (the demo model `deno task sample` and the server use). */
-export const DEFAULT_MODEL: string =
-  new URL("../models/default/brain32.safetensors", import.meta.url).pathname;
+/** Where the embedded default model is: next to this module, locally or on a web server. */
+export const DEFAULT_MODEL_URL: URL = new URL("../models/default/brain32.safetensors", import.meta.url);
+
+/**
+ * The embedded default model (the demo model `deno task sample` and the server use), as a path when it is
+ * local, else as its URL.
+ */
+export const DEFAULT_MODEL: string = pathOrUrl(DEFAULT_MODEL_URL);
 
 /** What a model file describes besides its weights. */
 export interface ModelInfo {
@@ -82,13 +88,15 @@ export function modelWeights(unet: DiffusionModelUNet, tokens?: TokenTable): Map
   return weights;
 }
 
-/** Loads a model file written by {@linkcode saveModelFile}. */
-export async function loadModelFile(path: string): Promise<LoadedModel> {
+/** Loads a model file written by {@linkcode saveModelFile}, from a path, a URL (`file:`, `http(s):`) or bytes. */
+export async function loadModelFile(path: string | URL | Uint8Array): Promise<LoadedModel> {
   const { tensors: weights, metadata: meta } = await loadSafetensorsFile(path);
   try {
     if (meta.format !== KIND) {
       throw new Error(
-        `${path} is not a voxgen model file (metadata format ${JSON.stringify(meta.format)}); ` +
+        `${path instanceof Uint8Array ? "<bytes>" : path} is not a voxgen model file (metadata format ${
+          JSON.stringify(meta.format)
+        }); ` +
           "a MONAI state dict loads with DiffusionModelUNet.loadStateDict instead.",
       );
     }

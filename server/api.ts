@@ -6,13 +6,13 @@
  * @module
  */
 
-import { atomicWrite } from "../io/atomic.ts";
 import { readNifti } from "../io/nifti.ts";
 import { parsePrompt, type PromptPart } from "../models/prompt.ts";
 import type { Catalog, ModelSummary } from "./catalog.ts";
 import { ApiError } from "./errors.ts";
 import { ACCEPTED_SAMPLER_NAMES, DEFAULT_SAMPLER, findSampler } from "../samplers/registry.ts";
-import type { AdapterChoice, InpaintChoice, SampleRequest } from "./protocol.ts";
+import { type AdapterChoice, type InpaintChoice, MAX_PRIORITY, type SampleRequest } from "./protocol.ts";
+import { prometheusText } from "./metrics.ts";
 import type { JobEvent, JobQueue } from "./queue.ts";
 import { FINAL_STATES, type Job, type JobStatus } from "./store.ts";
 import { niivueModule, viewerPage } from "./viewer.ts";
@@ -23,8 +23,6 @@ export interface ApiOptions {
   queue: JobQueue;
   /** Models and adapters. */
   catalog: Catalog;
-  /** Directory of the result files. */
-  resultsDir: string;
   /** When set, every `/v1` request needs `Authorization: Bearer <token>`. */
   token?: string;
   /** Largest request body in bytes (413 beyond). */
@@ -54,6 +52,7 @@ const REQUEST_FIELDS = [
   "seed",
   "guidanceScale",
   "batch",
+  "priority",
   "prompt",
   "classLabel",
   "embeddings",
@@ -87,11 +86,19 @@ export function createApi(opts: ApiOptions): Api {
     }
     if (path === "/healthz") {
       allow(req, ["GET"]);
-      const health = opts.queue.health();
+      const health = await opts.queue.health();
       return json(health.worker === "unavailable" ? 503 : 200, {
         status: health.worker === "ready" ? "ok" : health.worker,
         auth: Boolean(opts.token),
         ...health,
+      });
+    }
+    if (path === "/metrics") {
+      // Prometheus text; behind the token when there is one (a scraper sends it as a bearer token).
+      allow(req, ["GET"]);
+      await authorize(req);
+      return new Response(prometheusText(await opts.queue.metrics()), {
+        headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
       });
     }
     if (path !== "/v1" && !path.startsWith("/v1/")) {
@@ -114,18 +121,18 @@ export function createApi(opts: ApiOptions): Api {
     if (parts[0] === "jobs") {
       if (parts.length === 1) {
         allow(req, ["GET"]);
-        return listJobs(url);
+        return await listJobs(url);
       }
       const id = parts[1];
       if (parts.length === 2) {
         allow(req, ["GET", "DELETE"]);
-        if (req.method === "GET") return json(200, view(opts.queue.get(id)));
+        if (req.method === "GET") return json(200, view(await opts.queue.get(id)));
         const { job, settled } = await opts.queue.cancel(id);
         return json(settled ? 200 : 202, view(job));
       }
       if (parts.length === 3 && parts[2] === "events") {
         allow(req, ["GET"]);
-        return events(id);
+        return await events(id);
       }
       if (parts.length === 3 && parts[2] === "result") {
         allow(req, ["GET"]);
@@ -175,11 +182,11 @@ export function createApi(opts: ApiOptions): Api {
     }
     const body = await readJson(req, opts.maxBodyBytes);
     const request = await validateRequest(body, opts);
-    const job = opts.queue.submit(request);
+    const job = await opts.queue.submit(request);
     return json(202, { id: job.id, status: job.status }, { location: `/v1/jobs/${job.id}` });
   }
 
-  function listJobs(url: URL): Response {
+  async function listJobs(url: URL): Promise<Response> {
     const limit = url.searchParams.get("limit") ?? "50";
     const n = Number(limit);
     if (!Number.isInteger(n) || n < 1 || n > 500) {
@@ -189,13 +196,13 @@ export function createApi(opts: ApiOptions): Api {
     if (status !== null && !STATUSES.includes(status as JobStatus)) {
       throw new ApiError(400, "invalid_query", `status=${status}: expected one of ${STATUSES.join(", ")}.`);
     }
-    const jobs = opts.queue.list(n, (status ?? undefined) as JobStatus | undefined);
+    const jobs = await opts.queue.list(n, (status ?? undefined) as JobStatus | undefined);
     return json(200, { jobs: jobs.map(view) });
   }
 
-  function events(id: string): Response {
+  async function events(id: string): Promise<Response> {
     if (closing) throw new ApiError(503, "shutting_down", "The server is shutting down.");
-    const first = opts.queue.get(id);
+    const first = await opts.queue.get(id);
     const encoder = new TextEncoder();
     let stop = () => {};
     const body = new ReadableStream<Uint8Array>({
@@ -228,7 +235,7 @@ export function createApi(opts: ApiOptions): Api {
           }
           send("state", view(e.job));
           if (FINAL_STATES.includes(e.job.status)) close();
-        });
+        }, first.status);
         // Comments keep proxies and idle timeouts from dropping a quiet stream (a long queue wait).
         const keepAlive = setInterval(() => write(": keep-alive\n\n"), keepAliveMs);
         stop = () => {
@@ -252,7 +259,7 @@ export function createApi(opts: ApiOptions): Api {
   }
 
   async function result(id: string, url: URL): Promise<Response> {
-    const job = opts.queue.get(id);
+    const job = await opts.queue.get(id);
     const format = url.searchParams.get("format") ?? "nifti";
     if (!["nifti", "png"].includes(format)) {
       throw new ApiError(400, "invalid_query", `format=${format}: expected nifti (default) or png.`);
@@ -264,19 +271,15 @@ export function createApi(opts: ApiOptions): Api {
         `Job ${id} is ${job.status}; results exist only for done jobs.`,
       );
     }
-    const name = format === "png" ? job.result.png : job.result.nifti;
-    let file: Deno.FsFile;
-    try {
-      file = await Deno.open(`${opts.resultsDir}/${name}`);
-    } catch {
+    const file = await opts.queue.openResult(job, format as "nifti" | "png");
+    if (!file) {
       throw new ApiError(410, "result_missing", `The result file of job ${id} is no longer on the server.`);
     }
-    const { size } = await file.stat();
     const download = `voxgen-${id}.${format === "png" ? "png" : "nii.gz"}`;
-    return new Response(file.readable, {
+    return new Response(file.body, {
       headers: {
         "content-type": format === "png" ? "image/png" : "application/gzip",
-        "content-length": String(size),
+        "content-length": String(file.size),
         "content-disposition": `${format === "png" ? "inline" : "attachment"}; filename="${download}"`,
         // Results never change once written.
         "cache-control": "private, max-age=31536000, immutable",
@@ -306,8 +309,17 @@ export function createApi(opts: ApiOptions): Api {
 
 /** A job as the API shows it: result files become URLs. */
 function view(job: Job): Record<string, unknown> {
-  const { id, status, progress, createdAt, startedAt, finishedAt, error, request, result } = job;
-  const shown = { id, status, progress, createdAt, startedAt, finishedAt, error, request };
+  const { id, status, progress, createdAt, startedAt, finishedAt, error, result } = job;
+  const shown = {
+    id,
+    status,
+    progress,
+    createdAt,
+    startedAt,
+    finishedAt,
+    error,
+    request: shownRequest(job.request),
+  };
   if (!result) return shown;
   const base = `/v1/jobs/${job.id}/result`;
   return {
@@ -319,6 +331,21 @@ function view(job: Job): Record<string, unknown> {
       seconds: result.seconds,
       nifti: base,
       png: `${base}?format=png`,
+    },
+  };
+}
+
+/** The request as jobs show it: inpainting volumes as their size, not their base64 text. */
+function shownRequest(request: SampleRequest): SampleRequest | Record<string, unknown> {
+  const inpaint = request.inpaint;
+  if (!inpaint) return request;
+  const size = (b64: string) => `<${Math.floor((b64.length * 3) / 4)} bytes of NIfTI>`;
+  return {
+    ...request,
+    inpaint: {
+      ...inpaint,
+      image: size(inpaint.image),
+      mask: typeof inpaint.mask === "string" ? size(inpaint.mask) : inpaint.mask,
     },
   };
 }
@@ -418,7 +445,7 @@ export async function validateRequest(
   for (const a of adapters) await limits.catalog.adapter(a.name);
   const conditions = await validateConditions(b, model, summary, guidanceScale, limits);
   const inpaint = b.inpaint === undefined ? undefined : await validateInpaint(b.inpaint, summary, limits);
-  return {
+  const request: SampleRequest = {
     model,
     adapters,
     sampler,
@@ -427,14 +454,17 @@ export async function validateRequest(
     guidanceScale,
     batch,
     ...conditions,
-    ...(inpaint ? { inpaint } : {}),
   };
+  if (inpaint) request.inpaint = inpaint;
+  // Only when asked for, so the stored request of an ordinary job stays as it was.
+  if (b.priority !== undefined) request.priority = integer(b, "priority", 0, 0, MAX_PRIORITY);
+  return request;
 }
 
 /** What validation needs besides the catalog and limits: the finished jobs and where files go. */
 type ValidationContext =
   & Pick<ApiOptions, "catalog" | "maxSteps" | "maxBatch">
-  & Partial<Pick<ApiOptions, "queue" | "resultsDir">>;
+  & Partial<Pick<ApiOptions, "queue">>;
 
 /** The prompt, class label and embeddings of a request, checked against the model (422 when they do not fit). */
 async function validateConditions(
@@ -538,10 +568,9 @@ const INPAINT_FIELDS = ["image", "mask", "normalize"];
 const NORMALIZE = ["auto", "none", "percentile"];
 
 /**
- * The inpainting inputs of a request: the image from a finished job (`{ job, index }`) or an upload
- * (`{ nifti: base64 }`), the mask as an upload or `{ sphere: { center, radius } }` in voxels. Uploads are
- * checked (NIfTI on the model's grid) and stored in the results directory, so the stored request can run
- * again.
+ * The inpainting inputs of a request: the image from a finished job (`{ job, index }`, its result read
+ * through the queue) or an upload (`{ nifti: base64 }`), the mask as an upload or `{ sphere: { center,
+ * radius } }` in voxels. Uploads are checked (NIfTI on the model's grid); the volumes travel with the request.
  */
 async function validateInpaint(
   value: unknown,
@@ -570,14 +599,15 @@ async function validateInpaint(
   }
   const [nx, ny, nz] = summary.shape ?? [0, 0, 0];
   const image = obj(inpaint.image, "inpaint.image", ["job", "index", "nifti"]);
-  let imageFile: string;
+  let imageData: string;
+  let fromJob: string | undefined;
   let index = 0;
   if (image.job !== undefined) {
     if (typeof image.job !== "string") {
       throw new ApiError(400, "invalid_type", "inpaint.image.job must be a job id.");
     }
     if (!limits.queue) throw new ApiError(422, "invalid_value", "inpaint.image.job: no job store here.");
-    const job = limits.queue.get(image.job);
+    const job = await limits.queue.get(image.job);
     if (job.status !== "done" || !job.result) {
       throw new ApiError(
         422,
@@ -589,15 +619,22 @@ async function validateInpaint(
       throw new ApiError(
         422,
         "invalid_value",
-        `inpaint.image.job: job ${image.job} made ${
-          job.result.shape.join("×")
-        } volumes; the model makes ${nx}×${ny}×${nz}.`,
+        `inpaint.image.job: job ${image.job} made ${job.result.shape.join("×")} volumes; the model makes ` +
+          `${nx}×${ny}×${nz}.`,
       );
     }
     index = integer(image, "index", 0, 0, job.result.batch - 1);
-    imageFile = job.result.nifti;
+    const file = await limits.queue.openResult(job, "nifti");
+    if (!file) {
+      throw new ApiError(410, "result_missing", `inpaint.image.job: the result of job ${image.job} is gone.`);
+    }
+    const bytes = file.body instanceof Uint8Array
+      ? file.body
+      : new Uint8Array(await new Response(file.body).arrayBuffer());
+    imageData = toBase64(bytes);
+    fromJob = image.job;
   } else if (image.nifti !== undefined) {
-    imageFile = await storeUpload(image.nifti, "inpaint.image.nifti", [nx, ny, nz], limits);
+    imageData = await checkUpload(image.nifti, "inpaint.image.nifti", [nx, ny, nz]);
   } else {
     throw new ApiError(
       400,
@@ -625,7 +662,7 @@ async function validateInpaint(
     }
     mask = { center: center as [number, number, number], radius };
   } else if (maskSpec.nifti !== undefined) {
-    mask = await storeUpload(maskSpec.nifti, "inpaint.mask.nifti", [nx, ny, nz], limits);
+    mask = await checkUpload(maskSpec.nifti, "inpaint.mask.nifti", [nx, ny, nz]);
   } else {
     throw new ApiError(
       400,
@@ -633,18 +670,18 @@ async function validateInpaint(
       'inpaint.mask needs "nifti" (base64) or "sphere" ({ center, radius }).',
     );
   }
-  return { image: imageFile, index, mask, normalize: normalize as InpaintChoice["normalize"] };
+  return {
+    image: imageData,
+    ...(fromJob ? { fromJob } : {}),
+    index,
+    mask,
+    normalize: normalize as InpaintChoice["normalize"],
+  };
 }
 
-/** Checks a base64 NIfTI upload against the model's grid and stores it (named by its hash) in the results directory. */
-async function storeUpload(
-  value: unknown,
-  what: string,
-  shape: number[],
-  limits: ValidationContext,
-): Promise<string> {
+/** Checks a base64 NIfTI upload against the model's grid; returns it as given. */
+async function checkUpload(value: unknown, what: string, shape: number[]): Promise<string> {
   if (typeof value !== "string") throw new ApiError(400, "invalid_type", `${what} must be a base64 string.`);
-  if (!limits.resultsDir) throw new ApiError(422, "invalid_value", `${what}: uploads are not accepted here.`);
   let bytes: Uint8Array<ArrayBuffer>;
   try {
     bytes = Uint8Array.from(atob(value), (c) => c.charCodeAt(0));
@@ -664,12 +701,16 @@ async function storeUpload(
       `${what} is ${volume.shape.join("×")}; the model generates ${shape.join("×")} volumes.`,
     );
   }
-  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
-  const hex = [...digest.slice(0, 12)].map((x) => x.toString(16).padStart(2, "0")).join("");
-  const gz = bytes[0] === 0x1f && bytes[1] === 0x8b;
-  const name = `upload-${hex}.nii${gz ? ".gz" : ""}`;
-  await atomicWrite(`${limits.resultsDir}/${name}`, bytes);
-  return name;
+  return value;
+}
+
+/** Base64 of bytes (in chunks: spreading a large array into one call overflows the stack). */
+function toBase64(bytes: Uint8Array): string {
+  let text = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  }
+  return btoa(text);
 }
 
 /** A list of names (embeddings), each at most once. */

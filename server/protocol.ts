@@ -8,6 +8,9 @@
 /** A sampler name or alias (samplers/registry.ts has the list). */
 export type SamplerName = string;
 
+/** Highest queue priority a request may ask for (0 is the default and lowest). */
+export const MAX_PRIORITY = 100;
+
 /** An adapter applied on top of the model, with its weight. */
 export interface AdapterChoice {
   /** Adapter name: a file `<data>/adapters/<name>.safetensors`. */
@@ -32,23 +35,30 @@ export interface SampleRequest {
   guidanceScale: number;
   /** Volumes to generate. */
   batch: number;
+  /** Queue priority 0…100: higher runs first, equal ones in order of submission (default 0). */
+  priority?: number;
   /** Prompt, for a model with a token table ("" = the null prompt). */
   prompt?: string;
   /** Class label, for a class-conditional model. */
   classLabel?: number;
   /** Textual-inversion embeddings (names in `<data>/embeddings/`) whose tokens the prompt may use. */
   embeddings?: string[];
-  /** Inpainting: where the kept image and the mask come from (files in the results directory). */
+  /** Inpainting: the kept image and the mask. */
   inpaint?: InpaintChoice;
 }
 
-/** Inpainting inputs of a request, resolved to files in the results directory when it was accepted. */
+/**
+ * Inpainting inputs of a request. The volumes travel with the request (base64 NIfTI), so that any worker
+ * host can run it and a stored request can run again.
+ */
 export interface InpaintChoice {
-  /** The kept image: a NIfTI file in the results directory (an upload or a finished job's result). */
+  /** The kept image: base64 of a `.nii`/`.nii.gz` on the model's grid (an upload or a finished job's result). */
   image: string;
+  /** The finished job the image came from, when it did. */
+  fromJob?: string;
   /** Volume of a 4-D image (a batch result) to use. */
   index: number;
-  /** The mask (non-zero = generate): a NIfTI file in the results directory, or a sphere in voxels. */
+  /** The mask (non-zero = generate): base64 NIfTI, or a sphere in voxels. */
   mask: string | { center: [number, number, number]; radius: number };
   /** How the image reaches the model's intensity range (see pipelines/inpaint.ts). */
   normalize: "auto" | "none" | "percentile";

@@ -111,7 +111,7 @@ async function runJob(
       guidanceScale: request.guidanceScale,
       prompt: request.prompt,
       classLabel: request.classLabel,
-      inpaint: request.inpaint ? await inpaintInputs(request.inpaint, job.resultsDir, model) : undefined,
+      inpaint: request.inpaint ? await inpaintInputs(request.inpaint, model) : undefined,
       signal,
       onProgress: (p) => {
         // Fire and forget: a round trip per step would slow sampling for nothing.
@@ -139,14 +139,11 @@ async function runJob(
   }
 }
 
-/** The inpainting request's image and mask, read from the results directory. */
-async function inpaintInputs(
-  choice: InpaintChoice,
-  resultsDir: string,
-  model: Generator,
-): Promise<GenerationRequest["inpaint"]> {
-  const image = await readNifti(`${resultsDir}/${choice.image}`);
-  const mask = typeof choice.mask === "string" ? await readNifti(`${resultsDir}/${choice.mask}`) : {
+/** The inpainting request's image and mask (base64 NIfTI in the request, or a sphere). */
+async function inpaintInputs(choice: InpaintChoice, model: Generator): Promise<GenerationRequest["inpaint"]> {
+  const decode = (b64: string) => Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const image = await readNifti(decode(choice.image));
+  const mask = typeof choice.mask === "string" ? await readNifti(decode(choice.mask)) : {
     data: sphereMask(model.volume.shape, choice.mask.center, choice.mask.radius),
     shape: model.volume.shape,
   };

@@ -41,7 +41,16 @@ Deno.test("cli: --help and help list one line per command; no command is a usage
   for (const [name, command] of Object.entries(COMMANDS)) {
     match(help.stdout, new RegExp(`^  ${name} +${command.summary.replace(/[()+.*?|[\]\\]/g, "\\$&")}$`, "m"));
   }
-  deepStrictEqual(Object.keys(COMMANDS), ["sample", "train", "finetune", "invert", "eval", "info", "serve"]);
+  deepStrictEqual(Object.keys(COMMANDS), [
+    "sample",
+    "train",
+    "finetune",
+    "invert",
+    "eval",
+    "info",
+    "import",
+    "serve",
+  ]);
   strictEqual((await cli("help")).stdout, help.stdout);
   strictEqual((await cli("-h")).stdout, help.stdout);
 

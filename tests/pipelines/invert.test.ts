@@ -187,7 +187,7 @@ gpuTest("deno task invert writes an embedding that sample uses with --embedding"
     const described = await describeFile(`${dir}/lesion.ti.safetensors`);
     match(
       described,
-      /voxgen textual-inversion embedding \(voxgen-ti\)\n  token +<lesion>\n  vectors +2 × 8 \(contexts of 4 tokens\)/,
+      /voxgen textual-inversion embedding \(voxgen-ti\)\n {2}token +<lesion>\n {2}vectors +2 × 8 \(contexts of 4 tokens\)/,
     );
     disposeAll(file.vectors);
     base.unet.dispose();
