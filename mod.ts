@@ -114,3 +114,14 @@ export {
   type VolumeInfo,
 } from "./pipelines/modelfile.ts";
 export * from "./adapters/mod.ts";
+export {
+  AutoencoderKL,
+  type AutoencoderKLOptions,
+  autoencoderOptionsFromMonai,
+  type ConvertedAutoencoderStateDict,
+  convertGenerativeAutoencoderStateDict,
+  type LatentPosterior,
+  type LatentSamplingOptions,
+  resolveAutoencoderOptions,
+  type ResolvedAutoencoderOptions,
+} from "./models/autoencoder.ts";
