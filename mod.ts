@@ -125,3 +125,24 @@ export {
   resolveAutoencoderOptions,
   type ResolvedAutoencoderOptions,
 } from "./models/autoencoder.ts";
+export {
+  type DiscriminatorNorm,
+  discriminatorOptionsFromMonai,
+  leakyRelu,
+  PatchDiscriminator,
+  type PatchDiscriminatorOptions,
+} from "./models/discriminator.ts";
+export {
+  adversarialActive,
+  type AutoencoderLossWeights,
+  discriminatorLoss,
+  type GeneratorLoss,
+  generatorLoss,
+  klLoss,
+  patchAdversarialLoss,
+  type PerceptualLoss,
+  type ReconstructionLoss,
+  reconstructionLoss,
+  type ResolvedLossWeights,
+  resolveLossWeights,
+} from "./pipelines/autoencoder_losses.ts";
