@@ -146,3 +146,22 @@ export {
   type ResolvedLossWeights,
   resolveLossWeights,
 } from "./pipelines/autoencoder_losses.ts";
+export {
+  type AutoencoderStepReport,
+  type AutoencoderTrainOptions,
+  type AutoencoderTrainResult,
+  trainAutoencoder,
+  validateAutoencoder,
+  type ValidationScores,
+} from "./pipelines/train_autoencoder.ts";
+export {
+  type AutoencoderInfo,
+  decodeLatents,
+  type LatentModelInfo,
+  loadAutoencoderFile,
+  type LoadedAutoencoder,
+  type LoadedLatentModel,
+  loadLatentModelFile,
+  saveAutoencoderFile,
+  saveLatentModelFile,
+} from "./pipelines/latent_modelfile.ts";
