@@ -107,6 +107,8 @@ export {
 } from "./pipelines/train.ts";
 export { duration, Progress, type ProgressMode, type ProgressOptions } from "./io/progress.ts";
 export {
+  disposeModel,
+  type LatentStage,
   type LoadedModel,
   loadModelFile,
   type ModelInfo,
@@ -165,3 +167,14 @@ export {
   saveAutoencoderFile,
   saveLatentModelFile,
 } from "./pipelines/latent_modelfile.ts";
+export {
+  CachedPosteriors,
+  latentBatches,
+  type LatentBatchOptions,
+  type LatentTraining,
+  type LatentTrainingOptions,
+  noiseShape,
+  prepareLatentTraining,
+  samplesToImages,
+  scaleFactorOf,
+} from "./pipelines/latent.ts";

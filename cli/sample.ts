@@ -15,6 +15,7 @@ import { writeNifti } from "../io/nifti.ts";
 import { writeSlicesPng } from "../io/png.ts";
 import type { DiffusionModelUNet } from "../models/unet.ts";
 import { loadModelFile } from "../pipelines/modelfile.ts";
+import { noiseShape, samplesToImages } from "../pipelines/latent.ts";
 import { sample } from "../samplers/sample.ts";
 import {
   DDIMScheduler,
@@ -164,23 +165,26 @@ export async function main(args: string[]): Promise<void> {
     }
   }
   const device = await ready();
-  const { unet, info } = await loadModelFile(modelPath);
+  const model = await loadModelFile(modelPath);
+  const { unet, info } = model;
   try {
     await applyAdapters(unet, adapters);
     const scheduler = makeScheduler(values.sampler!, { ...info.scheduler });
     const [nx, ny, nz] = info.volume.shape;
-    const channels = unet.config.inChannels;
     console.error(
       `model ${modelPath}: ${unet.numParameters().toLocaleString()} parameters; ${device.adapter}`,
     );
     const progress = new Progress(`sampling (${values.sampler}, seed ${seed})`, steps);
-    const x = await sample((xt, t) => unet.forward(xt, t), scheduler, {
-      shape: [batch, channels, nz, ny, nx],
+    // Latent models sample latents and decode them (decode(z / s)) into images.
+    const z = await sample((xt, t) => unet.forward(xt, t), scheduler, {
+      shape: noiseShape(model, batch),
       steps,
       seed,
       eta,
       onProgress: (p) => progress.update(p.step),
     });
+    const x = samplesToImages(model, z);
+    const channels = x.shape[1];
     // Bring samples back to the trained intensity range (x̂0 is clipped there by the scheduler already).
     const [lo, hi] = info.volume.range;
     const clipped = scope(() => map("clamp", "min(max(a, s0), s1)", [x], [lo, hi]));
@@ -200,6 +204,7 @@ export async function main(args: string[]): Promise<void> {
     }
   } finally {
     unet.dispose();
+    model.latent?.autoencoder.dispose();
   }
 }
 

@@ -10,9 +10,11 @@ import { ready } from "../engine/device.ts";
 import { writeSlicesPng } from "../io/png.ts";
 import { loadSafetensors } from "../io/safetensors.ts";
 import { DiffusionModelUNet, type DiffusionModelUNetOptions } from "../models/unet.ts";
-import { augmentedBatches, type AugmentOptions } from "../pipelines/augment.ts";
+import { augmentedBatches, type AugmentOptions, batchDraw } from "../pipelines/augment.ts";
 import { listNiftiFiles, loadVolume, type Volume, volumeTensor } from "../pipelines/dataset.ts";
 import { saveModelFile } from "../pipelines/modelfile.ts";
+import { loadAutoencoderFile, saveLatentModelFile } from "../pipelines/latent_modelfile.ts";
+import { type LatentTraining, prepareLatentTraining, samplesToImages } from "../pipelines/latent.ts";
 import { type RunSetting, train } from "../pipelines/train.ts";
 import { sample } from "../samplers/sample.ts";
 import {
@@ -30,6 +32,8 @@ Data
   --data SPEC          NIfTI files, folders or globs (repeat or comma-separate)
   --size N             cubic training grid N³ (default 32), fitted to the foreground of each volume
   --no-augment         train on the volumes as they are (default: flips, affine, elastic, bias, intensity)
+  --autoencoder FILE   latent diffusion: train on s·z of this frozen autoencoder (deno task train-autoencoder;
+                       s = 1/std of the first batch's latents); the model file then holds both networks
 Model
   --channels LIST      U-Net channels per level (default 16,32,32)
   --attention LIST     attention per level as 0/1 (default 0,0,1)
@@ -67,6 +71,7 @@ export async function main(args: string[]): Promise<void> {
       out: { type: "string" },
       size: { type: "string" },
       "no-augment": { type: "boolean" },
+      autoencoder: { type: "string" },
       channels: { type: "string", default: "16,32,32" },
       attention: { type: "string", default: "0,0,1" },
       "res-blocks": { type: "string" },
@@ -105,9 +110,19 @@ export async function main(args: string[]): Promise<void> {
       `--attention has ${attention.length} entries for ${channels.length} levels of --channels.`,
     );
   }
-  if (size % 2 ** (channels.length - 1) !== 0) {
+  // The autoencoder's latent size decides the U-Net's grid, so it loads before the other checks.
+  const stage = values.autoencoder ? (await ready(), await loadAutoencoderFile(values.autoencoder)) : null;
+  const ae = stage?.autoencoder;
+  // The U-Net's grid: the image, or the autoencoder's latent of it.
+  const grid = ae ? ae.latentShape([size, size, size])[1] : size;
+  if (grid % 2 ** (channels.length - 1) !== 0) {
     throw new Error(
-      `--size ${size} must be divisible by 2^${channels.length - 1} for ${channels.length} U-Net levels.`,
+      `--size ${size} must be divisible by 2^${channels.length - 1} for ${channels.length} U-Net levels` +
+        (ae
+          ? ` (on the ${grid}³ latent: use a --size that is a multiple of ${
+            ae.downsampling * 2 ** (channels.length - 1)
+          }).`
+          : "."),
     );
   }
   const steps = numberOption("steps", values.steps, 2000, 1, 1e7, true);
@@ -121,13 +136,14 @@ export async function main(args: string[]): Promise<void> {
     betaStart: numberOption("beta-start", values["beta-start"], 0.0005, 0, 1),
     betaEnd: numberOption("beta-end", values["beta-end"], 0.0195, 0, 1),
     predictionType: values.prediction as PredictionType,
-    clipSample: true,
+    // Latents are not bounded to [-1, 1] like images.
+    clipSample: !ae,
   };
   const scheduler = new DDPMScheduler(schedulerOptions);
   const unetOptions: DiffusionModelUNetOptions = {
     spatialDims: 3,
-    inChannels: 1,
-    outChannels: 1,
+    inChannels: ae?.config.latentChannels ?? 1,
+    outChannels: ae?.config.latentChannels ?? 1,
     channels,
     attentionLevels: attention,
     numResBlocks: numberOption("res-blocks", values["res-blocks"], 1, 1, 8, true),
@@ -148,7 +164,24 @@ export async function main(args: string[]): Promise<void> {
   if (values.init) unet.loadStateDict(await loadSafetensors(values.init));
   console.error(`U-Net: ${unet.numParameters().toLocaleString()} parameters`);
   const augmentOptions: AugmentOptions | null = values["no-augment"] ? null : {};
-  const data = augmentedBatches(tensors, { batch, seed, augment: augmentOptions });
+  const images = augmentedBatches(tensors, { batch, seed, augment: augmentOptions });
+  // Latent diffusion: batches of s·z, encoded under noGrad (posteriors cached when not augmenting).
+  const latent: LatentTraining | null = ae
+    ? await prepareLatentTraining(ae, images, {
+      seed,
+      sources: augmentOptions ? undefined : tensors,
+      batch,
+      pick: batchDraw,
+    })
+    : null;
+  if (latent) {
+    console.error(
+      `latent diffusion on ${latent.latentShape.join("×")} latents of ${values.autoencoder}; scale factor ${
+        latent.scaleFactor.toPrecision(6)
+      }`,
+    );
+  }
+  const data = latent?.data ?? images;
   // With train's own (lr, EMA, seed, schedule…), what a resumed run must share with its checkpoint.
   const settings: Record<string, RunSetting> = {
     data: await Promise.all(files.map((f) => Deno.realPath(f))),
@@ -161,6 +194,9 @@ export async function main(args: string[]): Promise<void> {
     "head-channels": unetOptions.numHeadChannels!,
     init: values.init ? await Deno.realPath(values.init) : null,
     batch,
+    ...(ae
+      ? { autoencoder: await Deno.realPath(values.autoencoder!), scaleFactor: latent!.scaleFactor }
+      : {}),
   };
   const result = await train(unet, scheduler, data, {
     steps,
@@ -188,18 +224,31 @@ export async function main(args: string[]): Promise<void> {
 
   // The model file holds the EMA weights.
   const weights = await loadSafetensors(result.weightsPath);
-  const grid = volumes[0];
   const modelPath = `${values.out.replace(/\/$/, "")}/model.safetensors`;
-  await saveModelFile(modelPath, weights, {
+  const modelInfo = {
     unet: unetOptions,
     scheduler: schedulerOptions,
-    volume: { shape: [size, size, size], affine: grid.affine, range: [-1, 1] },
+    volume: {
+      shape: [size, size, size] as [number, number, number],
+      affine: volumes[0].affine,
+      range: [-1, 1] as [number, number],
+    },
     description: values.description ??
-      `DDPM trained by voxgen on ${files.map((f) => f.split("/").pop()).join(", ")} (${
-          augmentOptions ? "augmented" : "as is"
-        }), ` +
+      `${latent ? "latent " : ""}DDPM trained by voxgen on ${
+          files.map((f) => f.split("/").pop()).join(", ")
+        } (${augmentOptions ? "augmented" : "as is"}), ` +
         `${result.step} steps, batch ${batch}, ${size}³`,
-  });
+  };
+  if (ae && latent) {
+    await saveLatentModelFile(modelPath, weights, ae.stateDict(), {
+      ...modelInfo,
+      autoencoder: stage!.info.autoencoder,
+      scaleFactor: latent.scaleFactor,
+      latentShape: latent.latentShape,
+    });
+  } else {
+    await saveModelFile(modelPath, weights, modelInfo);
+  }
   for (const t of weights.values()) t.dispose();
   console.log(`wrote ${modelPath}`);
 
@@ -209,11 +258,14 @@ export async function main(args: string[]): Promise<void> {
   for (const t of ema.values()) t.dispose();
   unet.eval();
   for (let s = 0; s < previews; s++) {
-    const x = await sample((xt, t) => unet.forward(xt, t), new DDIMScheduler(schedulerOptions), {
-      shape: [1, 1, size, size, size],
+    const z = await sample((xt, t) => unet.forward(xt, t), new DDIMScheduler(schedulerOptions), {
+      shape: [1, unetOptions.inChannels, grid, grid, grid],
       steps: 50,
       seed: s,
     });
+    const x = latent && ae
+      ? samplesToImages({ unet, info: modelInfo, latent: { autoencoder: ae, ...latent } }, z)
+      : z;
     const path = `${values.out.replace(/\/$/, "")}/sample_${s}.png`;
     await writeSlicesPng(path, await x.toArray(), [size, size, size], { window: [-1, 1] });
     x.dispose();
@@ -221,6 +273,8 @@ export async function main(args: string[]): Promise<void> {
   }
   for (const t of tensors) t.dispose();
   unet.dispose();
+  latent?.dispose();
+  ae?.dispose();
 }
 
 if (import.meta.main) {

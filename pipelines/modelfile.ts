@@ -11,6 +11,8 @@ import type { Affine } from "../io/nifti.ts";
 import { loadSafetensorsFile, saveSafetensors } from "../io/safetensors.ts";
 import { DiffusionModelUNet, type DiffusionModelUNetOptions } from "../models/unet.ts";
 import type { SchedulerOptions } from "../samplers/scheduler.ts";
+import type { AutoencoderKL } from "../models/autoencoder.ts";
+import { LATENT_KIND, latentInfoFromMetadata, latentModelFromWeights } from "./latent_modelfile.ts";
 
 /** Geometry and intensity convention of the volumes a model generates. */
 export interface VolumeInfo {
@@ -51,18 +53,38 @@ export async function saveModelFile(
   });
 }
 
+/** The autoencoder stage of a latent diffusion model: the U-Net works on latents, images are decode(z / s). */
+export interface LatentStage {
+  /** The frozen autoencoder (eval mode). */
+  autoencoder: AutoencoderKL;
+  /** s: the U-Net's latents are s·z. */
+  scaleFactor: number;
+  /** Latent shape without the batch: [latentChannels, D, H, W]. */
+  latentShape: number[];
+}
+
 /** A loaded model file: the U-Net in eval mode with its weights, and its info. */
 export interface LoadedModel {
   /** The network (eval mode, weights loaded, frozen). */
   unet: DiffusionModelUNet;
   /** Its info. */
   info: ModelInfo;
+  /**
+   * Present for latent diffusion model files: sample noise of `latentShape` and decode at the end
+   * (`noiseShape` and `samplesToImages` in pipelines/latent.ts). Dispose `latent.autoencoder` with the U-Net.
+   */
+  latent?: LatentStage;
 }
 
 /** Loads a model file written by {@linkcode saveModelFile}. */
 export async function loadModelFile(path: string): Promise<LoadedModel> {
   const { tensors: weights, metadata: meta } = await loadSafetensorsFile(path);
   try {
+    if (meta.format === LATENT_KIND) {
+      const { unet, autoencoder, info } = latentModelFromWeights(latentInfoFromMetadata(path, meta), weights);
+      const { scaleFactor, latentShape, ...rest } = info;
+      return { unet, info: rest, latent: { autoencoder, scaleFactor, latentShape } };
+    }
     if (meta.format !== KIND) {
       throw new Error(
         `${path} is not a voxgen model file (metadata format ${JSON.stringify(meta.format)}); ` +
@@ -82,4 +104,10 @@ export async function loadModelFile(path: string): Promise<LoadedModel> {
   } finally {
     for (const t of weights.values()) t.dispose();
   }
+}
+
+/** Frees a loaded model's networks (the U-Net, and the autoencoder of a latent model). */
+export function disposeModel(model: LoadedModel): void {
+  model.unet.dispose();
+  model.latent?.autoencoder.dispose();
 }

@@ -20,7 +20,8 @@ import { map } from "../engine/ops/map.ts";
 import { writeNifti } from "../io/nifti.ts";
 import { atomicWrite } from "../io/atomic.ts";
 import { encodePng, orthogonalSlices, stackRows } from "../io/png.ts";
-import { type LoadedModel, loadModelFile } from "../pipelines/modelfile.ts";
+import { disposeModel, type LoadedModel, loadModelFile } from "../pipelines/modelfile.ts";
+import { noiseShape, samplesToImages } from "../pipelines/latent.ts";
 import { sample } from "../samplers/sample.ts";
 import type { JobResult, WorkerApi, WorkerDevice, WorkerJob, WorkerProgress } from "./protocol.ts";
 
@@ -79,7 +80,7 @@ const api: WorkerApi = {
     // Releasing the device here, in order, rather than leaving it to thread teardown at process exit: a
     // software Vulkan driver's threads can still be running then.
     closing = true;
-    cached?.model.unet.dispose();
+    if (cached) disposeModel(cached.model);
     cached = null;
     releaseCachedMemory();
     if (!lostReason) gpu().destroy();
@@ -102,9 +103,9 @@ async function runJob(
     const { unet, info } = model;
     const scheduler = makeScheduler(request.sampler, { ...info.scheduler });
     const [nx, ny, nz] = info.volume.shape;
-    const channels = unet.config.inChannels;
-    const x = await sample((xt, t) => unet.forward(xt, t), scheduler, {
-      shape: [request.batch, channels, nz, ny, nx],
+    // Latent models sample latents and decode them into images at the end.
+    const z = await sample((xt, t) => unet.forward(xt, t), scheduler, {
+      shape: noiseShape(model, request.batch),
       steps: request.steps,
       seed: request.seed,
       signal,
@@ -114,6 +115,8 @@ async function runJob(
         if (p.step === 1 && (fault === "lose-device" || fault === "crash")) injectFault(fault);
       },
     });
+    const x = samplesToImages(model, z);
+    const channels = x.shape[1];
     // Back to the trained intensity range (x̂0 is clipped there by the scheduler already).
     const [lo, hi] = info.volume.range;
     const clipped = scope(() => map("clamp", "min(max(a, s0), s1)", [x], [lo, hi]));
@@ -153,7 +156,7 @@ async function runJob(
       seconds: (performance.now() - start) / 1000,
     };
   } finally {
-    if (model !== cached?.model) model.unet.dispose();
+    if (model !== cached?.model) disposeModel(model);
   }
 }
 
@@ -167,12 +170,12 @@ async function acquireModel(job: WorkerJob): Promise<LoadedModel> {
     try {
       await applyAdapters(model, job.adapters);
     } catch (error) {
-      model.unet.dispose();
+      disposeModel(model);
       throw error;
     }
     return model;
   }
-  cached?.model.unet.dispose();
+  if (cached) disposeModel(cached.model);
   cached = { key, model };
   return model;
 }
