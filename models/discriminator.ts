@@ -160,6 +160,7 @@ export class PatchDiscriminator extends Module {
   readonly inChannels: number;
   /** 2 or 3. */
   readonly spatialDims: SpatialDims;
+  readonly #geometry: { k: number; padding: number; lastK: number };
 
   /** Builds the discriminator (MONAI's layout and initialisation). */
   constructor(opts: PatchDiscriminatorOptions) {
@@ -189,6 +190,7 @@ export class PatchDiscriminator extends Module {
     const padding = opts.padding ?? 1;
     const slope = opts.negativeSlope ?? 0.2;
     const lastK = opts.lastConvKernelSize ?? k;
+    this.#geometry = { k, padding, lastK };
     const random = seededRandom(opts.seed ?? 0);
     const common = { kernelSize: k, padding, slope, random };
     this.child(
@@ -231,6 +233,18 @@ export class PatchDiscriminator extends Module {
           `${this.inChannels} channels.`,
       );
     }
+    for (const n of x.shape.slice(2)) {
+      if (this.outputSize(n) < 1) {
+        let smallest = 1;
+        while (this.outputSize(smallest) < 1) smallest++;
+        throw new Error(
+          `PatchDiscriminator: input ${
+            formatShape(x.shape)
+          } is too small for ${this.numLayersD} layers: every ` +
+            `spatial axis needs at least ${smallest} voxels (or use fewer layers, numLayersD).`,
+        );
+      }
+    }
     return scope(() => {
       const outs: Tensor[] = [];
       let h = x;
@@ -240,6 +254,16 @@ export class PatchDiscriminator extends Module {
       }
       return outs;
     });
+  }
+
+  /** Size of the logits along an axis of `n` voxels (< 1: the input is too small). */
+  outputSize(n: number): number {
+    const { k, padding, lastK } = this.#geometry;
+    const conv = (m: number, kernel: number, pad: number, stride: number) =>
+      m + 2 * pad < kernel ? 0 : Math.floor((m + 2 * pad - kernel) / stride) + 1;
+    let m = conv(n, k, padding, 2);
+    for (let l = 0; l < this.numLayersD; l++) m = conv(m, k, padding, l === this.numLayersD - 1 ? 1 : 2);
+    return conv(m, lastK, Math.floor((lastK - 1) / 2), 1);
   }
 
   /** The logits only (the last output), freeing the intermediates. */

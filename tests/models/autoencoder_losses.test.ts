@@ -68,6 +68,10 @@ gpuTest("PatchDiscriminator: MONAI's init (N(0, 0.02) weights, zero biases) and 
   const x = tensor(new Float32Array(2 * 8 * 8), [1, 2, 8, 8]);
   throws(() => d.forward(x), /3 spatial axes and 1 channels/);
   x.dispose();
+  deepStrictEqual([16, 15, 8].map((n) => d.outputSize(n)), [2, 1, 0]); // 16 → 8 → 4 → 3 → 2
+  const small = tensor(new Float32Array(8 ** 3), [1, 1, 8, 8, 8]);
+  throws(() => d.forward(small), /too small for 2 layers: every spatial axis needs at least 12 voxels/);
+  small.dispose();
   d.dispose();
 });
 
