@@ -111,6 +111,7 @@ export {
   type LatentStage,
   type LoadedModel,
   loadModelFile,
+  type LoadModelOptions,
   type ModelInfo,
   saveModelFile,
   type VolumeInfo,

@@ -165,7 +165,7 @@ export async function main(args: string[]): Promise<void> {
     }
   }
   const device = await ready();
-  const model = await loadModelFile(modelPath);
+  const model = await loadModelFile(modelPath, { allowLatent: true });
   const { unet, info } = model;
   try {
     await applyAdapters(unet, adapters);

@@ -76,11 +76,27 @@ export interface LoadedModel {
   latent?: LatentStage;
 }
 
-/** Loads a model file written by {@linkcode saveModelFile}. */
-export async function loadModelFile(path: string): Promise<LoadedModel> {
+/** Options of {@linkcode loadModelFile}. */
+export interface LoadModelOptions {
+  /**
+   * Accept latent diffusion model files (default false): the caller samples `noiseShape` and decodes with
+   * `samplesToImages` (pipelines/latent.ts). Callers that feed images to the U-Net leave it off and get a
+   * clear error instead of a model that would see the wrong inputs.
+   */
+  allowLatent?: boolean;
+}
+
+/** Loads a model file written by {@linkcode saveModelFile} (or, with `allowLatent`, a latent model file). */
+export async function loadModelFile(path: string, opts: LoadModelOptions = {}): Promise<LoadedModel> {
   const { tensors: weights, metadata: meta } = await loadSafetensorsFile(path);
   try {
     if (meta.format === LATENT_KIND) {
+      if (!opts.allowLatent) {
+        throw new Error(
+          `${path} is a latent diffusion model (its U-Net works on autoencoder latents); this command does ` +
+            "not support latent models yet (deno task sample and the server do).",
+        );
+      }
       const { unet, autoencoder, info } = latentModelFromWeights(latentInfoFromMetadata(path, meta), weights);
       const { scaleFactor, latentShape, ...rest } = info;
       return { unet, info: rest, latent: { autoencoder, scaleFactor, latentShape } };

@@ -165,7 +165,7 @@ async function acquireModel(job: WorkerJob): Promise<LoadedModel> {
   const stat = await Deno.stat(job.modelPath);
   const key = `${job.modelPath}:${stat.mtime?.getTime()}:${stat.size}`;
   if (job.adapters.length === 0 && cached?.key === key) return cached.model;
-  const model = await loadModelFile(job.modelPath);
+  const model = await loadModelFile(job.modelPath, { allowLatent: true });
   if (job.adapters.length > 0) {
     try {
       await applyAdapters(model, job.adapters);

@@ -125,7 +125,12 @@ gpuTest(
       const decoded = decodeLatents(loaded.autoencoder, z, 0.75);
       const direct = noGrad(() => scope(() => ae.decode(mul(z, 1 / 0.75))));
       deepStrictEqual(await decoded.toArray(), await direct.toArray());
-      const model = await loadModelFile(path);
+      await loadModelFile(path).then(
+        () => ok(false, "latent files need allowLatent"),
+        (e: Error) =>
+          ok(/is a latent diffusion model .* does not support latent models yet/.test(e.message), e.message),
+      );
+      const model = await loadModelFile(path, { allowLatent: true });
       ok(model.latent && model.latent.scaleFactor === 0.75, "loadModelFile reads latent files");
       deepStrictEqual(noiseShape(model, 3), [3, 2, 4, 4, 4]);
       disposeModel(model);
@@ -191,7 +196,7 @@ gpuTest(
         ])
       );
       ok(/latent diffusion on 2×8×8×8 latents .* scale factor \d/.test(stderr), stderr);
-      const model = await loadModelFile(`${out}/model.safetensors`);
+      const model = await loadModelFile(`${out}/model.safetensors`, { allowLatent: true });
       ok(model.latent && model.latent.scaleFactor > 0 && model.info.scheduler.clipSample === false);
       deepStrictEqual(model.latent.latentShape, [2, 8, 8, 8]);
       disposeModel(model);
