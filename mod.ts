@@ -36,6 +36,29 @@ export {
   unetOptionsFromMonai,
 } from "./models/unet.ts";
 export {
+  ControlNet,
+  type ControlNetForwardOptions,
+  type ControlNetOptions,
+  controlNetOptionsFromMonai,
+  type ControlNetResiduals,
+  type ResolvedControlNetOptions,
+} from "./models/controlnet.ts";
+export {
+  encoderDownsamplings,
+  epsFromPrediction,
+  modulate,
+  type Modulation,
+  type Prediction,
+  predictionFromEps,
+  type ResolvedVCMOptions,
+  resolveVCMOptions,
+  VCM,
+  VCMConditionEncoder,
+  type VCMForwardOptions,
+  type VCMOptions,
+  type VCMUNetOptions,
+} from "./models/vcm.ts";
+export {
   type DDIMOptions,
   DDIMScheduler,
   DDPMScheduler,
@@ -174,8 +197,36 @@ export {
   type LatentBatchOptions,
   type LatentTraining,
   type LatentTrainingOptions,
-  noiseShape,
   prepareLatentTraining,
-  samplesToImages,
   scaleFactorOf,
 } from "./pipelines/latent.ts";
+export {
+  ACCEPTED_SAMPLER_NAMES,
+  DEFAULT_SAMPLER,
+  findSampler,
+  makeScheduler,
+  SAMPLER_NAMES,
+  SAMPLER_REGISTRY,
+  type SamplerEntry,
+} from "./samplers/registry.ts";
+export {
+  type ConditionSpec,
+  generate,
+  type GeneratedVolumes,
+  type GenerationRequest,
+  type Generator,
+} from "./pipelines/generate.ts";
+export { loadGenerator, type LoadGeneratorOptions, unetGenerator } from "./pipelines/modelfile.ts";
+export { writeStackedFiles, writeVolumeFiles, type WrittenVolume } from "./pipelines/output.ts";
+export { parsePrompt, type PromptPart } from "./models/prompt.ts";
+export {
+  BOS,
+  checkConceptName,
+  PAD,
+  TokenTable,
+  type TokenVocabulary,
+  UnknownTokenError,
+  vocabularyRows,
+} from "./models/tokens.ts";
+export { type ConditioningInfo, DEFAULT_MODEL, modelWeights, TOKEN_PREFIX } from "./pipelines/modelfile.ts";
+export { predictGuided } from "./samplers/sample.ts";

@@ -21,7 +21,8 @@ import { mul } from "../engine/ops/elementwise.ts";
 import { type Affine, type NiftiVolume, readNifti } from "../io/nifti.ts";
 import { parseSafetensors, type RawTensor } from "../io/safetensors.ts";
 import { resolveUNetOptions } from "../models/unet.ts";
-import type { ModelInfo } from "../pipelines/modelfile.ts";
+import { type TokenVocabulary, vocabularyRows } from "../models/tokens.ts";
+import type { ConditioningInfo, ModelInfo } from "../pipelines/modelfile.ts";
 import { DDPMScheduler } from "../samplers/scheduler.ts";
 
 const HELP = `Usage: deno task info [FILE ...] [--adapter FILE]
@@ -235,6 +236,7 @@ function describeModel(path: string, tensors: Map<string, RawTensor>, meta: Reco
       4,
     ),
     field("class labels", u.numClassEmbeds === null ? "none" : `${u.numClassEmbeds} classes`, 4),
+    ...tokenLines(path, meta),
     "  scheduler",
     field("timesteps", String(s.numTrainTimesteps), 4),
     field(
@@ -251,6 +253,36 @@ function describeModel(path: string, tensors: Map<string, RawTensor>, meta: Reco
     ...affineRows(info.volume.affine, 6),
     field("range", `[${info.volume.range.map(num).join(", ")}]`, 4),
   ].join("\n");
+}
+
+/** The token table's lines (context length, concepts with their vectors), when the model has one. */
+function tokenLines(path: string, meta: Record<string, string>): string[] {
+  const lines: string[] = [];
+  if (meta.tokens) {
+    const v = checked<TokenVocabulary>(path, "tokens", () => {
+      const parsed = JSON.parse(meta.tokens);
+      vocabularyRows(parsed);
+      return parsed;
+    });
+    const concepts = v.concepts.map((c) => `${c.name} (${c.vectors} vector${c.vectors > 1 ? "s" : ""})`);
+    lines.push(
+      field(
+        "tokens",
+        `context of ${v.contextLength} tokens × ${v.dim}; <bos>, <pad> and ${v.concepts.length} concepts`,
+        4,
+      ),
+      field("concepts", concepts.join(", ") || "(none)", 4),
+    );
+  }
+  if (meta.conditioning) {
+    const c = checked<ConditioningInfo>(path, "conditioning", () => JSON.parse(meta.conditioning));
+    const parts = [
+      c.uncondProb !== undefined ? `condition dropout ${num(c.uncondProb)}` : "",
+      c.nullClass !== undefined ? `null class ${c.nullClass}` : "",
+    ].filter(Boolean);
+    lines.push(field("trained with", parts.join(", ") || "(nothing recorded)", 4));
+  }
+  return lines;
 }
 
 /** Runs `make`, naming the file and its metadata entry when the options it reads are invalid. */

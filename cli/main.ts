@@ -41,6 +41,10 @@ export const COMMANDS: Readonly<Record<string, CliCommand>> = {
     summary: "show the GPU, or describe a NIfTI image, model, adapter or safetensors file",
     run: async (args) => (await import("./info.ts")).main(args),
   },
+  import: {
+    summary: "turn a MONAI DiffusionModelUNet checkpoint (torch.save .pt) into a voxgen model file",
+    run: async (args) => (await import("./import.ts")).main(args),
+  },
   serve: {
     summary: "serve sampling over HTTP, with a job queue and a browser viewer",
     run: async (args) => (await import("../server/main.ts")).main(args),

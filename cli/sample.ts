@@ -7,28 +7,23 @@
  */
 
 import { parseArgs } from "node:util";
-import { loadAdapters, modelHash } from "../adapters/mod.ts";
+import { type AdapterSet, type AdapterSpec, mergeAdapterFiles } from "../adapters/mod.ts";
 import { ready } from "../engine/device.ts";
-import { scope } from "../engine/memory.ts";
-import { map } from "../engine/ops/map.ts";
-import { writeNifti } from "../io/nifti.ts";
-import { writeSlicesPng } from "../io/png.ts";
 import type { DiffusionModelUNet } from "../models/unet.ts";
-import { loadModelFile } from "../pipelines/modelfile.ts";
-import { noiseShape, samplesToImages } from "../pipelines/latent.ts";
-import { sample } from "../samplers/sample.ts";
-import {
-  DDIMScheduler,
-  DDPMScheduler,
-  EulerAncestralScheduler,
-  type Scheduler,
-} from "../samplers/scheduler.ts";
+import { generate } from "../pipelines/generate.ts";
+import { DEFAULT_MODEL, loadGenerator } from "../pipelines/modelfile.ts";
+import { writeVolumeFiles } from "../pipelines/output.ts";
+import { findSampler, SAMPLER_REGISTRY, unknownSamplerMessage } from "../samplers/registry.ts";
 import { numberOption } from "./options.ts";
 import { Progress } from "../io/progress.ts";
+import { isUrl, pathOrUrl } from "../io/read.ts";
 
-/** Path of the embedded default model. */
-export const DEFAULT_MODEL: string =
-  new URL("../models/default/brain32.safetensors", import.meta.url).pathname;
+export { DEFAULT_MODEL, DEFAULT_MODEL_URL } from "../pipelines/modelfile.ts";
+export type { AdapterSpec } from "../adapters/mod.ts";
+
+const SAMPLER_HELP = SAMPLER_REGISTRY.map((s) =>
+  `${s.name}${s.aliases.length ? ` (alias ${s.aliases.join(", ")})` : ""}: ${s.description}`
+).join("\n                    ");
 
 const HELP = `Usage: deno task sample [options]
 
@@ -36,7 +31,8 @@ const HELP = `Usage: deno task sample [options]
   --adapter FILE[:W]
                     an adapter written by \`deno task finetune\` for this model, merged with weight W
                     (default 1; 0 = the base model); repeat to blend several
-  --sampler NAME    ddim (default), ddpm or euler-a (Euler ancestral; "euler" is accepted too)
+  --sampler NAME    default ${SAMPLER_REGISTRY[0].name}; one of
+                    ${SAMPLER_HELP}
   --steps N         sampling steps (default 50)
   --eta X           DDIM η (default 0)
   --seed N          random seed (default 0)
@@ -44,39 +40,6 @@ const HELP = `Usage: deno task sample [options]
   --out FILE        output NIfTI (.nii or .nii.gz; default sample.nii.gz); batches get _0, _1, … suffixes
   --png FILE        preview image (default: the output name with .png)
 `;
-
-/** The samplers `--sampler` accepts; `euler` is also accepted, as an alias of `euler-a`. */
-export const SAMPLERS: readonly string[] = ["ddim", "ddpm", "euler-a"];
-
-function unknownSampler(name: string): Error {
-  return new Error(`--sampler: "${name}" is not one of ${SAMPLERS.join(", ")}.`);
-}
-
-/**
- * Builds a scheduler by name from the model's schedule: `ddpm`, `ddim`, or `euler-a` (Euler ancestral;
- * `euler` is kept as an alias for it, the name the server API uses).
- */
-export function makeScheduler(name: string, opts: ConstructorParameters<typeof DDPMScheduler>[0]): Scheduler {
-  switch (name) {
-    case "ddpm":
-      return new DDPMScheduler(opts);
-    case "ddim":
-      return new DDIMScheduler(opts);
-    case "euler-a":
-    case "euler":
-      return new EulerAncestralScheduler(opts);
-    default:
-      throw unknownSampler(name);
-  }
-}
-
-/** An adapter file and the weight its update is merged with. */
-export interface AdapterSpec {
-  /** The adapter file. */
-  path: string;
-  /** Scale of its update (1 = as trained). */
-  weight: number;
-}
 
 /** Parses `FILE` or `FILE:WEIGHT` (the part after the last colon is the weight when it is a number). */
 export function parseAdapterSpec(spec: string): AdapterSpec {
@@ -92,24 +55,21 @@ export function parseAdapterSpec(spec: string): AdapterSpec {
   return { path: spec, weight: 1 };
 }
 
+/** Logs one merged adapter. */
+function logAdapter({ path, weight }: AdapterSpec, set: AdapterSet): void {
+  console.error(
+    `adapter ${path}: ${set.info.kind} rank ${set.info.rank}, ${set.layers.size} layers, weight ${weight}`,
+  );
+}
+
 /**
- * Bakes adapters into `unet`: each is loaded onto the base weights (checked against the hash taken before the
- * first one changed them), merged with its weight and removed again, so the next one finds plain layers.
+ * Bakes adapters into `unet` (see `mergeAdapterFiles`), logging each: for scripts that hold a bare U-Net.
  */
 export async function applyAdapters(
   unet: DiffusionModelUNet,
   adapters: readonly AdapterSpec[],
 ): Promise<void> {
-  if (adapters.length === 0) return;
-  const baseHash = await modelHash(unet);
-  for (const { path, weight } of adapters) {
-    const set = await loadAdapters(unet, path, { baseHash });
-    console.error(
-      `adapter ${path}: ${set.info.kind} rank ${set.info.rank}, ${set.layers.size} layers, weight ${weight}`,
-    );
-    set.merge(weight);
-    set.remove();
-  }
+  await mergeAdapterFiles(unet, adapters, logAdapter);
 }
 
 /** Runs the command with `args`. */
@@ -143,13 +103,13 @@ export async function main(args: string[]): Promise<void> {
   const batch = numberOption("batch", values.batch, 1, 1, 64, true);
   const eta = numberOption("eta", values.eta, 0, 0, 1);
   // Checked here, before the model is loaded, so a typo fails at once.
-  if (!SAMPLERS.includes(values.sampler!) && values.sampler !== "euler") {
-    throw unknownSampler(values.sampler!);
-  }
+  const sampler = values.sampler!;
+  if (!findSampler(sampler)) throw new Error(`--sampler: ${unknownSamplerMessage(sampler)}`);
   const modelPath = values.model ?? DEFAULT_MODEL;
   const adapters = (values.adapter ?? []).map(parseAdapterSpec);
   try {
-    await Deno.stat(modelPath);
+    // A remote model (running from a URL) is checked when it is fetched.
+    if (!isUrl(modelPath)) await Deno.stat(modelPath);
   } catch {
     throw new Error(
       modelPath === DEFAULT_MODEL
@@ -165,46 +125,27 @@ export async function main(args: string[]): Promise<void> {
     }
   }
   const device = await ready();
-  const model = await loadModelFile(modelPath, { allowLatent: true });
-  const { unet, info } = model;
+  const model = await loadGenerator(modelPath, { adapters, onAdapter: logAdapter });
   try {
-    await applyAdapters(unet, adapters);
-    const scheduler = makeScheduler(values.sampler!, { ...info.scheduler });
-    const [nx, ny, nz] = info.volume.shape;
     console.error(
-      `model ${modelPath}: ${unet.numParameters().toLocaleString()} parameters; ${device.adapter}`,
+      `model ${modelPath}: ${model.parameterCount.toLocaleString()} parameters; ${device.adapter}`,
     );
-    const progress = new Progress(`sampling (${values.sampler}, seed ${seed})`, steps);
-    // Latent models sample latents and decode them (decode(z / s)) into images.
-    const z = await sample((xt, t) => unet.forward(xt, t), scheduler, {
-      shape: noiseShape(model, batch),
+    const progress = new Progress(`sampling (${sampler}, seed ${seed})`, steps);
+    const generated = await generate(model, {
+      sampler,
       steps,
       seed,
+      batch,
       eta,
       onProgress: (p) => progress.update(p.step),
     });
-    const x = samplesToImages(model, z);
-    const channels = x.shape[1];
-    // Bring samples back to the trained intensity range (x̂0 is clipped there by the scheduler already).
-    const [lo, hi] = info.volume.range;
-    const clipped = scope(() => map("clamp", "min(max(a, s0), s1)", [x], [lo, hi]));
-    x.dispose();
-    const values3d = await clipped.toArray();
-    clipped.dispose();
-    const voxels = nx * ny * nz * channels;
-    for (let b = 0; b < batch; b++) {
-      const data = values3d.subarray(b * voxels, b * voxels + nx * ny * nz);
-      const name = batch === 1 ? out : out.replace(/(\.nii(\.gz)?)$/, `_${b}$1`);
-      await writeNifti(name, { data, shape: [nx, ny, nz], affine: info.volume.affine }, {
-        description: `voxgen sample seed ${seed}`,
-      });
-      const png = values.png && batch === 1 ? values.png : name.replace(/\.nii(\.gz)?$/, ".png");
-      await writeSlicesPng(png, data, [nx, ny, nz], { window: [lo, hi] });
-      console.log(`wrote ${name} and ${png}`);
-    }
+    const written = await writeVolumeFiles(generated, out, {
+      png: values.png,
+      description: `voxgen sample seed ${seed}`,
+    });
+    for (const { nifti, png } of written) console.log(`wrote ${nifti} and ${png}`);
   } finally {
-    unet.dispose();
-    model.latent?.autoencoder.dispose();
+    model.dispose();
   }
 }
 

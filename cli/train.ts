@@ -12,17 +12,12 @@ import { loadSafetensors } from "../io/safetensors.ts";
 import { DiffusionModelUNet, type DiffusionModelUNetOptions } from "../models/unet.ts";
 import { augmentedBatches, type AugmentOptions, batchDraw } from "../pipelines/augment.ts";
 import { listNiftiFiles, loadVolume, type Volume, volumeTensor } from "../pipelines/dataset.ts";
-import { saveModelFile } from "../pipelines/modelfile.ts";
+import { saveModelFile, unetGenerator } from "../pipelines/modelfile.ts";
 import { loadAutoencoderFile, saveLatentModelFile } from "../pipelines/latent_modelfile.ts";
-import { type LatentTraining, prepareLatentTraining, samplesToImages } from "../pipelines/latent.ts";
+import { type LatentTraining, prepareLatentTraining } from "../pipelines/latent.ts";
+import { generate } from "../pipelines/generate.ts";
 import { type RunSetting, train } from "../pipelines/train.ts";
-import { sample } from "../samplers/sample.ts";
-import {
-  DDIMScheduler,
-  DDPMScheduler,
-  type PredictionType,
-  type SchedulerOptions,
-} from "../samplers/scheduler.ts";
+import { DDPMScheduler, type PredictionType, type SchedulerOptions } from "../samplers/scheduler.ts";
 import type { ScheduleName } from "../samplers/schedule.ts";
 import { explainResumeMismatch, numberList, numberOption } from "./options.ts";
 
@@ -257,18 +252,16 @@ export async function main(args: string[]): Promise<void> {
   unet.loadStateDict(ema);
   for (const t of ema.values()) t.dispose();
   unet.eval();
+  // The one generation path (a latent model decodes its samples); the networks stay owned here.
+  const generator = unetGenerator({
+    unet,
+    info: modelInfo,
+    latent: ae && latent ? { autoencoder: ae, ...latent } : undefined,
+  });
   for (let s = 0; s < previews; s++) {
-    const z = await sample((xt, t) => unet.forward(xt, t), new DDIMScheduler(schedulerOptions), {
-      shape: [1, unetOptions.inChannels, grid, grid, grid],
-      steps: 50,
-      seed: s,
-    });
-    const x = latent && ae
-      ? samplesToImages({ unet, info: modelInfo, latent: { autoencoder: ae, ...latent } }, z)
-      : z;
+    const { volumes: [volume] } = await generate(generator, { sampler: "ddim", steps: 50, seed: s });
     const path = `${values.out.replace(/\/$/, "")}/sample_${s}.png`;
-    await writeSlicesPng(path, await x.toArray(), [size, size, size], { window: [-1, 1] });
-    x.dispose();
+    await writeSlicesPng(path, volume, [size, size, size], { window: [-1, 1] });
     console.log(`wrote ${path}`);
   }
   for (const t of tensors) t.dispose();

@@ -1,7 +1,8 @@
 /**
  * Latent diffusion around a frozen `AutoencoderKL` (MONAI's `LatentDiffusionInferer`): the scale factor
  * s = 1 / std of the first training batch's latents, training batches encoded to s·z under `noGrad` (cached per
- * volume when the data is not augmented), and the step that turns a sampler's output into images (decode(z / s)).
+ * volume when the data is not augmented). Sampling decodes z / s through the generator of a latent model file
+ * (`unetGenerator` in pipelines/modelfile.ts).
  *
  * @module
  */
@@ -13,8 +14,6 @@ import { randn } from "../engine/ops/random.ts";
 import { concat } from "../engine/ops/view.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import type { AutoencoderKL } from "../models/autoencoder.ts";
-import { decodeLatents } from "./latent_modelfile.ts";
-import type { LoadedModel } from "./modelfile.ts";
 
 /**
  * s = 1 / std(z) over every element of z, with the unbiased (n − 1) standard deviation of `torch.std`, which
@@ -102,24 +101,6 @@ export class CachedPosteriors {
   dispose(): void {
     for (const t of [...this.#mu, ...this.#sigma]) t.dispose();
   }
-}
-
-/** The shape a sampler starts from for `batch` volumes: the latent shape for latent models, else the image's. */
-export function noiseShape(model: LoadedModel, batch: number): number[] {
-  if (model.latent) return [batch, ...model.latent.latentShape];
-  const [nx, ny, nz] = model.info.volume.shape;
-  return [batch, model.unet.config.inChannels, nz, ny, nx];
-}
-
-/**
- * Images of a sampler's output: decode(z / s) for latent models (z is disposed), x itself otherwise. The
- * images are [B, C, D, H, W] in the model's intensity range (not yet clipped).
- */
-export function samplesToImages(model: LoadedModel, x: Tensor): Tensor {
-  if (!model.latent) return x;
-  const images = decodeLatents(model.latent.autoencoder, x, model.latent.scaleFactor);
-  x.dispose();
-  return images;
 }
 
 /** Options of {@linkcode prepareLatentTraining}. */

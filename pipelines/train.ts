@@ -21,12 +21,29 @@ import { seededRandom } from "../nn/init.ts";
 import { Progress } from "../io/progress.ts";
 import type { Scheduler } from "../samplers/scheduler.ts";
 
+/** Spatial conditions of a batch, for a control module (ControlNet, VCM) on a frozen model. */
+export interface ControlInput {
+  /** One condition volume [B, C_i, …] per condition (null: absent). */
+  conditions: Array<Tensor | null>;
+  /** Modality latent dropout: per condition, one 0/1 per sample (absent: keep all). */
+  keep?: number[][];
+}
+
 /** What the training loop needs of a network. */
 export interface DiffusionNetwork {
   /** Predicts ε (or v, or x0) for noisy `x` at `timesteps`. */
-  forward(x: Tensor, timesteps: readonly number[], cond?: { context?: Tensor; classLabels?: Tensor }): Tensor;
+  forward(
+    x: Tensor,
+    timesteps: readonly number[],
+    cond?: { context?: Tensor; classLabels?: Tensor; control?: ControlInput },
+  ): Tensor;
   /** Parameters with their state-dict names. */
   namedParameters(): Array<[string, Tensor]>;
+  /**
+   * The training loss, when it is not MSE(forward(x_t), target): e.g. VCM's MSE(ε', ε) plus its L1
+   * regulariser, in ε space whatever the frozen model predicts. `noise` is the ε that made x_t.
+   */
+  trainingLoss?(xt: Tensor, timesteps: readonly number[], noise: Tensor, batch: Batch): Tensor;
 }
 
 /** One training batch. */
@@ -37,6 +54,8 @@ export interface Batch {
   context?: Tensor;
   /** Optional class labels. */
   classLabels?: Tensor;
+  /** Optional spatial conditions (control modules). */
+  control?: ControlInput;
 }
 
 /** Options of {@linkcode train}. */
@@ -345,9 +364,9 @@ export async function train(
         const { loss, grads } = scope(() => {
           const noise = randn(batch.x0.shape, { seed, offset: noiseOffset });
           const xt = scheduler.addNoise(batch.x0, noise, t);
-          const want = target(scheduler, batch.x0, noise, t);
-          const pred = model.forward(xt, t, { context: batch.context, classLabels: batch.classLabels });
-          const l = mse(pred, want);
+          const l = model.trainingLoss
+            ? model.trainingLoss(xt, t, noise, batch)
+            : mse(model.forward(xt, t, batch), target(scheduler, batch.x0, noise, t));
           const scaled = accumulation > 1 ? map("scale", "a * s0", [l], [1 / accumulation]) : l;
           return { loss: l, grads: grad(scaled, params) };
         });
@@ -356,6 +375,7 @@ export async function train(
         batch.x0.dispose();
         batch.context?.dispose();
         batch.classLabels?.dispose();
+        for (const c of batch.control?.conditions ?? []) c?.dispose();
         if (!summed) summed = grads;
         else {
           const next: Tensor[] = summed.map((g, i) => noGrad(() => add(g, grads[i])));

@@ -8,7 +8,9 @@
 
 import type { Catalog } from "./catalog.ts";
 import { ApiError } from "./errors.ts";
-import { type AdapterChoice, type SampleRequest, type SamplerName, SAMPLERS } from "./protocol.ts";
+import { ACCEPTED_SAMPLER_NAMES, DEFAULT_SAMPLER, findSampler } from "../samplers/registry.ts";
+import { type AdapterChoice, MAX_PRIORITY, type SampleRequest } from "./protocol.ts";
+import { prometheusText } from "./metrics.ts";
 import type { JobEvent, JobQueue } from "./queue.ts";
 import { FINAL_STATES, type Job, type JobStatus } from "./store.ts";
 import { niivueModule, viewerPage } from "./viewer.ts";
@@ -19,8 +21,6 @@ export interface ApiOptions {
   queue: JobQueue;
   /** Models and adapters. */
   catalog: Catalog;
-  /** Directory of the result files. */
-  resultsDir: string;
   /** When set, every `/v1` request needs `Authorization: Bearer <token>`. */
   token?: string;
   /** Largest request body in bytes (413 beyond). */
@@ -42,7 +42,16 @@ export interface Api {
 }
 
 /** The fields a sample request may have. */
-const REQUEST_FIELDS = ["model", "adapters", "sampler", "steps", "seed", "guidanceScale", "batch"];
+const REQUEST_FIELDS = [
+  "model",
+  "adapters",
+  "sampler",
+  "steps",
+  "seed",
+  "guidanceScale",
+  "batch",
+  "priority",
+];
 const ADAPTER_FIELDS = ["name", "weight"];
 const STATUSES: readonly JobStatus[] = ["queued", "running", "done", "failed", "cancelled"];
 const MAX_ADAPTERS = 8;
@@ -71,11 +80,19 @@ export function createApi(opts: ApiOptions): Api {
     }
     if (path === "/healthz") {
       allow(req, ["GET"]);
-      const health = opts.queue.health();
+      const health = await opts.queue.health();
       return json(health.worker === "unavailable" ? 503 : 200, {
         status: health.worker === "ready" ? "ok" : health.worker,
         auth: Boolean(opts.token),
         ...health,
+      });
+    }
+    if (path === "/metrics") {
+      // Prometheus text; behind the token when there is one (a scraper sends it as a bearer token).
+      allow(req, ["GET"]);
+      await authorize(req);
+      return new Response(prometheusText(await opts.queue.metrics()), {
+        headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
       });
     }
     if (path !== "/v1" && !path.startsWith("/v1/")) {
@@ -94,18 +111,18 @@ export function createApi(opts: ApiOptions): Api {
     if (parts[0] === "jobs") {
       if (parts.length === 1) {
         allow(req, ["GET"]);
-        return listJobs(url);
+        return await listJobs(url);
       }
       const id = parts[1];
       if (parts.length === 2) {
         allow(req, ["GET", "DELETE"]);
-        if (req.method === "GET") return json(200, view(opts.queue.get(id)));
+        if (req.method === "GET") return json(200, view(await opts.queue.get(id)));
         const { job, settled } = await opts.queue.cancel(id);
         return json(settled ? 200 : 202, view(job));
       }
       if (parts.length === 3 && parts[2] === "events") {
         allow(req, ["GET"]);
-        return events(id);
+        return await events(id);
       }
       if (parts.length === 3 && parts[2] === "result") {
         allow(req, ["GET"]);
@@ -155,11 +172,11 @@ export function createApi(opts: ApiOptions): Api {
     }
     const body = await readJson(req, opts.maxBodyBytes);
     const request = await validateRequest(body, opts);
-    const job = opts.queue.submit(request);
+    const job = await opts.queue.submit(request);
     return json(202, { id: job.id, status: job.status }, { location: `/v1/jobs/${job.id}` });
   }
 
-  function listJobs(url: URL): Response {
+  async function listJobs(url: URL): Promise<Response> {
     const limit = url.searchParams.get("limit") ?? "50";
     const n = Number(limit);
     if (!Number.isInteger(n) || n < 1 || n > 500) {
@@ -169,13 +186,13 @@ export function createApi(opts: ApiOptions): Api {
     if (status !== null && !STATUSES.includes(status as JobStatus)) {
       throw new ApiError(400, "invalid_query", `status=${status}: expected one of ${STATUSES.join(", ")}.`);
     }
-    const jobs = opts.queue.list(n, (status ?? undefined) as JobStatus | undefined);
+    const jobs = await opts.queue.list(n, (status ?? undefined) as JobStatus | undefined);
     return json(200, { jobs: jobs.map(view) });
   }
 
-  function events(id: string): Response {
+  async function events(id: string): Promise<Response> {
     if (closing) throw new ApiError(503, "shutting_down", "The server is shutting down.");
-    const first = opts.queue.get(id);
+    const first = await opts.queue.get(id);
     const encoder = new TextEncoder();
     let stop = () => {};
     const body = new ReadableStream<Uint8Array>({
@@ -208,7 +225,7 @@ export function createApi(opts: ApiOptions): Api {
           }
           send("state", view(e.job));
           if (FINAL_STATES.includes(e.job.status)) close();
-        });
+        }, first.status);
         // Comments keep proxies and idle timeouts from dropping a quiet stream (a long queue wait).
         const keepAlive = setInterval(() => write(": keep-alive\n\n"), keepAliveMs);
         stop = () => {
@@ -232,7 +249,7 @@ export function createApi(opts: ApiOptions): Api {
   }
 
   async function result(id: string, url: URL): Promise<Response> {
-    const job = opts.queue.get(id);
+    const job = await opts.queue.get(id);
     const format = url.searchParams.get("format") ?? "nifti";
     if (!["nifti", "png"].includes(format)) {
       throw new ApiError(400, "invalid_query", `format=${format}: expected nifti (default) or png.`);
@@ -244,19 +261,15 @@ export function createApi(opts: ApiOptions): Api {
         `Job ${id} is ${job.status}; results exist only for done jobs.`,
       );
     }
-    const name = format === "png" ? job.result.png : job.result.nifti;
-    let file: Deno.FsFile;
-    try {
-      file = await Deno.open(`${opts.resultsDir}/${name}`);
-    } catch {
+    const file = await opts.queue.openResult(job, format as "nifti" | "png");
+    if (!file) {
       throw new ApiError(410, "result_missing", `The result file of job ${id} is no longer on the server.`);
     }
-    const { size } = await file.stat();
     const download = `voxgen-${id}.${format === "png" ? "png" : "nii.gz"}`;
-    return new Response(file.readable, {
+    return new Response(file.body, {
       headers: {
         "content-type": format === "png" ? "image/png" : "application/gzip",
-        "content-length": String(size),
+        "content-length": String(file.size),
         "content-disposition": `${format === "png" ? "inline" : "attachment"}; filename="${download}"`,
         // Results never change once written.
         "cache-control": "private, max-age=31536000, immutable",
@@ -377,7 +390,7 @@ export async function validateRequest(
   const b = body as Record<string, unknown>;
   rejectUnknown(b, REQUEST_FIELDS, "request");
   const model = optional(b, "model", "string", "default") as string;
-  const sampler = optional(b, "sampler", "string", "ddim") as string;
+  const sampler = optional(b, "sampler", "string", DEFAULT_SAMPLER) as string;
   const steps = integer(b, "steps", 50, 1, limits.maxSteps);
   const batch = integer(b, "batch", 1, 1, limits.maxBatch);
   const seed = integer(b, "seed", Math.floor(Math.random() * 2 ** 32), 0, Number.MAX_SAFE_INTEGER);
@@ -385,8 +398,12 @@ export async function validateRequest(
   if (!Number.isFinite(guidanceScale) || guidanceScale < 0 || guidanceScale > MAX_GUIDANCE) {
     throw new ApiError(422, "out_of_range", `guidanceScale ${guidanceScale} is outside 0..${MAX_GUIDANCE}.`);
   }
-  if (!SAMPLERS.includes(sampler as SamplerName)) {
-    throw new ApiError(422, "invalid_value", `sampler "${sampler}" is not one of ${SAMPLERS.join(", ")}.`);
+  if (!findSampler(sampler)) {
+    throw new ApiError(
+      422,
+      "invalid_value",
+      `sampler "${sampler}" is not one of ${ACCEPTED_SAMPLER_NAMES.join(", ")}.`,
+    );
   }
   const adapters = parseAdapters(b.adapters);
 
@@ -406,7 +423,10 @@ export async function validateRequest(
       `guidanceScale ${guidanceScale}: model "${model}" is unconditional, so only 1 (no guidance) applies.`,
     );
   }
-  return { model, adapters, sampler: sampler as SamplerName, steps, seed, guidanceScale, batch };
+  const request: SampleRequest = { model, adapters, sampler, steps, seed, guidanceScale, batch };
+  // Only when asked for, so the stored request of an ordinary job stays as it was.
+  if (b.priority !== undefined) request.priority = integer(b, "priority", 0, 0, MAX_PRIORITY);
+  return request;
 }
 
 function rejectUnknown(obj: Record<string, unknown>, known: string[], what: string): void {

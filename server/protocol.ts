@@ -5,11 +5,11 @@
  * @module
  */
 
-/** Samplers the server offers. */
-export const SAMPLERS = ["ddim", "ddpm", "euler-a", "euler"] as const;
+/** A sampler name or alias (samplers/registry.ts has the list). */
+export type SamplerName = string;
 
-/** A sampler name. */
-export type SamplerName = typeof SAMPLERS[number];
+/** Highest queue priority a request may ask for (0 is the default and lowest). */
+export const MAX_PRIORITY = 100;
 
 /** An adapter applied on top of the model, with its weight. */
 export interface AdapterChoice {
@@ -35,6 +35,8 @@ export interface SampleRequest {
   guidanceScale: number;
   /** Volumes to generate. */
   batch: number;
+  /** Queue priority 0…100: higher runs first, equal ones in order of submission (default 0). */
+  priority?: number;
 }
 
 /** Everything the worker needs to run a job: the request with names resolved to files. */

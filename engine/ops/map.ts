@@ -11,6 +11,7 @@ import { WG } from "../../kernels/types.ts";
 import { dispatch } from "../runtime.ts";
 import { broadcastShapes, broadcastStrides, coalesce, formatShape, sizeOf } from "../shape.ts";
 import { fromData, Tensor } from "../tensor.ts";
+import { bindPiece, splitStrided } from "./split.ts";
 
 const kernels = new Map<string, Kernel>();
 
@@ -49,18 +50,23 @@ export function mapInto(
   const c = coalesce(out.shape, strides);
   const rank = c.shape.length;
   const arity = inputs.length;
-  const params = new Uint32Array(mapParamWords(arity, rank));
-  const f32 = new Float32Array(params.buffer);
-  params[0] = n;
-  params[1] = out.offset;
-  inputs.forEach((t, k) => (params[2 + k] = t.offset));
-  let at = 2 + arity;
-  for (const d of c.shape) params[at++] = d;
-  for (const s of c.strides[0]) params[at++] = s;
-  for (let k = 0; k < arity; k++) for (const s of c.strides[k + 1]) params[at++] = s;
-  scalars.forEach((s, i) => (f32[at + i] = s));
-  const buffers = [...inputs.map((t) => t.storage(name).buffer), out.storage(name).buffer];
-  dispatch(kernelFor(name, expr, arity, rank), params, buffers, Math.ceil(n / WG));
+  const kernel = kernelFor(name, expr, arity, rank);
+  const buffers = [out.storage(name).buffer, ...inputs.map((t) => t.storage(name).buffer)];
+  // Tensors larger than one binding: pieces along the outer dimensions, each bound as windows.
+  for (const piece of splitStrided(c.shape, c.strides, [out.offset, ...inputs.map((t) => t.offset)])) {
+    const bound = bindPiece(buffers, piece.shape, c.strides, piece.offsets);
+    const params = new Uint32Array(mapParamWords(arity, rank));
+    const f32 = new Float32Array(params.buffer);
+    params[0] = sizeOf(piece.shape);
+    bound.offsets.forEach((o, k) => (params[1 + k] = o));
+    let at = 2 + arity;
+    for (const d of piece.shape) params[at++] = d;
+    for (const s of c.strides[0]) params[at++] = s;
+    for (let k = 0; k < arity; k++) for (const s of c.strides[k + 1]) params[at++] = s;
+    scalars.forEach((s, i) => (f32[at + i] = s));
+    const [outBinding, ...inBindings] = bound.bindings;
+    dispatch(kernel, params, [...inBindings, outBinding], Math.ceil(params[0] / WG));
+  }
 }
 
 /** A new contiguous tensor `expr(inputs…)` with the broadcast shape of the inputs (or `shape`). */

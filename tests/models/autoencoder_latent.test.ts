@@ -9,14 +9,14 @@ import { mul, noGrad, randn, scope, tensor } from "../../mod.ts";
 import { readNifti } from "../../io/nifti.ts";
 import { AutoencoderKL, type AutoencoderKLOptions } from "../../models/autoencoder.ts";
 import { DiffusionModelUNet, type DiffusionModelUNetOptions } from "../../models/unet.ts";
-import { latentBatches, noiseShape, prepareLatentTraining, scaleFactorOf } from "../../pipelines/latent.ts";
+import { latentBatches, prepareLatentTraining, scaleFactorOf } from "../../pipelines/latent.ts";
 import {
   decodeLatents,
   loadLatentModelFile,
   saveAutoencoderFile,
   saveLatentModelFile,
 } from "../../pipelines/latent_modelfile.ts";
-import { disposeModel, loadModelFile } from "../../pipelines/modelfile.ts";
+import { disposeModel, loadModelFile, unetGenerator } from "../../pipelines/modelfile.ts";
 import { main as sampleCli } from "../../cli/sample.ts";
 import { main as trainCli } from "../../cli/train.ts";
 import { capture, writeTinyVolumes } from "../cli/helpers.ts";
@@ -132,7 +132,11 @@ gpuTest(
       );
       const model = await loadModelFile(path, { allowLatent: true });
       ok(model.latent && model.latent.scaleFactor === 0.75, "loadModelFile reads latent files");
-      deepStrictEqual(noiseShape(model, 3), [3, 2, 4, 4, 4]);
+      const generator = unetGenerator(model);
+      deepStrictEqual(generator.sampleShape, [2, 4, 4, 4]);
+      const image = noGrad(() => generator.decode!(z));
+      deepStrictEqual(await image.toArray(), await direct.toArray());
+      image.dispose();
       disposeModel(model);
       disposeAll(z, decoded, direct);
       loaded.unet.dispose();
