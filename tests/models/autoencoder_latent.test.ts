@@ -4,8 +4,8 @@
  * `deno task train --autoencoder` and `deno task sample` on a tiny latent model.
  */
 
-import { deepStrictEqual, ok, throws } from "node:assert";
-import { mul, noGrad, randn, scope, tensor } from "../../mod.ts";
+import { deepStrictEqual, equal, ok, throws } from "node:assert";
+import { mul, noGrad, randn, ready, scope, tensor } from "../../mod.ts";
 import { readNifti } from "../../io/nifti.ts";
 import { AutoencoderKL, type AutoencoderKLOptions } from "../../models/autoencoder.ts";
 import { DiffusionModelUNet, type DiffusionModelUNetOptions } from "../../models/unet.ts";
@@ -21,6 +21,7 @@ import { main as sampleCli } from "../../cli/sample.ts";
 import { main as trainCli } from "../../cli/train.ts";
 import { capture, writeTinyVolumes } from "../cli/helpers.ts";
 import { disposeAll, gpuTest } from "../helpers/gpu.ts";
+import { startServer, submit, waitForJob } from "../server/helpers.ts";
 
 const AE: AutoencoderKLOptions = {
   spatialDims: 3,
@@ -215,3 +216,48 @@ gpuTest(
     }
   },
 );
+
+Deno.test({
+  name: "the sampling server lists a latent model and returns image-sized volumes decoded from its latents",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "voxgen-ldm-server-" });
+    await ready();
+    const ae = new AutoencoderKL(AE);
+    const unet = new DiffusionModelUNet(UNET);
+    await Deno.mkdir(`${dir}/models`);
+    await saveLatentModelFile(`${dir}/models/latent.safetensors`, unet.stateDict(), ae.stateDict(), {
+      unet: UNET,
+      scheduler: { clipSample: false },
+      volume: { shape: [8, 8, 8], affine: AFFINE, range: [-1, 1] },
+      autoencoder: AE,
+      scaleFactor: 0.5,
+      latentShape: [2, 4, 4, 4],
+    });
+    ae.dispose();
+    unet.dispose();
+    const server = await startServer([
+      "--data-dir",
+      dir,
+      "--default-model",
+      `${dir}/models/latent.safetensors`,
+    ]);
+    try {
+      const { models } = await (await fetch(`${server.url}/v1/models`)).json();
+      const listed = models.find((m: { name: string }) => m.name === "latent");
+      ok(listed && !listed.error && listed.shape.join() === "8,8,8", JSON.stringify(models));
+      const post = await submit(server.url, { model: "latent", steps: 2, seed: 3 });
+      equal(post.status, 202);
+      const job = await waitForJob(server.url, post.body.id as string);
+      equal(job.status, "done", JSON.stringify(job));
+      const res = await fetch(`${server.url}/v1/jobs/${post.body.id}/result`);
+      const volume = await readNifti(new Uint8Array(await res.arrayBuffer()));
+      deepStrictEqual(volume.shape, [8, 8, 8]);
+      ok(volume.data.some((v) => v !== volume.data[0]), "a decoded volume, not a constant");
+    } finally {
+      await server.stop();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
