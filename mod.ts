@@ -116,6 +116,7 @@ export {
 } from "./pipelines/dataset.ts";
 export {
   type Batch,
+  type ControlInput,
   describeChanges,
   type DiffusionNetwork,
   emaDecayAt,

@@ -16,7 +16,7 @@ import { writeVolumeFiles } from "../pipelines/output.ts";
 import { findSampler, SAMPLER_REGISTRY, unknownSamplerMessage } from "../samplers/registry.ts";
 import { numberOption } from "./options.ts";
 import { Progress } from "../io/progress.ts";
-import { isUrl, pathOrUrl } from "../io/read.ts";
+import { isUrl } from "../io/read.ts";
 
 export { DEFAULT_MODEL, DEFAULT_MODEL_URL } from "../pipelines/modelfile.ts";
 export type { AdapterSpec } from "../adapters/mod.ts";
