@@ -131,13 +131,76 @@ export {
 } from "./pipelines/train.ts";
 export { duration, Progress, type ProgressMode, type ProgressOptions } from "./io/progress.ts";
 export {
+  disposeModel,
+  type LatentStage,
   type LoadedModel,
   loadModelFile,
+  type LoadModelOptions,
   type ModelInfo,
   saveModelFile,
   type VolumeInfo,
 } from "./pipelines/modelfile.ts";
 export * from "./adapters/mod.ts";
+export {
+  AutoencoderKL,
+  type AutoencoderKLOptions,
+  autoencoderOptionsFromMonai,
+  type ConvertedAutoencoderStateDict,
+  convertGenerativeAutoencoderStateDict,
+  type LatentPosterior,
+  type LatentSamplingOptions,
+  resolveAutoencoderOptions,
+  type ResolvedAutoencoderOptions,
+} from "./models/autoencoder.ts";
+export {
+  type DiscriminatorNorm,
+  discriminatorOptionsFromMonai,
+  leakyRelu,
+  PatchDiscriminator,
+  type PatchDiscriminatorOptions,
+} from "./models/discriminator.ts";
+export {
+  adversarialActive,
+  type AutoencoderLossWeights,
+  discriminatorLoss,
+  type GeneratorLoss,
+  generatorLoss,
+  klLoss,
+  patchAdversarialLoss,
+  type PerceptualLoss,
+  type ReconstructionLoss,
+  reconstructionLoss,
+  type ResolvedLossWeights,
+  resolveLossWeights,
+} from "./pipelines/autoencoder_losses.ts";
+export {
+  type AutoencoderStepReport,
+  type AutoencoderTrainOptions,
+  type AutoencoderTrainResult,
+  trainAutoencoder,
+  validateAutoencoder,
+  type ValidationScores,
+} from "./pipelines/train_autoencoder.ts";
+export {
+  type AutoencoderInfo,
+  decodeLatents,
+  type LatentModelInfo,
+  loadAutoencoderFile,
+  type LoadedAutoencoder,
+  type LoadedLatentModel,
+  loadLatentModelFile,
+  saveAutoencoderFile,
+  saveLatentModelFile,
+} from "./pipelines/latent_modelfile.ts";
+export {
+  CachedPosteriors,
+  latentBatches,
+  type LatentBatchOptions,
+  type LatentTraining,
+  type LatentTrainingOptions,
+  prepareLatentTraining,
+  scaleFactorOf,
+} from "./pipelines/latent.ts";
 export {
   ACCEPTED_SAMPLER_NAMES,
   DEFAULT_SAMPLER,

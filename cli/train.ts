@@ -10,11 +10,13 @@ import { ready } from "../engine/device.ts";
 import { writeSlicesPng } from "../io/png.ts";
 import { loadSafetensors } from "../io/safetensors.ts";
 import { DiffusionModelUNet, type DiffusionModelUNetOptions } from "../models/unet.ts";
-import { augmentedBatches, type AugmentOptions } from "../pipelines/augment.ts";
+import { augmentedBatches, type AugmentOptions, batchDraw } from "../pipelines/augment.ts";
 import { listNiftiFiles, loadVolume, type Volume, volumeTensor } from "../pipelines/dataset.ts";
 import { conditionalBatches, ConditionalNetwork } from "../pipelines/conditional.ts";
 import { generate } from "../pipelines/generate.ts";
 import { loadGenerator } from "../pipelines/generators.ts";
+import { loadAutoencoderFile, saveLatentModelFile } from "../pipelines/latent_modelfile.ts";
+import { type LatentTraining, prepareLatentTraining } from "../pipelines/latent.ts";
 import { isManifestPath, type Manifest, readManifest } from "../pipelines/manifest.ts";
 import { type ModelInfo, saveModelFile, TOKEN_PREFIX } from "../pipelines/modelfile.ts";
 import { type RunSetting, train } from "../pipelines/train.ts";
@@ -32,6 +34,8 @@ Data
                        class embeddings
   --size N             cubic training grid N³ (default 32), fitted to the foreground of each volume
   --no-augment         train on the volumes as they are (default: flips, affine, elastic, bias, intensity)
+  --autoencoder FILE   latent diffusion: train on s·z of this frozen autoencoder (deno task train-autoencoder;
+                       s = 1/std of the first batch's latents); the model file then holds both networks
 Model
   --channels LIST      U-Net channels per level (default 16,32,32)
   --attention LIST     attention per level as 0/1 (default 0,0,1)
@@ -75,6 +79,7 @@ export async function main(args: string[]): Promise<void> {
       out: { type: "string" },
       size: { type: "string" },
       "no-augment": { type: "boolean" },
+      autoencoder: { type: "string" },
       channels: { type: "string", default: "16,32,32" },
       attention: { type: "string", default: "0,0,1" },
       "res-blocks": { type: "string" },
@@ -117,9 +122,19 @@ export async function main(args: string[]): Promise<void> {
       `--attention has ${attention.length} entries for ${channels.length} levels of --channels.`,
     );
   }
-  if (size % 2 ** (channels.length - 1) !== 0) {
+  // The autoencoder's latent size decides the U-Net's grid, so it loads before the other checks.
+  const stage = values.autoencoder ? (await ready(), await loadAutoencoderFile(values.autoencoder)) : null;
+  const ae = stage?.autoencoder;
+  // The U-Net's grid: the image, or the autoencoder's latent of it.
+  const grid = ae ? ae.latentShape([size, size, size])[1] : size;
+  if (grid % 2 ** (channels.length - 1) !== 0) {
     throw new Error(
-      `--size ${size} must be divisible by 2^${channels.length - 1} for ${channels.length} U-Net levels.`,
+      `--size ${size} must be divisible by 2^${channels.length - 1} for ${channels.length} U-Net levels` +
+        (ae
+          ? ` (on the ${grid}³ latent: use a --size that is a multiple of ${
+            ae.downsampling * 2 ** (channels.length - 1)
+          }).`
+          : "."),
     );
   }
   const steps = numberOption("steps", values.steps, 2000, 1, 1e7, true);
@@ -133,13 +148,14 @@ export async function main(args: string[]): Promise<void> {
     betaStart: numberOption("beta-start", values["beta-start"], 0.0005, 0, 1),
     betaEnd: numberOption("beta-end", values["beta-end"], 0.0195, 0, 1),
     predictionType: values.prediction as PredictionType,
-    clipSample: true,
+    // Latents are not bounded to [-1, 1] like images.
+    clipSample: !ae,
   };
   const scheduler = new DDPMScheduler(schedulerOptions);
   const unetOptions: DiffusionModelUNetOptions = {
     spatialDims: 3,
-    inChannels: 1,
-    outChannels: 1,
+    inChannels: ae?.config.latentChannels ?? 1,
+    outChannels: ae?.config.latentChannels ?? 1,
     channels,
     attentionLevels: attention,
     numResBlocks: numberOption("res-blocks", values["res-blocks"], 1, 1, 8, true),
@@ -150,6 +166,13 @@ export async function main(args: string[]): Promise<void> {
 
   const specs = values.data.flatMap((d) => d.split(","));
   const manifest = specs.some(isManifestPath) ? await readManifestSpec(specs) : null;
+  if (manifest && ae) {
+    ae.dispose();
+    throw new Error(
+      "--autoencoder with a conditional manifest: latent diffusion trains unconditional models for now; " +
+        "give NIfTI files, folders or globs as --data.",
+    );
+  }
   const conditioning = manifest ? conditioningOf(manifest, values) : null;
   if (conditioning?.vocabulary) {
     unetOptions.withConditioning = true;
@@ -194,15 +217,31 @@ export async function main(args: string[]): Promise<void> {
       (conditioning?.numClassEmbeds ? `; ${manifest!.classes} classes` : ""),
   );
   const augmentOptions: AugmentOptions | null = values["no-augment"] ? null : {};
-  const plain = augmentedBatches(tensors, { batch, seed, augment: augmentOptions });
-  const data = manifest && conditioning
-    ? conditionalBatches(plain, manifest.items, {
+  const images = augmentedBatches(tensors, { batch, seed, augment: augmentOptions });
+  // Latent diffusion: batches of s·z, encoded under noGrad (posteriors cached when not augmenting).
+  const latent: LatentTraining | null = ae
+    ? await prepareLatentTraining(ae, images, {
+      seed,
+      sources: augmentOptions ? undefined : tensors,
+      batch,
+      pick: batchDraw,
+    })
+    : null;
+  if (latent) {
+    console.error(
+      `latent diffusion on ${latent.latentShape.join("×")} latents of ${values.autoencoder}; scale factor ${
+        latent.scaleFactor.toPrecision(6)
+      }`,
+    );
+  }
+  const data = latent ? latent.data : manifest && conditioning
+    ? conditionalBatches(images, manifest.items, {
       tokens,
       nullClass: conditioning.nullClass,
       uncondProb: conditioning.uncondProb,
       seed,
     })
-    : plain;
+    : images;
   // With train's own (lr, EMA, seed, schedule…), what a resumed run must share with its checkpoint.
   const settings: Record<string, RunSetting> = {
     data: await Promise.all(files.map((f) => Deno.realPath(f))),
@@ -224,6 +263,9 @@ export async function main(args: string[]): Promise<void> {
         "context-length": conditioning!.vocabulary?.contextLength ?? null,
         "token-dim": conditioning!.vocabulary?.dim ?? null,
       }
+      : {}),
+    ...(ae
+      ? { autoencoder: await Deno.realPath(values.autoencoder!), scaleFactor: latent!.scaleFactor }
       : {}),
   };
   const result = await train(network, scheduler, data, {
@@ -252,12 +294,11 @@ export async function main(args: string[]): Promise<void> {
 
   // The model file holds the EMA weights.
   const weights = await loadSafetensors(result.weightsPath);
-  const grid = volumes[0];
   const modelPath = `${values.out.replace(/\/$/, "")}/model.safetensors`;
   const info: ModelInfo = {
     unet: unetOptions,
     scheduler: schedulerOptions,
-    volume: { shape: [size, size, size], affine: grid.affine, range: [-1, 1] },
+    volume: { shape: [size, size, size], affine: volumes[0].affine, range: [-1, 1] },
     ...(conditioning?.vocabulary ? { tokens: conditioning.vocabulary } : {}),
     ...(conditioning
       ? {
@@ -268,17 +309,28 @@ export async function main(args: string[]): Promise<void> {
       }
       : {}),
     description: values.description ??
-      `DDPM trained by voxgen on ${files.map((f) => f.split("/").pop()).join(", ")} (${
-          augmentOptions ? "augmented" : "as is"
-        }), ` +
+      `${latent ? "latent " : ""}DDPM trained by voxgen on ${
+          files.map((f) => f.split("/").pop()).join(", ")
+        } (${augmentOptions ? "augmented" : "as is"}), ` +
         `${result.step} steps, batch ${batch}, ${size}³`,
   };
-  await saveModelFile(modelPath, weights, info);
+  if (ae && latent) {
+    await saveLatentModelFile(modelPath, weights, ae.stateDict(), {
+      ...info,
+      autoencoder: stage!.info.autoencoder,
+      scaleFactor: latent.scaleFactor,
+      latentShape: latent.latentShape,
+    });
+  } else {
+    await saveModelFile(modelPath, weights, info);
+  }
   for (const t of weights.values()) t.dispose();
   console.log(`wrote ${modelPath}`);
   for (const t of tensors) t.dispose();
   unet.dispose();
   tokens?.dispose();
+  latent?.dispose();
+  ae?.dispose();
 
   // Previews from the trained (EMA) model, through the generation pipeline: DDIM samples, one per concept
   // (or class) in turn for a conditional model.

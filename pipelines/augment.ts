@@ -165,6 +165,11 @@ export interface BatchOptions {
   augment: AugmentOptions | null;
 }
 
+/** The draw number k of batch item b at (step, micro) in {@linkcode augmentedBatches}: it picks volume k mod N. */
+export function batchDraw(step: number, micro: number, b: number): number {
+  return (step * 7919 + micro * 104729 + b * 31) >>> 0;
+}
+
 /**
  * A deterministic batch source for the training loop: batch b of micro-step `micro` at `step` takes volume
  * k mod N with k = step·7919 + micro·104729 + b·31, augmented with seed `seed·2654435761 + k` (mod 2³²), and
@@ -181,7 +186,7 @@ export function augmentedBatches(
       const items: Tensor[] = [];
       const picked: number[] = [];
       for (let b = 0; b < opts.batch; b++) {
-        const k = (step * 7919 + micro * 104729 + b * 31) >>> 0;
+        const k = batchDraw(step, micro, b);
         picked.push(k % sources.length);
         const source = sources[k % sources.length];
         items.push(

@@ -10,19 +10,23 @@ import type { AdapterSet } from "../adapters/inject.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { attachEmbedding, baseModelHash, loadEmbeddingFile } from "./embedding.ts";
 import type { Generator } from "./generate.ts";
-import { type LoadedModel, loadModelFile } from "./modelfile.ts";
+import { decodeLatents } from "./latent_modelfile.ts";
+import { disposeModel, type LoadedModel, loadModelFile } from "./modelfile.ts";
 
 /**
- * The {@linkcode Generator} of a loaded U-Net model; disposing it disposes the U-Net, the token table and
- * the `owned` tensors (added embeddings).
+ * The {@linkcode Generator} of a loaded U-Net model (a latent model samples latents and decodes
+ * decode(z / s) at the end); disposing it disposes the model's networks and the `owned` tensors (added
+ * embeddings).
  */
-export function unetGenerator({ unet, info, tokens }: LoadedModel, owned: Tensor[] = []): Generator {
+export function unetGenerator(model: LoadedModel, owned: Tensor[] = []): Generator {
+  const { unet, info, tokens, latent } = model;
   const [nx, ny, nz] = info.volume.shape;
   const classes = unet.config.numClassEmbeds;
   const nullClass = info.conditioning?.nullClass;
   return {
     denoiser: (x, t, c) => unet.forward(x, t, { context: c.context, classLabels: c.classLabels }),
-    sampleShape: [unet.config.inChannels, nz, ny, nx],
+    sampleShape: latent ? latent.latentShape : [unet.config.inChannels, nz, ny, nx],
+    decode: latent ? (z) => decodeLatents(latent.autoencoder, z, latent.scaleFactor) : undefined,
     scheduler: info.scheduler,
     parameterCount: unet.numParameters() + (tokens?.numParameters() ?? 0),
     volume: info.volume,
@@ -30,8 +34,7 @@ export function unetGenerator({ unet, info, tokens }: LoadedModel, owned: Tensor
       ? { classes: classes !== null ? { count: classes, nullClass } : undefined, tokens }
       : undefined,
     dispose: () => {
-      unet.dispose();
-      tokens?.dispose();
+      disposeModel(model);
       for (const t of owned) t.dispose();
     },
   };
@@ -49,7 +52,7 @@ export interface LoadGeneratorOptions {
 
 /** Loads a model file, merges its adapters, and returns it ready for `generate`. */
 export async function loadGenerator(path: string, opts: LoadGeneratorOptions = {}): Promise<Generator> {
-  const model = await loadModelFile(path);
+  const model = await loadModelFile(path, { allowLatent: true });
   const vectors: Tensor[] = [];
   try {
     const embeddings = opts.embeddings ?? [];
@@ -67,8 +70,7 @@ export async function loadGenerator(path: string, opts: LoadGeneratorOptions = {
     }
     await mergeAdapterFiles(model.unet, opts.adapters ?? [], opts.onAdapter);
   } catch (error) {
-    model.unet.dispose();
-    model.tokens?.dispose();
+    disposeModel(model);
     for (const t of vectors) t.dispose();
     throw error;
   }

@@ -13,6 +13,13 @@ import { DiffusionModelUNet, type DiffusionModelUNetOptions } from "../models/un
 import type { SchedulerOptions } from "../samplers/scheduler.ts";
 import { TokenTable, type TokenVocabulary } from "../models/tokens.ts";
 import type { VolumeInfo } from "./generate.ts";
+import type { AutoencoderKL } from "../models/autoencoder.ts";
+import {
+  decodeLatents,
+  LATENT_KIND,
+  latentInfoFromMetadata,
+  latentModelFromWeights,
+} from "./latent_modelfile.ts";
 
 export type { VolumeInfo } from "./generate.ts";
 
@@ -79,6 +86,38 @@ export interface LoadedModel {
   info: ModelInfo;
   /** The token table (eval mode, frozen), when the model has one. */
   tokens?: TokenTable;
+  /**
+   * Present for latent diffusion model files: the U-Net works on latents of `latentShape`, images are
+   * decode(z / s) ({@linkcode unetGenerator} does both). Dispose with {@linkcode disposeModel}.
+   */
+  latent?: LatentStage;
+}
+
+/** The autoencoder stage of a latent diffusion model. */
+export interface LatentStage {
+  /** The frozen autoencoder (eval mode). */
+  autoencoder: AutoencoderKL;
+  /** s: the U-Net's latents are s·z. */
+  scaleFactor: number;
+  /** Latent shape without the batch: [latentChannels, D, H, W]. */
+  latentShape: number[];
+}
+
+/** Options of {@linkcode loadModelFile}. */
+export interface LoadModelOptions {
+  /**
+   * Accept latent diffusion model files (default false). `loadGenerator` does (its generator decodes);
+   * callers that feed images to the U-Net leave it off and get a clear error instead of a model that would
+   * see the wrong inputs.
+   */
+  allowLatent?: boolean;
+}
+
+/** Frees a loaded model's networks (U-Net, token table, and the autoencoder of a latent model). */
+export function disposeModel(model: LoadedModel): void {
+  model.unet.dispose();
+  model.tokens?.dispose();
+  model.latent?.autoencoder.dispose();
 }
 
 /** The weights a model file stores: the U-Net's, plus the token table's under `token_embedding.`. */
@@ -88,10 +127,28 @@ export function modelWeights(unet: DiffusionModelUNet, tokens?: TokenTable): Map
   return weights;
 }
 
-/** Loads a model file written by {@linkcode saveModelFile}, from a path, a URL (`file:`, `http(s):`) or bytes. */
-export async function loadModelFile(path: string | URL | Uint8Array): Promise<LoadedModel> {
+/**
+ * Loads a model file written by {@linkcode saveModelFile} (or, with `allowLatent`, a latent model file), from
+ * a path, a URL (`file:`, `http(s):`) or bytes.
+ */
+export async function loadModelFile(
+  path: string | URL | Uint8Array,
+  opts: LoadModelOptions = {},
+): Promise<LoadedModel> {
   const { tensors: weights, metadata: meta } = await loadSafetensorsFile(path);
   try {
+    if (meta.format === LATENT_KIND) {
+      const name = path instanceof Uint8Array ? "<bytes>" : String(path);
+      if (!opts.allowLatent) {
+        throw new Error(
+          `${name} is a latent diffusion model (its U-Net works on autoencoder latents); this command does ` +
+            "not support latent models yet (deno task sample and the server do).",
+        );
+      }
+      const { unet, autoencoder, info } = latentModelFromWeights(latentInfoFromMetadata(name, meta), weights);
+      const { scaleFactor, latentShape, ...rest } = info;
+      return { unet, info: rest, latent: { autoencoder, scaleFactor, latentShape } };
+    }
     if (meta.format !== KIND) {
       throw new Error(
         `${path instanceof Uint8Array ? "<bytes>" : path} is not a voxgen model file (metadata format ${

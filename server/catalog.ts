@@ -80,6 +80,8 @@ export interface ResolvedModel {
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
 const MAX_HEADER = 100 * 1024 * 1024;
 const MODEL_FORMAT = "voxgen-diffusion-unet";
+/** The `format` of latent diffusion model files (pipelines/latent_modelfile.ts). */
+const LATENT_KIND = "voxgen-latent-diffusion";
 const ADAPTER_FORMAT = "voxgen-adapter";
 const ADAPTER_SUMMARY = ["format", "kind", "rank", "alpha", "base_hash", "trainable", "error"];
 const EMBEDDING_SUFFIX = ".ti.safetensors";
@@ -265,7 +267,8 @@ export class Catalog {
     const summary: ModelSummary = { name, default: name === "default", bytes: stat.size };
     try {
       const meta = await safetensorsMetadata(path);
-      if (meta.format !== MODEL_FORMAT) {
+      // Latent diffusion model files sample like the others (the worker decodes their latents).
+      if (meta.format !== MODEL_FORMAT && meta.format !== LATENT_KIND) {
         throw new Error(`not a voxgen model file (metadata format ${JSON.stringify(meta.format ?? null)})`);
       }
       const unet = JSON.parse(meta.unet);
