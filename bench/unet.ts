@@ -14,8 +14,12 @@
  * tests/fixtures/make_monai_unet_fixtures.py), alternating with voxgen's round by round so that both see the
  * same load; the ratio is reported per round.
  *
+ * With `--against DIR`, the same bench/unet.ts of another checkout (e.g. the code before a change; copy this
+ * file and engine/profile.ts into it) runs as a server child (`--serve`) and is timed round by round in the
+ * same way: side-by-side before/after ratios under the same load.
+ *
  * Run: `XDG_RUNTIME_DIR=/tmp deno run -A bench/unet.ts [--arch default] [--size 32] [--batch 1]
- *       [--work forward,train] [--reps 3] [--torch] [--profile] [--threads 2]`
+ *       [--work forward,train] [--reps 3] [--torch] [--against DIR] [--profile] [--threads 2]`
  *
  * @module
  */
@@ -37,6 +41,8 @@ const { values } = parseArgs({
     threads: { type: "string", default: "2" },
     torch: { type: "boolean", default: false },
     profile: { type: "boolean", default: false },
+    against: { type: "string" },
+    serve: { type: "boolean", default: false },
   },
 });
 const size = Number(values.size);
@@ -163,25 +169,35 @@ function lineSplitter(): TransformStream<string, string> {
   });
 }
 
-let torch:
-  | { proc: Deno.ChildProcess; lines: AsyncIterator<string>; input: WritableStreamDefaultWriter }
-  | null = null;
-if (values.torch) {
-  const monai = Deno.env.get("MONAI_SRC") ?? "/tmp/monai";
-  const proc = new Deno.Command("/usr/bin/python3", {
-    args: ["-c", TORCH_SCRIPT],
-    env: { PYTHONPATH: monai },
-    stdin: "piped",
-    stdout: "piped",
-  }).spawn();
-  const lines = proc.stdout.pipeThrough(new TextDecoderStream()).pipeThrough(lineSplitter())
-    [Symbol.asyncIterator]();
-  torch = { proc, lines, input: proc.stdin.getWriter() };
+/** Another process doing the same work on request: one line in (the work), "wall cpu" out. */
+interface Contender {
+  name: string;
+  proc: Deno.ChildProcess;
+  lines: AsyncIterator<string>;
+  input: WritableStreamDefaultWriter;
 }
 
-async function torchRun(work: string): Promise<{ wall: number; cpu: number }> {
-  await torch!.input.write(new TextEncoder().encode(`${work}\n`));
-  const [wall, cpu] = ((await torch!.lines.next()).value as string).split(" ").map(Number);
+function spawn(name: string, command: string, args: string[], env: Record<string, string>): Contender {
+  const proc = new Deno.Command(command, { args, env, stdin: "piped", stdout: "piped" }).spawn();
+  const lines = proc.stdout.pipeThrough(new TextDecoderStream()).pipeThrough(lineSplitter())
+    [Symbol.asyncIterator]();
+  return { name, proc, lines, input: proc.stdin.getWriter() };
+}
+
+const contenders: Contender[] = [];
+if (values.torch && !values.serve) {
+  const monai = Deno.env.get("MONAI_SRC") ?? "/tmp/monai";
+  contenders.push(spawn("torch", "/usr/bin/python3", ["-c", TORCH_SCRIPT], { PYTHONPATH: monai }));
+}
+if (values.against && !values.serve) {
+  const args = ["run", "-A", `${values.against}/bench/unet.ts`, "--serve"];
+  for (const k of ["arch", "size", "batch", "work"] as const) args.push(`--${k}`, String(values[k]));
+  contenders.push(spawn("before", Deno.execPath(), args, {}));
+}
+
+async function contenderRun(c: Contender, work: string): Promise<{ wall: number; cpu: number }> {
+  await c.input.write(new TextEncoder().encode(`${work}\n`));
+  const [wall, cpu] = ((await c.lines.next()).value as string).split(" ").map(Number);
   return { wall, cpu };
 }
 
@@ -195,9 +211,21 @@ for (const w of works) {
   peaks[w] = V.memory().peakBytes - before.liveBytes;
   console.log(`warm-up ${w}: ${t.wall.toFixed(2)} s (includes compiling)`);
 }
-if (torch) {
-  const ready = (await torch.lines.next()).value;
-  if (ready !== "ready") throw new Error(`the torch process did not start: ${ready}`);
+if (values.serve) {
+  // Server mode (the child of --against): time one piece of work per request line.
+  console.log("ready");
+  const lines = Deno.stdin.readable.pipeThrough(new TextDecoderStream()).pipeThrough(lineSplitter());
+  for await (const line of lines) {
+    const t = await timed(run[line as "forward" | "train"]);
+    console.log(`${t.wall} ${t.cpu}`);
+  }
+  Deno.exit(0);
+}
+for (const c of contenders) {
+  // The --against child prints its own log first; skip to its "ready".
+  let line: string | undefined;
+  do line = (await c.lines.next()).value; while (line !== undefined && line !== "ready");
+  if (line !== "ready") throw new Error(`the ${c.name} process did not start`);
 }
 
 const MiB = 2 ** 20;
@@ -205,10 +233,10 @@ const fmt = (s: number) => s.toFixed(3);
 console.log(`\nload average before timing: ${load()}`);
 for (const w of works) {
   const ours: Array<{ wall: number; cpu: number }> = [];
-  const theirs: Array<{ wall: number; cpu: number }> = [];
+  const theirs: Array<Array<{ wall: number; cpu: number }>> = contenders.map(() => []);
   for (let i = 0; i < reps; i++) {
     ours.push(await timed(run[w]));
-    if (torch) theirs.push(await torchRun(w));
+    for (const [k, c] of contenders.entries()) theirs[k].push(await contenderRun(c, w));
   }
   const live = V.memory().liveBytes;
   console.log(
@@ -220,14 +248,17 @@ for (const w of works) {
       } MiB ` +
       `(live ${(live / MiB).toFixed(0)} MiB)`,
   );
-  if (torch) {
-    const ratios = ours.map((o, i) => o.wall / theirs[i].wall);
+  for (const [k, c] of contenders.entries()) {
+    const wall = ours.map((o, i) => o.wall / theirs[k][i].wall);
+    const cpu = ours.map((o, i) => o.cpu / theirs[k][i].cpu);
     console.log(
-      `${w}: torch  wall ${theirs.map((o) => fmt(o.wall)).join(", ")} s (median ${
-        fmt(median(theirs.map((o) => o.wall)))
-      }), CPU ${fmt(median(theirs.map((o) => o.cpu)))} s; voxgen/torch per round ${
-        ratios.map((r) => r.toFixed(2)).join(", ")
-      } (median ${median(ratios).toFixed(2)})`,
+      `${w}: ${c.name} wall ${theirs[k].map((o) => fmt(o.wall)).join(", ")} s (median ${
+        fmt(median(theirs[k].map((o) => o.wall)))
+      }), CPU ${fmt(median(theirs[k].map((o) => o.cpu)))} s; voxgen/${c.name} per round: wall ${
+        wall.map((r) => r.toFixed(2)).join(", ")
+      } (median ${median(wall).toFixed(2)}), CPU ${cpu.map((r) => r.toFixed(2)).join(", ")} (median ${
+        median(cpu).toFixed(2)
+      })`,
     );
   }
 }
@@ -325,9 +356,9 @@ if (values.profile) {
   }
 }
 
-if (torch) {
-  await torch.input.close();
-  await torch.proc.status;
+for (const c of contenders) {
+  await c.input.close();
+  await c.proc.status;
 }
 optimizer.dispose();
 x.dispose();
