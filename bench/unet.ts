@@ -18,6 +18,9 @@
  * file and engine/profile.ts into it) runs as a server child (`--serve`) and is timed round by round in the
  * same way: side-by-side before/after ratios under the same load.
  *
+ * Work `train-ckpt` is the training step with gradient checkpointing of the res blocks
+ * (`gradientCheckpointing()`), timed by voxgen only.
+ *
  * Run: `XDG_RUNTIME_DIR=/tmp deno run -A bench/unet.ts [--arch default] [--size 32] [--batch 1]
  *       [--work forward,train] [--reps 3] [--torch] [--against DIR] [--profile] [--threads 2]`
  *
@@ -29,6 +32,7 @@ import process from "node:process";
 import * as V from "../mod.ts";
 import { DiffusionModelUNet, type DiffusionModelUNetOptions } from "../models/unet.ts";
 import { canProfile, type ProfileEntry, startProfile, stopProfile } from "../engine/profile.ts";
+import { resetPeak } from "../engine/pool.ts";
 import { median } from "./timing.ts";
 
 const { values } = parseArgs({
@@ -48,7 +52,8 @@ const { values } = parseArgs({
 const size = Number(values.size);
 const batch = Number(values.batch);
 const reps = Number(values.reps);
-const works = values.work!.split(",") as Array<"forward" | "train">;
+type Work = "forward" | "train" | "train-ckpt";
+const works = values.work!.split(",") as Work[];
 
 const ARCHS: Record<string, { voxgen: DiffusionModelUNetOptions; monai: string }> = {
   default: {
@@ -113,7 +118,21 @@ function voxgenTrain(): void {
   for (const g of grads) g.dispose();
 }
 
-const run = { forward: voxgenForward, train: voxgenTrain };
+/** The training step with gradient checkpointing of the res blocks (voxgen only; contenders skip it). */
+function voxgenTrainCheckpointed(): void {
+  unet.gradientCheckpointing(true);
+  try {
+    voxgenTrain();
+  } finally {
+    unet.gradientCheckpointing(false);
+  }
+}
+
+const run: Record<Work, () => void> = {
+  forward: voxgenForward,
+  train: voxgenTrain,
+  "train-ckpt": voxgenTrainCheckpointed,
+};
 
 /** Wall and process CPU seconds of `fn` and the work it queued. */
 async function timed(fn: () => void): Promise<{ wall: number; cpu: number }> {
@@ -149,7 +168,7 @@ def train():
     torch.nn.functional.mse_loss(net(x, t), y).backward()
     opt.step()
 work = {"forward": forward, "train": train}
-for w in ${JSON.stringify(works)}:
+for w in ${JSON.stringify(works.filter((w) => w !== "train-ckpt"))}:
     work[w]()  # warm-up
 print("ready", flush=True)
 for line in sys.stdin:
@@ -201,22 +220,25 @@ async function contenderRun(c: Contender, work: string): Promise<{ wall: number;
   return { wall, cpu };
 }
 
-// Warm-up (compiles the pipelines), then the peak memory of each kind of work.
+// Warm-up (compiles the pipelines), which also gives the peak memory of each kind of work: the high-water
+// mark of the bytes held by tensors (the pool's free buffers are not counted).
 const peaks: Record<string, number> = {};
 for (const w of works) {
-  const t = await timed(run[w]);
-  V.releaseCachedMemory();
+  resetPeak();
   const before = V.memory();
-  await timed(run[w]);
+  const t = await timed(run[w]);
   peaks[w] = V.memory().peakBytes - before.liveBytes;
-  console.log(`warm-up ${w}: ${t.wall.toFixed(2)} s (includes compiling)`);
+  console.log(
+    `warm-up ${w}: ${t.wall.toFixed(2)} s (includes compiling); peak memory above live ` +
+      `${(peaks[w] / 2 ** 20).toFixed(0)} MiB`,
+  );
 }
 if (values.serve) {
   // Server mode (the child of --against): time one piece of work per request line.
   console.log("ready");
   const lines = Deno.stdin.readable.pipeThrough(new TextDecoderStream()).pipeThrough(lineSplitter());
   for await (const line of lines) {
-    const t = await timed(run[line as "forward" | "train"]);
+    const t = await timed(run[line as Work]);
     console.log(`${t.wall} ${t.cpu}`);
   }
   Deno.exit(0);
@@ -236,6 +258,7 @@ for (const w of works) {
   const theirs: Array<Array<{ wall: number; cpu: number }>> = contenders.map(() => []);
   for (let i = 0; i < reps; i++) {
     ours.push(await timed(run[w]));
+    if (w === "train-ckpt") continue;
     for (const [k, c] of contenders.entries()) theirs[k].push(await contenderRun(c, w));
   }
   const live = V.memory().liveBytes;
@@ -249,6 +272,7 @@ for (const w of works) {
       `(live ${(live / MiB).toFixed(0)} MiB)`,
   );
   for (const [k, c] of contenders.entries()) {
+    if (theirs[k].length === 0) continue;
     const wall = ours.map((o, i) => o.wall / theirs[k][i].wall);
     const cpu = ours.map((o, i) => o.cpu / theirs[k][i].cpu);
     console.log(
