@@ -348,17 +348,17 @@ function printProfile(title: string, entries: ProfileEntry[], wall: number): voi
     );
   }
   console.log(
-    "\n| kernel family (outside convolutions) | GPU ms | share | dispatches |\n| --- | ---: | ---: | ---: |",
+    "\n| kernel family (where: inside convolutions or not) | GPU ms | share | dispatches |\n| --- | ---: | ---: | ---: |",
   );
   const other = new Map<string, { seconds: number; count: number }>();
   for (const e of entries) {
-    if (e.label.startsWith("conv")) continue;
-    const c = other.get(e.kernel) ?? { seconds: 0, count: 0 };
+    const key = `${e.kernel} (${e.label.startsWith("conv") ? "conv" : "other"})`;
+    const c = other.get(key) ?? { seconds: 0, count: 0 };
     c.seconds += e.seconds;
     c.count += e.count;
-    other.set(e.kernel, c);
+    other.set(key, c);
   }
-  for (const [name, c] of [...other].sort((a, b) => b[1].seconds - a[1].seconds).slice(0, 15)) {
+  for (const [name, c] of [...other].sort((a, b) => b[1].seconds - a[1].seconds).slice(0, 20)) {
     console.log(
       `| ${name} | ${(c.seconds * 1000).toFixed(1)} | ${
         (100 * c.seconds / total).toFixed(1)

@@ -19,6 +19,10 @@
  *   blocks of gradOut and summed; same padding scheme and fallback.
  * - Gradient w.r.t. the bias: the sum of gradOut over batch and space.
  *
+ * - Tensors larger than one storage binding (`maxStorageBufferBindingSize`): the convolution runs as
+ *   sub-convolutions of one batch item and a block of input and output channels each (copied out and
+ *   accumulated back in place), so that every buffer a kernel binds fits (groups = 1).
+ *
  * conv2d is conv3d on a depth-1 view.
  *
  * @module
@@ -457,8 +461,8 @@ function inputPlanes(
     storage.retain();
     return { tensor: new Tensor({ shape: [x.size], storage }), strides };
   }
-  const count = call.n * call.cin * kw * planeVec4s;
-  const tensor = fromData(null, [count * 4]);
+  const count = call.n * call.cin * kw * pd * ph;
+  const tensor = fromData(null, [count * row4 * 4]);
   const q = new Uint32Array(PLANES_WORDS);
   const qi = new Int32Array(q.buffer);
   q[PLANES.count] = count;
