@@ -15,7 +15,6 @@ import { TokenTable, type TokenVocabulary } from "../models/tokens.ts";
 import type { VolumeInfo } from "./generate.ts";
 import type { AutoencoderKL } from "../models/autoencoder.ts";
 import {
-  decodeLatents,
   LATENT_KIND,
   latentInfoFromMetadata,
   latentModelFromWeights,
