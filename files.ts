@@ -27,12 +27,14 @@ export {
 } from "./io/safetensors.ts";
 export { readNifti, writeNifti } from "./io/nifti.ts";
 export { writeSlicesPng } from "./io/png.ts";
-export {
-  DEFAULT_MODEL,
-  DEFAULT_MODEL_URL,
-  loadGenerator,
-  type LoadGeneratorOptions,
-  loadModelFile,
-  saveModelFile,
-} from "./pipelines/modelfile.ts";
+export { DEFAULT_MODEL, DEFAULT_MODEL_URL, loadModelFile, saveModelFile } from "./pipelines/modelfile.ts";
+export { loadGenerator, type LoadGeneratorOptions } from "./pipelines/generators.ts";
 export { writeStackedFiles, writeVolumeFiles, type WrittenVolume } from "./pipelines/output.ts";
+export {
+  loadAutoencoderFile,
+  loadLatentModelFile,
+  saveAutoencoderFile,
+  saveLatentModelFile,
+} from "./pipelines/latent_modelfile.ts";
+export { loadEmbeddingFile, saveEmbeddingFile } from "./pipelines/embedding.ts";
+export { readManifest } from "./pipelines/manifest.ts";

@@ -45,7 +45,10 @@ export {
 } from "./pipelines/generate.ts";
 export {
   type ConditioningInfo,
+  disposeModel,
+  type LatentStage,
   type LoadedModel,
+  type LoadModelOptions,
   MODEL_FORMAT,
   modelFileMetadata,
   modelFromBytes,

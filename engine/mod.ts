@@ -32,5 +32,6 @@ export { groupNorm, groupNormSilu, layerNorm } from "./ops/norm.ts";
 export { avgPool2d, avgPool3d, interpolate, type InterpolateOptions } from "./ops/resample.ts";
 export { rand, randn, type RandomOptions } from "./ops/random.ts";
 export { type ContractionPlan, type ContractionStep, einsum, einsumPath } from "./ops/einsum.ts";
+export { checkpoint } from "./ops/checkpoint.ts";
 export { warp3d, type WarpMode, type WarpOptions, type WarpPadding } from "./ops/warp.ts";
 export { AdamW, type AdamWOptions } from "./optim.ts";

@@ -1,7 +1,7 @@
 /**
  * Networks with MONAI's parameter names, so MONAI state dicts load unchanged: the diffusion U-Net
- * (`DiffusionModelUNet`), its ControlNet, the VCM condition modulator, and the learned-token prompts of
- * token-conditioned models. Runs wherever WebGPU does.
+ * (`DiffusionModelUNet`), its ControlNet, the VCM condition modulator, the learned-token prompts of
+ * token-conditioned models, and the latent-diffusion autoencoder (`AutoencoderKL`) with its patch discriminator. Runs wherever WebGPU does.
  *
  * @example
  * ```ts
@@ -60,3 +60,21 @@ export {
   UnknownTokenError,
   vocabularyRows,
 } from "./tokens.ts";
+export {
+  AutoencoderKL,
+  type AutoencoderKLOptions,
+  autoencoderOptionsFromMonai,
+  type ConvertedAutoencoderStateDict,
+  convertGenerativeAutoencoderStateDict,
+  type LatentPosterior,
+  type LatentSamplingOptions,
+  resolveAutoencoderOptions,
+  type ResolvedAutoencoderOptions,
+} from "./autoencoder.ts";
+export {
+  type DiscriminatorNorm,
+  discriminatorOptionsFromMonai,
+  leakyRelu,
+  PatchDiscriminator,
+  type PatchDiscriminatorOptions,
+} from "./discriminator.ts";

@@ -13,7 +13,7 @@ import { scope } from "../engine/memory.ts";
 import { add, silu } from "../engine/ops/elementwise.ts";
 import { formatShape } from "../engine/shape.ts";
 import { Tensor } from "../engine/tensor.ts";
-import { DownBlock, type LevelAttention, MidBlock, UpBlock } from "../nn/blocks.ts";
+import { DownBlock, type LevelAttention, MidBlock, ResnetBlock, UpBlock } from "../nn/blocks.ts";
 import {
   checkSpatialDims,
   Convolution,
@@ -512,6 +512,15 @@ export class DiffusionModelUNet extends Module {
   /** The time embedding [B, 4·channels[0]] (plus the class embedding), as every ResnetBlock receives it. */
   #embedding(batch: number, timesteps: Timesteps, classLabels?: Tensor | readonly number[]): Tensor {
     return unetTimeEmbedding(this, this.config.channels[0], batch, timesteps, classLabels);
+  }
+
+  /**
+   * Turns gradient checkpointing of every res block on or off: training then keeps each block's input
+   * instead of its activations and recomputes them in backward. Returns `this`.
+   */
+  gradientCheckpointing(on = true): this {
+    for (const [, m] of this.namedModules()) if (m instanceof ResnetBlock) m.checkpointing = on;
+    return this;
   }
 
   /**

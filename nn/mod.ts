@@ -23,3 +23,10 @@ export {
   type TransformerBlockOptions,
 } from "./attention.ts";
 export { Downsample, type NormSettings, ResnetBlock, type ResnetBlockOptions, Upsample } from "./blocks.ts";
+export {
+  AEKLDownsample,
+  AEKLResBlock,
+  type AEKLResBlockOptions,
+  ConvTranspose,
+  DeconvUpsample,
+} from "./autoencoder_blocks.ts";

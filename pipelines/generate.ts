@@ -53,7 +53,7 @@ export interface ConditionSpec {
 
 /**
  * A model ready to generate — what {@linkcode generate} needs from any model kind. Build one with
- * `loadGenerator` (pipelines/modelfile.ts) or by hand for a new kind.
+ * `loadGenerator` (pipelines/generators.ts) or by hand for a new kind.
  */
 export interface Generator {
   /** Predicts what the model was trained to predict (ε, v or x0) for x_t at timestep t. */
@@ -98,8 +98,9 @@ export interface GenerationRequest {
   /** Class label, for a class-conditional model. */
   classLabel?: number;
   /**
-   * Inpainting: `image` (model intensity range, x fastest, one value per voxel of one output volume) is
-   * kept where `mask` is non-zero; the model generates the rest.
+   * Inpainting: the model generates the voxels where `mask` is non-zero (as in diffusers: the mask marks
+   * what to repaint) and keeps `image` everywhere else. Both are one output volume, x fastest; `image` is
+   * in the model's intensity range.
    */
   inpaint?: { image: Float32Array; mask: Float32Array };
   /** Called after every step. */
@@ -239,7 +240,8 @@ function inpaintingOf(
   for (let r = 0; r < repeats; r++) knownValues.set(image, r * voxels);
   const known = tensor(knownValues, shape);
   owned.push(known);
-  const maskTensor = tensor(Float32Array.from(mask, (m) => (m !== 0 ? 1 : 0)), [1, 1, nz, ny, nx]);
+  // The sampler's mask is the other way round: 1 where the known image is kept.
+  const maskTensor = tensor(Float32Array.from(mask, (m) => (m !== 0 ? 0 : 1)), [1, 1, nz, ny, nx]);
   owned.push(maskTensor);
   return { known, mask: maskTensor };
 }

@@ -1,7 +1,8 @@
 /**
- * Training and data (Deno): NIfTI datasets resampled to RAS grids with label maps, GPU augmentation, the
- * training loop (EMA, resumable checkpoints, loss plots, previews) and ControlNet / VCM training, plus the
- * generation pipeline also exported from the main entry point.
+ * Training and data (Deno): NIfTI datasets resampled to RAS grids with label maps (and manifests), GPU
+ * augmentation, the training loop (EMA, resumable checkpoints, loss plots, previews), ControlNet / VCM and
+ * class-conditional training, autoencoder and latent-diffusion training, textual inversion, inpainting, and
+ * the generation pipeline also exported from the main entry point.
  *
  * @module
  */
@@ -50,3 +51,69 @@ export {
   saveControlFile,
   type VCMPreset,
 } from "./control.ts";
+export {
+  adversarialActive,
+  type AutoencoderLossWeights,
+  discriminatorLoss,
+  type GeneratorLoss,
+  generatorLoss,
+  klLoss,
+  patchAdversarialLoss,
+  type PerceptualLoss,
+  type ReconstructionLoss,
+  reconstructionLoss,
+  type ResolvedLossWeights,
+  resolveLossWeights,
+} from "./autoencoder_losses.ts";
+export {
+  type AutoencoderStepReport,
+  type AutoencoderTrainOptions,
+  type AutoencoderTrainResult,
+  trainAutoencoder,
+  validateAutoencoder,
+  type ValidationScores,
+} from "./train_autoencoder.ts";
+export {
+  type AutoencoderInfo,
+  decodeLatents,
+  type LatentModelInfo,
+  loadAutoencoderFile,
+  type LoadedAutoencoder,
+  type LoadedLatentModel,
+  loadLatentModelFile,
+  saveAutoencoderFile,
+  saveLatentModelFile,
+} from "./latent_modelfile.ts";
+export {
+  CachedPosteriors,
+  latentBatches,
+  type LatentBatchOptions,
+  type LatentTraining,
+  type LatentTrainingOptions,
+  prepareLatentTraining,
+  scaleFactorOf,
+} from "./latent.ts";
+export {
+  attachEmbedding,
+  baseModelHash,
+  EMBEDDING_FORMAT,
+  type EmbeddingInfo,
+  type LoadedEmbedding,
+  loadEmbeddingFile,
+  saveEmbeddingFile,
+} from "./embedding.ts";
+export {
+  type InpaintNormalize,
+  prepareInpainting,
+  type PrepareInpaintingOptions,
+  sphereMask,
+  type VolumeData,
+} from "./inpaint.ts";
+export {
+  conditionalBatches,
+  type ConditionalBatchOptions,
+  ConditionalNetwork,
+  type SampleCondition,
+} from "./conditional.ts";
+export { isManifestPath, type Manifest, type ManifestItem, parseManifest, readManifest } from "./manifest.ts";
+export { initialVectors, invertConcept, type InvertOptions, type InvertResult } from "./invert.ts";

@@ -1,18 +1,25 @@
 /**
  * voxgen models in memory: what a model file holds besides its weights ({@linkcode ModelInfo}), building
- * the U-Net (and token table) from a model file's bytes, the metadata written with them, and the
- * {@linkcode Generator} that `generate` runs. Works wherever WebGPU does: reading and writing files is
- * pipelines/modelfile.ts.
+ * the networks from a model file's bytes (a U-Net with its token table, or a latent model's U-Net and
+ * autoencoder), the metadata written with them, and the {@linkcode Generator} that `generate` runs. Works
+ * wherever WebGPU does: reading and writing files is pipelines/modelfile.ts.
  *
  * @module
  */
 
 import type { Tensor } from "../engine/tensor.ts";
 import { tensorsFromSafetensors } from "../io/safetensors_codec.ts";
-import { DiffusionModelUNet, type DiffusionModelUNetOptions } from "../models/unet.ts";
+import type { AutoencoderKL } from "../models/autoencoder.ts";
 import { TokenTable, type TokenVocabulary } from "../models/tokens.ts";
+import { DiffusionModelUNet, type DiffusionModelUNetOptions } from "../models/unet.ts";
 import type { SchedulerOptions } from "../samplers/scheduler.ts";
 import type { Generator, VolumeInfo } from "./generate.ts";
+import {
+  decodeLatents,
+  LATENT_KIND,
+  latentInfoFromMetadata,
+  latentModelFromWeights,
+} from "./latent_modelfile.ts";
 
 export type { VolumeInfo } from "./generate.ts";
 
@@ -67,6 +74,38 @@ export interface LoadedModel {
   info: ModelInfo;
   /** The token table (eval mode, frozen), when the model has one. */
   tokens?: TokenTable;
+  /**
+   * Present for latent diffusion model files: the U-Net works on latents of `latentShape`, images are
+   * decode(z / s) ({@linkcode unetGenerator} does both). Dispose with {@linkcode disposeModel}.
+   */
+  latent?: LatentStage;
+}
+
+/** The autoencoder stage of a latent diffusion model. */
+export interface LatentStage {
+  /** The frozen autoencoder (eval mode). */
+  autoencoder: AutoencoderKL;
+  /** s: the U-Net's latents are s·z. */
+  scaleFactor: number;
+  /** Latent shape without the batch: [latentChannels, D, H, W]. */
+  latentShape: number[];
+}
+
+/** Options of {@linkcode loadModelFile}. */
+export interface LoadModelOptions {
+  /**
+   * Accept latent diffusion model files (default false). `loadGenerator` does (its generator decodes);
+   * callers that feed images to the U-Net leave it off and get a clear error instead of a model that would
+   * see the wrong inputs.
+   */
+  allowLatent?: boolean;
+}
+
+/** Frees a loaded model's networks (U-Net, token table, and the autoencoder of a latent model). */
+export function disposeModel(model: LoadedModel): void {
+  model.unet.dispose();
+  model.tokens?.dispose();
+  model.latent?.autoencoder.dispose();
 }
 
 /** The weights a model file stores: the U-Net's, plus the token table's under `token_embedding.`. */
@@ -77,12 +116,28 @@ export function modelWeights(unet: DiffusionModelUNet, tokens?: TokenTable): Map
 }
 
 /**
- * Builds the model of a model file's bytes (written by `saveModelFile`): the U-Net, and the token table
- * when there is one, in eval mode with frozen weights. `source` names the data in errors.
+ * Builds the model of a model file's bytes (written by `saveModelFile`, or with `allowLatent` a latent model
+ * file): the networks in eval mode with frozen weights. `source` names the data in errors.
  */
-export function modelFromBytes(bytes: Uint8Array, source = "<bytes>"): LoadedModel {
+export function modelFromBytes(
+  bytes: Uint8Array,
+  source = "<bytes>",
+  opts: LoadModelOptions = {},
+): LoadedModel {
   const { tensors: weights, metadata: meta } = tensorsFromSafetensors(bytes, source);
   try {
+    if (meta.format === LATENT_KIND) {
+      const name = source;
+      if (!opts.allowLatent) {
+        throw new Error(
+          `${name} is a latent diffusion model (its U-Net works on autoencoder latents); this command does ` +
+            "not support latent models yet (deno task sample and the server do).",
+        );
+      }
+      const { unet, autoencoder, info } = latentModelFromWeights(latentInfoFromMetadata(name, meta), weights);
+      const { scaleFactor, latentShape, ...rest } = info;
+      return { unet, info: rest, latent: { autoencoder, scaleFactor, latentShape } };
+    }
     if (meta.format !== MODEL_FORMAT) {
       throw new Error(
         `${source} is not a voxgen model file (metadata format ${JSON.stringify(meta.format)}); ` +
@@ -125,14 +180,20 @@ export function modelFromBytes(bytes: Uint8Array, source = "<bytes>"): LoadedMod
   }
 }
 
-/** The {@linkcode Generator} of a loaded U-Net model (disposing it disposes the U-Net). */
-export function unetGenerator({ unet, info, tokens }: LoadedModel): Generator {
+/**
+ * The {@linkcode Generator} of a loaded U-Net model (a latent model samples latents and decodes
+ * decode(z / s) at the end); disposing it disposes the model's networks and the `owned` tensors (added
+ * embeddings).
+ */
+export function unetGenerator(model: LoadedModel, owned: Tensor[] = []): Generator {
+  const { unet, info, tokens, latent } = model;
   const [nx, ny, nz] = info.volume.shape;
   const classes = unet.config.numClassEmbeds;
   const nullClass = info.conditioning?.nullClass;
   return {
     denoiser: (x, t, c) => unet.forward(x, t, { context: c.context, classLabels: c.classLabels }),
-    sampleShape: [unet.config.inChannels, nz, ny, nx],
+    sampleShape: latent ? latent.latentShape : [unet.config.inChannels, nz, ny, nx],
+    decode: latent ? (z) => decodeLatents(latent.autoencoder, z, latent.scaleFactor) : undefined,
     scheduler: info.scheduler,
     parameterCount: unet.numParameters() + (tokens?.numParameters() ?? 0),
     volume: info.volume,
@@ -140,8 +201,8 @@ export function unetGenerator({ unet, info, tokens }: LoadedModel): Generator {
       ? { classes: classes !== null ? { count: classes, nullClass } : undefined, tokens }
       : undefined,
     dispose: () => {
-      unet.dispose();
-      tokens?.dispose();
+      disposeModel(model);
+      for (const t of owned) t.dispose();
     },
   };
 }

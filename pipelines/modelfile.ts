@@ -8,18 +8,15 @@
  * @module
  */
 
-import { type AdapterSpec, mergeAdapterFiles } from "../adapters/io.ts";
-import type { AdapterSet } from "../adapters/inject.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { pathOrUrl, readBytes } from "../io/read.ts";
 import { saveSafetensors } from "../io/safetensors.ts";
-import type { Generator } from "./generate.ts";
 import {
   type LoadedModel,
+  type LoadModelOptions,
   modelFileMetadata,
   modelFromBytes,
   type ModelInfo,
-  unetGenerator,
 } from "./model.ts";
 
 export * from "./model.ts";
@@ -42,29 +39,14 @@ export async function saveModelFile(
   await saveSafetensors(path, weights, modelFileMetadata(info));
 }
 
-/** Loads a model file written by {@linkcode saveModelFile}, from a path, a URL (`file:`, `http(s):`) or bytes. */
-export async function loadModelFile(path: string | URL | Uint8Array): Promise<LoadedModel> {
-  if (path instanceof Uint8Array) return modelFromBytes(path);
-  return modelFromBytes(await readBytes(path), String(path));
-}
-
-/** Options of {@linkcode loadGenerator}. */
-export interface LoadGeneratorOptions {
-  /** Adapters merged into the weights, in order. */
-  adapters?: readonly AdapterSpec[];
-  /** Hears about each adapter merged (e.g. to log it). */
-  onAdapter?: (spec: AdapterSpec, set: AdapterSet) => void;
-}
-
-/** Loads a model file, merges its adapters, and returns it ready for `generate`. */
-export async function loadGenerator(path: string, opts: LoadGeneratorOptions = {}): Promise<Generator> {
-  const model = await loadModelFile(path);
-  try {
-    await mergeAdapterFiles(model.unet, opts.adapters ?? [], opts.onAdapter);
-  } catch (error) {
-    model.unet.dispose();
-    model.tokens?.dispose();
-    throw error;
-  }
-  return unetGenerator(model);
+/**
+ * Loads a model file written by {@linkcode saveModelFile} (or, with `allowLatent`, a latent model file), from
+ * a path, a URL (`file:`, `http(s):`) or bytes.
+ */
+export async function loadModelFile(
+  path: string | URL | Uint8Array,
+  opts: LoadModelOptions = {},
+): Promise<LoadedModel> {
+  if (path instanceof Uint8Array) return modelFromBytes(path, "<bytes>", opts);
+  return modelFromBytes(await readBytes(path), String(path), opts);
 }

@@ -196,7 +196,8 @@ export function describeChanges(changes: SettingChange[], names: Record<string, 
   );
 }
 
-interface CheckpointMeta {
+/** What `meta.json` of a checkpoint holds (it is written last: a checkpoint is complete once it exists). */
+export interface CheckpointMeta {
   step: number;
   seed: number;
   lossLog: string;
@@ -212,7 +213,7 @@ export function emaDecayAt(decay: number, t: number): number {
 }
 
 /** Settings that differ between `before` (a checkpoint) and `now`, over the keys of both. */
-function changedSettings(
+export function changedSettings(
   before: Record<string, RunSetting>,
   now: Record<string, RunSetting>,
 ): SettingChange[] {
@@ -437,7 +438,8 @@ export async function train(
     for (const t of ema) t.dispose();
   }
 }
-async function exists(path: string): Promise<boolean> {
+/** Whether a file or folder exists. */
+export async function exists(path: string): Promise<boolean> {
   try {
     await Deno.stat(path);
     return true;
@@ -446,7 +448,8 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
-async function loadInto(path: string, named: Array<[string, Tensor]>): Promise<void> {
+/** Copies the tensors of a safetensors file into `named` by name (shapes must match). */
+export async function loadInto(path: string, named: Array<[string, Tensor]>): Promise<void> {
   const state = await loadSafetensors(path);
   try {
     for (const [name, t] of named) {
@@ -463,7 +466,8 @@ async function loadInto(path: string, named: Array<[string, Tensor]>): Promise<v
   }
 }
 
-async function saveCheckpoint(
+/** Writes model (and EMA) weights, optimizer state and `meta.json` (last) into `dir`. */
+export async function saveCheckpoint(
   dir: string,
   named: Array<[string, Tensor]>,
   trainableNames: string[],
@@ -485,7 +489,8 @@ async function saveCheckpoint(
   await atomicWrite(`${dir}/meta.json`, new TextEncoder().encode(JSON.stringify(meta)));
 }
 
-async function writeLogs(dir: string, lossLog: string): Promise<void> {
+/** Writes loss.csv and its plot loss.png (raw and smoothed loss, log scale) into `dir`. */
+export async function writeLogs(dir: string, lossLog: string): Promise<void> {
   await atomicWrite(`${dir}/loss.csv`, new TextEncoder().encode(lossLog));
   const rows = lossLog.trim().split("\n").slice(1).map((r) => r.split(",").map(Number));
   const x = rows.map((r) => r[0]);

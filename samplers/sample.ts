@@ -61,6 +61,11 @@ export interface SampleOptions {
    * forward; contexts and class labels of batch 1 are broadcast to the sample's batch.
    */
   guidance?: { unconditional: Conditioning; conditions: WeightedCondition[] };
+  /**
+   * Start from this x_T (the sample's shape, already scaled to the scheduler's initial σ) instead of drawn
+   * noise — diffusers' `latents`. The noise stream advances as if it had been drawn, so later draws match.
+   */
+  initial?: Tensor;
   /** Inpainting: values of the known region (same shape as the sample). */
   known?: Tensor;
   /** Inpainting: 1 where `known` is kept, 0 where the model generates (broadcasts to the sample). */
@@ -94,8 +99,19 @@ export async function sample(model: Denoiser, scheduler: Scheduler, opts: Sample
     offset += blocks;
     return n;
   };
+  if (opts.initial && opts.initial.shape.join() !== opts.shape.join()) {
+    throw new Error(
+      `sample: initial ${formatShape(opts.initial.shape)} must have the sample shape ${
+        formatShape(opts.shape)
+      }.`,
+    );
+  }
   let x = noGrad(() =>
     scope(() => {
+      if (opts.initial) {
+        offset += blocks;
+        return map("copy", "a", [opts.initial]);
+      }
       const n = nextNoise();
       return scheduler.initNoiseSigma === 1 ? n : map("scale", "a * s0", [n], [scheduler.initNoiseSigma]);
     })

@@ -21,15 +21,20 @@ import type {
 /** State of the GPU worker, as `/healthz` reports it ("no_workers": a queue with no worker host alive). */
 export type WorkerState = "starting" | "ready" | "restarting" | "unavailable" | "no_workers";
 
-/** Turns a request's names into files (fails with an ApiError when a model or adapter has gone). */
-export type ResolveFiles = (request: SampleRequest) => Promise<Pick<WorkerJob, "modelPath" | "adapters">>;
+/** Turns a request's names into files (fails with an ApiError when a model, adapter or embedding has gone). */
+export type ResolveFiles = (
+  request: SampleRequest,
+) => Promise<Pick<WorkerJob, "modelPath" | "adapters" | "embeddings">>;
 
-/** The resolver of a catalog: model and adapter names to their files. */
+/** The resolver of a catalog: model, adapter and embedding names to their files. */
 export function catalogFiles(catalog: Catalog): ResolveFiles {
   return async (request) => ({
     modelPath: (await catalog.model(request.model)).path,
     adapters: await Promise.all(
       request.adapters.map(async (a) => ({ path: await catalog.adapter(a.name), weight: a.weight })),
+    ),
+    embeddings: await Promise.all(
+      (request.embeddings ?? []).map(async (n) => (await catalog.embedding(n)).path),
     ),
   });
 }

@@ -140,6 +140,8 @@ export async function startHost(opts: HostOptions): Promise<RunningHost> {
     );
   };
 
+  /** Back-off while this host's GPU worker cannot start (doubles up to a minute; reset on success). */
+  let noGpuWaitMs = 0;
   const processJob = async (job: SampleJob, token?: string): Promise<JobResult> => {
     const { request, retentionSeconds } = job.data;
     const mine: Current = { id: job.id!, cancel: false, requeue: false };
@@ -147,6 +149,22 @@ export async function startHost(opts: HostOptions): Promise<RunningHost> {
     void beat();
     try {
       if (await redis.exists(keys.cancel(mine.id))) throw new UnrecoverableError(CANCELLED);
+      try {
+        await gpu.ready();
+        noGpuWaitMs = 0;
+      } catch (error) {
+        // No GPU here (lost for good?): the job goes back for another host, and this one waits before it
+        // takes the next, instead of failing every job in the queue.
+        noGpuWaitMs = Math.min(60_000, Math.max(2 * noGpuWaitMs, 5_000));
+        log(
+          `no GPU (${(error as Error).message}): job ${mine.id} goes back to the queue; next try in ${
+            noGpuWaitMs / 1000
+          } s`,
+        );
+        await job.moveToWait(token);
+        await new Promise((r) => setTimeout(r, noGpuWaitMs));
+        throw new WaitingError();
+      }
       let files;
       try {
         files = await resolve(request);
@@ -189,13 +207,16 @@ export async function startHost(opts: HostOptions): Promise<RunningHost> {
   });
   worker.on("completed", (job, result) => {
     log(`job ${job.id} done in ${result.seconds.toFixed(2)} s`);
-    void recordFinished(redis, keys, "done", result.seconds).catch(() => {});
+    void recordFinished(redis, keys, job.id!, "done", result.seconds, job.data.retentionSeconds).catch(
+      () => {},
+    );
   });
   worker.on("failed", (job, error) => {
     if (!job || error.name === "WaitingError") return;
     const cancelled = error.message === CANCELLED;
     log(`job ${job.id} ${cancelled ? "cancelled" : `failed: ${error.message}`}`);
-    void recordFinished(redis, keys, cancelled ? "cancelled" : "failed").catch(() => {});
+    const status = cancelled ? "cancelled" : "failed";
+    void recordFinished(redis, keys, job.id!, status, 0, job.data.retentionSeconds).catch(() => {});
   });
   worker.on("error", (error) => log(`queue: ${error.message}`));
 
@@ -210,6 +231,12 @@ export async function startHost(opts: HostOptions): Promise<RunningHost> {
       gpu.stop(jobId);
     },
   );
+  // A job BullMQ fails itself (recovered from dead hosts too often) has no host to report it: count it here.
+  events.on("failed", ({ jobId, failedReason }) => {
+    if (!/stalled/i.test(failedReason)) return;
+    log(`job ${jobId} failed: ${failedReason}`);
+    void recordFinished(redis, keys, jobId, "failed").catch(() => {});
+  });
   await Promise.all([events.waitUntilReady(), worker.waitUntilReady()]);
   await beat();
   const heartbeat = setInterval(beat, heartbeatMs);

@@ -91,7 +91,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   await Deno.mkdir(options.dataDir, { recursive: true });
   const dataDir = await Deno.realPath(options.dataDir);
   const resultsDir = `${dataDir}/results`;
-  for (const dir of ["models", "adapters", "results"]) {
+  // With a shared queue the results live in Redis, not here.
+  for (const dir of ["models", "adapters", ...(options.queueUrl ? [] : ["results"])]) {
     await Deno.mkdir(`${dataDir}/${dir}`, { recursive: true });
   }
 

@@ -14,10 +14,19 @@
 import * as Comlink from "comlink";
 import { gpu, onDeviceLost, ready } from "../engine/device.ts";
 import { releaseCachedMemory } from "../engine/memory.ts";
-import { generate, type Generator } from "../pipelines/generate.ts";
-import { loadGenerator } from "../pipelines/modelfile.ts";
+import { readNifti } from "../io/nifti.ts";
+import { generate, type GenerationRequest, type Generator } from "../pipelines/generate.ts";
+import { prepareInpainting, sphereMask } from "../pipelines/inpaint.ts";
+import { loadGenerator } from "../pipelines/generators.ts";
 import { writeStackedFiles } from "../pipelines/output.ts";
-import type { JobResult, WorkerApi, WorkerDevice, WorkerJob, WorkerProgress } from "./protocol.ts";
+import type {
+  InpaintChoice,
+  JobResult,
+  WorkerApi,
+  WorkerDevice,
+  WorkerJob,
+  WorkerProgress,
+} from "./protocol.ts";
 
 let lostReason: string | null = null;
 /** Set by `close`: the device is being destroyed on purpose, which is not a loss. */
@@ -100,6 +109,9 @@ async function runJob(
       seed: request.seed,
       batch: request.batch,
       guidanceScale: request.guidanceScale,
+      prompt: request.prompt,
+      classLabel: request.classLabel,
+      inpaint: request.inpaint ? await inpaintInputs(request.inpaint, model) : undefined,
       signal,
       onProgress: (p) => {
         // Fire and forget: a round trip per step would slow sampling for nothing.
@@ -127,13 +139,31 @@ async function runJob(
   }
 }
 
-/** The job's model: the cached base model when it has no adapters, otherwise a fresh copy with them merged. */
+/** The inpainting request's image and mask (base64 NIfTI in the request, or a sphere). */
+async function inpaintInputs(choice: InpaintChoice, model: Generator): Promise<GenerationRequest["inpaint"]> {
+  const decode = (b64: string) => Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const image = await readNifti(decode(choice.image));
+  const mask = typeof choice.mask === "string" ? await readNifti(decode(choice.mask)) : {
+    data: sphereMask(model.volume.shape, choice.mask.center, choice.mask.radius),
+    shape: model.volume.shape,
+  };
+  return prepareInpainting(image, mask, model.volume, { normalize: choice.normalize, index: choice.index }, {
+    image: "inpaint.image",
+    mask: "inpaint.mask",
+  });
+}
+
+/**
+ * The job's model: the cached base model when it has no adapters or embeddings, otherwise a fresh copy
+ * with them merged or added.
+ */
 async function acquireModel(job: WorkerJob): Promise<Generator> {
   const stat = await Deno.stat(job.modelPath);
   const key = `${job.modelPath}:${stat.mtime?.getTime()}:${stat.size}`;
-  if (job.adapters.length === 0 && cached?.key === key) return cached.model;
-  const model = await loadGenerator(job.modelPath, { adapters: job.adapters });
-  if (job.adapters.length > 0) return model;
+  const plain = job.adapters.length === 0 && (job.embeddings ?? []).length === 0;
+  if (plain && cached?.key === key) return cached.model;
+  const model = await loadGenerator(job.modelPath, { adapters: job.adapters, embeddings: job.embeddings });
+  if (!plain) return model;
   cached?.model.dispose();
   cached = { key, model };
   return model;

@@ -1,0 +1,53 @@
+/**
+ * Generators from model files: a voxgen U-Net model file (with its token table), adapters merged into it
+ * and textual-inversion embeddings added to its tokens, ready for `generate`.
+ *
+ * @module
+ */
+
+import { type AdapterSpec, mergeAdapterFiles } from "../adapters/io.ts";
+import type { AdapterSet } from "../adapters/inject.ts";
+import type { Tensor } from "../engine/tensor.ts";
+import { attachEmbedding, baseModelHash, loadEmbeddingFile } from "./embedding.ts";
+import type { Generator } from "./generate.ts";
+import { disposeModel, loadModelFile, unetGenerator } from "./modelfile.ts";
+
+// Defined with the model (pipelines/model.ts, which runs in browsers too); re-exported where it always was.
+export { unetGenerator };
+
+/** Options of {@linkcode loadGenerator}. */
+export interface LoadGeneratorOptions {
+  /** Adapters merged into the weights, in order. */
+  adapters?: readonly AdapterSpec[];
+  /** Textual-inversion embedding files whose concepts prompts may then use (checked against the base). */
+  embeddings?: readonly string[];
+  /** Hears about each adapter merged (e.g. to log it). */
+  onAdapter?: (spec: AdapterSpec, set: AdapterSet) => void;
+}
+
+/** Loads a model file, merges its adapters, and returns it ready for `generate`. */
+export async function loadGenerator(path: string, opts: LoadGeneratorOptions = {}): Promise<Generator> {
+  const model = await loadModelFile(path, { allowLatent: true });
+  const vectors: Tensor[] = [];
+  try {
+    const embeddings = opts.embeddings ?? [];
+    if (embeddings.length > 0) {
+      if (!model.tokens) {
+        throw new Error(`${path} has no token table, so it cannot use textual-inversion embeddings.`);
+      }
+      // Hashed before adapters change the weights: embeddings are tied to the base model.
+      const hash = await baseModelHash(model.unet, model.tokens);
+      for (const file of embeddings) {
+        const embedding = await loadEmbeddingFile(file);
+        vectors.push(embedding.vectors);
+        attachEmbedding(model.tokens, hash, embedding, file);
+      }
+    }
+    await mergeAdapterFiles(model.unet, opts.adapters ?? [], opts.onAdapter);
+  } catch (error) {
+    disposeModel(model);
+    for (const t of vectors) t.dispose();
+    throw error;
+  }
+  return unetGenerator(model, vectors);
+}
