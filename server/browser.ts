@@ -42,7 +42,7 @@ export async function generateVolume(
   const steps = opts.steps ?? 50;
   const seed = opts.seed ?? 0;
   const device = await ready();
-  const generator = unetGenerator(modelFromBytes(model, "the model file"));
+  const generator = unetGenerator(modelFromBytes(model, "the model file", { allowLatent: true }));
   try {
     const { volumes, shape, affine } = await generate(generator, {
       sampler: "ddim",
