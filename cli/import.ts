@@ -3,7 +3,8 @@
  * `DiffusionModelUNet` checkpoint written by PyTorch's `torch.save` into a voxgen model file, reading the
  * pickle with a restricted unpickler (tensors and plain containers only; nothing in the file is executed).
  * A MONAI `ControlNet` checkpoint (a config with `conditioning_embedding_*` arguments) becomes a voxgen
- * control file instead, bound to the voxgen model file given with `--base` (the U-Net it steers).
+ * control file instead, bound to the voxgen model file given with `--base` (the U-Net it steers), and a
+ * MONAI `AutoencoderKL` checkpoint (a config with `latent_channels`) an autoencoder file for latent diffusion.
  *
  * CONFIG.json holds the network's constructor arguments as MONAI takes them (snake_case), either alone or as
  * `{"network": {...}, "scheduler": {...}, "volume": {...}}` with the noise scheduler's arguments (MONAI's
@@ -28,6 +29,13 @@ import {
 import { loadModelFile, type ModelInfo, saveModelFile } from "../pipelines/modelfile.ts";
 import { saveControlFile } from "../pipelines/control.ts";
 import { ControlNet, controlNetOptionsFromMonai } from "../models/controlnet.ts";
+import {
+  AutoencoderKL,
+  autoencoderOptionsFromMonai,
+  convertGenerativeAutoencoderStateDict,
+} from "../models/autoencoder.ts";
+import { saveAutoencoderFile } from "../pipelines/latent_modelfile.ts";
+import type { VolumeInfo } from "../pipelines/generate.ts";
 import { modelHash } from "../adapters/hash.ts";
 import type { PredictionType, SchedulerOptions } from "../samplers/scheduler.ts";
 import { numberList } from "./options.ts";
@@ -47,6 +55,9 @@ const HELP = `Usage: deno task cli import --monai CHECKPOINT.pt --config CONFIG.
   --range LO,HI     intensity range the model was trained in (default -1,1)
   --prediction P    epsilon, v_prediction or sample (default: the config's, else epsilon as in MONAI)
   --description T   text stored in the model file
+AutoencoderKL checkpoints (a config with latent_channels) become autoencoder files for latent diffusion
+(train a latent model on one with \`deno task train --autoencoder FILE\`); --shape, --spacing and --range
+give the image geometry.
 ControlNet checkpoints (a config with conditioning_embedding_in_channels / _num_channels):
   --base FILE       the voxgen model file of the U-Net the ControlNet steers (required)
   --conditions L    the condition volumes' names and channels, NAME:C,NAME:C,... in channel order
@@ -98,9 +109,9 @@ export function parseImportConfig(json: unknown, source: string): ImportConfig {
   // A MONAI bundle's network definition names its class; anything but the diffusion U-Net is refused.
   const target = network._target_;
   delete network._target_;
-  if (target !== undefined && !/(DiffusionModelUNet|ControlNet)$/.test(String(target))) {
+  if (target !== undefined && !/(DiffusionModelUNet|ControlNet|AutoencoderKL)$/.test(String(target))) {
     throw new Error(
-      `--config: the network is ${target}; DiffusionModelUNet and ControlNet checkpoints are imported.`,
+      `--config: the network is ${target}; DiffusionModelUNet, ControlNet and AutoencoderKL checkpoints are imported.`,
     );
   }
   for (const [key, value] of Object.entries(network)) {
@@ -189,6 +200,7 @@ export async function main(args: string[]): Promise<void> {
   ) {
     return await importControlNet(checkpointPath, config, values);
   }
+  if ("latent_channels" in config.network) return await importAutoencoder(checkpointPath, config, values);
   const generative = "num_channels" in config.network;
   const unetOptions: DiffusionModelUNetOptions = unetOptionsFromMonai(config.network, { generative });
   if ((unetOptions.spatialDims ?? 3) !== 3) {
@@ -203,25 +215,7 @@ export async function main(args: string[]): Promise<void> {
     }
     scheduler.predictionType = values.prediction as PredictionType;
   }
-  const shapeList = values.shape !== undefined ? numberList("shape", values.shape) : config.volume.shape;
-  if (!shapeList) throw new Error("--shape is required (or volume.shape in the config); see --help.");
-  const shape = threeNumbers("shape", shapeList, true);
-  if (shape.some((n) => !Number.isInteger(n))) throw new Error(`--shape: ${shape} are not whole numbers.`);
-  const spacingValue = values.spacing !== undefined
-    ? numberList("spacing", values.spacing)
-    : config.volume.spacing ?? 1;
-  const spacingList = typeof spacingValue === "number" ? [spacingValue] : spacingValue;
-  const spacing = threeNumbers(
-    "spacing",
-    spacingList.length === 1 ? [spacingList[0], spacingList[0], spacingList[0]] : spacingList,
-    true,
-  );
-  const range = values.range !== undefined
-    ? numberList("range", values.range)
-    : config.volume.range ?? [-1, 1];
-  if (range.length !== 2 || !(range[0] < range[1])) {
-    throw new Error(`--range: expected LO,HI with LO < HI, got ${range}.`);
-  }
+  const volume = volumeInfo(config, values);
 
   const bytes = await readCheckpoint(checkpointPath);
   const raw = findStateDict(await readTorchCheckpoint(bytes, checkpointPath), values.key, checkpointPath);
@@ -245,7 +239,7 @@ export async function main(args: string[]): Promise<void> {
     const info: ModelInfo = {
       unet: unetOptions,
       scheduler,
-      volume: { shape, affine: centredAffine(shape, spacing), range: [range[0], range[1]] },
+      volume,
       description: values.description ?? `imported from ${checkpointPath.split("/").pop()}`,
     };
     await saveModelFile(out, unet.stateDict(), info);
@@ -257,6 +251,33 @@ export async function main(args: string[]): Promise<void> {
     for (const t of state.values()) t.dispose();
     unet.dispose();
   }
+}
+
+/** The volume geometry of the imported model: flags first, then the config's `volume` section. */
+function volumeInfo(
+  config: ImportConfig,
+  values: { shape?: string; spacing?: string; range?: string },
+): VolumeInfo {
+  const shapeList = values.shape !== undefined ? numberList("shape", values.shape) : config.volume.shape;
+  if (!shapeList) throw new Error("--shape is required (or volume.shape in the config); see --help.");
+  const shape = threeNumbers("shape", shapeList, true);
+  if (shape.some((n) => !Number.isInteger(n))) throw new Error(`--shape: ${shape} are not whole numbers.`);
+  const spacingValue = values.spacing !== undefined
+    ? numberList("spacing", values.spacing)
+    : config.volume.spacing ?? 1;
+  const spacingList = typeof spacingValue === "number" ? [spacingValue] : spacingValue;
+  const spacing = threeNumbers(
+    "spacing",
+    spacingList.length === 1 ? [spacingList[0], spacingList[0], spacingList[0]] : spacingList,
+    true,
+  );
+  const range = values.range !== undefined
+    ? numberList("range", values.range)
+    : config.volume.range ?? [-1, 1];
+  if (range.length !== 2 || !(range[0] < range[1])) {
+    throw new Error(`--range: expected LO,HI with LO < HI, got ${range}.`);
+  }
+  return { shape, affine: centredAffine(shape, spacing), range: [range[0], range[1]] };
 }
 
 /** The ControlNet branch of {@linkcode main}: a control file for the model file `--base`. */
@@ -318,6 +339,57 @@ async function importControlNet(
     module.dispose();
     base.unet.dispose();
     base.tokens?.dispose();
+  }
+}
+
+/** The AutoencoderKL branch of {@linkcode main}: an autoencoder file for latent diffusion. */
+async function importAutoencoder(
+  checkpointPath: string,
+  config: ImportConfig,
+  values: {
+    out?: string;
+    key?: string;
+    shape?: string;
+    spacing?: string;
+    range?: string;
+    description?: string;
+  },
+): Promise<void> {
+  const generative = "num_channels" in config.network;
+  const options = autoencoderOptionsFromMonai(config.network, { generative });
+  const volume = volumeInfo(config, values);
+  const raw = findStateDict(
+    await readTorchCheckpoint(await readCheckpoint(checkpointPath), checkpointPath),
+    values.key,
+    checkpointPath,
+  );
+  await ready();
+  const autoencoder = new AutoencoderKL(options);
+  let state = new Map<string, Tensor>();
+  try {
+    for (const [name, t] of raw) {
+      state.set(name, tensor(t.data instanceof Float32Array ? t.data : Float32Array.from(t.data), t.shape));
+    }
+    if (generative) {
+      const converted = convertGenerativeAutoencoderStateDict(state, autoencoder);
+      for (const name of converted.dropped) state.get(name)!.dispose();
+      state = converted.state;
+    }
+    autoencoder.loadStateDict(state);
+    await saveAutoencoderFile(values.out!, autoencoder.stateDict(), {
+      autoencoder: options,
+      volume,
+      description: values.description ?? `imported from ${checkpointPath.split("/").pop()}`,
+    });
+    console.log(
+      `wrote ${values.out}: AutoencoderKL, ${
+        autoencoder.numParameters().toLocaleString("en-US")
+      } parameters ` +
+        `from ${raw.size} tensors`,
+    );
+  } finally {
+    for (const t of state.values()) t.dispose();
+    autoencoder.dispose();
   }
 }
 

@@ -1,7 +1,8 @@
 /**
  * `cli import --monai`: MONAI DiffusionModelUNet checkpoints written by torch 1.13
  * (tests/fixtures/make_torch_checkpoint_fixtures.py) become voxgen model files whose U-Net gives MONAI's
- * output; a ControlNet checkpoint becomes a control file whose residuals steer the U-Net as MONAI's do; a
+ * output; a ControlNet checkpoint becomes a control file whose residuals steer the U-Net as MONAI's do, an
+ * AutoencoderKL checkpoint an autoencoder file that encodes and decodes as MONAI's does; a
  * checkpoint carrying any other global is refused and writes nothing.
  *
  * @module
@@ -13,6 +14,7 @@ import { noGrad } from "../../engine/autograd.ts";
 import { loadSafetensorsFile } from "../../io/safetensors.ts";
 import type { ControlNet } from "../../models/controlnet.ts";
 import { loadControlFile } from "../../pipelines/control.ts";
+import { loadAutoencoderFile } from "../../pipelines/latent_modelfile.ts";
 import { loadModelFile } from "../../pipelines/modelfile.ts";
 import { maxAbsDiff } from "../helpers/check.ts";
 import { disposeAll, gpuTest } from "../helpers/gpu.ts";
@@ -216,6 +218,43 @@ gpuTest(
       ]);
       module.dispose();
       unet.dispose();
+    });
+  },
+);
+
+gpuTest(
+  "cli import: a MONAI AutoencoderKL checkpoint becomes an autoencoder file that encodes and decodes as MONAI's",
+  async () => {
+    await withTempDir(async (dir) => {
+      const out = `${dir}/autoencoder.safetensors`;
+      const printed = await capture(() =>
+        importModel([
+          "--monai",
+          `${DIR}autoencoder.pt`,
+          "--config",
+          `${DIR}autoencoder_config.json`,
+          "--out",
+          out,
+          "--shape",
+          "8,8,8",
+          "--range",
+          "0,1",
+        ])
+      );
+      ok(printed.stdout.includes(`wrote ${out}: AutoencoderKL`), printed.stdout);
+      const { autoencoder, info } = await loadAutoencoderFile(out);
+      deepStrictEqual(info.volume.range, [0, 1]);
+      const { tensors } = await loadSafetensorsFile(`${DIR}autoencoder_expected.safetensors`);
+      const { mu, sigma } = noGrad(() => autoencoder.encode(tensors.get("fixture.x")!));
+      const decoded = noGrad(() => autoencoder.decode(tensors.get("fixture.z")!));
+      for (const [name, actual] of [["mu", mu], ["decoded", decoded]] as const) {
+        const expected = await tensors.get(`fixture.${name}`)!.toArray();
+        const rms = Math.sqrt(expected.reduce((s, v) => s + v * v, 0) / expected.length);
+        const error = maxAbsDiff(await actual.toArray(), expected) / rms;
+        ok(error <= TOLERANCE, `${name} vs MONAI: ${error}`);
+      }
+      disposeAll(mu, sigma, decoded, [...tensors.values()]);
+      autoencoder.dispose();
     });
   },
 );
