@@ -259,14 +259,22 @@ for (const c of contenders) {
 const MiB = 2 ** 20;
 const fmt = (s: number) => s.toFixed(3);
 console.log(`\nload average before timing: ${load()}`);
-for (const w of works) {
-  const ours: Array<{ wall: number; cpu: number }> = [];
-  const theirs: Array<Array<{ wall: number; cpu: number }>> = contenders.map(() => []);
-  for (let i = 0; i < reps; i++) {
-    ours.push(await timed(run[w]));
+// Rounds: every work of voxgen and of each contender once per round, so that all see the same load.
+type Timing = { wall: number; cpu: number };
+const oursAll: Record<string, Timing[]> = Object.fromEntries(works.map((w) => [w, []]));
+const theirsAll: Record<string, Timing[][]> = Object.fromEntries(
+  works.map((w) => [w, contenders.map(() => [])]),
+);
+for (let i = 0; i < reps; i++) {
+  for (const w of works) {
+    oursAll[w].push(await timed(run[w]));
     if (w === "train-ckpt") continue;
-    for (const [k, c] of contenders.entries()) theirs[k].push(await contenderRun(c, w));
+    for (const [k, c] of contenders.entries()) theirsAll[w][k].push(await contenderRun(c, w));
   }
+}
+for (const w of works) {
+  const ours = oursAll[w];
+  const theirs = theirsAll[w];
   const live = V.memory().liveBytes;
   console.log(
     `${w}: voxgen wall ${ours.map((o) => fmt(o.wall)).join(", ")} s (median ${
