@@ -7,6 +7,8 @@
 
 import { type AdapterSpec, mergeAdapterFiles } from "../adapters/io.ts";
 import type { AdapterSet } from "../adapters/inject.ts";
+import { scope } from "../engine/memory.ts";
+import { concat } from "../engine/ops/view.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { attachEmbedding, baseModelHash, loadEmbeddingFile } from "./embedding.ts";
 import type { Generator } from "./generate.ts";
@@ -20,14 +22,24 @@ export function unetGenerator({ unet, info, tokens }: LoadedModel, owned: Tensor
   const [nx, ny, nz] = info.volume.shape;
   const classes = unet.config.numClassEmbeds;
   const nullClass = info.conditioning?.nullClass;
+  const channels = info.conditioning?.conditionChannels ?? 0;
   return {
-    denoiser: (x, t, c) => unet.forward(x, t, { context: c.context, classLabels: c.classLabels }),
-    sampleShape: [unet.config.inChannels, nz, ny, nx],
+    denoiser: (x, t, c) => {
+      const forward = { context: c.context, classLabels: c.classLabels };
+      if (channels === 0) return unet.forward(x, t, forward);
+      if (!c.channels) throw new Error(`the model takes ${channels} condition channel(s); none were given.`);
+      return scope(() => unet.forward(concat([x, c.channels!], 1), t, forward));
+    },
+    sampleShape: [unet.config.inChannels - channels, nz, ny, nx],
     scheduler: info.scheduler,
     parameterCount: unet.numParameters() + (tokens?.numParameters() ?? 0),
     volume: info.volume,
-    conditions: classes !== null || tokens
-      ? { classes: classes !== null ? { count: classes, nullClass } : undefined, tokens }
+    conditions: classes !== null || tokens || channels > 0
+      ? {
+        classes: classes !== null ? { count: classes, nullClass } : undefined,
+        tokens,
+        ...(channels > 0 ? { channels } : {}),
+      }
       : undefined,
     dispose: () => {
       unet.dispose();

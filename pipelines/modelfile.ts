@@ -47,6 +47,8 @@ export interface ConditioningInfo {
   nullClass?: number;
   /** Probability with which training dropped each sample's condition. */
   uncondProb?: number;
+  /** Input channels that take condition volumes (after the image's); zeros are the null condition. */
+  conditionChannels?: number;
 }
 
 /** State-dict prefix of the token table's weights in a model file. */
