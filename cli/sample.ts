@@ -43,6 +43,8 @@ const HELP = `Usage: deno task sample [options]
   --cfg X           classifier-free guidance scale (default 1: plain conditional sampling, no
                     unconditional pass; the textual-inversion paper used 2)
   --class N         class label, for a class-conditional model
+  --condition FILE  condition volume(s) for a model trained with them (NIfTI on the model's grid, one
+                    volume per condition channel; e.g. a mask)
   --embedding FILE  a textual-inversion embedding (NAME.ti.safetensors from \`deno task invert\`, or
                     diffusers' learned_embeds.safetensors of the same width); repeat for several.
                     Its token can then be used in --prompt
@@ -73,6 +75,20 @@ export function parseAdapterSpec(spec: string): AdapterSpec {
   }
   if (spec === "") throw new Error("--adapter: empty file name.");
   return { path: spec, weight: 1 };
+}
+
+/** The values of a condition NIfTI on the model's grid (every volume of a 4-D file: one per channel). */
+function conditionValues(
+  volume: { data: Float32Array; shape: readonly number[] },
+  shape: readonly number[],
+  path: string,
+): Float32Array {
+  if (volume.shape.slice(0, 3).join() !== shape.join()) {
+    throw new Error(
+      `--condition ${path} is ${volume.shape.join("×")}; the model generates ${shape.join("×")}.`,
+    );
+  }
+  return volume.data;
 }
 
 /** Logs one merged adapter. */
@@ -108,6 +124,7 @@ export async function main(args: string[]): Promise<void> {
       cfg: { type: "string" },
       class: { type: "string" },
       embedding: { type: "string", multiple: true },
+      condition: { type: "string" },
       "inpaint-image": { type: "string" },
       "inpaint-mask": { type: "string" },
       "inpaint-normalize": { type: "string" },
@@ -167,6 +184,7 @@ export async function main(args: string[]): Promise<void> {
     ...adapters.map(({ path }) => ["adapter", path] as [string, string]),
     ...(values.embedding ?? []).map((path) => ["embedding", path] as [string, string]),
     ["inpaint-image", values["inpaint-image"]],
+    ["condition", values.condition],
     ["inpaint-mask", values["inpaint-mask"]],
   ];
   for (const [flag, path] of files) {
@@ -198,7 +216,11 @@ export async function main(args: string[]): Promise<void> {
         mask: `--inpaint-mask ${values["inpaint-mask"]}`,
       },
     );
+    const condition = values.condition === undefined
+      ? undefined
+      : conditionValues(await readNifti(values.condition), model.volume.shape, values.condition);
     const generated = await generate(model, {
+      condition,
       sampler,
       steps,
       seed,

@@ -11,7 +11,7 @@ import { writeSlicesPng } from "../io/png.ts";
 import { loadSafetensors } from "../io/safetensors.ts";
 import { DiffusionModelUNet, type DiffusionModelUNetOptions } from "../models/unet.ts";
 import { augmentedBatches, type AugmentOptions, batchDraw } from "../pipelines/augment.ts";
-import { listNiftiFiles, loadVolume, type Volume, volumeTensor } from "../pipelines/dataset.ts";
+import { listNiftiFiles, loadLabels, loadVolume, type Volume, volumeTensor } from "../pipelines/dataset.ts";
 import { conditionalBatches, ConditionalNetwork } from "../pipelines/conditional.ts";
 import { generate } from "../pipelines/generate.ts";
 import { loadGenerator } from "../pipelines/generators.ts";
@@ -29,9 +29,10 @@ const HELP = `Usage: deno task train --data <files|dir|glob> --out DIR [options]
 
 Data
   --data SPEC          NIfTI files, folders or globs (repeat or comma-separate), or one manifest .json for
-                       conditional training: {"items": [{"file", "concept" | "prompt", "class"}]} (paths
-                       relative to the manifest). Concepts become learned tokens (cross-attention), classes
-                       class embeddings
+                       conditional training: {"items": [{"file", "concept" | "prompt", "class", "condition"}]}
+                       (paths relative to the manifest). Concepts become learned tokens (cross-attention),
+                       classes class embeddings, condition volumes (masks, label maps: nearest-neighbour onto
+                       each image's grid, values as they are) an extra input channel
   --size N             cubic training grid N³ (default 32), fitted to the foreground of each volume
   --no-augment         train on the volumes as they are (default: flips, affine, elastic, bias, intensity)
   --autoencoder FILE   latent diffusion: train on s·z of this frozen autoencoder (deno task train-autoencoder;
@@ -43,7 +44,8 @@ Model
   --groups N           GroupNorm groups (default 8)
   --head-channels N    channels per attention head (default 16)
 Conditioning (with a manifest)
-  --uncond-prob X      condition dropout: each sample's prompt/class is replaced by the null one with this
+  --uncond-prob X      condition dropout: each sample's prompt/class/condition volume is replaced by the null
+                       one (empty prompt, null class, zeros) with this
                        probability (default 0.1), so that the model can be guided (--cfg)
   --vectors N          token rows per concept (default 4)
   --context-length N   tokens per context, <bos> and <pad> included (default 16)
@@ -179,6 +181,9 @@ export async function main(args: string[]): Promise<void> {
     unetOptions.crossAttentionDim = conditioning.vocabulary.dim;
   }
   if (conditioning?.numClassEmbeds) unetOptions.numClassEmbeds = conditioning.numClassEmbeds;
+  // Condition volumes are extra input channels after the image's.
+  const conditionChannels = manifest?.hasConditions ? 1 : 0;
+  unetOptions.inChannels = 1 + conditionChannels;
 
   const device = await ready();
   const files = manifest ? manifest.items.map((i) => i.file) : await listNiftiFiles(specs);
@@ -188,11 +193,16 @@ export async function main(args: string[]): Promise<void> {
     volumes.push(await loadVolume(f, { shape: [size, size, size], fov: "foreground", range: [-1, 1] }));
   }
   const tensors = volumes.map(volumeTensor);
+  // Condition volumes (masks, label maps) on each image's grid, nearest neighbour, values as they are.
+  const conditionVolumes = manifest?.hasConditions
+    ? await Promise.all(manifest.items.map((item, i) => loadLabels(item.condition!, volumes[i])))
+    : [];
+  const conditionTensors = conditionVolumes.map(volumeTensor);
   const unet = new DiffusionModelUNet(unetOptions);
   const tokens = conditioning?.vocabulary
     ? new TokenTable(conditioning.vocabulary, { seed: seed + 1 })
     : undefined;
-  const network = new ConditionalNetwork(unet, tokens);
+  const network = new ConditionalNetwork(unet, tokens, conditionChannels);
   if (values.init) {
     const init = await loadSafetensors(values.init);
     unet.loadStateDict(new Map([...init].filter(([n]) => !n.startsWith(TOKEN_PREFIX))));
@@ -217,7 +227,11 @@ export async function main(args: string[]): Promise<void> {
       (conditioning?.numClassEmbeds ? `; ${manifest!.classes} classes` : ""),
   );
   const augmentOptions: AugmentOptions | null = values["no-augment"] ? null : {};
-  const images = augmentedBatches(tensors, { batch, seed, augment: augmentOptions });
+  const images = augmentedBatches(
+    tensors,
+    { batch, seed, augment: augmentOptions },
+    conditionChannels ? conditionTensors : undefined,
+  );
   // Latent diffusion: batches of s·z, encoded under noGrad (posteriors cached when not augmenting).
   const latent: LatentTraining | null = ae
     ? await prepareLatentTraining(ae, images, {
@@ -258,6 +272,9 @@ export async function main(args: string[]): Promise<void> {
       ? {
         prompts: manifest.items.map((i) => i.tokens.join(" ")),
         classes: manifest.items.map((i) => i.classLabel ?? -1),
+        conditions: await Promise.all(
+          manifest.items.map((i) => i.condition ? Deno.realPath(i.condition) : ""),
+        ),
         "uncond-prob": conditioning!.uncondProb,
         vectors: conditioning!.vocabulary?.concepts[0]?.vectors ?? null,
         "context-length": conditioning!.vocabulary?.contextLength ?? null,
@@ -305,6 +322,7 @@ export async function main(args: string[]): Promise<void> {
         conditioning: {
           uncondProb: conditioning.uncondProb,
           ...(conditioning.nullClass !== undefined ? { nullClass: conditioning.nullClass } : {}),
+          ...(conditionChannels ? { conditionChannels } : {}),
         },
       }
       : {}),
@@ -326,7 +344,7 @@ export async function main(args: string[]): Promise<void> {
   }
   for (const t of weights.values()) t.dispose();
   console.log(`wrote ${modelPath}`);
-  for (const t of tensors) t.dispose();
+  for (const t of [...tensors, ...conditionTensors]) t.dispose();
   unet.dispose();
   tokens?.dispose();
   latent?.dispose();
@@ -340,7 +358,17 @@ export async function main(args: string[]): Promise<void> {
     for (let s = 0; s < previews; s++) {
       const prompt = concepts.length ? concepts[s % concepts.length] : undefined;
       const classLabel = manifest?.classes ? s % manifest.classes : undefined;
-      const generated = await generate(model, { sampler: "ddim", steps: 50, seed: s, prompt, classLabel });
+      const condition = conditionVolumes.length
+        ? conditionVolumes[s % conditionVolumes.length].data
+        : undefined;
+      const generated = await generate(model, {
+        sampler: "ddim",
+        steps: 50,
+        seed: s,
+        prompt,
+        classLabel,
+        condition,
+      });
       const path = `${values.out.replace(/\/$/, "")}/sample_${s}.png`;
       await writeSlicesPng(path, generated.volumes[0], generated.shape, { window: [-1, 1] });
       console.log(`wrote ${path}${prompt ? ` (${prompt})` : ""}`);
@@ -356,12 +384,6 @@ async function readManifestSpec(specs: string[]): Promise<Manifest> {
     throw new Error(`--data: a manifest (.json) must be the only data spec (got ${specs.join(", ")}).`);
   }
   const manifest = await readManifest(specs[0]);
-  if (manifest.hasConditions) {
-    throw new Error(
-      `--data ${specs[0]}: condition volumes ("condition") are not supported by train yet; ` +
-        "use concepts/prompts or classes.",
-    );
-  }
   return manifest;
 }
 

@@ -7,7 +7,10 @@
  * @module
  */
 
+import { noGrad } from "../engine/autograd.ts";
+import { scope } from "../engine/memory.ts";
 import { full, tensor } from "../engine/ops/create.ts";
+import { mul } from "../engine/ops/elementwise.ts";
 import { concat } from "../engine/ops/view.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import type { Timesteps } from "../nn/embedding.ts";
@@ -15,7 +18,7 @@ import { seededRandom } from "../nn/init.ts";
 import type { TokenTable } from "../models/tokens.ts";
 import type { DiffusionModelUNet } from "../models/unet.ts";
 import { TOKEN_PREFIX } from "./modelfile.ts";
-import type { Batch, DiffusionNetwork } from "./train.ts";
+import type { Batch, ControlInput, DiffusionNetwork } from "./train.ts";
 
 /** The condition of one training volume. */
 export interface SampleCondition {
@@ -39,10 +42,12 @@ export interface ConditionalBatchOptions {
 
 /**
  * Wraps a batch source that reports which volume each item came from (`augmentedBatches`) so that each
- * batch carries the items' contexts [B, L, D] (differentiable in the token table) and class labels [B].
+ * batch carries the items' contexts [B, L, D] (differentiable in the token table) and class labels [B];
+ * the source's `paired` condition volumes [B, Cc, …] become `control.conditions[0]`, zeroed for the
+ * dropped items (zeros are the null condition; {@linkcode ConditionalNetwork} concatenates them).
  */
 export function conditionalBatches(
-  base: (step: number, micro: number) => { x0: Tensor; sources: number[] },
+  base: (step: number, micro: number) => { x0: Tensor; sources: number[]; paired?: Tensor },
   conditions: readonly SampleCondition[],
   opts: ConditionalBatchOptions,
 ): (step: number, micro: number) => Batch {
@@ -53,7 +58,7 @@ export function conditionalBatches(
     throw new Error("condition dropout with classes needs a null class label.");
   }
   return (step, micro) => {
-    const { x0, sources } = base(step, micro);
+    const { x0, sources, paired } = base(step, micro);
     const random = seededRandom((opts.seed * 7919 + step * 104729 + micro * 1299709 + 17) >>> 0);
     const dropped = sources.map(() => random() < p);
     const batch: Batch = { x0 };
@@ -68,6 +73,12 @@ export function conditionalBatches(
         ? full([labels.length], labels[0])
         : tensor(Float32Array.from(labels), [labels.length]);
     }
+    if (paired) {
+      const keep = tensor(Float32Array.from(dropped, (d) => (d ? 0 : 1)), [dropped.length, 1, 1, 1, 1]);
+      batch.control = { conditions: [noGrad(() => mul(paired, keep))] };
+      keep.dispose();
+      paired.dispose();
+    }
     return batch;
   };
 }
@@ -77,12 +88,27 @@ export function conditionalBatches(
  * table's as `token_embedding.weight`), so checkpoints and EMA weights save as a model file directly.
  */
 export class ConditionalNetwork implements DiffusionNetwork {
-  /** The network and, when conditioned on tokens, its table. */
-  constructor(readonly unet: DiffusionModelUNet, readonly tokens?: TokenTable) {}
+  /**
+   * The network; when conditioned on tokens, its table; `conditionChannels` input channels of the U-Net
+   * that take condition volumes (concatenated after the image's).
+   */
+  constructor(
+    readonly unet: DiffusionModelUNet,
+    readonly tokens?: TokenTable,
+    readonly conditionChannels = 0,
+  ) {}
 
-  /** The U-Net's prediction with the batch's context and class labels. */
-  forward(x: Tensor, timesteps: Timesteps, cond: { context?: Tensor; classLabels?: Tensor } = {}): Tensor {
-    return this.unet.forward(x, timesteps, cond);
+  /** The U-Net's prediction with the batch's context, class labels and condition volumes. */
+  forward(
+    x: Tensor,
+    timesteps: Timesteps,
+    cond: { context?: Tensor; classLabels?: Tensor; control?: ControlInput } = {},
+  ): Tensor {
+    const { context, classLabels } = cond;
+    if (this.conditionChannels === 0) return this.unet.forward(x, timesteps, { context, classLabels });
+    const condition = cond.control?.conditions[0];
+    if (!condition) throw new Error("the model takes condition volumes, and the batch has none.");
+    return scope(() => this.unet.forward(concat([x, condition], 1), timesteps, { context, classLabels }));
   }
 
   /** The U-Net's parameters, then the token table's under `token_embedding.`. */

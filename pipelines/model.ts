@@ -7,6 +7,8 @@
  * @module
  */
 
+import { scope } from "../engine/memory.ts";
+import { concat } from "../engine/ops/view.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { tensorsFromSafetensors } from "../io/safetensors_codec.ts";
 import type { AutoencoderKL } from "../models/autoencoder.ts";
@@ -45,6 +47,8 @@ export interface ConditioningInfo {
   nullClass?: number;
   /** Probability with which training dropped each sample's condition. */
   uncondProb?: number;
+  /** Input channels that take condition volumes (after the image's); zeros are the null condition. */
+  conditionChannels?: number;
 }
 
 /** State-dict prefix of the token table's weights in a model file. */
@@ -190,15 +194,26 @@ export function unetGenerator(model: LoadedModel, owned: Tensor[] = []): Generat
   const [nx, ny, nz] = info.volume.shape;
   const classes = unet.config.numClassEmbeds;
   const nullClass = info.conditioning?.nullClass;
+  const channels = info.conditioning?.conditionChannels ?? 0;
   return {
-    denoiser: (x, t, c) => unet.forward(x, t, { context: c.context, classLabels: c.classLabels }),
-    sampleShape: latent ? latent.latentShape : [unet.config.inChannels, nz, ny, nx],
+    denoiser: (x, t, c) => {
+      const forward = { context: c.context, classLabels: c.classLabels };
+      if (channels === 0) return unet.forward(x, t, forward);
+      if (!c.channels) throw new Error(`the model takes ${channels} condition channel(s); none were given.`);
+      return scope(() => unet.forward(concat([x, c.channels!], 1), t, forward));
+    },
+    // A latent model samples latents and decodes decode(z / s) at the end.
+    sampleShape: latent ? latent.latentShape : [unet.config.inChannels - channels, nz, ny, nx],
     decode: latent ? (z) => decodeLatents(latent.autoencoder, z, latent.scaleFactor) : undefined,
     scheduler: info.scheduler,
     parameterCount: unet.numParameters() + (tokens?.numParameters() ?? 0),
     volume: info.volume,
-    conditions: classes !== null || tokens
-      ? { classes: classes !== null ? { count: classes, nullClass } : undefined, tokens }
+    conditions: classes !== null || tokens || channels > 0
+      ? {
+        classes: classes !== null ? { count: classes, nullClass } : undefined,
+        tokens,
+        ...(channels > 0 ? { channels } : {}),
+      }
       : undefined,
     dispose: () => {
       disposeModel(model);

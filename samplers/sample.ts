@@ -22,6 +22,8 @@ export interface Conditioning {
   context?: Tensor;
   /** Class labels [B] (integer values stored as f32). */
   classLabels?: Tensor;
+  /** Condition volumes [B (or 1), Cc, …] a model takes as extra input channels (zeros = no condition). */
+  channels?: Tensor;
 }
 
 /** A denoising network: predicts ε (or v, or x0) for input `x` at timestep `t`. */
@@ -177,7 +179,7 @@ export function predictGuided(model: Denoiser, x: Tensor, t: number, opts: Sampl
 /** The conditionings of several passes stacked along the batch: each is broadcast to `batch` first. */
 function batchConditionings(passes: readonly Conditioning[], batch: number): Conditioning {
   const stacked: Conditioning = {};
-  for (const key of ["context", "classLabels"] as const) {
+  for (const key of ["context", "classLabels", "channels"] as const) {
     const given = passes.filter((p) => p[key] !== undefined).length;
     if (given === 0) continue;
     if (given !== passes.length) {

@@ -57,6 +57,7 @@ const REQUEST_FIELDS = [
   "classLabel",
   "embeddings",
   "inpaint",
+  "condition",
 ];
 const ADAPTER_FIELDS = ["name", "weight"];
 const STATUSES: readonly JobStatus[] = ["queued", "running", "done", "failed", "cancelled"];
@@ -350,16 +351,21 @@ function view(job: Job): Record<string, unknown> {
 
 /** The request as jobs show it: inpainting volumes as their size, not their base64 text. */
 function shownRequest(request: SampleRequest): SampleRequest | Record<string, unknown> {
-  const inpaint = request.inpaint;
-  if (!inpaint) return request;
+  const { inpaint, condition } = request;
+  if (!inpaint && !condition) return request;
   const size = (b64: string) => `<${Math.floor((b64.length * 3) / 4)} bytes of NIfTI>`;
   return {
     ...request,
-    inpaint: {
-      ...inpaint,
-      image: size(inpaint.image),
-      mask: typeof inpaint.mask === "string" ? size(inpaint.mask) : inpaint.mask,
-    },
+    ...(condition ? { condition: size(condition) } : {}),
+    ...(inpaint
+      ? {
+        inpaint: {
+          ...inpaint,
+          image: size(inpaint.image),
+          mask: typeof inpaint.mask === "string" ? size(inpaint.mask) : inpaint.mask,
+        },
+      }
+      : {}),
   };
 }
 
@@ -469,6 +475,8 @@ export async function validateRequest(
     ...conditions,
   };
   if (inpaint) request.inpaint = inpaint;
+  const condition = await validateConditionVolume(b.condition, model, summary);
+  if (condition) request.condition = condition;
   // Only when asked for, so the stored request of an ordinary job stays as it was.
   if (b.priority !== undefined) request.priority = integer(b, "priority", 0, 0, MAX_PRIORITY);
   return request;
@@ -692,8 +700,27 @@ async function validateInpaint(
   };
 }
 
-/** Checks a base64 NIfTI upload against the model's grid; returns it as given. */
-async function checkUpload(value: unknown, what: string, shape: number[]): Promise<string> {
+/** The request's condition volumes (base64 NIfTI): required by, and only by, a model trained with them. */
+async function validateConditionVolume(
+  value: unknown,
+  model: string,
+  summary: ModelSummary,
+): Promise<string | undefined> {
+  const channels = summary.conditionChannels ?? 0;
+  if (value === undefined) {
+    if (channels === 0) return undefined;
+    throw new ApiError(
+      422,
+      "conditional_model",
+      `Model "${model}" takes ${channels} condition volume(s): give condition (base64 NIfTI on its grid).`,
+    );
+  }
+  if (channels === 0) throw new ApiError(422, "invalid_value", `condition: model "${model}" takes none.`);
+  return await checkUpload(value, "condition", summary.shape ?? [0, 0, 0], channels);
+}
+
+/** Checks a base64 NIfTI upload against the model's grid (and `volumes` volumes); returns it as given. */
+async function checkUpload(value: unknown, what: string, shape: number[], volumes = 1): Promise<string> {
   if (typeof value !== "string") throw new ApiError(400, "invalid_type", `${what} must be a base64 string.`);
   let bytes: Uint8Array<ArrayBuffer>;
   try {
@@ -707,11 +734,11 @@ async function checkUpload(value: unknown, what: string, shape: number[]): Promi
   } catch (error) {
     throw new ApiError(422, "invalid_value", `${what} is not a NIfTI volume: ${(error as Error).message}`);
   }
-  if (volume.shape.slice(0, 3).join() !== shape.join() || (volume.shape[3] ?? 1) !== 1) {
+  if (volume.shape.slice(0, 3).join() !== shape.join() || (volume.shape[3] ?? 1) !== volumes) {
     throw new ApiError(
       422,
       "invalid_value",
-      `${what} is ${volume.shape.join("×")}; the model generates ${shape.join("×")} volumes.`,
+      `${what} is ${volume.shape.join("×")}; the model needs ${volumes} volume(s) of ${shape.join("×")}.`,
     );
   }
   return value;

@@ -34,6 +34,8 @@ export interface ModelSummary {
   classes?: number;
   /** The class meaning "no class", which guidance of a class-conditional model needs. */
   nullClass?: number;
+  /** Condition volumes the model takes as input channels (requests must give them). */
+  conditionChannels?: number;
   /** The model file's description. */
   description?: string;
   /** Why the file cannot be used, when it cannot. */
@@ -285,6 +287,10 @@ export class Catalog {
       if (unet.numClassEmbeds) summary.classes = unet.numClassEmbeds;
       const conditioning = meta.conditioning ? JSON.parse(meta.conditioning) : {};
       if (conditioning.nullClass !== undefined) summary.nullClass = conditioning.nullClass;
+      if (conditioning.conditionChannels) {
+        summary.conditionChannels = conditioning.conditionChannels;
+        summary.conditional = true;
+      }
       if (meta.description) summary.description = meta.description;
     } catch (error) {
       summary.error = (error as Error).message;

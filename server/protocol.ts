@@ -43,6 +43,8 @@ export interface SampleRequest {
   classLabel?: number;
   /** Textual-inversion embeddings (names in `<data>/embeddings/`) whose tokens the prompt may use. */
   embeddings?: string[];
+  /** Condition volumes (base64 NIfTI, one volume per channel), for a model trained with them. */
+  condition?: string;
   /** Inpainting: the kept image and the mask. */
   inpaint?: InpaintChoice;
 }

@@ -112,6 +112,7 @@ async function runJob(
       prompt: request.prompt,
       classLabel: request.classLabel,
       inpaint: request.inpaint ? await inpaintInputs(request.inpaint, model) : undefined,
+      condition: request.condition ? (await readNifti(fromBase64(request.condition))).data : undefined,
       signal,
       onProgress: (p) => {
         // Fire and forget: a round trip per step would slow sampling for nothing.
@@ -137,6 +138,10 @@ async function runJob(
   } finally {
     if (model !== cached?.model) model.dispose();
   }
+}
+
+function fromBase64(b64: string): Uint8Array {
+  return Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
 }
 
 /** The inpainting request's image and mask (base64 NIfTI in the request, or a sphere). */

@@ -48,6 +48,9 @@ Deno.test({
       "<foreign>",
       1,
     );
+    await makeTinyModel(`${dir}/models/withcond.safetensors`, { inChannels: 2 }, {
+      conditioning: { conditionChannels: 1 },
+    });
     const server = await startServer(["--data-dir", dir, "--default-model", `${dir}/default.safetensors`]);
     const run = async (body: Record<string, unknown>) => {
       const r = await submit(server.url, body);
@@ -169,6 +172,38 @@ Deno.test({
         });
         equal(wrong.status, 422);
       });
+
+      await t.step(
+        "a model trained with condition volumes needs them: 422 without, a job with one",
+        async () => {
+          const b64 = (data: Float32Array, shape = [8, 8, 8]) =>
+            btoa(String.fromCharCode(...encodeNifti({ data, shape, affine: TINY_AFFINE })));
+          const models = (await (await fetch(`${server.url}/v1/models`)).json()).models;
+          equal(models.find((m: { name: string }) => m.name === "withcond").conditionChannels, 1);
+          const without = await submit(server.url, { model: "withcond", steps: 1 });
+          deepStrictEqual([without.status, (without.body.error as { code: string }).code], [
+            422,
+            "conditional_model",
+          ]);
+          const wrong = await submit(server.url, {
+            model: "withcond",
+            condition: b64(new Float32Array(64), [4, 4, 4]),
+          });
+          equal(wrong.status, 422);
+          const other = await submit(server.url, { model: "cond", condition: b64(new Float32Array(512)) });
+          equal(other.status, 422);
+          const mask = Float32Array.from({ length: 512 }, (_, i) => (i % 8 < 4 ? 1 : 0));
+          const job = await run({
+            model: "withcond",
+            steps: 2,
+            seed: 3,
+            condition: b64(mask),
+            guidanceScale: 2,
+          });
+          equal(job.status, "done", JSON.stringify(job));
+          match(String((job.request as { condition: string }).condition), /^<\d+ bytes of NIfTI>$/);
+        },
+      );
     } finally {
       const status = await server.stop();
       await Deno.remove(dir, { recursive: true });
