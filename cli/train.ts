@@ -183,7 +183,7 @@ export async function main(args: string[]): Promise<void> {
   if (conditioning?.numClassEmbeds) unetOptions.numClassEmbeds = conditioning.numClassEmbeds;
   // Condition volumes are extra input channels after the image's.
   const conditionChannels = manifest?.hasConditions ? 1 : 0;
-  unetOptions.inChannels = 1 + conditionChannels;
+  unetOptions.inChannels = unetOptions.inChannels! + conditionChannels;
 
   const device = await ready();
   const files = manifest ? manifest.items.map((i) => i.file) : await listNiftiFiles(specs);
