@@ -36,6 +36,13 @@ export {
   unetOptionsFromMonai,
 } from "./models/unet.ts";
 export {
+  type ResolvedSliceUNetOptions,
+  SliceDiffusionUNet,
+  type SliceForwardOptions,
+  type SliceInputs,
+  type SliceUNetOptions,
+} from "./models/slice_unet.ts";
+export {
   type DDIMOptions,
   DDIMScheduler,
   DDPMScheduler,

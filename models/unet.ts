@@ -302,20 +302,23 @@ function timestepCount(t: Timesteps): [number, string] {
 }
 
 /** MONAI's `time_embed`: Sequential(Linear(C0, 4C0), SiLU, Linear(4C0, 4C0)), parameters at "0" and "2". */
-class TimeEmbedMlp extends Module {
+export class TimeEmbedMlp extends Module {
+  /** Linear(inFeatures → dim), SiLU, Linear(dim → dim), seeded from `seed`. */
   constructor(inFeatures: number, dim: number, seed: () => number) {
     super();
     this.child("0", new Linear(inFeatures, dim, { seed: seed() }));
     this.child("2", new Linear(dim, dim, { seed: seed() }));
   }
 
+  /** [N, inFeatures] → [N, dim]. */
   forward(t: Tensor): Tensor {
     return scope(() => liveChild(this, "2").forward(silu(liveChild(this, "0").forward(t))));
   }
 }
 
 /** MONAI's `out`: Sequential(GroupNorm, SiLU, Convolution 3×3 starting at zero) at "0" and "2". */
-class OutputHead extends Module {
+export class OutputHead extends Module {
+  /** The head from `channels` to `outChannels` channels. */
   constructor(
     spatialDims: SpatialDims,
     channels: number,
@@ -332,6 +335,7 @@ class OutputHead extends Module {
     );
   }
 
+  /** h [B, channels, …spatial] → [B, outChannels, …spatial]. */
   forward(h: Tensor): Tensor {
     return scope(() =>
       liveChild<Convolution>(this, "2").forward(liveChild<GroupNorm>(this, "0").forwardSilu(h))
