@@ -9,7 +9,8 @@
 
 import { grad, noGrad } from "../engine/autograd.ts";
 import { keep, scope } from "../engine/memory.ts";
-import { add, mse } from "../engine/ops/elementwise.ts";
+import { add, div, mse, mul, square, sub } from "../engine/ops/elementwise.ts";
+import { mean } from "../engine/ops/reduce.ts";
 import { copyInto, map } from "../engine/ops/map.ts";
 import { randn } from "../engine/ops/random.ts";
 import { AdamW } from "../engine/optim.ts";
@@ -20,11 +21,16 @@ import { loadSafetensors, saveSafetensors } from "../io/safetensors.ts";
 import { seededRandom } from "../nn/init.ts";
 import { Progress } from "../io/progress.ts";
 import type { Scheduler } from "../samplers/scheduler.ts";
+import type { SliceInputs } from "../models/slice_unet.ts";
 
 /** What the training loop needs of a network. */
 export interface DiffusionNetwork {
   /** Predicts ε (or v, or x0) for noisy `x` at `timesteps`. */
-  forward(x: Tensor, timesteps: readonly number[], cond?: { context?: Tensor; classLabels?: Tensor }): Tensor;
+  forward(
+    x: Tensor,
+    timesteps: readonly number[],
+    cond?: { context?: Tensor; classLabels?: Tensor; slices?: SliceInputs },
+  ): Tensor;
   /** Parameters with their state-dict names. */
   namedParameters(): Array<[string, Tensor]>;
 }
@@ -37,6 +43,10 @@ export interface Batch {
   context?: Tensor;
   /** Optional class labels. */
   classLabels?: Tensor;
+  /** Slot layout and clean slices of a slice model (see pipelines/slice_data.ts); `clean` is freed by its owner. */
+  slices?: SliceInputs;
+  /** Weights broadcast against x0 (e.g. 1 on target slots): the loss is mean(w·err²) / mean(w). */
+  lossMask?: Tensor;
 }
 
 /** Options of {@linkcode train}. */
@@ -218,6 +228,11 @@ function describeSchedule(scheduler: Scheduler): string {
   return `T ${betas.length}, β ${short(betas[0])}…${short(betas[betas.length - 1])} (${hex})`;
 }
 
+/** mean(mask·(a − b)²) / mean(mask): the mean squared error over where the (broadcast) mask is set. */
+function maskedMse(a: Tensor, b: Tensor, mask: Tensor): Tensor {
+  return div(mean(mul(square(sub(a, b)), mask)), mean(mask));
+}
+
 function target(scheduler: Scheduler, x0: Tensor, noise: Tensor, t: number[]): Tensor {
   switch (scheduler.predictionType) {
     case "epsilon":
@@ -345,8 +360,9 @@ export async function train(
           const noise = randn(batch.x0.shape, { seed, offset: noiseOffset });
           const xt = scheduler.addNoise(batch.x0, noise, t);
           const want = target(scheduler, batch.x0, noise, t);
-          const pred = model.forward(xt, t, { context: batch.context, classLabels: batch.classLabels });
-          const l = mse(pred, want);
+          const cond = { context: batch.context, classLabels: batch.classLabels, slices: batch.slices };
+          const pred = model.forward(xt, t, cond);
+          const l = batch.lossMask ? maskedMse(pred, want, batch.lossMask) : mse(pred, want);
           const scaled = accumulation > 1 ? map("scale", "a * s0", [l], [1 / accumulation]) : l;
           return { loss: l, grads: grad(scaled, params) };
         });
@@ -355,6 +371,7 @@ export async function train(
         batch.x0.dispose();
         batch.context?.dispose();
         batch.classLabels?.dispose();
+        batch.lossMask?.dispose();
         if (!summed) summed = grads;
         else {
           const next: Tensor[] = summed.map((g, i) => noGrad(() => add(g, grads[i])));
