@@ -121,3 +121,14 @@ export {
   type VolumeInfo,
 } from "./pipelines/modelfile.ts";
 export * from "./adapters/mod.ts";
+export {
+  planStages,
+  type SliceDenoiser,
+  type Stage,
+  type StagedProgress,
+  stagedSample,
+  type StagedSampleOptions,
+  type StagePlanMode,
+  type StagePlanOptions,
+  type StageSlots,
+} from "./samplers/staged.ts";
