@@ -14,7 +14,9 @@ import { map } from "../engine/ops/map.ts";
 import { writeNifti } from "../io/nifti.ts";
 import { writeSlicesPng } from "../io/png.ts";
 import type { DiffusionModelUNet } from "../models/unet.ts";
-import { loadModelFile } from "../pipelines/modelfile.ts";
+import { loadModelFile, type VolumeInfo } from "../pipelines/modelfile.ts";
+import { generateSliceVolumes, isSliceModelFile, loadSliceModelFile } from "../pipelines/slice_model.ts";
+import type { Tensor } from "../engine/tensor.ts";
 import { sample } from "../samplers/sample.ts";
 import {
   DDIMScheduler,
@@ -40,6 +42,8 @@ const HELP = `Usage: deno task sample [options]
   --eta X           DDIM η (default 0)
   --seed N          random seed (default 0)
   --batch N         number of volumes (default 1)
+  --depth N         slices per volume, for slice models (cDPM; default: the training depth); they are
+                    built stage by stage
   --out FILE        output NIfTI (.nii or .nii.gz; default sample.nii.gz); batches get _0, _1, … suffixes
   --png FILE        preview image (default: the output name with .png)
 `;
@@ -123,6 +127,7 @@ export async function main(args: string[]): Promise<void> {
       eta: { type: "string" },
       seed: { type: "string" },
       batch: { type: "string" },
+      depth: { type: "string" },
       out: { type: "string", default: "sample.nii.gz" },
       png: { type: "string" },
       help: { type: "boolean", short: "h" },
@@ -164,6 +169,38 @@ export async function main(args: string[]): Promise<void> {
     }
   }
   const device = await ready();
+  const write = (x: Tensor, volume: VolumeInfo) =>
+    writeSamples(x, volume, { out, png: values.png, seed, batch });
+  if (await isSliceModelFile(modelPath)) {
+    if (adapters.length > 0) throw new Error("--adapter: adapters apply to 3-D models, not to slice models.");
+    const model = await loadSliceModelFile(modelPath);
+    try {
+      const [nx, ny, nz] = model.info.volume.shape;
+      const depth = numberOption("depth", values.depth, nz, 1, 4096, true);
+      const scheduler = makeScheduler(values.sampler!, { ...model.info.scheduler });
+      console.error(
+        `slice model ${modelPath}: ${model.net.numParameters().toLocaleString()} parameters, ${model.info.slots} ` +
+          `slots; ${depth} slices; ${device.adapter}`,
+      );
+      let progress: Progress | null = null;
+      const x = await generateSliceVolumes(model, scheduler, {
+        volumes: batch,
+        depth,
+        steps,
+        seed,
+        eta,
+        onProgress: (p) => {
+          progress ??= new Progress(`sampling (${values.sampler}, seed ${seed})`, p.stages * p.steps);
+          progress.update((p.stage - 1) * p.steps + p.step, `stage ${p.stage}/${p.stages}`);
+        },
+      });
+      await write(x, { ...model.info.volume, shape: [nx, ny, depth] });
+    } finally {
+      model.net.dispose();
+    }
+    return;
+  }
+  if (values.depth !== undefined) throw new Error("--depth applies to slice models only.");
   const { unet, info } = await loadModelFile(modelPath);
   try {
     await applyAdapters(unet, adapters);
@@ -181,25 +218,39 @@ export async function main(args: string[]): Promise<void> {
       eta,
       onProgress: (p) => progress.update(p.step),
     });
-    // Bring samples back to the trained intensity range (x̂0 is clipped there by the scheduler already).
-    const [lo, hi] = info.volume.range;
-    const clipped = scope(() => map("clamp", "min(max(a, s0), s1)", [x], [lo, hi]));
-    x.dispose();
-    const values3d = await clipped.toArray();
-    clipped.dispose();
-    const voxels = nx * ny * nz * channels;
-    for (let b = 0; b < batch; b++) {
-      const data = values3d.subarray(b * voxels, b * voxels + nx * ny * nz);
-      const name = batch === 1 ? out : out.replace(/(\.nii(\.gz)?)$/, `_${b}$1`);
-      await writeNifti(name, { data, shape: [nx, ny, nz], affine: info.volume.affine }, {
-        description: `voxgen sample seed ${seed}`,
-      });
-      const png = values.png && batch === 1 ? values.png : name.replace(/\.nii(\.gz)?$/, ".png");
-      await writeSlicesPng(png, data, [nx, ny, nz], { window: [lo, hi] });
-      console.log(`wrote ${name} and ${png}`);
-    }
+    await write(x, info.volume);
   } finally {
     unet.dispose();
+  }
+}
+
+/**
+ * Writes the volumes x [B, C, nz, ny, nx] (disposed here) as NIfTI files with PNG previews, clamped to the
+ * model's intensity range; a batch gets _0, _1, … suffixes.
+ */
+async function writeSamples(
+  x: Tensor,
+  volume: VolumeInfo,
+  opts: { out: string; png?: string; seed: number; batch: number },
+): Promise<void> {
+  const [nx, ny, nz] = volume.shape;
+  const channels = x.shape[1];
+  // Bring samples back to the trained intensity range (x̂0 is clipped there by the scheduler already).
+  const [lo, hi] = volume.range;
+  const clipped = scope(() => map("clamp", "min(max(a, s0), s1)", [x], [lo, hi]));
+  x.dispose();
+  const values3d = await clipped.toArray();
+  clipped.dispose();
+  const voxels = nx * ny * nz * channels;
+  for (let b = 0; b < opts.batch; b++) {
+    const data = values3d.subarray(b * voxels, b * voxels + nx * ny * nz);
+    const name = opts.batch === 1 ? opts.out : opts.out.replace(/(\.nii(\.gz)?)$/, `_${b}$1`);
+    await writeNifti(name, { data, shape: [nx, ny, nz], affine: volume.affine }, {
+      description: `voxgen sample seed ${opts.seed}`,
+    });
+    const png = opts.png && opts.batch === 1 ? opts.png : name.replace(/\.nii(\.gz)?$/, ".png");
+    await writeSlicesPng(png, data, [nx, ny, nz], { window: [lo, hi] });
+    console.log(`wrote ${name} and ${png}`);
   }
 }
 

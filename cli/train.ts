@@ -1,6 +1,7 @@
 /**
- * `deno task train`: trains a 3-D DDPM U-Net on NIfTI volumes with GPU augmentation, then writes a voxgen
- * model file (EMA weights + everything `sample` needs), sample previews, loss.csv and loss.png.
+ * `deno task train`: trains a 3-D DDPM U-Net on NIfTI volumes with GPU augmentation — or, with `--slots`, a
+ * 2-D cDPM slice model on slices of them — then writes a voxgen model file (EMA weights + everything
+ * `sample` needs), sample previews, loss.csv and loss.png.
  *
  * @module
  */
@@ -12,7 +13,10 @@ import { loadSafetensors } from "../io/safetensors.ts";
 import { DiffusionModelUNet, type DiffusionModelUNetOptions } from "../models/unet.ts";
 import { augmentedBatches, type AugmentOptions } from "../pipelines/augment.ts";
 import { listNiftiFiles, loadVolume, type Volume, volumeTensor } from "../pipelines/dataset.ts";
-import { saveModelFile } from "../pipelines/modelfile.ts";
+import { saveModelFile, type VolumeInfo } from "../pipelines/modelfile.ts";
+import { sliceBatches } from "../pipelines/slice_data.ts";
+import { generateSliceVolumes, saveSliceModelFile, type SliceModelInfo } from "../pipelines/slice_model.ts";
+import { SliceDiffusionUNet, type SliceUNetOptions } from "../models/slice_unet.ts";
 import { type RunSetting, train } from "../pipelines/train.ts";
 import { sample } from "../samplers/sample.ts";
 import {
@@ -36,6 +40,8 @@ Model
   --res-blocks N       ResnetBlocks per level (default 1)
   --groups N           GroupNorm groups (default 8)
   --head-channels N    channels per attention head (default 16)
+  --slots N            train a 2-D slice model (cDPM) on N slices per example (condition + target, slices
+                       along z) instead of a 3-D model; \`sample\` builds volumes from it stage by stage
 Diffusion
   --schedule NAME      linear_beta | scaled_linear_beta (default) | cosine
   --beta-start X       default 0.0005 (seed 004's scaled-linear schedule)
@@ -72,6 +78,7 @@ export async function main(args: string[]): Promise<void> {
       "res-blocks": { type: "string" },
       groups: { type: "string" },
       "head-channels": { type: "string" },
+      slots: { type: "string" },
       schedule: { type: "string", default: "scaled_linear_beta" },
       "beta-start": { type: "string" },
       "beta-end": { type: "string" },
@@ -136,6 +143,17 @@ export async function main(args: string[]): Promise<void> {
     seed,
   };
 
+  const slots = values.slots === undefined ? null : numberOption("slots", values.slots, 8, 2, 64, true);
+  const sliceOptions: SliceUNetOptions = {
+    inChannels: 1,
+    channels,
+    attentionLevels: attention,
+    numResBlocks: unetOptions.numResBlocks as number,
+    normNumGroups: unetOptions.normNumGroups,
+    numHeadChannels: unetOptions.numHeadChannels as number,
+    seed,
+  };
+
   const device = await ready();
   const files = await listNiftiFiles(values.data.flatMap((d) => d.split(",")));
   console.error(`training on ${files.length} volume(s) at ${size}³ on ${device.adapter}`);
@@ -144,11 +162,12 @@ export async function main(args: string[]): Promise<void> {
     volumes.push(await loadVolume(f, { shape: [size, size, size], fov: "foreground", range: [-1, 1] }));
   }
   const tensors = volumes.map(volumeTensor);
-  const unet = new DiffusionModelUNet(unetOptions);
+  const unet = slots ? new SliceDiffusionUNet(sliceOptions) : new DiffusionModelUNet(unetOptions);
   if (values.init) unet.loadStateDict(await loadSafetensors(values.init));
   console.error(`U-Net: ${unet.numParameters().toLocaleString()} parameters`);
   const augmentOptions: AugmentOptions | null = values["no-augment"] ? null : {};
-  const data = augmentedBatches(tensors, { batch, seed, augment: augmentOptions });
+  const volumeBatches = augmentedBatches(tensors, { batch, seed, augment: augmentOptions });
+  const data = slots ? sliceBatches(volumeBatches, slots, seed) : volumeBatches;
   // With train's own (lr, EMA, seed, schedule…), what a resumed run must share with its checkpoint.
   const settings: Record<string, RunSetting> = {
     data: await Promise.all(files.map((f) => Deno.realPath(f))),
@@ -161,6 +180,8 @@ export async function main(args: string[]): Promise<void> {
     "head-channels": unetOptions.numHeadChannels!,
     init: values.init ? await Deno.realPath(values.init) : null,
     batch,
+    // Only slice models record it, so 3-D checkpoints made before the option still resume.
+    ...(slots ? { slots } : {}),
   };
   const result = await train(unet, scheduler, data, {
     steps,
@@ -175,6 +196,9 @@ export async function main(args: string[]): Promise<void> {
     checkpointEvery: numberOption("checkpoint-every", values["checkpoint-every"], 250, 1, 1e7, true),
     settings,
   }).catch((error) => {
+    // The run stops here: free what it holds (matters when main runs in-process, e.g. in tests).
+    for (const t of tensors) t.dispose();
+    unet.dispose();
     throw explainResumeMismatch(error, settings, {
       predictionType: "--prediction",
       noiseSchedule: "--schedule/--beta-start/--beta-end",
@@ -190,16 +214,22 @@ export async function main(args: string[]): Promise<void> {
   const weights = await loadSafetensors(result.weightsPath);
   const grid = volumes[0];
   const modelPath = `${values.out.replace(/\/$/, "")}/model.safetensors`;
-  await saveModelFile(modelPath, weights, {
-    unet: unetOptions,
-    scheduler: schedulerOptions,
-    volume: { shape: [size, size, size], affine: grid.affine, range: [-1, 1] },
-    description: values.description ??
-      `DDPM trained by voxgen on ${files.map((f) => f.split("/").pop()).join(", ")} (${
-          augmentOptions ? "augmented" : "as is"
-        }), ` +
-        `${result.step} steps, batch ${batch}, ${size}³`,
-  });
+  const volumeInfo: VolumeInfo = { shape: [size, size, size], affine: grid.affine, range: [-1, 1] };
+  const description = values.description ??
+    `${slots ? `cDPM slice model (${slots} slots)` : "DDPM"} trained by voxgen on ${
+        files.map((f) => f.split("/").pop()).join(", ")
+      } (${augmentOptions ? "augmented" : "as is"}), ` +
+      `${result.step} steps, batch ${batch}, ${size}³`;
+  const sliceInfo: SliceModelInfo | null = slots
+    ? { network: sliceOptions, slots, scheduler: schedulerOptions, volume: volumeInfo, description }
+    : null;
+  if (sliceInfo) await saveSliceModelFile(modelPath, weights, sliceInfo);
+  else {await saveModelFile(modelPath, weights, {
+      unet: unetOptions,
+      scheduler: schedulerOptions,
+      volume: volumeInfo,
+      description,
+    });}
   for (const t of weights.values()) t.dispose();
   console.log(`wrote ${modelPath}`);
 
@@ -209,11 +239,14 @@ export async function main(args: string[]): Promise<void> {
   for (const t of ema.values()) t.dispose();
   unet.eval();
   for (let s = 0; s < previews; s++) {
-    const x = await sample((xt, t) => unet.forward(xt, t), new DDIMScheduler(schedulerOptions), {
-      shape: [1, 1, size, size, size],
-      steps: 50,
-      seed: s,
-    });
+    const ddim = new DDIMScheduler(schedulerOptions);
+    const x = unet instanceof SliceDiffusionUNet
+      ? await generateSliceVolumes({ net: unet, info: sliceInfo! }, ddim, { steps: 50, seed: s })
+      : await sample((xt, t) => unet.forward(xt, t), ddim, {
+        shape: [1, 1, size, size, size],
+        steps: 50,
+        seed: s,
+      });
     const path = `${values.out.replace(/\/$/, "")}/sample_${s}.png`;
     await writeSlicesPng(path, await x.toArray(), [size, size, size], { window: [-1, 1] });
     x.dispose();

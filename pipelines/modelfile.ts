@@ -63,6 +63,11 @@ export interface LoadedModel {
 export async function loadModelFile(path: string): Promise<LoadedModel> {
   const { tensors: weights, metadata: meta } = await loadSafetensorsFile(path);
   try {
+    if (meta.format === "voxgen-slice-unet") {
+      throw new Error(
+        `${path} is a slice model (cDPM); load it with loadSliceModelFile (pipelines/slice_model.ts).`,
+      );
+    }
     if (meta.format !== KIND) {
       throw new Error(
         `${path} is not a voxgen model file (metadata format ${JSON.stringify(meta.format)}); ` +

@@ -1,0 +1,74 @@
+/**
+ * Slice models end to end, in-process on 8³ volumes: `train --slots` writes a slice-model file (resuming
+ * from its checkpoint), and `sample` builds whole volumes of the requested depth from it, stage by stage.
+ */
+
+import { deepStrictEqual, ok, rejects } from "node:assert";
+import { main as sample } from "../../cli/sample.ts";
+import { main as train } from "../../cli/train.ts";
+import { readNifti } from "../../io/nifti.ts";
+import { loadModelFile } from "../../pipelines/modelfile.ts";
+import { isSliceModelFile, loadSliceModelFile } from "../../pipelines/slice_model.ts";
+import { capture, writeTinyVolumes } from "../cli/helpers.ts";
+import { gpuTest } from "../helpers/gpu.ts";
+
+const MODEL = [
+  "--size",
+  "8",
+  "--channels",
+  "8,16",
+  "--attention",
+  "0,1",
+  "--groups",
+  "4",
+  "--head-channels",
+  "8",
+];
+
+gpuTest(
+  "train --slots writes a slice model; sample builds volumes of the requested depth from it",
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: "voxgen-slices-" });
+    await Deno.mkdir(`${dir}/data`);
+    await writeTinyVolumes(`${dir}/data`);
+    const run = `${dir}/run`;
+    const common = ["--data", `${dir}/data`, "--out", run, ...MODEL, "--batch", "2", "--previews", "0"];
+    const args = [...common, "--slots", "4"];
+    await capture(() => train([...args, "--steps", "2", "--prediction", "v_prediction"]));
+    // Resuming continues the run (the slot count is one of its recorded settings).
+    const resumed = await capture(() => train([...args, "--steps", "3", "--prediction", "v_prediction"]));
+    ok(resumed.stderr.includes("resuming from step 2"), resumed.stderr);
+    deepStrictEqual((await Deno.readTextFile(`${run}/loss.csv`)).trim().split("\n").length, 4);
+    const changed = capture(() =>
+      train([...common, "--slots", "6", "--steps", "3", "--prediction", "v_prediction"])
+    );
+    await rejects(changed, /slots: 4 in the checkpoint, 6 now/);
+
+    const modelPath = `${run}/model.safetensors`;
+    ok(await isSliceModelFile(modelPath));
+    await rejects(loadModelFile(modelPath), /is a slice model \(cDPM\); load it with loadSliceModelFile/);
+    const model = await loadSliceModelFile(modelPath);
+    deepStrictEqual([model.info.slots, model.info.volume.shape, model.info.scheduler.predictionType], [
+      4,
+      [8, 8, 8],
+      "v_prediction",
+    ]);
+    model.net.dispose();
+
+    const out = `${dir}/sample.nii`;
+    const printed = await capture(() =>
+      sample(["--model", modelPath, "--depth", "11", "--steps", "2", "--batch", "2", "--out", out])
+    );
+    ok(printed.stderr.includes("4 slots; 11 slices"), printed.stderr);
+    for (const name of [`${dir}/sample_0.nii`, `${dir}/sample_1.nii`]) {
+      const volume = await readNifti(name);
+      deepStrictEqual(volume.shape.slice(0, 3), [8, 8, 11]);
+      ok(volume.data.every((v) => Number.isFinite(v) && v >= -1 && v <= 1));
+    }
+    await rejects(
+      capture(() => sample(["--depth", "4", "--out", `${dir}/x.nii`])),
+      /--depth applies to slice models only/,
+    );
+    await Deno.remove(dir, { recursive: true });
+  },
+);
