@@ -229,7 +229,7 @@ function describeSchedule(scheduler: Scheduler): string {
 }
 
 /** mean(mask·(a − b)²) / mean(mask): the mean squared error over where the (broadcast) mask is set. */
-function maskedMse(a: Tensor, b: Tensor, mask: Tensor): Tensor {
+export function maskedMse(a: Tensor, b: Tensor, mask: Tensor): Tensor {
   return div(mean(mul(square(sub(a, b)), mask)), mean(mask));
 }
 
