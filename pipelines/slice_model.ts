@@ -12,6 +12,7 @@
 import type { Tensor } from "../engine/tensor.ts";
 import { loadSafetensorsFile, readSafetensorsMetadata, saveSafetensors } from "../io/safetensors.ts";
 import { SliceDiffusionUNet, type SliceUNetOptions } from "../models/slice_unet.ts";
+import type { Denoiser, SampleOptions } from "../samplers/sample.ts";
 import type { Scheduler, SchedulerOptions } from "../samplers/scheduler.ts";
 import { planStages, type StagedProgress, stagedSample, type StagePlanMode } from "../samplers/staged.ts";
 import type { VolumeInfo } from "./modelfile.ts";
@@ -140,4 +141,43 @@ export async function generateSliceVolumes(
     onProgress: request.onProgress,
     signal: request.signal,
   });
+}
+
+/**
+ * The whole-volume chain of a slice model with the signature of `sample` (what the generation pipeline
+ * calls): `opts.shape` [B, C, depth, ny, nx] is built stage by stage with the model's default plan. The
+ * `denoiser` argument is not used (a slice model is called with its slot layout); conditions, guidance and
+ * inpainting are refused. Progress counts steps over all stages.
+ */
+export function stagedChain(
+  model: LoadedSliceModel,
+): (denoiser: Denoiser, scheduler: Scheduler, opts: SampleOptions) => Promise<Tensor> {
+  return async (_denoiser, scheduler, opts) => {
+    if (opts.condition || opts.guidance || opts.known || opts.mask) {
+      throw new Error("slice models take no conditions, guidance or inpainting (yet).");
+    }
+    const [b, c, depth, ny, nx] = opts.shape;
+    const [tx, ty] = model.info.volume.shape;
+    if (opts.shape.length !== 5 || c !== model.net.config.inChannels || nx !== tx || ny !== ty) {
+      throw new Error(
+        `a slice model generates [B, ${model.net.config.inChannels}, depth, ${ty}, ${tx}], not [${
+          opts.shape.join(", ")
+        }].`,
+      );
+    }
+    return await generateSliceVolumes(model, scheduler, {
+      volumes: b,
+      depth,
+      steps: opts.steps,
+      seed: opts.seed,
+      eta: opts.eta,
+      signal: opts.signal,
+      onProgress: (p) =>
+        opts.onProgress?.({
+          step: (p.stage - 1) * p.steps + p.step,
+          total: p.stages * p.steps,
+          timestep: p.timestep,
+        }),
+    });
+  };
 }

@@ -106,6 +106,8 @@ export interface StagedProgress {
   step: number;
   /** Sampling steps per stage. */
   steps: number;
+  /** The timestep just processed. */
+  timestep: number;
 }
 
 /** Options of {@linkcode stagedSample}. */
@@ -208,7 +210,13 @@ export async function stagedSample(
           eta: opts.eta,
           signal: opts.signal,
           onProgress: (p) =>
-            opts.onProgress?.({ stage: s + 1, stages: opts.plan.length, step: p.step, steps: p.total }),
+            opts.onProgress?.({
+              stage: s + 1,
+              stages: opts.plan.length,
+              step: p.step,
+              steps: p.total,
+              timestep: p.timestep,
+            }),
         });
       } finally {
         clean.dispose();

@@ -8,7 +8,16 @@ import { main as sample } from "../../cli/sample.ts";
 import { main as train } from "../../cli/train.ts";
 import { readNifti } from "../../io/nifti.ts";
 import { loadModelFile } from "../../pipelines/modelfile.ts";
-import { isSliceModelFile, loadSliceModelFile } from "../../pipelines/slice_model.ts";
+import {
+  generateSliceVolumes,
+  isSliceModelFile,
+  type LoadedSliceModel,
+  loadSliceModelFile,
+  stagedChain,
+} from "../../pipelines/slice_model.ts";
+import { SliceDiffusionUNet } from "../../models/slice_unet.ts";
+import { DDIMScheduler } from "../../samplers/scheduler.ts";
+import { loadRandom } from "../models/slice_helpers.ts";
 import { capture, writeTinyVolumes } from "../cli/helpers.ts";
 import { gpuTest } from "../helpers/gpu.ts";
 
@@ -70,5 +79,60 @@ gpuTest(
       /--depth applies to slice models only/,
     );
     await Deno.remove(dir, { recursive: true });
+  },
+);
+
+gpuTest(
+  "stagedChain (sample's signature, for the generation pipeline) is generateSliceVolumes, progress over all stages",
+  async () => {
+    const net = new SliceDiffusionUNet({
+      channels: [8, 16],
+      attentionLevels: [false, true],
+      numHeadChannels: 8,
+      normNumGroups: 4,
+    });
+    loadRandom(net, 4, 0.3);
+    net.eval();
+    const model: LoadedSliceModel = {
+      net,
+      info: {
+        network: net.config,
+        slots: 4,
+        scheduler: {},
+        volume: {
+          shape: [8, 4, 6],
+          affine: [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]],
+          range: [-1, 1],
+        },
+      },
+    };
+    const steps: string[] = [];
+    const chain = stagedChain(model);
+    const unused = () => {
+      throw new Error("the slice chain must not call the generic denoiser");
+    };
+    const a = await chain(unused, new DDIMScheduler(), {
+      shape: [2, 1, 5, 4, 8],
+      steps: 2,
+      seed: 9,
+      onProgress: (p) => steps.push(`${p.step}/${p.total}`),
+    });
+    const b = await generateSliceVolumes(model, new DDIMScheduler(), {
+      volumes: 2,
+      depth: 5,
+      steps: 2,
+      seed: 9,
+    });
+    deepStrictEqual(a.shape, [2, 1, 5, 4, 8]);
+    deepStrictEqual(await a.toArray(), await b.toArray());
+    // 5 slices with 4 slots: stages of 2, 2, 1 slices.
+    deepStrictEqual(steps, ["1/6", "2/6", "3/6", "4/6", "5/6", "6/6"]);
+    a.dispose();
+    b.dispose();
+    await rejects(
+      chain(unused, new DDIMScheduler(), { shape: [1, 1, 5, 8, 8], steps: 1 }),
+      /generates \[B, 1, depth, 4, 8\], not \[1, 1, 5, 8, 8\]/,
+    );
+    net.dispose();
   },
 );
