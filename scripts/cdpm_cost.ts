@@ -3,7 +3,7 @@
  * as the depth of the volume grows, for a slice model (cDPM: a fixed number of slots per step and per
  * stage) and for a 3-D U-Net on the whole volume. Writes a JSON file and prints a Markdown table.
  *
- *   nice -n 10 deno run -A scripts/cdpm_cost.ts --depths 32,64,128 --size 64 --out docs/cdpm-cost.json
+ *   nice -n 10 deno run -A scripts/cdpm_cost.ts --depths 32,64,128 --size 32 --out docs/cdpm-cost.json
  *
  * Peak memory is `memory().peakBytes` above what was live before the call (weights, optimizer-free; the
  * input batch counts as live before). Times are wall-clock on this machine (shared CPU cores), one warm-up
@@ -112,97 +112,33 @@ const volume3d = new DiffusionModelUNet({
   normNumGroups: 8,
   numHeadChannels: 16,
 });
-const rows: Array<Record<string, number | string>> = [];
+const rows: Row[] = [];
 console.error(
   `${device.adapter}; slice model ${slice.numParameters()} parameters, 3-D ${volume3d.numParameters()}`,
 );
 
-for (const depth of depths) {
-  const volumes = randn([batch, 1, depth, size, size], { seed: depth });
-  const t = Array.from({ length: batch }, (_, i) => 100 + 400 * i);
-  if (kinds.includes("slice")) {
-    const params = slice.parameters();
-    const step = await cost(() => {
-      const b = packSlices(volumes, slots, seededRandom(depth));
-      const grads = scope(() => {
-        const noise = randn(b.x0.shape, { seed: 1 });
-        const xt = scheduler.addNoise(b.x0, noise, t);
-        const pred = slice.forward(xt, t, { slices: b.slices });
-        return grad(maskedMse(pred, noise, b.lossMask), params);
-      });
-      for (const g of grads) g.dispose();
-      b.x0.dispose();
-      b.lossMask.dispose();
-    }, repeats);
-    slice.eval();
-    const plan = planStages(depth, { slots });
-    const gen = await cost(
-      async () => {
-        const x = await stagedSample((x, ts, s) => slice.forward(x, ts, { slices: s }), scheduler, {
-          volumes: 1,
-          sliceShape: [1, size, size],
-          plan,
-          steps: sampleSteps,
-        });
-        x.dispose();
-      },
-      1,
-      0,
-    );
-    slice.train();
-    rows.push({
-      kind: "cDPM slice model",
-      depth,
-      stepMiB: step.peakMiB,
-      stepSeconds: step.seconds,
-      stepCpu: step.cpuSeconds,
-      volumeMiB: gen.peakMiB,
-      volumeSeconds: gen.seconds,
-      volumeCpu: gen.cpuSeconds,
-      forwards: plan.length * sampleSteps,
-    });
-    console.error(JSON.stringify(rows.at(-1)));
-  }
-  if (kinds.includes("3d")) {
-    const params = volume3d.parameters();
-    const step = await cost(() => {
-      const grads = scope(() => {
-        const noise = randn(volumes.shape, { seed: 1 });
-        const xt = scheduler.addNoise(volumes, noise, t);
-        return grad(mse(volume3d.forward(xt, t), noise), params);
-      });
-      for (const g of grads) g.dispose();
-    }, repeats);
-    volume3d.eval();
-    const gen = await cost(
-      async () => {
-        const x = await sample((x: Tensor, ts: number) => volume3d.forward(x, ts), scheduler, {
-          shape: [1, 1, depth, size, size],
-          steps: sampleSteps,
-        });
-        x.dispose();
-      },
-      1,
-      0,
-    );
-    volume3d.train();
-    rows.push({
-      kind: "3-D U-Net",
-      depth,
-      stepMiB: step.peakMiB,
-      stepSeconds: step.seconds,
-      stepCpu: step.cpuSeconds,
-      volumeMiB: gen.peakMiB,
-      volumeSeconds: gen.seconds,
-      volumeCpu: gen.cpuSeconds,
-      forwards: sampleSteps,
-    });
-    console.error(JSON.stringify(rows.at(-1)));
-  }
-  volumes.dispose();
+/** One model at one depth: a cost, or why it could not run (e.g. a buffer over the adapter's binding limit). */
+interface Row {
+  kind: string;
+  depth: number;
+  step: Cost | { error: string };
+  volume: Cost | { error: string };
+  forwards: number;
 }
 
-const report = {
+async function attempt(
+  fn: () => Promise<void> | void,
+  runs: number,
+  warmUp: number,
+): Promise<Cost | { error: string }> {
+  try {
+    return await cost(fn, runs, warmUp);
+  } catch (error) {
+    return { error: (error as Error).message.split("\n")[0] };
+  }
+}
+
+const report = () => ({
   command: `deno run -A scripts/cdpm_cost.ts ${Deno.args.join(" ")}`,
   device: device.adapter,
   date: new Date().toISOString(),
@@ -216,21 +152,105 @@ const report = {
     volumeParameters: volume3d.numParameters(),
   },
   rows,
-};
-await atomicWrite(values.out!, new TextEncoder().encode(JSON.stringify(report, null, 2) + "\n"));
+});
+
+for (const depth of depths) {
+  const volumes = randn([batch, 1, depth, size, size], { seed: depth });
+  const t = Array.from({ length: batch }, (_, i) => 100 + 400 * i);
+  if (kinds.includes("slice")) {
+    const params = slice.parameters();
+    const step = await attempt(
+      () => {
+        const b = packSlices(volumes, slots, seededRandom(depth));
+        try {
+          const grads = scope(() => {
+            const noise = randn(b.x0.shape, { seed: 1 });
+            const xt = scheduler.addNoise(b.x0, noise, t);
+            const pred = slice.forward(xt, t, { slices: b.slices });
+            return grad(maskedMse(pred, noise, b.lossMask), params);
+          });
+          for (const g of grads) g.dispose();
+        } finally {
+          b.x0.dispose();
+          b.lossMask.dispose();
+        }
+      },
+      repeats,
+      1,
+    );
+    slice.eval();
+    const plan = planStages(depth, { slots });
+    // The training step compiled the kernels: one untimed warm-up is not needed here.
+    const volume = await attempt(
+      async () => {
+        const x = await stagedSample((x, ts, s) => slice.forward(x, ts, { slices: s }), scheduler, {
+          volumes: 1,
+          sliceShape: [1, size, size],
+          plan,
+          steps: sampleSteps,
+        });
+        x.dispose();
+      },
+      1,
+      0,
+    );
+    slice.train();
+    rows.push({ kind: "cDPM slice model", depth, step, volume, forwards: plan.length * sampleSteps });
+    console.error(JSON.stringify(rows.at(-1)));
+  }
+  if (kinds.includes("3d")) {
+    const params = volume3d.parameters();
+    const step = await attempt(
+      () => {
+        const grads = scope(() => {
+          const noise = randn(volumes.shape, { seed: 1 });
+          const xt = scheduler.addNoise(volumes, noise, t);
+          return grad(mse(volume3d.forward(xt, t), noise), params);
+        });
+        for (const g of grads) g.dispose();
+      },
+      repeats,
+      1,
+    );
+    volume3d.eval();
+    const volume = await attempt(
+      async () => {
+        const x = await sample((x: Tensor, ts: number) => volume3d.forward(x, ts), scheduler, {
+          shape: [1, 1, depth, size, size],
+          steps: sampleSteps,
+        });
+        x.dispose();
+      },
+      1,
+      0,
+    );
+    volume3d.train();
+    rows.push({ kind: "3-D U-Net", depth, step, volume, forwards: sampleSteps });
+    console.error(JSON.stringify(rows.at(-1)));
+  }
+  volumes.dispose();
+  // Partial results survive a later failure.
+  await atomicWrite(values.out!, new TextEncoder().encode(JSON.stringify(report(), null, 2) + "\n"));
+}
+
+const cell = (c: Cost | { error: string }, what: "peakMiB" | "time") =>
+  "error" in c
+    ? (what === "peakMiB" ? `failed: ${c.error.slice(0, 60)}` : "—")
+    : what === "peakMiB"
+    ? c.peakMiB.toFixed(1)
+    : `${c.seconds.toFixed(1)} (${c.cpuSeconds.toFixed(1)})`;
 console.log(
   "| model | depth | train step peak MiB | train step s (CPU s) | volume peak MiB | volume s (CPU s) | forwards |",
 );
 console.log("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
 for (const r of rows) {
-  const f = (v: number | string, d = 1) => typeof v === "number" ? v.toFixed(d) : v;
   const cells = [
     r.kind,
     r.depth,
-    f(r.stepMiB),
-    `${f(r.stepSeconds)} (${f(r.stepCpu)})`,
-    f(r.volumeMiB),
-    `${f(r.volumeSeconds)} (${f(r.volumeCpu)})`,
+    cell(r.step, "peakMiB"),
+    cell(r.step, "time"),
+    cell(r.volume, "peakMiB"),
+    cell(r.volume, "time"),
     r.forwards,
   ];
   console.log(`| ${cells.join(" | ")} |`);
