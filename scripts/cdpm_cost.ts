@@ -112,6 +112,18 @@ const volume3d = new DiffusionModelUNet({
   normNumGroups: 8,
   numHeadChannels: 16,
 });
+// The slice model's U-Net without its slice attention (the 2-D model on [slice, indicator]): what the
+// slice attention adds to a training step.
+const flat = new DiffusionModelUNet({
+  spatialDims: 2,
+  inChannels: 2,
+  outChannels: 1,
+  channels: [32, 64, 64],
+  attentionLevels: [false, false, true],
+  numResBlocks: 1,
+  normNumGroups: 8,
+  numHeadChannels: 16,
+});
 const rows: Row[] = [];
 console.error(
   `${device.adapter}; slice model ${slice.numParameters()} parameters, 3-D ${volume3d.numParameters()}`,
@@ -228,6 +240,30 @@ for (const depth of depths) {
     rows.push({ kind: "3-D U-Net", depth, step, volume, forwards: sampleSteps });
     console.error(JSON.stringify(rows.at(-1)));
   }
+  if (kinds.includes("2d")) {
+    const params = flat.parameters();
+    const step = await attempt(
+      () => {
+        const grads = scope(() => {
+          const noise = randn([batch * slots, 1, size, size], { seed: 1 });
+          const input = randn([batch * slots, 2, size, size], { seed: 2 });
+          const ts = Array.from({ length: batch * slots }, (_, i) => t[Math.floor(i / slots)]);
+          return grad(mse(flat.forward(input, ts), noise), params);
+        });
+        for (const g of grads) g.dispose();
+      },
+      repeats,
+      1,
+    );
+    rows.push({
+      kind: "2-D U-Net, no slice attention",
+      depth,
+      step,
+      volume: { error: "not measured" },
+      forwards: 0,
+    });
+    console.error(JSON.stringify(rows.at(-1)));
+  }
   volumes.dispose();
   // Partial results survive a later failure.
   await atomicWrite(values.out!, new TextEncoder().encode(JSON.stringify(report(), null, 2) + "\n"));
@@ -235,7 +271,7 @@ for (const depth of depths) {
 
 const cell = (c: Cost | { error: string }, what: "peakMiB" | "time") =>
   "error" in c
-    ? (what === "peakMiB" ? `failed: ${c.error.slice(0, 60)}` : "—")
+    ? (what === "peakMiB" && c.error !== "not measured" ? `failed: ${c.error.slice(0, 60)}` : "—")
     : what === "peakMiB"
     ? c.peakMiB.toFixed(1)
     : `${c.seconds.toFixed(1)} (${c.cpuSeconds.toFixed(1)})`;
@@ -257,3 +293,4 @@ for (const r of rows) {
 }
 slice.dispose();
 volume3d.dispose();
+flat.dispose();
