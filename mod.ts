@@ -36,6 +36,29 @@ export {
   unetOptionsFromMonai,
 } from "./models/unet.ts";
 export {
+  ControlNet,
+  type ControlNetForwardOptions,
+  type ControlNetOptions,
+  controlNetOptionsFromMonai,
+  type ControlNetResiduals,
+  type ResolvedControlNetOptions,
+} from "./models/controlnet.ts";
+export {
+  encoderDownsamplings,
+  epsFromPrediction,
+  modulate,
+  type Modulation,
+  type Prediction,
+  predictionFromEps,
+  type ResolvedVCMOptions,
+  resolveVCMOptions,
+  VCM,
+  VCMConditionEncoder,
+  type VCMForwardOptions,
+  type VCMOptions,
+  type VCMUNetOptions,
+} from "./models/vcm.ts";
+export {
   type ResolvedSliceUNetOptions,
   SliceDiffusionUNet,
   type SliceForwardOptions,
@@ -100,6 +123,7 @@ export {
 } from "./pipelines/dataset.ts";
 export {
   type Batch,
+  type ControlInput,
   describeChanges,
   type DiffusionNetwork,
   emaDecayAt,
@@ -114,13 +138,136 @@ export {
 } from "./pipelines/train.ts";
 export { duration, Progress, type ProgressMode, type ProgressOptions } from "./io/progress.ts";
 export {
+  disposeModel,
+  type LatentStage,
   type LoadedModel,
   loadModelFile,
+  type LoadModelOptions,
   type ModelInfo,
   saveModelFile,
   type VolumeInfo,
 } from "./pipelines/modelfile.ts";
 export * from "./adapters/mod.ts";
+export {
+  AutoencoderKL,
+  type AutoencoderKLOptions,
+  autoencoderOptionsFromMonai,
+  type ConvertedAutoencoderStateDict,
+  convertGenerativeAutoencoderStateDict,
+  type LatentPosterior,
+  type LatentSamplingOptions,
+  resolveAutoencoderOptions,
+  type ResolvedAutoencoderOptions,
+} from "./models/autoencoder.ts";
+export {
+  type DiscriminatorNorm,
+  discriminatorOptionsFromMonai,
+  leakyRelu,
+  PatchDiscriminator,
+  type PatchDiscriminatorOptions,
+} from "./models/discriminator.ts";
+export {
+  adversarialActive,
+  type AutoencoderLossWeights,
+  discriminatorLoss,
+  type GeneratorLoss,
+  generatorLoss,
+  klLoss,
+  patchAdversarialLoss,
+  type PerceptualLoss,
+  type ReconstructionLoss,
+  reconstructionLoss,
+  type ResolvedLossWeights,
+  resolveLossWeights,
+} from "./pipelines/autoencoder_losses.ts";
+export {
+  type AutoencoderStepReport,
+  type AutoencoderTrainOptions,
+  type AutoencoderTrainResult,
+  trainAutoencoder,
+  validateAutoencoder,
+  type ValidationScores,
+} from "./pipelines/train_autoencoder.ts";
+export {
+  type AutoencoderInfo,
+  decodeLatents,
+  type LatentModelInfo,
+  loadAutoencoderFile,
+  type LoadedAutoencoder,
+  type LoadedLatentModel,
+  loadLatentModelFile,
+  saveAutoencoderFile,
+  saveLatentModelFile,
+} from "./pipelines/latent_modelfile.ts";
+export {
+  CachedPosteriors,
+  latentBatches,
+  type LatentBatchOptions,
+  type LatentTraining,
+  type LatentTrainingOptions,
+  prepareLatentTraining,
+  scaleFactorOf,
+} from "./pipelines/latent.ts";
+export {
+  ACCEPTED_SAMPLER_NAMES,
+  DEFAULT_SAMPLER,
+  findSampler,
+  makeScheduler,
+  SAMPLER_NAMES,
+  SAMPLER_REGISTRY,
+  type SamplerEntry,
+} from "./samplers/registry.ts";
+export {
+  type ConditionSpec,
+  generate,
+  type GeneratedVolumes,
+  type GenerationRequest,
+  type Generator,
+} from "./pipelines/generate.ts";
+export { loadGenerator, type LoadGeneratorOptions, unetGenerator } from "./pipelines/generators.ts";
+export { writeStackedFiles, writeVolumeFiles, type WrittenVolume } from "./pipelines/output.ts";
+export { parsePrompt, type PromptPart } from "./models/prompt.ts";
+export {
+  BOS,
+  checkConceptName,
+  PAD,
+  TokenTable,
+  type TokenVocabulary,
+  UnknownTokenError,
+  vocabularyRows,
+} from "./models/tokens.ts";
+export { type ConditioningInfo, DEFAULT_MODEL, modelWeights, TOKEN_PREFIX } from "./pipelines/modelfile.ts";
+export { predictGuided } from "./samplers/sample.ts";
+export {
+  attachEmbedding,
+  baseModelHash,
+  EMBEDDING_FORMAT,
+  type EmbeddingInfo,
+  type LoadedEmbedding,
+  loadEmbeddingFile,
+  saveEmbeddingFile,
+} from "./pipelines/embedding.ts";
+export {
+  type InpaintNormalize,
+  prepareInpainting,
+  type PrepareInpaintingOptions,
+  sphereMask,
+  type VolumeData,
+} from "./pipelines/inpaint.ts";
+export {
+  conditionalBatches,
+  type ConditionalBatchOptions,
+  ConditionalNetwork,
+  type SampleCondition,
+} from "./pipelines/conditional.ts";
+export {
+  isManifestPath,
+  type Manifest,
+  type ManifestItem,
+  parseManifest,
+  readManifest,
+} from "./pipelines/manifest.ts";
+export { initialVectors, invertConcept, type InvertOptions, type InvertResult } from "./pipelines/invert.ts";
 export {
   planStages,
   type SliceDenoiser,

@@ -115,3 +115,31 @@ function fill(set: AdapterSet, tensors: Map<string, Tensor>, path: string): void
     for (const [n, t] of targets) copyInto(t, tensors.get(n)!);
   });
 }
+
+/** An adapter file and the weight its update is merged with. */
+export interface AdapterSpec {
+  /** The adapter file. */
+  path: string;
+  /** Scale of its update (1 = as trained; 0 = the base model). */
+  weight: number;
+}
+
+/**
+ * Bakes adapters into `model`: each is loaded onto the base weights (checked against the hash taken before
+ * the first one changed them), merged with its weight and removed again, so the next one finds plain
+ * layers. `onMerged` hears about each (e.g. to log it).
+ */
+export async function mergeAdapterFiles(
+  model: Module,
+  adapters: readonly AdapterSpec[],
+  onMerged?: (spec: AdapterSpec, set: AdapterSet) => void,
+): Promise<void> {
+  if (adapters.length === 0) return;
+  const baseHash = await modelHash(model);
+  for (const spec of adapters) {
+    const set = await loadAdapters(model, spec.path, { baseHash });
+    onMerged?.(spec, set);
+    set.merge(spec.weight);
+    set.remove();
+  }
+}

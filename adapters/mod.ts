@@ -24,7 +24,13 @@ export {
   injectAdapters,
   MIDDLE_BLOCK_TARGETS,
 } from "./inject.ts";
-export { type LoadAdapterOptions, loadAdapters, readAdapterInfo } from "./io.ts";
+export {
+  type AdapterSpec,
+  type LoadAdapterOptions,
+  loadAdapters,
+  mergeAdapterFiles,
+  readAdapterInfo,
+} from "./io.ts";
 export { adapterSummary } from "./summary.ts";
 export { modelHash, parameterHash } from "./hash.ts";
 export { type AdaptableLayer, AdaptedLayer, isAdaptable, weightShapeOf } from "./layer.ts";

@@ -21,7 +21,9 @@ import { mul } from "../engine/ops/elementwise.ts";
 import { type Affine, type NiftiVolume, readNifti } from "../io/nifti.ts";
 import { parseSafetensors, type RawTensor } from "../io/safetensors.ts";
 import { resolveUNetOptions } from "../models/unet.ts";
-import type { ModelInfo } from "../pipelines/modelfile.ts";
+import { type TokenVocabulary, vocabularyRows } from "../models/tokens.ts";
+import { EMBEDDING_FORMAT } from "../pipelines/embedding.ts";
+import type { ConditioningInfo, ModelInfo } from "../pipelines/modelfile.ts";
 import { DDPMScheduler } from "../samplers/scheduler.ts";
 
 const HELP = `Usage: deno task info [FILE ...] [--adapter FILE]
@@ -93,7 +95,7 @@ export async function main(args: string[]): Promise<void> {
 }
 
 /**
- * A plain-text description of a NIfTI image, a voxgen model file, an adapter file or any other safetensors
+ * A plain-text description of a NIfTI image, a voxgen model file, an adapter file, an embedding or any other safetensors
  * file (chosen by the file's content, or by its extension when the content is not recognisable). Reads the
  * file on the CPU; never touches the GPU.
  */
@@ -109,6 +111,7 @@ export async function describeFile(path: string): Promise<string> {
     if (file.metadata.format === ADAPTER_FORMAT) {
       return `${path}\n${adapterSummary(decodeAdapterMetadata(file.metadata, path))}`;
     }
+    if (file.metadata.format === EMBEDDING_FORMAT) return describeEmbedding(path, file.metadata);
     return describeSafetensors(path, file.tensors, file.metadata);
   }
   const head = [...bytes.subarray(0, 4)].map((b) => b.toString(16).padStart(2, "0")).join(" ");
@@ -235,6 +238,7 @@ function describeModel(path: string, tensors: Map<string, RawTensor>, meta: Reco
       4,
     ),
     field("class labels", u.numClassEmbeds === null ? "none" : `${u.numClassEmbeds} classes`, 4),
+    ...tokenLines(path, meta),
     "  scheduler",
     field("timesteps", String(s.numTrainTimesteps), 4),
     field(
@@ -251,6 +255,47 @@ function describeModel(path: string, tensors: Map<string, RawTensor>, meta: Reco
     ...affineRows(info.volume.affine, 6),
     field("range", `[${info.volume.range.map(num).join(", ")}]`, 4),
   ].join("\n");
+}
+
+/** A textual-inversion embedding file: its token, size, and the base model it belongs to. */
+function describeEmbedding(path: string, meta: Record<string, string>): string {
+  return [
+    `${path}: voxgen textual-inversion embedding (${EMBEDDING_FORMAT})`,
+    field("token", meta.name),
+    field("vectors", `${meta.numVectors} × ${meta.dim} (contexts of ${meta.contextLength} tokens)`),
+    field("base model", `${meta.baseModelHash} (hash of its weights)`),
+    field("trained", `${meta.steps ?? "?"} steps, lr ${meta.lr ?? "?"}, init ${meta.init ?? "?"}`),
+  ].join("\n");
+}
+
+/** The token table's lines (context length, concepts with their vectors), when the model has one. */
+function tokenLines(path: string, meta: Record<string, string>): string[] {
+  const lines: string[] = [];
+  if (meta.tokens) {
+    const v = checked<TokenVocabulary>(path, "tokens", () => {
+      const parsed = JSON.parse(meta.tokens);
+      vocabularyRows(parsed);
+      return parsed;
+    });
+    const concepts = v.concepts.map((c) => `${c.name} (${c.vectors} vector${c.vectors > 1 ? "s" : ""})`);
+    lines.push(
+      field(
+        "tokens",
+        `context of ${v.contextLength} tokens × ${v.dim}; <bos>, <pad> and ${v.concepts.length} concepts`,
+        4,
+      ),
+      field("concepts", concepts.join(", ") || "(none)", 4),
+    );
+  }
+  if (meta.conditioning) {
+    const c = checked<ConditioningInfo>(path, "conditioning", () => JSON.parse(meta.conditioning));
+    const parts = [
+      c.uncondProb !== undefined ? `condition dropout ${num(c.uncondProb)}` : "",
+      c.nullClass !== undefined ? `null class ${c.nullClass}` : "",
+    ].filter(Boolean);
+    lines.push(field("trained with", parts.join(", ") || "(nothing recorded)", 4));
+  }
+  return lines;
 }
 
 /** Runs `make`, naming the file and its metadata entry when the options it reads are invalid. */

@@ -1,38 +1,13 @@
 /**
- * Option parsing the commands share: numbers and number lists with errors that name the option.
+ * Option parsing the commands share: numbers and number lists with errors that name the option (from
+ * io/options.ts, which the server's entry point uses too), and train's resume refusal in flag words.
  *
  * @module
  */
 
 import { ResumeMismatchError, type RunSetting } from "../pipelines/train.ts";
 
-/** Parses "a,b,c" into numbers, with a clear error naming the option. */
-export function numberList(option: string, value: string): number[] {
-  const list = value.split(",").map((v) => Number(v.trim()));
-  if (list.some((v) => !Number.isFinite(v))) {
-    throw new Error(`--${option}: "${value}" is not a comma-separated list of numbers.`);
-  }
-  return list;
-}
-
-/** Parses a number option within [min, max], with a clear error. */
-export function numberOption(
-  option: string,
-  value: string | undefined,
-  fallback: number,
-  min = -Infinity,
-  max = Infinity,
-  integer = false,
-): number {
-  if (value === undefined) return fallback;
-  const n = Number(value);
-  if (!Number.isFinite(n) || n < min || n > max || (integer && !Number.isInteger(n))) {
-    throw new Error(
-      `--${option}: "${value}" is not ${integer ? "an integer" : "a number"} in ${min}..${max}.`,
-    );
-  }
-  return n;
-}
+export { numberList, numberOption } from "../io/options.ts";
 
 /** Flags of the training settings every command shares (train's own settings). */
 const TRAIN_FLAGS: Record<string, string> = {

@@ -7,29 +7,27 @@
  */
 
 import { parseArgs } from "node:util";
-import { loadAdapters, modelHash } from "../adapters/mod.ts";
+import { type AdapterSet, type AdapterSpec, mergeAdapterFiles } from "../adapters/mod.ts";
 import { ready } from "../engine/device.ts";
-import { scope } from "../engine/memory.ts";
-import { map } from "../engine/ops/map.ts";
-import { writeNifti } from "../io/nifti.ts";
-import { writeSlicesPng } from "../io/png.ts";
 import type { DiffusionModelUNet } from "../models/unet.ts";
-import { loadModelFile, type VolumeInfo } from "../pipelines/modelfile.ts";
-import { generateSliceVolumes, isSliceModelFile, loadSliceModelFile } from "../pipelines/slice_model.ts";
-import type { Tensor } from "../engine/tensor.ts";
-import { sample } from "../samplers/sample.ts";
-import {
-  DDIMScheduler,
-  DDPMScheduler,
-  EulerAncestralScheduler,
-  type Scheduler,
-} from "../samplers/scheduler.ts";
+import { generate } from "../pipelines/generate.ts";
+import { loadGenerator } from "../pipelines/generators.ts";
+import { DEFAULT_MODEL } from "../pipelines/modelfile.ts";
+import { writeVolumeFiles } from "../pipelines/output.ts";
+import { findSampler, SAMPLER_REGISTRY, unknownSamplerMessage } from "../samplers/registry.ts";
 import { numberOption } from "./options.ts";
 import { Progress } from "../io/progress.ts";
+import { readNifti } from "../io/nifti.ts";
+import { parsePrompt } from "../models/prompt.ts";
+import { type InpaintNormalize, prepareInpainting } from "../pipelines/inpaint.ts";
+import { isUrl } from "../io/read.ts";
 
-/** Path of the embedded default model. */
-export const DEFAULT_MODEL: string =
-  new URL("../models/default/brain32.safetensors", import.meta.url).pathname;
+export { DEFAULT_MODEL, DEFAULT_MODEL_URL } from "../pipelines/modelfile.ts";
+export type { AdapterSpec } from "../adapters/mod.ts";
+
+const SAMPLER_HELP = SAMPLER_REGISTRY.map((s) =>
+  `${s.name}${s.aliases.length ? ` (alias ${s.aliases.join(", ")})` : ""}: ${s.description}`
+).join("\n                    ");
 
 const HELP = `Usage: deno task sample [options]
 
@@ -37,7 +35,24 @@ const HELP = `Usage: deno task sample [options]
   --adapter FILE[:W]
                     an adapter written by \`deno task finetune\` for this model, merged with weight W
                     (default 1; 0 = the base model); repeat to blend several
-  --sampler NAME    ddim (default), ddpm or euler-a (Euler ancestral; "euler" is accepted too)
+  --sampler NAME    default ${SAMPLER_REGISTRY[0].name}; one of
+                    ${SAMPLER_HELP}
+  --prompt TEXT     for a model with a token table: "<t1>", "<t1> <lesion>", or composable
+                    "<t1>:0.25 AND <flair>:0.75" (weights multiply --cfg; negative ones push away);
+                    "" (the default) is the null prompt. \`deno task info MODEL\` lists the concepts
+  --cfg X           classifier-free guidance scale (default 1: plain conditional sampling, no
+                    unconditional pass; the textual-inversion paper used 2)
+  --class N         class label, for a class-conditional model
+  --embedding FILE  a textual-inversion embedding (NAME.ti.safetensors from \`deno task invert\`, or
+                    diffusers' learned_embeds.safetensors of the same width); repeat for several.
+                    Its token can then be used in --prompt
+  --inpaint-image FILE
+                    NIfTI on the model's grid whose voxels are kept outside the mask
+  --inpaint-mask FILE
+                    NIfTI on the model's grid: non-zero voxels are generated
+  --inpaint-normalize auto|none|percentile
+                    how the image reaches the model's intensity range (default auto: none when it is
+                    already inside it, e.g. a sample of this model; else percentiles as in training)
   --steps N         sampling steps (default 50)
   --eta X           DDIM η (default 0)
   --seed N          random seed (default 0)
@@ -47,39 +62,6 @@ const HELP = `Usage: deno task sample [options]
   --out FILE        output NIfTI (.nii or .nii.gz; default sample.nii.gz); batches get _0, _1, … suffixes
   --png FILE        preview image (default: the output name with .png)
 `;
-
-/** The samplers `--sampler` accepts; `euler` is also accepted, as an alias of `euler-a`. */
-export const SAMPLERS: readonly string[] = ["ddim", "ddpm", "euler-a"];
-
-function unknownSampler(name: string): Error {
-  return new Error(`--sampler: "${name}" is not one of ${SAMPLERS.join(", ")}.`);
-}
-
-/**
- * Builds a scheduler by name from the model's schedule: `ddpm`, `ddim`, or `euler-a` (Euler ancestral;
- * `euler` is kept as an alias for it, the name the server API uses).
- */
-export function makeScheduler(name: string, opts: ConstructorParameters<typeof DDPMScheduler>[0]): Scheduler {
-  switch (name) {
-    case "ddpm":
-      return new DDPMScheduler(opts);
-    case "ddim":
-      return new DDIMScheduler(opts);
-    case "euler-a":
-    case "euler":
-      return new EulerAncestralScheduler(opts);
-    default:
-      throw unknownSampler(name);
-  }
-}
-
-/** An adapter file and the weight its update is merged with. */
-export interface AdapterSpec {
-  /** The adapter file. */
-  path: string;
-  /** Scale of its update (1 = as trained). */
-  weight: number;
-}
 
 /** Parses `FILE` or `FILE:WEIGHT` (the part after the last colon is the weight when it is a number). */
 export function parseAdapterSpec(spec: string): AdapterSpec {
@@ -95,24 +77,21 @@ export function parseAdapterSpec(spec: string): AdapterSpec {
   return { path: spec, weight: 1 };
 }
 
+/** Logs one merged adapter. */
+function logAdapter({ path, weight }: AdapterSpec, set: AdapterSet): void {
+  console.error(
+    `adapter ${path}: ${set.info.kind} rank ${set.info.rank}, ${set.layers.size} layers, weight ${weight}`,
+  );
+}
+
 /**
- * Bakes adapters into `unet`: each is loaded onto the base weights (checked against the hash taken before the
- * first one changed them), merged with its weight and removed again, so the next one finds plain layers.
+ * Bakes adapters into `unet` (see `mergeAdapterFiles`), logging each: for scripts that hold a bare U-Net.
  */
 export async function applyAdapters(
   unet: DiffusionModelUNet,
   adapters: readonly AdapterSpec[],
 ): Promise<void> {
-  if (adapters.length === 0) return;
-  const baseHash = await modelHash(unet);
-  for (const { path, weight } of adapters) {
-    const set = await loadAdapters(unet, path, { baseHash });
-    console.error(
-      `adapter ${path}: ${set.info.kind} rank ${set.info.rank}, ${set.layers.size} layers, weight ${weight}`,
-    );
-    set.merge(weight);
-    set.remove();
-  }
+  await mergeAdapterFiles(unet, adapters, logAdapter);
 }
 
 /** Runs the command with `args`. */
@@ -128,6 +107,13 @@ export async function main(args: string[]): Promise<void> {
       seed: { type: "string" },
       batch: { type: "string" },
       depth: { type: "string" },
+      prompt: { type: "string" },
+      cfg: { type: "string" },
+      class: { type: "string" },
+      embedding: { type: "string", multiple: true },
+      "inpaint-image": { type: "string" },
+      "inpaint-mask": { type: "string" },
+      "inpaint-normalize": { type: "string" },
       out: { type: "string", default: "sample.nii.gz" },
       png: { type: "string" },
       help: { type: "boolean", short: "h" },
@@ -146,14 +132,33 @@ export async function main(args: string[]): Promise<void> {
   const seed = numberOption("seed", values.seed, 0, 0, 2 ** 53 - 1, true);
   const batch = numberOption("batch", values.batch, 1, 1, 64, true);
   const eta = numberOption("eta", values.eta, 0, 0, 1);
-  // Checked here, before the model is loaded, so a typo fails at once.
-  if (!SAMPLERS.includes(values.sampler!) && values.sampler !== "euler") {
-    throw unknownSampler(values.sampler!);
+  const guidanceScale = numberOption("cfg", values.cfg, 1, -100, 100);
+  const classLabel = values.class === undefined
+    ? undefined
+    : numberOption("class", values.class, 0, 0, 2 ** 31 - 1, true);
+  // The prompt's syntax is checked before anything is loaded; its tokens once the model is.
+  if (values.prompt !== undefined) {
+    try {
+      parsePrompt(values.prompt);
+    } catch (error) {
+      throw new Error(`--prompt: ${(error as Error).message}`);
+    }
   }
+  if ((values["inpaint-image"] === undefined) !== (values["inpaint-mask"] === undefined)) {
+    throw new Error("--inpaint-image and --inpaint-mask go together: give both or neither.");
+  }
+  const normalize = values["inpaint-normalize"] ?? "auto";
+  if (!["auto", "none", "percentile"].includes(normalize)) {
+    throw new Error(`--inpaint-normalize: "${normalize}" is not auto, none or percentile.`);
+  }
+  // Checked here, before the model is loaded, so a typo fails at once.
+  const sampler = values.sampler!;
+  if (!findSampler(sampler)) throw new Error(`--sampler: ${unknownSamplerMessage(sampler)}`);
   const modelPath = values.model ?? DEFAULT_MODEL;
   const adapters = (values.adapter ?? []).map(parseAdapterSpec);
   try {
-    await Deno.stat(modelPath);
+    // A remote model (running from a URL) is checked when it is fetched.
+    if (!isUrl(modelPath)) await Deno.stat(modelPath);
   } catch {
     throw new Error(
       modelPath === DEFAULT_MODEL
@@ -161,96 +166,66 @@ export async function main(args: string[]): Promise<void> {
         : `--model: no such file ${modelPath}.`,
     );
   }
-  for (const { path } of adapters) {
+  const files: Array<[string, string | undefined]> = [
+    ...adapters.map(({ path }) => ["adapter", path] as [string, string]),
+    ...(values.embedding ?? []).map((path) => ["embedding", path] as [string, string]),
+    ["inpaint-image", values["inpaint-image"]],
+    ["inpaint-mask", values["inpaint-mask"]],
+  ];
+  for (const [flag, path] of files) {
+    if (path === undefined) continue;
     try {
       await Deno.stat(path);
     } catch {
-      throw new Error(`--adapter: no such file ${path}.`);
+      throw new Error(`--${flag}: no such file ${path}.`);
     }
   }
   const device = await ready();
-  const write = (x: Tensor, volume: VolumeInfo) =>
-    writeSamples(x, volume, { out, png: values.png, seed, batch });
-  if (await isSliceModelFile(modelPath)) {
-    if (adapters.length > 0) throw new Error("--adapter: adapters apply to 3-D models, not to slice models.");
-    const model = await loadSliceModelFile(modelPath);
-    try {
-      const [nx, ny, nz] = model.info.volume.shape;
-      const depth = numberOption("depth", values.depth, nz, 1, 4096, true);
-      const scheduler = makeScheduler(values.sampler!, { ...model.info.scheduler });
-      console.error(
-        `slice model ${modelPath}: ${model.net.numParameters().toLocaleString()} parameters, ${model.info.slots} ` +
-          `slots; ${depth} slices; ${device.adapter}`,
-      );
-      let progress: Progress | null = null;
-      const x = await generateSliceVolumes(model, scheduler, {
-        volumes: batch,
-        depth,
-        steps,
-        seed,
-        eta,
-        onProgress: (p) => {
-          progress ??= new Progress(`sampling (${values.sampler}, seed ${seed})`, p.stages * p.steps);
-          progress.update((p.stage - 1) * p.steps + p.step, `stage ${p.stage}/${p.stages}`);
-        },
-      });
-      await write(x, { ...model.info.volume, shape: [nx, ny, depth] });
-    } finally {
-      model.net.dispose();
-    }
-    return;
-  }
-  if (values.depth !== undefined) throw new Error("--depth applies to slice models only.");
-  const { unet, info } = await loadModelFile(modelPath);
+  const model = await loadGenerator(modelPath, {
+    adapters,
+    embeddings: values.embedding,
+    onAdapter: logAdapter,
+    depth: values.depth === undefined ? undefined : numberOption("depth", values.depth, 1, 1, 4096, true),
+  });
   try {
-    await applyAdapters(unet, adapters);
-    const scheduler = makeScheduler(values.sampler!, { ...info.scheduler });
-    const [nx, ny, nz] = info.volume.shape;
-    const channels = unet.config.inChannels;
     console.error(
-      `model ${modelPath}: ${unet.numParameters().toLocaleString()} parameters; ${device.adapter}`,
+      `model ${modelPath}: ${model.parameterCount.toLocaleString()} parameters; ${device.adapter}`,
     );
-    const progress = new Progress(`sampling (${values.sampler}, seed ${seed})`, steps);
-    const x = await sample((xt, t) => unet.forward(xt, t), scheduler, {
-      shape: [batch, channels, nz, ny, nx],
+    // A staged model (slice model) reports its steps over all stages.
+    let progress: Progress | null = null;
+    const inpaint = values["inpaint-image"] === undefined ? undefined : prepareInpainting(
+      await readNifti(values["inpaint-image"]),
+      await readNifti(values["inpaint-mask"]!),
+      model.volume,
+      { normalize: normalize as InpaintNormalize },
+      {
+        image: `--inpaint-image ${values["inpaint-image"]}`,
+        mask: `--inpaint-mask ${values["inpaint-mask"]}`,
+      },
+    );
+    const generated = await generate(model, {
+      sampler,
       steps,
       seed,
+      batch,
       eta,
-      onProgress: (p) => progress.update(p.step),
+      guidanceScale,
+      prompt: values.prompt,
+      classLabel,
+      inpaint,
+      onProgress: (p) => {
+        progress ??= new Progress(`sampling (${sampler}, seed ${seed})`, p.total);
+        const stages = p.total / steps;
+        progress.update(p.step, stages > 1 ? `stage ${Math.ceil(p.step / steps)}/${stages}` : undefined);
+      },
     });
-    await write(x, info.volume);
+    const written = await writeVolumeFiles(generated, out, {
+      png: values.png,
+      description: `voxgen sample seed ${seed}`,
+    });
+    for (const { nifti, png } of written) console.log(`wrote ${nifti} and ${png}`);
   } finally {
-    unet.dispose();
-  }
-}
-
-/**
- * Writes the volumes x [B, C, nz, ny, nx] (disposed here) as NIfTI files with PNG previews, clamped to the
- * model's intensity range; a batch gets _0, _1, … suffixes.
- */
-async function writeSamples(
-  x: Tensor,
-  volume: VolumeInfo,
-  opts: { out: string; png?: string; seed: number; batch: number },
-): Promise<void> {
-  const [nx, ny, nz] = volume.shape;
-  const channels = x.shape[1];
-  // Bring samples back to the trained intensity range (x̂0 is clipped there by the scheduler already).
-  const [lo, hi] = volume.range;
-  const clipped = scope(() => map("clamp", "min(max(a, s0), s1)", [x], [lo, hi]));
-  x.dispose();
-  const values3d = await clipped.toArray();
-  clipped.dispose();
-  const voxels = nx * ny * nz * channels;
-  for (let b = 0; b < opts.batch; b++) {
-    const data = values3d.subarray(b * voxels, b * voxels + nx * ny * nz);
-    const name = opts.batch === 1 ? opts.out : opts.out.replace(/(\.nii(\.gz)?)$/, `_${b}$1`);
-    await writeNifti(name, { data, shape: [nx, ny, nz], affine: volume.affine }, {
-      description: `voxgen sample seed ${opts.seed}`,
-    });
-    const png = opts.png && opts.batch === 1 ? opts.png : name.replace(/\.nii(\.gz)?$/, ".png");
-    await writeSlicesPng(png, data, [nx, ny, nz], { window: [lo, hi] });
-    console.log(`wrote ${name} and ${png}`);
+    model.dispose();
   }
 }
 

@@ -1,7 +1,6 @@
 /**
- * `deno task train`: trains a 3-D DDPM U-Net on NIfTI volumes with GPU augmentation — or, with `--slots`, a
- * 2-D cDPM slice model on slices of them — then writes a voxgen model file (EMA weights + everything
- * `sample` needs), sample previews, loss.csv and loss.png.
+ * `deno task train`: trains a 3-D DDPM U-Net on NIfTI volumes with GPU augmentation (or, with `--slots`, a
+ * 2-D cDPM slice model on slices of them), then writes a voxgen model file (EMA weights + everything `sample` needs), sample previews, loss.csv and loss.png.
  *
  * @module
  */
@@ -11,29 +10,35 @@ import { ready } from "../engine/device.ts";
 import { writeSlicesPng } from "../io/png.ts";
 import { loadSafetensors } from "../io/safetensors.ts";
 import { DiffusionModelUNet, type DiffusionModelUNetOptions } from "../models/unet.ts";
-import { augmentedBatches, type AugmentOptions } from "../pipelines/augment.ts";
+import { augmentedBatches, type AugmentOptions, batchDraw } from "../pipelines/augment.ts";
 import { listNiftiFiles, loadVolume, type Volume, volumeTensor } from "../pipelines/dataset.ts";
-import { saveModelFile, type VolumeInfo } from "../pipelines/modelfile.ts";
-import { sliceBatches } from "../pipelines/slice_data.ts";
-import { generateSliceVolumes, saveSliceModelFile, type SliceModelInfo } from "../pipelines/slice_model.ts";
-import { SliceDiffusionUNet, type SliceUNetOptions } from "../models/slice_unet.ts";
+import { conditionalBatches, ConditionalNetwork } from "../pipelines/conditional.ts";
+import { generate } from "../pipelines/generate.ts";
+import { loadGenerator } from "../pipelines/generators.ts";
+import { loadAutoencoderFile, saveLatentModelFile } from "../pipelines/latent_modelfile.ts";
+import { type LatentTraining, prepareLatentTraining } from "../pipelines/latent.ts";
+import { isManifestPath, type Manifest, readManifest } from "../pipelines/manifest.ts";
+import { type ModelInfo, saveModelFile, TOKEN_PREFIX } from "../pipelines/modelfile.ts";
 import { type RunSetting, train } from "../pipelines/train.ts";
-import { sample } from "../samplers/sample.ts";
-import {
-  DDIMScheduler,
-  DDPMScheduler,
-  type PredictionType,
-  type SchedulerOptions,
-} from "../samplers/scheduler.ts";
+import { sliceBatches } from "../pipelines/slice_data.ts";
+import { saveSliceModelFile } from "../pipelines/slice_model.ts";
+import { SliceDiffusionUNet, type SliceUNetOptions } from "../models/slice_unet.ts";
+import { TokenTable, type TokenVocabulary } from "../models/tokens.ts";
+import { DDPMScheduler, type PredictionType, type SchedulerOptions } from "../samplers/scheduler.ts";
 import type { ScheduleName } from "../samplers/schedule.ts";
 import { explainResumeMismatch, numberList, numberOption } from "./options.ts";
 
 const HELP = `Usage: deno task train --data <files|dir|glob> --out DIR [options]
 
 Data
-  --data SPEC          NIfTI files, folders or globs (repeat or comma-separate)
+  --data SPEC          NIfTI files, folders or globs (repeat or comma-separate), or one manifest .json for
+                       conditional training: {"items": [{"file", "concept" | "prompt", "class"}]} (paths
+                       relative to the manifest). Concepts become learned tokens (cross-attention), classes
+                       class embeddings
   --size N             cubic training grid N³ (default 32), fitted to the foreground of each volume
   --no-augment         train on the volumes as they are (default: flips, affine, elastic, bias, intensity)
+  --autoencoder FILE   latent diffusion: train on s·z of this frozen autoencoder (deno task train-autoencoder;
+                       s = 1/std of the first batch's latents); the model file then holds both networks
 Model
   --channels LIST      U-Net channels per level (default 16,32,32)
   --attention LIST     attention per level as 0/1 (default 0,0,1)
@@ -42,6 +47,12 @@ Model
   --head-channels N    channels per attention head (default 16)
   --slots N            train a 2-D slice model (cDPM) on N slices per example (condition + target, slices
                        along z) instead of a 3-D model; \`sample\` builds volumes from it stage by stage
+Conditioning (with a manifest)
+  --uncond-prob X      condition dropout: each sample's prompt/class is replaced by the null one with this
+                       probability (default 0.1), so that the model can be guided (--cfg)
+  --vectors N          token rows per concept (default 4)
+  --context-length N   tokens per context, <bos> and <pad> included (default 16)
+  --token-dim N        token width = the U-Net's cross-attention width (default 64)
 Diffusion
   --schedule NAME      linear_beta | scaled_linear_beta (default) | cosine
   --beta-start X       default 0.0005 (seed 004's scaled-linear schedule)
@@ -73,6 +84,7 @@ export async function main(args: string[]): Promise<void> {
       out: { type: "string" },
       size: { type: "string" },
       "no-augment": { type: "boolean" },
+      autoencoder: { type: "string" },
       channels: { type: "string", default: "16,32,32" },
       attention: { type: "string", default: "0,0,1" },
       "res-blocks": { type: "string" },
@@ -94,6 +106,10 @@ export async function main(args: string[]): Promise<void> {
       init: { type: "string" },
       "checkpoint-every": { type: "string" },
       description: { type: "string" },
+      "uncond-prob": { type: "string" },
+      vectors: { type: "string" },
+      "context-length": { type: "string" },
+      "token-dim": { type: "string" },
       help: { type: "boolean", short: "h" },
     },
     strict: true,
@@ -112,9 +128,19 @@ export async function main(args: string[]): Promise<void> {
       `--attention has ${attention.length} entries for ${channels.length} levels of --channels.`,
     );
   }
-  if (size % 2 ** (channels.length - 1) !== 0) {
+  // The autoencoder's latent size decides the U-Net's grid, so it loads before the other checks.
+  const stage = values.autoencoder ? (await ready(), await loadAutoencoderFile(values.autoencoder)) : null;
+  const ae = stage?.autoencoder;
+  // The U-Net's grid: the image, or the autoencoder's latent of it.
+  const grid = ae ? ae.latentShape([size, size, size])[1] : size;
+  if (grid % 2 ** (channels.length - 1) !== 0) {
     throw new Error(
-      `--size ${size} must be divisible by 2^${channels.length - 1} for ${channels.length} U-Net levels.`,
+      `--size ${size} must be divisible by 2^${channels.length - 1} for ${channels.length} U-Net levels` +
+        (ae
+          ? ` (on the ${grid}³ latent: use a --size that is a multiple of ${
+            ae.downsampling * 2 ** (channels.length - 1)
+          }).`
+          : "."),
     );
   }
   const steps = numberOption("steps", values.steps, 2000, 1, 1e7, true);
@@ -128,13 +154,14 @@ export async function main(args: string[]): Promise<void> {
     betaStart: numberOption("beta-start", values["beta-start"], 0.0005, 0, 1),
     betaEnd: numberOption("beta-end", values["beta-end"], 0.0195, 0, 1),
     predictionType: values.prediction as PredictionType,
-    clipSample: true,
+    // Latents are not bounded to [-1, 1] like images.
+    clipSample: !ae,
   };
   const scheduler = new DDPMScheduler(schedulerOptions);
   const unetOptions: DiffusionModelUNetOptions = {
     spatialDims: 3,
-    inChannels: 1,
-    outChannels: 1,
+    inChannels: ae?.config.latentChannels ?? 1,
+    outChannels: ae?.config.latentChannels ?? 1,
     channels,
     attentionLevels: attention,
     numResBlocks: numberOption("res-blocks", values["res-blocks"], 1, 1, 8, true),
@@ -143,7 +170,28 @@ export async function main(args: string[]): Promise<void> {
     seed,
   };
 
+  const specs = values.data.flatMap((d) => d.split(","));
+  const manifest = specs.some(isManifestPath) ? await readManifestSpec(specs) : null;
+  if (manifest && ae) {
+    ae.dispose();
+    throw new Error(
+      "--autoencoder with a conditional manifest: latent diffusion trains unconditional models for now; " +
+        "give NIfTI files, folders or globs as --data.",
+    );
+  }
+  const conditioning = manifest ? conditioningOf(manifest, values) : null;
+  if (conditioning?.vocabulary) {
+    unetOptions.withConditioning = true;
+    unetOptions.crossAttentionDim = conditioning.vocabulary.dim;
+  }
+  if (conditioning?.numClassEmbeds) unetOptions.numClassEmbeds = conditioning.numClassEmbeds;
   const slots = values.slots === undefined ? null : numberOption("slots", values.slots, 8, 2, 64, true);
+  if (slots && (manifest || ae)) {
+    ae?.dispose();
+    throw new Error(
+      "--slots: slice models train unconditional image models (no manifest, no --autoencoder).",
+    );
+  }
   const sliceOptions: SliceUNetOptions = {
     inChannels: 1,
     channels,
@@ -155,19 +203,72 @@ export async function main(args: string[]): Promise<void> {
   };
 
   const device = await ready();
-  const files = await listNiftiFiles(values.data.flatMap((d) => d.split(",")));
+  const files = manifest ? manifest.items.map((i) => i.file) : await listNiftiFiles(specs);
   console.error(`training on ${files.length} volume(s) at ${size}³ on ${device.adapter}`);
   const volumes: Volume[] = [];
   for (const f of files) {
     volumes.push(await loadVolume(f, { shape: [size, size, size], fov: "foreground", range: [-1, 1] }));
   }
   const tensors = volumes.map(volumeTensor);
-  const unet = slots ? new SliceDiffusionUNet(sliceOptions) : new DiffusionModelUNet(unetOptions);
-  if (values.init) unet.loadStateDict(await loadSafetensors(values.init));
-  console.error(`U-Net: ${unet.numParameters().toLocaleString()} parameters`);
+  const unet = new DiffusionModelUNet(unetOptions);
+  const tokens = conditioning?.vocabulary
+    ? new TokenTable(conditioning.vocabulary, { seed: seed + 1 })
+    : undefined;
+  const network = new ConditionalNetwork(unet, tokens);
+  const sliceNet = slots ? new SliceDiffusionUNet(sliceOptions) : null;
+  if (values.init) {
+    const init = await loadSafetensors(values.init);
+    (sliceNet ?? unet).loadStateDict(new Map([...init].filter(([n]) => !n.startsWith(TOKEN_PREFIX))));
+    if (tokens) {
+      tokens.loadStateDict(
+        new Map(
+          [...init].filter(([n]) => n.startsWith(TOKEN_PREFIX)).map((
+            [n, t],
+          ) => [n.slice(TOKEN_PREFIX.length), t]),
+        ),
+      );
+    }
+    for (const t of init.values()) t.dispose();
+  }
+  console.error(
+    `U-Net: ${(sliceNet ?? unet).numParameters().toLocaleString()} parameters` +
+      (tokens
+        ? `; token table ${tokens.numEmbeddings} × ${tokens.dim} (${
+          conditioning!.vocabulary!.concepts.map((c) => c.name).join(", ")
+        })`
+        : "") +
+      (conditioning?.numClassEmbeds ? `; ${manifest!.classes} classes` : ""),
+  );
   const augmentOptions: AugmentOptions | null = values["no-augment"] ? null : {};
-  const volumeBatches = augmentedBatches(tensors, { batch, seed, augment: augmentOptions });
-  const data = slots ? sliceBatches(volumeBatches, slots, seed) : volumeBatches;
+  const images = augmentedBatches(tensors, { batch, seed, augment: augmentOptions });
+  // Latent diffusion: batches of s·z, encoded under noGrad (posteriors cached when not augmenting).
+  const latent: LatentTraining | null = ae
+    ? await prepareLatentTraining(ae, images, {
+      seed,
+      sources: augmentOptions ? undefined : tensors,
+      batch,
+      pick: batchDraw,
+    })
+    : null;
+  if (latent) {
+    console.error(
+      `latent diffusion on ${latent.latentShape.join("×")} latents of ${values.autoencoder}; scale factor ${
+        latent.scaleFactor.toPrecision(6)
+      }`,
+    );
+  }
+  const data = slots
+    ? sliceBatches(images, slots, seed)
+    : latent
+    ? latent.data
+    : manifest && conditioning
+    ? conditionalBatches(images, manifest.items, {
+      tokens,
+      nullClass: conditioning.nullClass,
+      uncondProb: conditioning.uncondProb,
+      seed,
+    })
+    : images;
   // With train's own (lr, EMA, seed, schedule…), what a resumed run must share with its checkpoint.
   const settings: Record<string, RunSetting> = {
     data: await Promise.all(files.map((f) => Deno.realPath(f))),
@@ -180,10 +281,23 @@ export async function main(args: string[]): Promise<void> {
     "head-channels": unetOptions.numHeadChannels!,
     init: values.init ? await Deno.realPath(values.init) : null,
     batch,
+    ...(manifest
+      ? {
+        prompts: manifest.items.map((i) => i.tokens.join(" ")),
+        classes: manifest.items.map((i) => i.classLabel ?? -1),
+        "uncond-prob": conditioning!.uncondProb,
+        vectors: conditioning!.vocabulary?.concepts[0]?.vectors ?? null,
+        "context-length": conditioning!.vocabulary?.contextLength ?? null,
+        "token-dim": conditioning!.vocabulary?.dim ?? null,
+      }
+      : {}),
+    ...(ae
+      ? { autoencoder: await Deno.realPath(values.autoencoder!), scaleFactor: latent!.scaleFactor }
+      : {}),
     // Only slice models record it, so 3-D checkpoints made before the option still resume.
     ...(slots ? { slots } : {}),
   };
-  const result = await train(unet, scheduler, data, {
+  const result = await train(sliceNet ?? network, scheduler, data, {
     steps,
     lr,
     // Unset, train's default lr/10 applies (and is recorded as that rule).
@@ -199,6 +313,10 @@ export async function main(args: string[]): Promise<void> {
     // The run stops here: free what it holds (matters when main runs in-process, e.g. in tests).
     for (const t of tensors) t.dispose();
     unet.dispose();
+    tokens?.dispose();
+    sliceNet?.dispose();
+    latent?.dispose();
+    ae?.dispose();
     throw explainResumeMismatch(error, settings, {
       predictionType: "--prediction",
       noiseSchedule: "--schedule/--beta-start/--beta-end",
@@ -212,48 +330,135 @@ export async function main(args: string[]): Promise<void> {
 
   // The model file holds the EMA weights.
   const weights = await loadSafetensors(result.weightsPath);
-  const grid = volumes[0];
   const modelPath = `${values.out.replace(/\/$/, "")}/model.safetensors`;
-  const volumeInfo: VolumeInfo = { shape: [size, size, size], affine: grid.affine, range: [-1, 1] };
-  const description = values.description ??
-    `${slots ? `cDPM slice model (${slots} slots)` : "DDPM"} trained by voxgen on ${
-        files.map((f) => f.split("/").pop()).join(", ")
-      } (${augmentOptions ? "augmented" : "as is"}), ` +
-      `${result.step} steps, batch ${batch}, ${size}³`;
-  const sliceInfo: SliceModelInfo | null = slots
-    ? { network: sliceOptions, slots, scheduler: schedulerOptions, volume: volumeInfo, description }
-    : null;
-  if (sliceInfo) await saveSliceModelFile(modelPath, weights, sliceInfo);
-  else {await saveModelFile(modelPath, weights, {
-      unet: unetOptions,
+  const info: ModelInfo = {
+    unet: unetOptions,
+    scheduler: schedulerOptions,
+    volume: { shape: [size, size, size], affine: volumes[0].affine, range: [-1, 1] },
+    ...(conditioning?.vocabulary ? { tokens: conditioning.vocabulary } : {}),
+    ...(conditioning
+      ? {
+        conditioning: {
+          uncondProb: conditioning.uncondProb,
+          ...(conditioning.nullClass !== undefined ? { nullClass: conditioning.nullClass } : {}),
+        },
+      }
+      : {}),
+    description: values.description ??
+      `${latent ? "latent " : ""}DDPM trained by voxgen on ${
+          files.map((f) => f.split("/").pop()).join(", ")
+        } (${augmentOptions ? "augmented" : "as is"}), ` +
+        `${result.step} steps, batch ${batch}, ${size}³`,
+  };
+  if (slots) {
+    await saveSliceModelFile(modelPath, weights, {
+      network: sliceOptions,
+      slots,
       scheduler: schedulerOptions,
-      volume: volumeInfo,
-      description,
-    });}
+      volume: info.volume,
+      description: values.description ??
+        info.description!.replace(/^DDPM/, `cDPM slice model (${slots} slots)`),
+    });
+  } else if (ae && latent) {
+    await saveLatentModelFile(modelPath, weights, ae.stateDict(), {
+      ...info,
+      autoencoder: stage!.info.autoencoder,
+      scaleFactor: latent.scaleFactor,
+      latentShape: latent.latentShape,
+    });
+  } else {
+    await saveModelFile(modelPath, weights, info);
+  }
   for (const t of weights.values()) t.dispose();
   console.log(`wrote ${modelPath}`);
-
-  // Previews from the trained (EMA) model: DDIM samples.
-  const ema = await loadSafetensors(result.weightsPath);
-  unet.loadStateDict(ema);
-  for (const t of ema.values()) t.dispose();
-  unet.eval();
-  for (let s = 0; s < previews; s++) {
-    const ddim = new DDIMScheduler(schedulerOptions);
-    const x = unet instanceof SliceDiffusionUNet
-      ? await generateSliceVolumes({ net: unet, info: sliceInfo! }, ddim, { steps: 50, seed: s })
-      : await sample((xt, t) => unet.forward(xt, t), ddim, {
-        shape: [1, 1, size, size, size],
-        steps: 50,
-        seed: s,
-      });
-    const path = `${values.out.replace(/\/$/, "")}/sample_${s}.png`;
-    await writeSlicesPng(path, await x.toArray(), [size, size, size], { window: [-1, 1] });
-    x.dispose();
-    console.log(`wrote ${path}`);
-  }
   for (const t of tensors) t.dispose();
   unet.dispose();
+  sliceNet?.dispose();
+  tokens?.dispose();
+  latent?.dispose();
+  ae?.dispose();
+
+  // Previews from the trained (EMA) model, through the generation pipeline: DDIM samples, one per concept
+  // (or class) in turn for a conditional model.
+  const model = await loadGenerator(modelPath);
+  try {
+    const concepts = conditioning?.vocabulary?.concepts.map((c) => c.name) ?? [];
+    for (let s = 0; s < previews; s++) {
+      const prompt = concepts.length ? concepts[s % concepts.length] : undefined;
+      const classLabel = manifest?.classes ? s % manifest.classes : undefined;
+      const generated = await generate(model, { sampler: "ddim", steps: 50, seed: s, prompt, classLabel });
+      const path = `${values.out.replace(/\/$/, "")}/sample_${s}.png`;
+      await writeSlicesPng(path, generated.volumes[0], generated.shape, { window: [-1, 1] });
+      console.log(`wrote ${path}${prompt ? ` (${prompt})` : ""}`);
+    }
+  } finally {
+    model.dispose();
+  }
+}
+
+/** The manifest named among the data specs (then it must be the only one). */
+async function readManifestSpec(specs: string[]): Promise<Manifest> {
+  if (specs.length !== 1) {
+    throw new Error(`--data: a manifest (.json) must be the only data spec (got ${specs.join(", ")}).`);
+  }
+  const manifest = await readManifest(specs[0]);
+  if (manifest.hasConditions) {
+    throw new Error(
+      `--data ${specs[0]}: condition volumes ("condition") are not supported by train yet; ` +
+        "use concepts/prompts or classes.",
+    );
+  }
+  return manifest;
+}
+
+/** The token vocabulary, classes and dropout of a conditional run. */
+function conditioningOf(
+  manifest: Manifest,
+  values: Record<string, string | boolean | string[] | undefined>,
+): {
+  vocabulary?: TokenVocabulary;
+  numClassEmbeds?: number;
+  nullClass?: number;
+  uncondProb: number;
+} {
+  const uncondProb = numberOption("uncond-prob", values["uncond-prob"] as string | undefined, 0.1, 0, 1);
+  const out: ReturnType<typeof conditioningOf> = { uncondProb };
+  if (manifest.concepts.length > 0) {
+    const contextLength = numberOption(
+      "context-length",
+      values["context-length"] as string | undefined,
+      16,
+      2,
+      256,
+      true,
+    );
+    const vectors = numberOption(
+      "vectors",
+      values.vectors as string | undefined,
+      4,
+      1,
+      contextLength - 1,
+      true,
+    );
+    const longest = Math.max(...manifest.items.map((i) => i.tokens.length));
+    if (1 + longest * vectors > contextLength) {
+      throw new Error(
+        `--context-length ${contextLength}: a prompt of ${longest} tokens × ${vectors} vectors needs ` +
+          `${1 + longest * vectors} slots (<bos> included).`,
+      );
+    }
+    out.vocabulary = {
+      contextLength,
+      dim: numberOption("token-dim", values["token-dim"] as string | undefined, 64, 1, 4096, true),
+      concepts: manifest.concepts.map((name) => ({ name, vectors })),
+    };
+  }
+  if (manifest.classes > 0) {
+    // The null class is one more label, learned from the dropped samples.
+    out.numClassEmbeds = manifest.classes + (uncondProb > 0 ? 1 : 0);
+    if (uncondProb > 0) out.nullClass = manifest.classes;
+  }
+  return out;
 }
 
 if (import.meta.main) {

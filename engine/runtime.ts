@@ -2,6 +2,10 @@
  * Command recording and submission: pipeline cache, a uniform arena for kernel parameters, batching of
  * dispatches into few submits, workgroup-grid folding, and readback.
  *
+ * Storage bindings are whole buffers or windows of one (`bindRange`): ops whose tensors exceed the device's
+ * `maxStorageBufferBindingSize` split their work so that each dispatch binds windows that fit, and a
+ * dispatch that would bind a larger buffer whole throws instead of failing validation later.
+ *
  * Dispatches are recorded into one command encoder and submitted in batches (or before a readback), never one
  * submit per op. Kernel parameters of a batch live in one uniform arena uploaded with a single `writeBuffer`
  * right before its submit. Validation and compile errors of a batch are collected in an error scope and
@@ -11,8 +15,9 @@
  */
 
 import type { Kernel } from "../kernels/types.ts";
-import { gpu } from "./device.ts";
+import { gpu, limit } from "./device.ts";
 import { afterSubmit } from "./pool.ts";
+import { passTimestamps, profiling, resolveTimestamps } from "./profile.ts";
 
 const ARENA_BYTES = 1 << 18;
 const MAX_DISPATCHES_PER_SUBMIT = 128;
@@ -153,15 +158,70 @@ function uniformSlot(dev: GPUDevice, params: Uint32Array): { offset: number; siz
   return { offset, size };
 }
 
+/** Runtime knobs, for tests. */
+export const runtimeSettings: {
+  /**
+   * Largest storage binding in bytes the engine uses, 0 for the device's `maxStorageBufferBindingSize`.
+   * Tests set a small value so that the paths splitting large tensors into bound windows run on small data.
+   */
+  maxBindingBytes: number;
+} = { maxBindingBytes: 0 };
+
+/** The largest storage binding ops may use, in bytes (a multiple of 16). */
+export function maxBindingBytes(): number {
+  const device = limit("maxStorageBufferBindingSize");
+  const chosen = runtimeSettings.maxBindingBytes > 0
+    ? Math.min(runtimeSettings.maxBindingBytes, device)
+    : device;
+  return Math.floor(chosen / 16) * 16;
+}
+
+/** A bound part of a buffer: bytes [offset, offset + size), offset a multiple of the storage alignment. */
+export type BufferWindow = { buffer: GPUBuffer; offset: number; size: number };
+
+/** A storage binding: a whole buffer or a window of one. */
+export type Binding = GPUBuffer | BufferWindow;
+
+/**
+ * The binding of elements [first, end) of `buffer` (4-byte elements): the whole buffer when it fits a
+ * binding, else a window starting at or before `first` on the storage-offset alignment. `shift` is the
+ * element index of the binding's start, to be subtracted from the element offsets the kernel gets.
+ * Throws when the range does not fit one binding.
+ */
+export function bindRange(
+  buffer: GPUBuffer,
+  first: number,
+  end: number,
+): { binding: Binding; shift: number } {
+  const max = maxBindingBytes();
+  if (buffer.size <= max) return { binding: buffer, shift: 0 };
+  const align = limit("minStorageBufferOffsetAlignment");
+  const start = Math.floor((first * 4) / align) * align;
+  const stop = Math.min(buffer.size, Math.max(start + 4, Math.ceil((end * 4) / 4) * 4));
+  if (stop - start > max) {
+    throw new Error(
+      `elements [${first}, ${end}) span ${stop - start} bytes, more than one storage binding ` +
+        `(${max} bytes) can hold.`,
+    );
+  }
+  return { binding: { buffer, offset: start, size: stop - start }, shift: start / 4 };
+}
+
+/** Elements a window can hold for a range starting anywhere (the largest binding less the alignment). */
+export function windowElements(): number {
+  return Math.floor((maxBindingBytes() - limit("minStorageBufferOffsetAlignment")) / 4);
+}
+
 /**
  * Records one dispatch of `kernel`. `params` fills the uniform block (binding 0); `buffers` bind to
- * 1..n. `workgroups` is either a 1-D count (folded into 2-D/3-D when over the per-dimension limit; the
- * kernel must use `linear_workgroup`) or an explicit grid.
+ * 1..n (whole buffers, or windows from {@linkcode bindRange}). `workgroups` is either a 1-D count (folded
+ * into 2-D/3-D when over the per-dimension limit; the kernel must use `linear_workgroup`) or an explicit
+ * grid. A whole buffer larger than the largest binding is an error: the op must split its work.
  */
 export function dispatch(
   kernel: Kernel,
   params: Uint32Array,
-  buffers: readonly GPUBuffer[],
+  buffers: readonly Binding[],
   workgroups: number | [number, number, number],
 ): void {
   if (buffers.length !== kernel.bindings.length) {
@@ -169,6 +229,17 @@ export function dispatch(
       `dispatch(${kernel.key}): ${buffers.length} buffers for ${kernel.bindings.length} bindings`,
     );
   }
+  const max = maxBindingBytes();
+  buffers.forEach((b, i) => {
+    const bytes = b.size;
+    if (bytes > max) {
+      throw new Error(
+        `${kernel.key.split(":").slice(0, 2).join(":")}: binding ${i + 1} would bind ${bytes} bytes, more ` +
+          `than the largest storage binding (${max} bytes, the device's maxStorageBufferBindingSize or ` +
+          `runtimeSettings.maxBindingBytes); this op cannot split a tensor that large.`,
+      );
+    }
+  });
   const grid = typeof workgroups === "number" ? foldGrid(workgroups) : workgroups;
   if (grid[0] * grid[1] * grid[2] === 0) return;
   const dev = device();
@@ -176,18 +247,38 @@ export function dispatch(
   if (!arena) {
     arena = dev.createBuffer({ size: ARENA_BYTES, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
   }
+  // Profiling: one pass per dispatch, its start and end timestamped (see engine/profile.ts). A full query
+  // set is resolved by a submit first (before this dispatch takes its uniform slot).
+  let writes: GPUComputePassTimestampWrites | null = null;
+  if (profiling()) {
+    writes = passTimestamps(kernel.key);
+    if (!writes) {
+      flush();
+      writes = passTimestamps(kernel.key)!;
+    }
+  }
   const slot = uniformSlot(dev, params);
   const enc = beginBatch(dev);
   const entries: GPUBindGroupEntry[] = [{
     binding: 0,
     resource: { buffer: arena, offset: slot.offset, size: slot.size },
   }];
-  buffers.forEach((buffer, i) => entries.push({ binding: i + 1, resource: { buffer } }));
+  buffers.forEach((b, i) =>
+    entries.push({ binding: i + 1, resource: b instanceof GPUBuffer ? { buffer: b } : b })
+  );
   const bindGroup = dev.createBindGroup({ layout, entries });
+  if (writes) {
+    if (pass) pass.end();
+    pass = enc.beginComputePass({ timestampWrites: writes });
+  }
   if (!pass) pass = enc.beginComputePass();
   pass.setPipeline(pipeline);
   pass.setBindGroup(0, bindGroup);
   pass.dispatchWorkgroups(grid[0], grid[1], grid[2]);
+  if (writes) {
+    pass.end();
+    pass = null;
+  }
   stats.dispatches++;
   if (++dispatchesInBatch >= MAX_DISPATCHES_PER_SUBMIT) flush();
 }
@@ -229,6 +320,7 @@ export function flush(): void {
     pass = null;
   }
   if (arenaUsed > 0 && arena) dev.queue.writeBuffer(arena, 0, arenaCpu.buffer, 0, arenaUsed);
+  resolveTimestamps(encoder);
   dev.queue.submit([encoder.finish()]);
   pendingChecks.push(
     dev.popErrorScope().then((error) => error ? `WebGPU validation error: ${error.message}` : null),

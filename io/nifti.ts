@@ -9,7 +9,9 @@
  * @module
  */
 
-import * as nifti from "nifti-reader-js";
+// A full npm: specifier (not the import map's name): modules run from a URL see no deno.json.
+// deno-lint-ignore no-import-prefix
+import * as nifti from "npm:nifti-reader-js@^0.6.8";
 import { atomicWrite } from "./atomic.ts";
 
 /** A 4×4 affine (row-major rows), voxel (i, j, k) → world (x, y, z) in mm. */

@@ -146,3 +146,20 @@ export async function writeSlicesPng(
 ): Promise<void> {
   await atomicWrite(path, await encodePng(orthogonalSlices(data, shape, opts)));
 }
+
+/** Grey images one under the other, 4 px apart (e.g. the previews of a batch, or an input above its reconstruction). */
+export function stackRows(images: Image8[]): Image8 {
+  if (images.length === 1) return images[0];
+  const gap = 4;
+  const width = Math.max(...images.map((i) => i.width));
+  const height = images.reduce((n, i) => n + i.height, 0) + gap * (images.length - 1);
+  const pixels = new Uint8Array(width * height);
+  let top = 0;
+  for (const image of images) {
+    for (let y = 0; y < image.height; y++) {
+      pixels.set(image.pixels.subarray(y * image.width, (y + 1) * image.width), (top + y) * width);
+    }
+    top += image.height + gap;
+  }
+  return { width, height, channels: 1, pixels };
+}

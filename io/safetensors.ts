@@ -13,6 +13,7 @@
 import { tensor } from "../engine/ops/create.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { atomicWrite } from "./atomic.ts";
+import { readBytes } from "./read.ts";
 
 /** Element types found in safetensors files that voxgen reads. */
 export type SafetensorsDType = "F32" | "F16" | "BF16" | "F64" | "I32" | "I64" | "I16" | "I8" | "U8" | "BOOL";
@@ -64,7 +65,11 @@ function halfToFloat(h: number): number {
   return sign * (1 + frac / 1024) * 2 ** (exp - 15);
 }
 
-function decode(
+/**
+ * Decodes `count` little-endian elements of `dtype` from `bytes`: float types to a Float32Array, integer and
+ * bool types to an Int32Array (int64 outside the int32 range is an error naming `name` and `source`).
+ */
+export function decodeTensorData(
   dtype: SafetensorsDType,
   bytes: Uint8Array,
   count: number,
@@ -210,7 +215,7 @@ export function parseSafetensors(bytes: Uint8Array, source = "<bytes>"): Safeten
     tensors.set(name, {
       dtype,
       shape: shape as number[],
-      data: decode(dtype, data.subarray(begin, end), count, name, source),
+      data: decodeTensorData(dtype, data.subarray(begin, end), count, name, source),
     });
   }
   ranges.sort((a, b) => a[0] - b[0]);
@@ -226,16 +231,16 @@ export function parseSafetensors(bytes: Uint8Array, source = "<bytes>"): Safeten
  * Loads a safetensors file (path or bytes) into GPU tensors (f32; integer tensors are converted, exactly
  * up to 2^24). Call `await ready()` first.
  */
-export async function loadSafetensors(pathOrBytes: string | Uint8Array): Promise<Map<string, Tensor>> {
+export async function loadSafetensors(pathOrBytes: string | URL | Uint8Array): Promise<Map<string, Tensor>> {
   return (await loadSafetensorsFile(pathOrBytes)).tensors;
 }
 
 /** Like {@linkcode loadSafetensors}, also returning the file's `__metadata__`. */
 export async function loadSafetensorsFile(
-  pathOrBytes: string | Uint8Array,
+  pathOrBytes: string | URL | Uint8Array,
 ): Promise<{ tensors: Map<string, Tensor>; metadata: Record<string, string> }> {
-  const source = typeof pathOrBytes === "string" ? pathOrBytes : "<bytes>";
-  const bytes = typeof pathOrBytes === "string" ? await Deno.readFile(pathOrBytes) : pathOrBytes;
+  const source = pathOrBytes instanceof Uint8Array ? "<bytes>" : String(pathOrBytes);
+  const bytes = pathOrBytes instanceof Uint8Array ? pathOrBytes : await readBytes(pathOrBytes);
   const file = parseSafetensors(bytes, source);
   const tensors = new Map<string, Tensor>();
   for (const [name, raw] of file.tensors) {

@@ -4,7 +4,7 @@
  * long rows still fills the GPU; the engine then reduces the partial results in a second pass.
  * `tpr` threads cooperate on a row and combine through workgroup memory.
  *
- * Parameter block: `[virtualRows, n, chunks, chunkLen, inOffset, scale (f32 bits)]`.
+ * Parameter block: `[virtualRows, n, chunks, chunkLen, inOffset, scale (f32 bits), outOffset]`.
  *
  * @module
  */
@@ -43,7 +43,7 @@ export function reduceKernel(op: ReduceOp, tpr: number): Kernel {
   acc = sh[li];`
     : "";
   const code = /* wgsl */ `
-${paramsBlock(6)}
+${paramsBlock(7)}
 ${LINEAR_INDEX}
 ${INF}
 @group(0) @binding(1) var<storage, read> src: array<f32>;
@@ -69,7 +69,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
   }${tree}
   if (lane == 0u && v < rows) {
-    dst[v] = ${op === "sum" ? "acc * pf(5u)" : "acc"};
+    dst[pu(6u) + v] = ${op === "sum" ? "acc * pf(5u)" : "acc"};
   }
 }
 `;

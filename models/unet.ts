@@ -13,7 +13,7 @@ import { scope } from "../engine/memory.ts";
 import { add, silu } from "../engine/ops/elementwise.ts";
 import { formatShape } from "../engine/shape.ts";
 import { Tensor } from "../engine/tensor.ts";
-import { DownBlock, type LevelAttention, MidBlock, UpBlock } from "../nn/blocks.ts";
+import { DownBlock, type LevelAttention, MidBlock, ResnetBlock, UpBlock } from "../nn/blocks.ts";
 import {
   checkSpatialDims,
   Convolution,
@@ -301,19 +301,97 @@ function timestepCount(t: Timesteps): [number, string] {
   return [t.length, JSON.stringify(t)];
 }
 
+/**
+ * Checks a U-Net-style forward's inputs against `cfg` (errors start with `name`) and returns the batch size:
+ * x's shape, the timesteps, the context, the class labels and the number of ControlNet residuals.
+ */
+export function checkUNetInputs(
+  name: string,
+  cfg: ResolvedUNetOptions,
+  x: Tensor,
+  timesteps: Timesteps,
+  opts: UNetForwardOptions,
+): number {
+  const fail = (message: string): never => {
+    throw new Error(`${name}: ${message}`);
+  };
+  const spatial = x.shape.slice(2);
+  const factor = 2 ** (cfg.channels.length - 1);
+  if (x.rank !== cfg.spatialDims + 2 || x.shape[1] !== cfg.inChannels) {
+    const axes = cfg.spatialDims === 3 ? "D, H, W" : "H, W";
+    fail(`x ${formatShape(x.shape)} must be [B, ${cfg.inChannels}, ${axes}].`);
+  }
+  if (spatial.some((d) => d % factor !== 0)) {
+    fail(
+      `the spatial size ${formatShape(spatial)} of x must be divisible by ${factor} ` +
+        `(${cfg.channels.length - 1} downsamplings).`,
+    );
+  }
+  const batch = x.shape[0];
+  const [steps, described] = timestepCount(timesteps);
+  if (steps !== 1 && steps !== batch) {
+    fail(`timesteps must be one number or ${batch} (one per sample); got ${described}.`);
+  }
+  if (opts.context && !cfg.withConditioning) {
+    fail("a context was given but the model has withConditioning: false.");
+  }
+  if (opts.context && (opts.context.rank !== 3 || opts.context.shape[2] !== cfg.crossAttentionDim)) {
+    fail(`context ${formatShape(opts.context.shape)} must be [B, tokens, ${cfg.crossAttentionDim}].`);
+  }
+  if (cfg.numClassEmbeds !== null && opts.classLabels === undefined) {
+    fail(`classLabels are required: the model has ${cfg.numClassEmbeds} class embeddings.`);
+  }
+  if (cfg.numClassEmbeds === null && opts.classLabels !== undefined) {
+    fail("classLabels were given but the model has no class embeddings (numClassEmbeds).");
+  }
+  const residuals = opts.downBlockAdditionalResiduals;
+  const skips = 1 + cfg.numResBlocks.reduce((n, r, i) => n + r + (i < cfg.channels.length - 1 ? 1 : 0), 0);
+  if (residuals && residuals.length !== skips) {
+    fail(`downBlockAdditionalResiduals has ${residuals.length} tensors; the skips are ${skips}.`);
+  }
+  if (opts.classLabels !== undefined) {
+    const n = Array.isArray(opts.classLabels)
+      ? opts.classLabels.length
+      : (opts.classLabels as Tensor).shape[0];
+    if (n !== batch) fail(`classLabels must have one label per sample (${batch}), got ${n}.`);
+  }
+  return batch;
+}
+
 /** MONAI's `time_embed`: Sequential(Linear(C0, 4C0), SiLU, Linear(4C0, 4C0)), parameters at "0" and "2". */
 export class TimeEmbedMlp extends Module {
-  /** Linear(inFeatures → dim), SiLU, Linear(dim → dim), seeded from `seed`. */
+  /** The MLP from the sinusoidal embedding of width `inFeatures` to `dim`, weights seeded by `seed`. */
   constructor(inFeatures: number, dim: number, seed: () => number) {
     super();
     this.child("0", new Linear(inFeatures, dim, { seed: seed() }));
     this.child("2", new Linear(dim, dim, { seed: seed() }));
   }
 
-  /** [N, inFeatures] → [N, dim]. */
+  /** The embedding of the sinusoidal features `t` [B, inFeatures]. */
   forward(t: Tensor): Tensor {
     return scope(() => liveChild(this, "2").forward(silu(liveChild(this, "0").forward(t))));
   }
+}
+
+/**
+ * The time embedding [B, 4·c0] (plus the class embedding) of a network holding MONAI's `time_embed` and
+ * optional `class_embedding` children (the U-Net and the ControlNet): sinusoidal features of width `c0`
+ * through the MLP.
+ */
+export function unetTimeEmbedding(
+  net: Module,
+  c0: number,
+  batch: number,
+  timesteps: Timesteps,
+  classLabels?: Tensor | readonly number[],
+): Tensor {
+  let ts = timesteps;
+  if (typeof ts === "number") ts = new Array<number>(batch).fill(ts);
+  else if (Array.isArray(ts) && ts.length === 1) ts = new Array<number>(batch).fill(ts[0]);
+  const tEmb = timestepEmbedding(ts, c0);
+  const emb = liveChild<TimeEmbedMlp>(net, "time_embed").forward(tEmb);
+  if (classLabels === undefined) return emb;
+  return add(emb, liveChild<Embedding>(net, "class_embedding").forward(classLabels));
 }
 
 /** MONAI's `out`: Sequential(GroupNorm, SiLU, Convolution 3×3 starting at zero) at "0" and "2". */
@@ -433,62 +511,18 @@ export class DiffusionModelUNet extends Module {
     );
   }
 
-  /** Checks the forward inputs and returns the batch size. */
-  #checkInputs(x: Tensor, timesteps: Timesteps, opts: UNetForwardOptions): number {
-    const cfg = this.config;
-    const spatial = x.shape.slice(2);
-    const factor = 2 ** (cfg.channels.length - 1);
-    if (x.rank !== cfg.spatialDims + 2 || x.shape[1] !== cfg.inChannels) {
-      const axes = cfg.spatialDims === 3 ? "D, H, W" : "H, W";
-      fail(`x ${formatShape(x.shape)} must be [B, ${cfg.inChannels}, ${axes}].`);
-    }
-    if (spatial.some((d) => d % factor !== 0)) {
-      fail(
-        `the spatial size ${formatShape(spatial)} of x must be divisible by ${factor} ` +
-          `(${cfg.channels.length - 1} downsamplings).`,
-      );
-    }
-    const batch = x.shape[0];
-    const [steps, described] = timestepCount(timesteps);
-    if (steps !== 1 && steps !== batch) {
-      fail(`timesteps must be one number or ${batch} (one per sample); got ${described}.`);
-    }
-    if (opts.context && !cfg.withConditioning) {
-      fail("a context was given but the model has withConditioning: false.");
-    }
-    if (opts.context && (opts.context.rank !== 3 || opts.context.shape[2] !== cfg.crossAttentionDim)) {
-      fail(`context ${formatShape(opts.context.shape)} must be [B, tokens, ${cfg.crossAttentionDim}].`);
-    }
-    if (cfg.numClassEmbeds !== null && opts.classLabels === undefined) {
-      fail(`classLabels are required: the model has ${cfg.numClassEmbeds} class embeddings.`);
-    }
-    if (cfg.numClassEmbeds === null && opts.classLabels !== undefined) {
-      fail("classLabels were given but the model has no class embeddings (numClassEmbeds).");
-    }
-    const residuals = opts.downBlockAdditionalResiduals;
-    const skips = 1 + cfg.numResBlocks.reduce((n, r, i) => n + r + (i < cfg.channels.length - 1 ? 1 : 0), 0);
-    if (residuals && residuals.length !== skips) {
-      fail(`downBlockAdditionalResiduals has ${residuals.length} tensors; the skips are ${skips}.`);
-    }
-    if (opts.classLabels !== undefined) {
-      const n = Array.isArray(opts.classLabels)
-        ? opts.classLabels.length
-        : (opts.classLabels as Tensor).shape[0];
-      if (n !== batch) fail(`classLabels must have one label per sample (${batch}), got ${n}.`);
-    }
-    return batch;
-  }
-
   /** The time embedding [B, 4·channels[0]] (plus the class embedding), as every ResnetBlock receives it. */
   #embedding(batch: number, timesteps: Timesteps, classLabels?: Tensor | readonly number[]): Tensor {
-    const c0 = this.config.channels[0];
-    let ts = timesteps;
-    if (typeof ts === "number") ts = new Array<number>(batch).fill(ts);
-    else if (Array.isArray(ts) && ts.length === 1) ts = new Array<number>(batch).fill(ts[0]);
-    const tEmb = timestepEmbedding(ts, c0);
-    const emb = liveChild<TimeEmbedMlp>(this, "time_embed").forward(tEmb);
-    if (classLabels === undefined) return emb;
-    return add(emb, liveChild<Embedding>(this, "class_embedding").forward(classLabels));
+    return unetTimeEmbedding(this, this.config.channels[0], batch, timesteps, classLabels);
+  }
+
+  /**
+   * Turns gradient checkpointing of every res block on or off: training then keeps each block's input
+   * instead of its activations and recomputes them in backward. Returns `this`.
+   */
+  gradientCheckpointing(on = true): this {
+    for (const [, m] of this.namedModules()) if (m instanceof ResnetBlock) m.checkpointing = on;
+    return this;
   }
 
   /**
@@ -496,7 +530,7 @@ export class DiffusionModelUNet extends Module {
    * `timesteps` (one per sample, or one for all). Intermediates are freed; only the output is returned.
    */
   forward(x: Tensor, timesteps: Timesteps, opts: UNetForwardOptions = {}): Tensor {
-    const batch = this.#checkInputs(x, timesteps, opts);
+    const batch = checkUNetInputs("DiffusionModelUNet", this.config, x, timesteps, opts);
     const { context } = opts;
     return scope(() => {
       const emb = this.#embedding(batch, timesteps, opts.classLabels);

@@ -14,6 +14,7 @@
  */
 
 import { scope } from "../engine/memory.ts";
+import { checkpoint } from "../engine/ops/checkpoint.ts";
 import { add, silu } from "../engine/ops/elementwise.ts";
 import { avgPool2d, avgPool3d, interpolate } from "../engine/ops/resample.ts";
 import { concat, reshape } from "../engine/ops/view.ts";
@@ -78,7 +79,10 @@ export class ResnetBlock extends Module {
   /** Whether the block downsamples ×2. */
   readonly down: boolean;
 
-  /** Builds the block: `tembChannels` is the width of the time embedding (4 · channels[0] in a U-Net). */
+  /**
+   * Builds the block: `tembChannels` is the width of the time embedding (4 · channels[0] in a U-Net), or 0
+   * for a block without one (no `time_emb_proj`; VCM's condition encoder).
+   */
   constructor(
     readonly spatialDims: SpatialDims,
     readonly inChannels: number,
@@ -95,7 +99,7 @@ export class ResnetBlock extends Module {
     const eps = opts.normEps ?? 1e-6;
     this.child("norm1", new GroupNorm(groups, inChannels, { eps }));
     this.child("conv1", new Convolution(spatialDims, inChannels, out, { padding: 1, seed: seed() }));
-    this.child("time_emb_proj", new Linear(tembChannels, out, { seed: seed() }));
+    if (tembChannels > 0) this.child("time_emb_proj", new Linear(tembChannels, out, { seed: seed() }));
     this.child("norm2", new GroupNorm(groups, out, { eps }));
     this.child("conv2", new Convolution(spatialDims, out, out, { padding: 1, seed: seed(), zeroInit: true }));
     if (out !== inChannels) {
@@ -106,8 +110,11 @@ export class ResnetBlock extends Module {
     }
   }
 
-  /** x [B, inChannels, …spatial], emb [B, tembChannels] → [B, outChannels, …spatial (×2 or ÷2)]. */
-  forward(x: Tensor, emb: Tensor): Tensor {
+  /**
+   * x [B, inChannels, …spatial], emb [B, tembChannels] (none when tembChannels is 0) → [B, outChannels,
+   * …spatial (×2 or ÷2)].
+   */
+  forward(x: Tensor, emb?: Tensor): Tensor {
     if (x.rank !== this.spatialDims + 2 || x.shape[1] !== this.inChannels) {
       throw new Error(
         `ResnetBlock(${this.inChannels} → ${this.outChannels}): input ${
@@ -115,14 +122,34 @@ export class ResnetBlock extends Module {
         } must have ${this.spatialDims} spatial axes and ${this.inChannels} channels.`,
       );
     }
+    if ((emb === undefined) !== (this.tembChannels === 0)) {
+      throw new Error(
+        `ResnetBlock: ${
+          this.tembChannels === 0
+            ? "an embedding was given to a block without one"
+            : "the time embedding is missing"
+        }.`,
+      );
+    }
     if (
-      emb.rank !== 2 || emb.shape[1] !== this.tembChannels ||
-      (emb.shape[0] !== x.shape[0] && emb.shape[0] !== 1)
+      emb && (emb.rank !== 2 || emb.shape[1] !== this.tembChannels ||
+        (emb.shape[0] !== x.shape[0] && emb.shape[0] !== 1))
     ) {
       throw new Error(
         `ResnetBlock: embedding ${formatShape(emb.shape)} must be [${x.shape[0]}, ${this.tembChannels}].`,
       );
     }
+    if (this.checkpointing) return checkpoint((xs, es) => this.#body(xs, es), [x, emb], this.parameters());
+    return this.#body(x, emb);
+  }
+
+  /**
+   * Gradient checkpointing: when true, training keeps only this block's inputs and recomputes its
+   * activations in backward (less memory, about one more forward of the block per step).
+   */
+  checkpointing = false;
+
+  #body(x: Tensor, emb: Tensor): Tensor {
     return scope(() => {
       let h = liveChild<GroupNorm>(this, "norm1").forwardSilu(x);
       let skip = x;
@@ -134,9 +161,11 @@ export class ResnetBlock extends Module {
         h = advance(h, avgPool2(h, this.spatialDims));
       }
       h = advance(h, liveChild<Convolution>(this, "conv1").forward(h));
-      const temb = liveChild(this, "time_emb_proj").forward(silu(emb));
-      const ones = new Array<number>(this.spatialDims).fill(1);
-      h = advance(h, add(h, reshape(temb, [emb.shape[0], this.outChannels, ...ones])));
+      if (emb) {
+        const temb = liveChild(this, "time_emb_proj").forward(silu(emb));
+        const ones = new Array<number>(this.spatialDims).fill(1);
+        h = advance(h, add(h, reshape(temb, [emb.shape[0], this.outChannels, ...ones])));
+      }
       h = advance(h, liveChild<GroupNorm>(this, "norm2").forwardSilu(h));
       h = advance(h, liveChild<Convolution>(this, "conv2").forward(h));
       if (this.outChannels !== this.inChannels) {

@@ -24,6 +24,13 @@ export {
 } from "./attention.ts";
 export { Downsample, type NormSettings, ResnetBlock, type ResnetBlockOptions, Upsample } from "./blocks.ts";
 export {
+  AEKLDownsample,
+  AEKLResBlock,
+  type AEKLResBlockOptions,
+  ConvTranspose,
+  DeconvUpsample,
+} from "./autoencoder_blocks.ts";
+export {
   RelativePositionNet,
   relativeSliceAttention,
   type RelativeTerms,

@@ -165,21 +165,29 @@ export interface BatchOptions {
   augment: AugmentOptions | null;
 }
 
+/** The draw number k of batch item b at (step, micro) in {@linkcode augmentedBatches}: it picks volume k mod N. */
+export function batchDraw(step: number, micro: number, b: number): number {
+  return (step * 7919 + micro * 104729 + b * 31) >>> 0;
+}
+
 /**
  * A deterministic batch source for the training loop: batch b of micro-step `micro` at `step` takes volume
  * k mod N with k = step·7919 + micro·104729 + b·31, augmented with seed `seed·2654435761 + k` (mod 2³²), and
- * the batch is their concatenation [batch, C, D, H, W].
+ * the batch is their concatenation [batch, C, D, H, W]; `sources` lists the index of each item's volume
+ * (so a caller can attach each one's condition).
  */
 export function augmentedBatches(
   sources: readonly Tensor[],
   opts: BatchOptions,
-): (step: number, micro: number) => { x0: Tensor } {
+): (step: number, micro: number) => { x0: Tensor; sources: number[] } {
   if (sources.length === 0) throw new Error("augmentedBatches: no source volumes.");
   return (step, micro) =>
     noGrad(() => {
       const items: Tensor[] = [];
+      const picked: number[] = [];
       for (let b = 0; b < opts.batch; b++) {
-        const k = (step * 7919 + micro * 104729 + b * 31) >>> 0;
+        const k = batchDraw(step, micro, b);
+        picked.push(k % sources.length);
         const source = sources[k % sources.length];
         items.push(
           opts.augment
@@ -187,9 +195,9 @@ export function augmentedBatches(
             : concat([source], 0),
         );
       }
-      if (items.length === 1) return { x0: items[0] };
+      if (items.length === 1) return { x0: items[0], sources: picked };
       const x0 = concat(items, 0);
       for (const t of items) t.dispose();
-      return { x0 };
+      return { x0, sources: picked };
     });
 }

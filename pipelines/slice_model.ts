@@ -15,6 +15,7 @@ import { SliceDiffusionUNet, type SliceUNetOptions } from "../models/slice_unet.
 import type { Denoiser, SampleOptions } from "../samplers/sample.ts";
 import type { Scheduler, SchedulerOptions } from "../samplers/scheduler.ts";
 import { planStages, type StagedProgress, stagedSample, type StagePlanMode } from "../samplers/staged.ts";
+import type { Generator } from "./generate.ts";
 import type { VolumeInfo } from "./modelfile.ts";
 
 /** The format tag of slice-model files. */
@@ -179,5 +180,29 @@ export function stagedChain(
           timestep: p.timestep,
         }),
     });
+  };
+}
+
+/**
+ * The generation pipeline's view of a slice model: volumes of `depth` slices (default: the training depth)
+ * built by {@linkcode stagedChain}; disposing it disposes the network.
+ */
+export function sliceGenerator(model: LoadedSliceModel, depth?: number): Generator {
+  const { info, net } = model;
+  const [nx, ny, nz] = info.volume.shape;
+  const d = depth ?? nz;
+  if (!Number.isInteger(d) || d < 1) {
+    throw new Error(`a slice model's depth must be a positive integer, got ${d}.`);
+  }
+  return {
+    denoiser: () => {
+      throw new Error("a slice model is sampled through its staged chain, not as one denoiser.");
+    },
+    sampleShape: [net.config.inChannels, d, ny, nx],
+    scheduler: info.scheduler,
+    parameterCount: net.numParameters(),
+    volume: { ...info.volume, shape: [nx, ny, d] },
+    sampleChain: stagedChain(model),
+    dispose: () => net.dispose(),
   };
 }

@@ -23,16 +23,29 @@ import { Progress } from "../io/progress.ts";
 import type { Scheduler } from "../samplers/scheduler.ts";
 import type { SliceInputs } from "../models/slice_unet.ts";
 
+/** Spatial conditions of a batch, for a control module (ControlNet, VCM) on a frozen model. */
+export interface ControlInput {
+  /** One condition volume [B, C_i, …] per condition (null: absent). */
+  conditions: Array<Tensor | null>;
+  /** Modality latent dropout: per condition, one 0/1 per sample (absent: keep all). */
+  keep?: number[][];
+}
+
 /** What the training loop needs of a network. */
 export interface DiffusionNetwork {
   /** Predicts ε (or v, or x0) for noisy `x` at `timesteps`. */
   forward(
     x: Tensor,
     timesteps: readonly number[],
-    cond?: { context?: Tensor; classLabels?: Tensor; slices?: SliceInputs },
+    cond?: { context?: Tensor; classLabels?: Tensor; control?: ControlInput; slices?: SliceInputs },
   ): Tensor;
   /** Parameters with their state-dict names. */
   namedParameters(): Array<[string, Tensor]>;
+  /**
+   * The training loss, when it is not MSE(forward(x_t), target): e.g. VCM's MSE(ε', ε) plus its L1
+   * regulariser, in ε space whatever the frozen model predicts. `noise` is the ε that made x_t.
+   */
+  trainingLoss?(xt: Tensor, timesteps: readonly number[], noise: Tensor, batch: Batch): Tensor;
 }
 
 /** One training batch. */
@@ -43,6 +56,8 @@ export interface Batch {
   context?: Tensor;
   /** Optional class labels. */
   classLabels?: Tensor;
+  /** Optional spatial conditions (control modules). */
+  control?: ControlInput;
   /** Slot layout and clean slices of a slice model (see pipelines/slice_data.ts); `clean` is freed by its owner. */
   slices?: SliceInputs;
   /** Weights broadcast against x0 (e.g. 1 on target slots): the loss is mean(w·err²) / mean(w). */
@@ -187,7 +202,8 @@ export function describeChanges(changes: SettingChange[], names: Record<string, 
   );
 }
 
-interface CheckpointMeta {
+/** What `meta.json` of a checkpoint holds (it is written last: a checkpoint is complete once it exists). */
+export interface CheckpointMeta {
   step: number;
   seed: number;
   lossLog: string;
@@ -203,7 +219,7 @@ export function emaDecayAt(decay: number, t: number): number {
 }
 
 /** Settings that differ between `before` (a checkpoint) and `now`, over the keys of both. */
-function changedSettings(
+export function changedSettings(
   before: Record<string, RunSetting>,
   now: Record<string, RunSetting>,
 ): SettingChange[] {
@@ -359,10 +375,11 @@ export async function train(
         const { loss, grads } = scope(() => {
           const noise = randn(batch.x0.shape, { seed, offset: noiseOffset });
           const xt = scheduler.addNoise(batch.x0, noise, t);
-          const want = target(scheduler, batch.x0, noise, t);
-          const cond = { context: batch.context, classLabels: batch.classLabels, slices: batch.slices };
-          const pred = model.forward(xt, t, cond);
-          const l = batch.lossMask ? maskedMse(pred, want, batch.lossMask) : mse(pred, want);
+          const l = model.trainingLoss
+            ? model.trainingLoss(xt, t, noise, batch)
+            : batch.lossMask
+            ? maskedMse(model.forward(xt, t, batch), target(scheduler, batch.x0, noise, t), batch.lossMask)
+            : mse(model.forward(xt, t, batch), target(scheduler, batch.x0, noise, t));
           const scaled = accumulation > 1 ? map("scale", "a * s0", [l], [1 / accumulation]) : l;
           return { loss: l, grads: grad(scaled, params) };
         });
@@ -371,6 +388,7 @@ export async function train(
         batch.x0.dispose();
         batch.context?.dispose();
         batch.classLabels?.dispose();
+        for (const c of batch.control?.conditions ?? []) c?.dispose();
         batch.lossMask?.dispose();
         if (!summed) summed = grads;
         else {
@@ -434,7 +452,8 @@ export async function train(
     for (const t of ema) t.dispose();
   }
 }
-async function exists(path: string): Promise<boolean> {
+/** Whether a file or folder exists. */
+export async function exists(path: string): Promise<boolean> {
   try {
     await Deno.stat(path);
     return true;
@@ -443,7 +462,8 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
-async function loadInto(path: string, named: Array<[string, Tensor]>): Promise<void> {
+/** Copies the tensors of a safetensors file into `named` by name (shapes must match). */
+export async function loadInto(path: string, named: Array<[string, Tensor]>): Promise<void> {
   const state = await loadSafetensors(path);
   try {
     for (const [name, t] of named) {
@@ -460,7 +480,8 @@ async function loadInto(path: string, named: Array<[string, Tensor]>): Promise<v
   }
 }
 
-async function saveCheckpoint(
+/** Writes model (and EMA) weights, optimizer state and `meta.json` (last) into `dir`. */
+export async function saveCheckpoint(
   dir: string,
   named: Array<[string, Tensor]>,
   trainableNames: string[],
@@ -482,7 +503,8 @@ async function saveCheckpoint(
   await atomicWrite(`${dir}/meta.json`, new TextEncoder().encode(JSON.stringify(meta)));
 }
 
-async function writeLogs(dir: string, lossLog: string): Promise<void> {
+/** Writes loss.csv and its plot loss.png (raw and smoothed loss, log scale) into `dir`. */
+export async function writeLogs(dir: string, lossLog: string): Promise<void> {
   await atomicWrite(`${dir}/loss.csv`, new TextEncoder().encode(lossLog));
   const rows = lossLog.trim().split("\n").slice(1).map((r) => r.split(",").map(Number));
   const x = rows.map((r) => r[0]);

@@ -11,6 +11,7 @@ import { scope } from "../engine/memory.ts";
 import { map } from "../engine/ops/map.ts";
 import { sync } from "../engine/runtime.ts";
 import { randn } from "../engine/ops/random.ts";
+import { concat, expand, slice } from "../engine/ops/view.ts";
 import { formatShape } from "../engine/shape.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import type { Scheduler } from "./scheduler.ts";
@@ -56,9 +57,15 @@ export interface SampleOptions {
   condition?: Conditioning;
   /**
    * Guided sampling: ε = ε(∅) + Σ wᵢ·(ε(cᵢ) − ε(∅)). One condition with weight g is classifier-free
-   * guidance with scale g; several are composable guidance ("A AND B").
+   * guidance with scale g; several are composable guidance ("A AND B"). All passes run as one batched
+   * forward; contexts and class labels of batch 1 are broadcast to the sample's batch.
    */
   guidance?: { unconditional: Conditioning; conditions: WeightedCondition[] };
+  /**
+   * Start from this x_T (the sample's shape, already scaled to the scheduler's initial σ) instead of drawn
+   * noise — diffusers' `latents`. The noise stream advances as if it had been drawn, so later draws match.
+   */
+  initial?: Tensor;
   /** Inpainting: values of the known region (same shape as the sample). */
   known?: Tensor;
   /** Inpainting: 1 where `known` is kept, 0 where the model generates (broadcasts to the sample). */
@@ -92,8 +99,19 @@ export async function sample(model: Denoiser, scheduler: Scheduler, opts: Sample
     offset += blocks;
     return n;
   };
+  if (opts.initial && opts.initial.shape.join() !== opts.shape.join()) {
+    throw new Error(
+      `sample: initial ${formatShape(opts.initial.shape)} must have the sample shape ${
+        formatShape(opts.shape)
+      }.`,
+    );
+  }
   let x = noGrad(() =>
     scope(() => {
+      if (opts.initial) {
+        offset += blocks;
+        return map("copy", "a", [opts.initial]);
+      }
       const n = nextNoise();
       return scheduler.initNoiseSigma === 1 ? n : map("scale", "a * s0", [n], [scheduler.initNoiseSigma]);
     })
@@ -109,7 +127,7 @@ export async function sample(model: Denoiser, scheduler: Scheduler, opts: Sample
       next = noGrad(() =>
         scope(() => {
           const input = scheduler.scaleModelInput(x, t);
-          const out = predict(model, input, t, opts);
+          const out = predictGuided(model, input, t, opts);
           const noiseOffset = offset;
           offset += blocks;
           const { prevSample } = scheduler.step(out, t, x, { eta: opts.eta, seed, noiseOffset });
@@ -132,18 +150,51 @@ export async function sample(model: Denoiser, scheduler: Scheduler, opts: Sample
   return x;
 }
 
-function predict(model: Denoiser, x: Tensor, t: number, opts: SampleOptions): Tensor {
+/**
+ * The model output one sampling step uses: the plain prediction, or with guidance
+ * ε(∅) + Σ wᵢ·(ε(cᵢ) − ε(∅)) — the unconditional and every conditional pass in ONE forward of a batch
+ * (k + 1)·B long, as diffusers does, rather than k + 1 forwards.
+ */
+export function predictGuided(model: Denoiser, x: Tensor, t: number, opts: SampleOptions): Tensor {
   if (!opts.guidance) return model(x, t, opts.condition ?? {});
   const { unconditional, conditions } = opts.guidance;
   if (conditions.length === 0) throw new Error("sample: guidance needs at least one weighted condition.");
-  const base = model(x, t, unconditional);
-  let acc = base;
-  for (const c of conditions) {
-    const eps = model(x, t, c);
-    // acc + w·(eps − base)
-    const next = map("guide", "a + s0 * (b - c)", [acc, eps, base], [c.weight]);
-    if (acc !== base) acc.dispose();
-    acc = next;
+  return scope(() => {
+    const passes = [unconditional, ...conditions];
+    const batch = x.shape[0];
+    const out = model(concat(passes.map(() => x), 0), t, batchConditionings(passes, batch));
+    const pass = (i: number) => slice(out, [i * batch], [(i + 1) * batch]);
+    const base = pass(0);
+    let acc = base;
+    conditions.forEach((c, i) => {
+      // acc + w·(ε(cᵢ) − ε(∅))
+      acc = map("guide", "a + s0 * (b - c)", [acc, pass(i + 1), base], [c.weight]);
+    });
+    return acc;
+  });
+}
+
+/** The conditionings of several passes stacked along the batch: each is broadcast to `batch` first. */
+function batchConditionings(passes: readonly Conditioning[], batch: number): Conditioning {
+  const stacked: Conditioning = {};
+  for (const key of ["context", "classLabels"] as const) {
+    const given = passes.filter((p) => p[key] !== undefined).length;
+    if (given === 0) continue;
+    if (given !== passes.length) {
+      throw new Error(
+        `sample: guidance passes must all have a ${key} or none (${given} of ${passes.length} do).`,
+      );
+    }
+    stacked[key] = concat(
+      passes.map((p) => {
+        const t = p[key]!;
+        if (t.shape[0] !== 1 && t.shape[0] !== batch) {
+          throw new Error(`sample: ${key} ${formatShape(t.shape)} must have batch 1 or ${batch}.`);
+        }
+        return t.shape[0] === batch ? t : expand(t, [batch, ...t.shape.slice(1)]);
+      }),
+      0,
+    );
   }
-  return acc;
+  return stacked;
 }

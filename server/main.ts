@@ -1,6 +1,6 @@
 /**
- * `deno task serve`: the sampling server. HTTP on the main thread, the GPU in a worker, jobs in SQLite and
- * result files in the data directory:
+ * `deno task serve`: the sampling server. By default HTTP on the main thread, the GPU in a worker, jobs in
+ * SQLite and result files in the data directory:
  *
  * ```
  * <data>/models/<name>.safetensors     models offered besides the embedded default
@@ -9,16 +9,22 @@
  * <data>/jobs.db                       the job store (also the lock: one server per data directory)
  * ```
  *
+ * With `--queue redis://…` it is an API server without a GPU: jobs go to a shared BullMQ queue on Redis,
+ * run on GPU worker hosts (`deno task worker`, server/host.ts), and results come back through Redis; any
+ * number of API servers can share the queue (docs/deploy.md).
+ *
  * @module
  */
 
 import { parseArgs } from "node:util";
-import { DEFAULT_MODEL } from "../cli/sample.ts";
-import { numberOption } from "../cli/options.ts";
+import { numberOption } from "../io/options.ts";
+import { DEFAULT_MODEL } from "../pipelines/modelfile.ts";
 import { createApi, isLoopbackHost } from "./api.ts";
 import { Catalog } from "./catalog.ts";
+import { catalogFiles } from "./gpu.ts";
 import type { WorkerDevice } from "./protocol.ts";
-import { JobQueue } from "./queue.ts";
+import type { JobQueue } from "./queue.ts";
+import { LocalQueue } from "./queue_local.ts";
 import { JobStore } from "./store.ts";
 
 /** Options of {@linkcode startServer}. */
@@ -45,6 +51,15 @@ export interface ServerOptions {
   shutdownGraceSeconds?: number;
   /** Log sink (default console.error). */
   log?: (message: string) => void;
+  /**
+   * A shared queue's Redis URL (`redis://[user:password@]host:port[/db]`, `rediss://…`, or
+   * `unix:///path/redis.sock[?password=…&db=N]`): this server then runs no GPU worker.
+   */
+  queueUrl?: string;
+  /** Name of the shared queue (default "voxgen"); API servers and worker hosts must agree. */
+  queueName?: string;
+  /** With a shared queue: seconds finished jobs and their results are kept (default 86400). */
+  retentionSeconds?: number;
 }
 
 /** A server that is up. */
@@ -53,8 +68,8 @@ export interface RunningServer {
   url: string;
   /** The port it listens on. */
   port: number;
-  /** The worker's GPU adapter. */
-  device: WorkerDevice;
+  /** The worker's GPU adapter (null with a shared queue: the GPUs are on the worker hosts). */
+  device: WorkerDevice | null;
   /**
    * Graceful shutdown: stops accepting requests, ends event streams, lets the running job finish (or
    * requeues it after the grace period), stops the worker and closes the store. Safe to call twice.
@@ -75,35 +90,41 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   await Deno.mkdir(options.dataDir, { recursive: true });
   const dataDir = await Deno.realPath(options.dataDir);
   const resultsDir = `${dataDir}/results`;
-  for (const dir of ["models", "adapters", "results"]) {
+  // With a shared queue the results live in Redis, not here.
+  for (const dir of ["models", "adapters", ...(options.queueUrl ? [] : ["results"])]) {
     await Deno.mkdir(`${dataDir}/${dir}`, { recursive: true });
   }
 
-  const store = new JobStore(`${dataDir}/jobs.db`);
   const catalog = new Catalog(dataDir, options.defaultModel ?? DEFAULT_MODEL);
-  const queue = new JobQueue(store, {
-    capacity: options.queueSize ?? 32,
-    resultsDir,
-    log,
-    resolve: async (request) => ({
-      modelPath: (await catalog.model(request.model)).path,
-      adapters: await Promise.all(
-        request.adapters.map(async (a) => ({ path: await catalog.adapter(a.name), weight: a.weight })),
-      ),
-    }),
-  });
-  let device: WorkerDevice;
-  try {
-    device = await queue.start();
-  } catch (error) {
-    await queue.stop(0);
-    store.close();
-    throw new Error(`the GPU worker could not start: ${(error as Error).message}`);
+  const capacity = options.queueSize ?? 32;
+  let queue: JobQueue;
+  let device: WorkerDevice | null = null;
+  let closeStore = () => {};
+  if (options.queueUrl) {
+    // Loaded only here, so a server without --queue never loads BullMQ.
+    const { RedisQueue } = await import("./queue_redis.ts");
+    queue = await RedisQueue.open(options.queueUrl, {
+      name: options.queueName,
+      capacity,
+      retentionSeconds: options.retentionSeconds,
+      log,
+    });
+  } else {
+    const store = new JobStore(`${dataDir}/jobs.db`);
+    const local = new LocalQueue(store, { capacity, resultsDir, log, resolve: catalogFiles(catalog) });
+    try {
+      device = await local.start();
+    } catch (error) {
+      await local.stop(0);
+      store.close();
+      throw new Error(`the GPU worker could not start: ${(error as Error).message}`);
+    }
+    queue = local;
+    closeStore = () => store.close();
   }
   const api = createApi({
     queue,
     catalog,
-    resultsDir,
     token: options.token,
     maxBodyBytes: options.maxBodyBytes ?? 16 * 1024,
     maxSteps: options.maxSteps ?? 1000,
@@ -131,7 +152,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       api.closeStreams();
       await server.shutdown();
       await queue.stop((options.shutdownGraceSeconds ?? 30) * 1000);
-      store.close();
+      closeStore();
     })();
     return closing;
   };
@@ -150,6 +171,10 @@ const HELP = `Usage: deno task serve [options]
   --max-batch N          most volumes per request (default 8)
   --max-steps N          most steps per request (default 1000)
   --shutdown-grace S     seconds the running job may finish on SIGINT/SIGTERM before it is requeued (default 30)
+  --queue URL            use a shared queue on Redis instead of a local GPU (redis://[user:pass@]host:port[/db],
+                         rediss://…, unix:///path/redis.sock[?password=…&db=N]; or set VOXGEN_QUEUE)
+  --queue-name NAME      name of the shared queue (default voxgen)
+  --retention S          shared queue: seconds finished jobs and their results are kept (default 86400)
 `;
 
 /** Runs the command with `args` until SIGINT or SIGTERM. */
@@ -166,6 +191,9 @@ export async function main(args: string[]): Promise<void> {
       "max-batch": { type: "string" },
       "max-steps": { type: "string" },
       "shutdown-grace": { type: "string" },
+      queue: { type: "string" },
+      "queue-name": { type: "string" },
+      retention: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
     strict: true,
@@ -184,8 +212,12 @@ export async function main(args: string[]): Promise<void> {
     maxBatch: numberOption("max-batch", values["max-batch"], 8, 1, 256, true),
     maxSteps: numberOption("max-steps", values["max-steps"], 1000, 1, 100000, true),
     shutdownGraceSeconds: numberOption("shutdown-grace", values["shutdown-grace"], 30, 0, 86400),
+    queueUrl: values.queue ?? (Deno.env.get("VOXGEN_QUEUE") || undefined),
+    queueName: values["queue-name"],
+    retentionSeconds: numberOption("retention", values.retention, 86400, 60, 365 * 86400, true),
   });
-  console.log(`voxgen server listening on ${server.url}/ (GPU: ${server.device.adapter})`);
+  const backend = server.device ? `GPU: ${server.device.adapter}` : "shared queue, GPUs on the worker hosts";
+  console.log(`voxgen server listening on ${server.url}/ (${backend})`);
   const done = Promise.withResolvers<void>();
   let signals = 0;
   const onSignal = (signal: Deno.Signal) => {

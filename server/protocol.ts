@@ -5,11 +5,11 @@
  * @module
  */
 
-/** Samplers the server offers. */
-export const SAMPLERS = ["ddim", "ddpm", "euler-a", "euler"] as const;
+/** A sampler name or alias (samplers/registry.ts has the list). */
+export type SamplerName = string;
 
-/** A sampler name. */
-export type SamplerName = typeof SAMPLERS[number];
+/** Highest queue priority a request may ask for (0 is the default and lowest). */
+export const MAX_PRIORITY = 100;
 
 /** An adapter applied on top of the model, with its weight. */
 export interface AdapterChoice {
@@ -35,6 +35,33 @@ export interface SampleRequest {
   guidanceScale: number;
   /** Volumes to generate. */
   batch: number;
+  /** Queue priority 0…100: higher runs first, equal ones in order of submission (default 0). */
+  priority?: number;
+  /** Prompt, for a model with a token table ("" = the null prompt). */
+  prompt?: string;
+  /** Class label, for a class-conditional model. */
+  classLabel?: number;
+  /** Textual-inversion embeddings (names in `<data>/embeddings/`) whose tokens the prompt may use. */
+  embeddings?: string[];
+  /** Inpainting: the kept image and the mask. */
+  inpaint?: InpaintChoice;
+}
+
+/**
+ * Inpainting inputs of a request. The volumes travel with the request (base64 NIfTI), so that any worker
+ * host can run it and a stored request can run again.
+ */
+export interface InpaintChoice {
+  /** The kept image: base64 of a `.nii`/`.nii.gz` on the model's grid (an upload or a finished job's result). */
+  image: string;
+  /** The finished job the image came from, when it did. */
+  fromJob?: string;
+  /** Volume of a 4-D image (a batch result) to use. */
+  index: number;
+  /** The mask (non-zero = generate): base64 NIfTI, or a sphere in voxels. */
+  mask: string | { center: [number, number, number]; radius: number };
+  /** How the image reaches the model's intensity range (see pipelines/inpaint.ts). */
+  normalize: "auto" | "none" | "percentile";
 }
 
 /** Everything the worker needs to run a job: the request with names resolved to files. */
@@ -47,6 +74,8 @@ export interface WorkerJob {
   modelPath: string;
   /** Absolute paths and weights of the adapters. */
   adapters: Array<{ path: string; weight: number }>;
+  /** Absolute paths of the embeddings (absent: none). */
+  embeddings?: string[];
   /** Directory the result files go to. */
   resultsDir: string;
 }

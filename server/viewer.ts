@@ -6,12 +6,15 @@
  * @module
  */
 
+import { readText } from "../io/read.ts";
+
 let page: Promise<string> | null = null;
 let niivue: Promise<string> | null = null;
 
 /** The viewer page's HTML. */
 export function viewerPage(): Promise<string> {
-  page ??= Deno.readTextFile(new URL("./viewer.html", import.meta.url));
+  // Next to this module, read from disk or fetched, whichever way the server was started.
+  page ??= readText(new URL("./viewer.html", import.meta.url));
   return page;
 }
 

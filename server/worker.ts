@@ -12,24 +12,28 @@
  */
 
 import * as Comlink from "comlink";
-import { loadAdapters, modelHash } from "../adapters/mod.ts";
-import { makeScheduler } from "../cli/sample.ts";
 import { gpu, onDeviceLost, ready } from "../engine/device.ts";
-import { releaseCachedMemory, scope } from "../engine/memory.ts";
-import { map } from "../engine/ops/map.ts";
-import { writeNifti } from "../io/nifti.ts";
-import { atomicWrite } from "../io/atomic.ts";
-import { encodePng, type Image8, orthogonalSlices } from "../io/png.ts";
-import { type LoadedModel, loadModelFile } from "../pipelines/modelfile.ts";
-import { sample } from "../samplers/sample.ts";
-import type { JobResult, WorkerApi, WorkerDevice, WorkerJob, WorkerProgress } from "./protocol.ts";
+import { releaseCachedMemory } from "../engine/memory.ts";
+import { readNifti } from "../io/nifti.ts";
+import { generate, type GenerationRequest, type Generator } from "../pipelines/generate.ts";
+import { prepareInpainting, sphereMask } from "../pipelines/inpaint.ts";
+import { loadGenerator } from "../pipelines/generators.ts";
+import { writeStackedFiles } from "../pipelines/output.ts";
+import type {
+  InpaintChoice,
+  JobResult,
+  WorkerApi,
+  WorkerDevice,
+  WorkerJob,
+  WorkerProgress,
+} from "./protocol.ts";
 
 let lostReason: string | null = null;
 /** Set by `close`: the device is being destroyed on purpose, which is not a loss. */
 let closing = false;
 let current: { id: string; controller: AbortController } | null = null;
 /** The last base model used, kept loaded for the next job (jobs usually share a model). */
-let cached: { key: string; model: LoadedModel } | null = null;
+let cached: { key: string; model: Generator } | null = null;
 
 const api: WorkerApi = {
   async init(): Promise<WorkerDevice> {
@@ -79,7 +83,7 @@ const api: WorkerApi = {
     // Releasing the device here, in order, rather than leaving it to thread teardown at process exit: a
     // software Vulkan driver's threads can still be running then.
     closing = true;
-    cached?.model.unet.dispose();
+    cached?.model.dispose();
     cached = null;
     releaseCachedMemory();
     if (!lostReason) gpu().destroy();
@@ -99,14 +103,15 @@ async function runJob(
   const fault = injectedFault(request.seed);
   const model = await acquireModel(job);
   try {
-    const { unet, info } = model;
-    const scheduler = makeScheduler(request.sampler, { ...info.scheduler });
-    const [nx, ny, nz] = info.volume.shape;
-    const channels = unet.config.inChannels;
-    const x = await sample((xt, t) => unet.forward(xt, t), scheduler, {
-      shape: [request.batch, channels, nz, ny, nx],
+    const generated = await generate(model, {
+      sampler: request.sampler,
       steps: request.steps,
       seed: request.seed,
+      batch: request.batch,
+      guidanceScale: request.guidanceScale,
+      prompt: request.prompt,
+      classLabel: request.classLabel,
+      inpaint: request.inpaint ? await inpaintInputs(request.inpaint, model) : undefined,
       signal,
       onProgress: (p) => {
         // Fire and forget: a round trip per step would slow sampling for nothing.
@@ -114,38 +119,15 @@ async function runJob(
         if (p.step === 1 && (fault === "lose-device" || fault === "crash")) injectFault(fault);
       },
     });
-    // Back to the trained intensity range (x̂0 is clipped there by the scheduler already).
-    const [lo, hi] = info.volume.range;
-    const clipped = scope(() => map("clamp", "min(max(a, s0), s1)", [x], [lo, hi]));
-    x.dispose();
-    const all = await clipped.toArray();
-    clipped.dispose();
-    // Channel 0 of every batch item, one after the other: exactly a 4-D NIfTI's layout (t = batch index).
-    const voxels = nx * ny * nz;
-    const volumes = Array.from(
-      { length: request.batch },
-      (_, b) => all.subarray(b * channels * voxels, b * channels * voxels + voxels),
-    );
-    const data = request.batch === 1 ? volumes[0] : concat(volumes);
     const nifti = `${job.id}.nii.gz`;
     const png = `${job.id}.png`;
-    await writeNifti(
-      `${job.resultsDir}/${nifti}`,
-      {
-        data,
-        shape: request.batch === 1 ? [nx, ny, nz] : [nx, ny, nz, request.batch],
-        affine: info.volume.affine,
-      },
-      {
-        description: `voxgen ${request.model} ${request.sampler} ${request.steps} steps seed ${request.seed}`,
-      },
-    );
-    const previews = volumes.map((v) => orthogonalSlices(v, [nx, ny, nz], { window: [lo, hi] }));
-    await atomicWrite(`${job.resultsDir}/${png}`, await encodePng(stackRows(previews)));
+    await writeStackedFiles(generated, `${job.resultsDir}/${nifti}`, `${job.resultsDir}/${png}`, {
+      description: `voxgen ${request.model} ${request.sampler} ${request.steps} steps seed ${request.seed}`,
+    });
     const { size } = await Deno.stat(`${job.resultsDir}/${nifti}`);
     if (fault === "lose-device-idle") setTimeout(() => injectFault("lose-device"), 100);
     return {
-      shape: [nx, ny, nz],
+      shape: generated.shape,
       batch: request.batch,
       nifti,
       png,
@@ -153,68 +135,38 @@ async function runJob(
       seconds: (performance.now() - start) / 1000,
     };
   } finally {
-    if (model !== cached?.model) model.unet.dispose();
+    if (model !== cached?.model) model.dispose();
   }
 }
 
-/** The job's model: the cached base model when it has no adapters, otherwise a fresh copy with them merged. */
-async function acquireModel(job: WorkerJob): Promise<LoadedModel> {
-  const stat = await Deno.stat(job.modelPath);
-  const key = `${job.modelPath}:${stat.mtime?.getTime()}:${stat.size}`;
-  if (job.adapters.length === 0 && cached?.key === key) return cached.model;
-  const model = await loadModelFile(job.modelPath);
-  if (job.adapters.length > 0) {
-    try {
-      await applyAdapters(model, job.adapters);
-    } catch (error) {
-      model.unet.dispose();
-      throw error;
-    }
-    return model;
-  }
-  cached?.model.unet.dispose();
-  cached = { key, model };
-  return model;
+/** The inpainting request's image and mask (base64 NIfTI in the request, or a sphere). */
+async function inpaintInputs(choice: InpaintChoice, model: Generator): Promise<GenerationRequest["inpaint"]> {
+  const decode = (b64: string) => Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const image = await readNifti(decode(choice.image));
+  const mask = typeof choice.mask === "string" ? await readNifti(decode(choice.mask)) : {
+    data: sphereMask(model.volume.shape, choice.mask.center, choice.mask.radius),
+    shape: model.volume.shape,
+  };
+  return prepareInpainting(image, mask, model.volume, { normalize: choice.normalize, index: choice.index }, {
+    image: "inpaint.image",
+    mask: "inpaint.mask",
+  });
 }
 
 /**
- * Bakes adapters into a freshly loaded model: each is loaded onto the base weights (its file's base hash
- * must match), merged with its weight, and its layers removed again, so the next one sees plain layers.
+ * The job's model: the cached base model when it has no adapters or embeddings, otherwise a fresh copy
+ * with them merged or added.
  */
-async function applyAdapters(model: LoadedModel, adapters: WorkerJob["adapters"]): Promise<void> {
-  const baseHash = await modelHash(model.unet);
-  for (const a of adapters) {
-    const set = await loadAdapters(model.unet, a.path, { baseHash });
-    set.merge(a.weight);
-    set.remove();
-  }
-}
-
-function concat(parts: Float32Array[]): Float32Array {
-  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
-
-/** Grey images one under the other, 4 px apart: the preview of a whole batch. */
-function stackRows(images: Image8[]): Image8 {
-  if (images.length === 1) return images[0];
-  const gap = 4;
-  const width = Math.max(...images.map((i) => i.width));
-  const height = images.reduce((n, i) => n + i.height, 0) + gap * (images.length - 1);
-  const pixels = new Uint8Array(width * height);
-  let top = 0;
-  for (const image of images) {
-    for (let y = 0; y < image.height; y++) {
-      pixels.set(image.pixels.subarray(y * image.width, (y + 1) * image.width), (top + y) * width);
-    }
-    top += image.height + gap;
-  }
-  return { width, height, channels: 1, pixels };
+async function acquireModel(job: WorkerJob): Promise<Generator> {
+  const stat = await Deno.stat(job.modelPath);
+  const key = `${job.modelPath}:${stat.mtime?.getTime()}:${stat.size}`;
+  const plain = job.adapters.length === 0 && (job.embeddings ?? []).length === 0;
+  if (plain && cached?.key === key) return cached.model;
+  const model = await loadGenerator(job.modelPath, { adapters: job.adapters, embeddings: job.embeddings });
+  if (!plain) return model;
+  cached?.model.dispose();
+  cached = { key, model };
+  return model;
 }
 
 type Fault = "lose-device" | "lose-device-idle" | "crash";

@@ -19,6 +19,10 @@
  *   blocks of gradOut and summed; same padding scheme and fallback.
  * - Gradient w.r.t. the bias: the sum of gradOut over batch and space.
  *
+ * - Tensors larger than one storage binding (`maxStorageBufferBindingSize`): the convolution runs as
+ *   sub-convolutions of one batch item and a block of input and output channels each (copied out and
+ *   accumulated back in place), so that every buffer a kernel binds fits (groups = 1).
+ *
  * conv2d is conv3d on a depth-1 view.
  *
  * @module
@@ -71,12 +75,13 @@ import {
 import type { Kernel } from "../../kernels/types.ts";
 import { record } from "../autograd.ts";
 import { isSoftwareAdapter, limit } from "../device.ts";
-import { dispatch } from "../runtime.ts";
+import { profileLabel } from "../profile.ts";
+import { dispatch, maxBindingBytes, windowElements } from "../runtime.ts";
 import { formatShape, sizeOf } from "../shape.ts";
 import { fromData, Tensor } from "../tensor.ts";
-import { contiguous, map } from "./map.ts";
+import { contiguous, copyInto, map } from "./map.ts";
 import { sum } from "./reduce.ts";
-import { reshape } from "./view.ts";
+import { reshape, view } from "./view.ts";
 
 /** Options of {@linkcode conv3d} (PyTorch `F.conv3d` defaults). */
 export interface Conv3dOptions {
@@ -315,7 +320,12 @@ export const convSettings: {
   chunk: Partial<ConvChunkConfig>;
   /** Overrides of the weight-gradient chunk kernel's geometry. */
   weightGradChunk: Partial<ConvWeightGradChunkConfig>;
-} = { path: "auto", minChunkMacs: 2 ** 24, chunk: {}, weightGradChunk: {} };
+  /**
+   * Workgroups the direct weight-gradient kernel aims for (its output blocks are split into partial sums
+   * until there are this many); 0 for the default: 4 per CPU core on software adapters, 256 otherwise.
+   */
+  weightGradWorkgroups: number;
+} = { path: "auto", minChunkMacs: 2 ** 24, chunk: {}, weightGradChunk: {}, weightGradWorkgroups: 0 };
 
 /** k-values (input channels × taps) per chunk dispatch: 4 input channels of a 3³ kernel. */
 const CHUNK_DEPTH = 108;
@@ -331,11 +341,14 @@ function chunkConfigFor(call: ConvCall): ConvChunkConfig | null {
     call.outOff % 4 === 0;
   if (!aligned || taps > CHUNK_DEPTH) return null;
   const positions = od * oh * ow;
-  const macs = call.n * call.groups * call.coutG * call.cinG * taps * positions;
+  const rows = call.coutG <= 8 ? 8 : call.coutG <= 16 ? 16 : call.coutG <= 32 ? 32 : 64;
+  // Counted with the kernel's padded output rows: a 16→1 convolution costs what a 16→8 one does, which is
+  // still faster than the direct kernel's narrow tiling (1.8× at 32³, bench/conv_paths.ts).
+  const macs = call.n * call.groups * rows * call.cinG * taps * positions;
   if (convSettings.path === "auto" && (macs < convSettings.minChunkMacs || !isSoftwareAdapter())) return null;
   return {
     threads: positions >= 4 * 128 * 16 ? 128 : 64,
-    rows: call.coutG <= 8 ? 8 : call.coutG <= 16 ? 16 : call.coutG <= 32 ? 32 : 64,
+    rows,
     channels: Math.max(1, Math.min(call.cinG, Math.floor(CHUNK_DEPTH / taps))),
     ...convSettings.chunk,
   };
@@ -439,8 +452,17 @@ function inputPlanes(
   const [pd, ph] = [span(0), span(1)];
   const row4 = ow / 4;
   const planeVec4s = pd * ph * row4;
-  const count = call.n * call.cin * kw * planeVec4s;
-  const tensor = fromData(null, [count * 4]);
+  const strides: Planes["strides"] = [kw * planeVec4s, planeVec4s, ph * row4, row4];
+  // A pointwise kernel at stride 1 without padding reads the input as it is (its one plane would be a copy).
+  const identity = kw === 1 && call.key.stride[2] === 1 && call.pad.every((p) => p === 0) &&
+    pd === call.inDims[0] && ph === call.inDims[1] && ow === call.inDims[2] && x.offset === 0;
+  if (identity) {
+    const storage = x.storage("conv3d");
+    storage.retain();
+    return { tensor: new Tensor({ shape: [x.size], storage }), strides };
+  }
+  const count = call.n * call.cin * kw * pd * ph;
+  const tensor = fromData(null, [count * row4 * 4]);
   const q = new Uint32Array(PLANES_WORDS);
   const qi = new Int32Array(q.buffer);
   q[PLANES.count] = count;
@@ -455,7 +477,7 @@ function inputPlanes(
     [x.storage("conv3d").buffer, tensor.storage("conv3d").buffer],
     Math.ceil(count / PLANES_WG),
   );
-  return { tensor, strides: [kw * planeVec4s, planeVec4s, ph * row4, row4] };
+  return { tensor, strides };
 }
 
 /** Runs `call` with the chunk kernel: w-planes of the input, then one dispatch per input-channel chunk. */
@@ -674,7 +696,7 @@ function contiguousStrides5(shape: readonly number[]): [number, number, number, 
 }
 
 /** Forward convolution (no autograd); x, w contiguous. */
-function forwardRaw(x: Tensor, w: Tensor, bias: Tensor | null, g: Geometry): Tensor {
+function forwardWhole(x: Tensor, w: Tensor, bias: Tensor | null, g: Geometry): Tensor {
   const outShape = [g.n, g.cout, ...g.outDims];
   const out = fromData(null, outShape);
   const taps = g.kernel[0] * g.kernel[1] * g.kernel[2];
@@ -737,7 +759,7 @@ function phaseAxis(k: number, s: number, p: number, dil: number, r: number, inEx
 }
 
 /** Gradient w.r.t. the input (no autograd); gy, w contiguous. */
-function inputGradRaw(gy: Tensor, w: Tensor, g: Geometry): Tensor {
+function inputGradWhole(gy: Tensor, w: Tensor, g: Geometry): Tensor {
   const xShape = [g.n, g.cin, ...g.inDims];
   const [, H, W] = g.inDims;
   const taps = g.kernel[0] * g.kernel[1] * g.kernel[2];
@@ -851,7 +873,7 @@ function weightGradNaive(x: Tensor, gy: Tensor, g: Geometry): Tensor {
 }
 
 /** Gradient w.r.t. the weight (no autograd); x, gy contiguous. */
-function weightGradRaw(x: Tensor, gy: Tensor, g: Geometry): Tensor {
+function weightGradWhole(x: Tensor, gy: Tensor, g: Geometry): Tensor {
   // gradOut is read as vec4s: its offset must be whole vec4s (a fresh contiguous tensor's is 0).
   const chunk = g.n > 0 && g.cin > 0 && gy.offset % 4 === 0 ? weightGradChunkConfigFor(g) : null;
   if (chunk) return weightGradChunk(x, gy, g, chunk);
@@ -868,9 +890,13 @@ function weightGradRaw(x: Tensor, gy: Tensor, g: Geometry): Tensor {
   if (blocks === 0 || g.cinG === 0) return map("fill", "s0", [], [0], [g.cout, g.cinG, ...g.kernel]);
   const coTiles = Math.ceil(g.coutG / tile.coChannels);
   const ciTiles = Math.ceil(g.cinG / tile.ciChannels);
-  // Enough workgroups to fill a GPU (a few hundred), never fewer than one block each.
+  // Enough workgroups to fill the device, never fewer than one block each. Each split adds a partial copy
+  // of dW that is summed afterwards, so a CPU adapter gets 4 per core rather than a GPU's few hundred
+  // (at 32³ on 2 cores, 8 instead of 256 made forward + backward of a 3³ convolution 1.05–1.19× faster).
   const base = coTiles * ciTiles * g.groups;
-  const splits = Math.max(1, Math.min(blocks, Math.ceil(256 / base)));
+  const target = convSettings.weightGradWorkgroups ||
+    (isSoftwareAdapter() ? 4 * (navigator.hardwareConcurrency || 2) : 256);
+  const splits = Math.max(1, Math.min(blocks, Math.ceil(target / base)));
   const perSplit = Math.ceil(blocks / splits);
   const used = Math.ceil(blocks / perSplit);
   // Both operands padded so that whole blocks (with the input's halo) are in bounds.
@@ -924,6 +950,184 @@ function weightGradRaw(x: Tensor, gy: Tensor, g: Geometry): Tensor {
   return out;
 }
 
+/** The profile label of a convolution: op, pass, channels, input size, kernel and stride. */
+function profileName(op: string, pass: string, g: Geometry): string {
+  const size = g.inDims.every((d) => d === g.inDims[0]) ? `${g.inDims[0]}³` : g.inDims.join("×");
+  const k = g.kernel.every((d) => d === g.kernel[0]) ? g.kernel[0] : g.kernel.join("×");
+  const s = g.stride.some((d) => d > 1) ? ` s${g.stride.join(",")}` : "";
+  return `${op} ${pass} ${g.cin}→${g.cout} ${size} k${k}${s}${g.n > 1 ? ` n${g.n}` : ""}`;
+}
+
+// --- Tensors larger than one storage binding --------------------------------------------------------------
+
+/**
+ * Channel blocks for convolutions whose tensors (or the padded copies and planes the kernels read) exceed one
+ * storage binding: the convolution is computed as sub-convolutions of one batch item and at most `channels`
+ * input and output channels each, whose results are copied (or added) into place. Null when no split is
+ * needed. The per-channel size is a bound on the largest buffer of a sub-convolution: the input padded for
+ * tiles, times the kernel width for the chunk kernels' planes.
+ */
+function splitChannels(op: string, g: Geometry, x: Tensor): number | null {
+  const max = windowElements();
+  const up = (v: number, m: number) => Math.ceil(v / m) * m;
+  const reach = (a: number) => (g.kernel[a] - 1) * g.dil[a] + 1;
+  const [od, oh, ow] = g.outDims;
+  const [sd, sh] = g.stride;
+  // The direct kernels' input padded to whole tiles (at most 8 × 16 × 32 outputs, w plus a vec4 of halo),
+  // and the chunk kernels' kw-planes.
+  const span = (o: number, s: number, a: number) => (o - 1) * s + reach(a);
+  // The direct kernel's input padded to whole tiles (for the tiling a block of ≤ 4 or of all output
+  // channels would get), and the chunk kernels' kw-planes.
+  const direct = Math.max(paddedInput(g, Math.min(4, g.cout)), paddedInput(g, g.cout));
+  const planes = g.kernel[2] * span(od, sd, 0) * span(oh, sh, 1) * up(ow, 4);
+  const perIn = Math.max(direct, planes, sizeOf(g.inDims));
+  const perOut = up(od, 8) * up(oh, 16) * up(ow, 32);
+  const perChannel = Math.max(perIn, perOut);
+  const fits = x.storage(op).buffer.size <= maxBindingBytes() &&
+    g.n * Math.max(g.cin, g.cout) * perChannel <= max;
+  if (fits) return null;
+  const channels = Math.floor(max / perChannel);
+  if (channels < 1 || g.groups !== 1) {
+    throw new Error(
+      `${op}: x [${g.n}, ${g.cin}, ${g.inDims.join(", ")}] needs more than one storage binding ` +
+        `(${maxBindingBytes()} bytes) ${g.groups !== 1 ? "and has groups > 1" : "for a single channel"}; ` +
+        "splitting is supported for groups = 1 and volumes whose single channel fits a binding.",
+    );
+  }
+  return channels;
+}
+
+/** Elements per channel of the direct kernel's padded input for `g` with `coutG` output channels. */
+function paddedInput(g: Geometry, coutG: number): number {
+  const key: ConvShapeKey = { kernel: g.kernel, stride: g.stride, dilation: g.dil };
+  const plan = planConv(key, g.outDims, coutG);
+  if (!plan.tiling) return sizeOf(g.inDims);
+  const tile = convTile(key, plan.tiling);
+  const tiles = g.outDims.map((o, a) => Math.ceil(o / tile.out[a]));
+  const padded = [0, 1].map((a) => (tiles[a] - 1) * tile.out[a] * g.stride[a] + tile.in[a]);
+  return padded[0] * padded[1] * ((tiles[2] - 1) * tile.out[2] * g.stride[2] + 4 * tile.rowVec4s);
+}
+
+/** A contiguous copy of `t[n, c0 : c0 + count]` (dimension 1 sliced, dimension 0 a single item). */
+function channelBlock(t: Tensor, n: number, c0: number, count: number): Tensor {
+  const [, c, ...rest] = t.shape;
+  const inner = sizeOf(rest);
+  const v = view(
+    t,
+    [1, count, ...rest],
+    [c * inner, inner, ...contiguousStrides5(t.shape).slice(2)],
+    t.offset + (n * c + c0) * inner,
+  );
+  const out = map("copy", "a", [v]);
+  v.dispose();
+  return out;
+}
+
+/** A contiguous copy of the weight block `w[o0 : o0 + oc, i0 : i0 + ic]`. */
+function weightBlock(w: Tensor, o0: number, oc: number, i0: number, ic: number): Tensor {
+  const [, ci, ...k] = w.shape;
+  const taps = sizeOf(k);
+  const v = view(
+    w,
+    [oc, ic, ...k],
+    [ci * taps, taps, k[1] * k[2], k[2], 1],
+    w.offset + (o0 * ci + i0) * taps,
+  );
+  const out = map("copy", "a", [v]);
+  v.dispose();
+  return out;
+}
+
+/** Writes (first) or adds `src` into the view of `dst` with `src`'s shape at element `offset`. */
+function placeBlock(
+  dst: Tensor,
+  src: Tensor,
+  offset: number,
+  strides: readonly number[],
+  add: boolean,
+): void {
+  const v = view(dst, src.shape, strides, offset);
+  // A kernel cannot read and write one buffer: the sum goes through a temporary.
+  const value = add ? map("add", "a + b", [v, src]) : src;
+  copyInto(v, value);
+  if (add) value.dispose();
+  v.dispose();
+}
+
+/** `g` restricted to one batch item, `ci` input and `co` output channels. */
+function subGeometry(g: Geometry, ci: number, co: number): Geometry {
+  return { ...g, n: 1, cin: ci, cout: co, cinG: ci, coutG: co };
+}
+
+/** Forward convolution (no autograd); x, w contiguous. Split into channel blocks when too large. */
+function forwardRaw(x: Tensor, w: Tensor, bias: Tensor | null, g: Geometry): Tensor {
+  const block = splitChannels("conv3d", g, x);
+  if (block === null) return forwardWhole(x, w, bias, g);
+  const y = fromData(null, [g.n, g.cout, ...g.outDims]);
+  const yStrides = contiguousStrides5(y.shape);
+  for (let n = 0; n < g.n; n++) {
+    for (let o0 = 0; o0 < g.cout; o0 += block) {
+      const oc = Math.min(block, g.cout - o0);
+      const b = bias ? view(bias, [oc], [1], bias.offset + o0) : null;
+      for (let i0 = 0; i0 < g.cin; i0 += block) {
+        const ic = Math.min(block, g.cin - i0);
+        const xs = channelBlock(x, n, i0, ic);
+        const ws = weightBlock(w, o0, oc, i0, ic);
+        const ys = forwardWhole(xs, ws, i0 === 0 ? b : null, subGeometry(g, ic, oc));
+        placeBlock(y, ys, n * yStrides[0] + o0 * yStrides[1], yStrides, i0 > 0);
+        for (const t of [xs, ws, ys]) t.dispose();
+      }
+      b?.dispose();
+    }
+  }
+  return y;
+}
+
+/** Gradient w.r.t. the input (no autograd); gy, w contiguous. Split into channel blocks when too large. */
+function inputGradRaw(gy: Tensor, w: Tensor, g: Geometry): Tensor {
+  const block = splitChannels("conv3d", g, gy);
+  if (block === null) return inputGradWhole(gy, w, g);
+  const dx = fromData(null, [g.n, g.cin, ...g.inDims]);
+  const dxStrides = contiguousStrides5(dx.shape);
+  for (let n = 0; n < g.n; n++) {
+    for (let i0 = 0; i0 < g.cin; i0 += block) {
+      const ic = Math.min(block, g.cin - i0);
+      for (let o0 = 0; o0 < g.cout; o0 += block) {
+        const oc = Math.min(block, g.cout - o0);
+        const gs = channelBlock(gy, n, o0, oc);
+        const ws = weightBlock(w, o0, oc, i0, ic);
+        const dxs = inputGradWhole(gs, ws, subGeometry(g, ic, oc));
+        placeBlock(dx, dxs, n * dxStrides[0] + i0 * dxStrides[1], dxStrides, o0 > 0);
+        for (const t of [gs, ws, dxs]) t.dispose();
+      }
+    }
+  }
+  return dx;
+}
+
+/** Gradient w.r.t. the weight (no autograd); x, gy contiguous. Split into channel blocks when too large. */
+function weightGradRaw(x: Tensor, gy: Tensor, g: Geometry): Tensor {
+  const block = splitChannels("conv3d", g, x);
+  if (block === null) return weightGradWhole(x, gy, g);
+  const dw = fromData(null, [g.cout, g.cin, ...g.kernel]);
+  const taps = g.kernel[0] * g.kernel[1] * g.kernel[2];
+  const dwStrides = [g.cin * taps, taps, g.kernel[1] * g.kernel[2], g.kernel[2], 1];
+  for (let o0 = 0; o0 < g.cout; o0 += block) {
+    const oc = Math.min(block, g.cout - o0);
+    for (let i0 = 0; i0 < g.cin; i0 += block) {
+      const ic = Math.min(block, g.cin - i0);
+      for (let n = 0; n < g.n; n++) {
+        const xs = channelBlock(x, n, i0, ic);
+        const gs = channelBlock(gy, n, o0, oc);
+        const dws = weightGradWhole(xs, gs, subGeometry(g, ic, oc));
+        placeBlock(dw, dws, o0 * dwStrides[0] + i0 * dwStrides[1], dwStrides, n > 0);
+        for (const t of [xs, gs, dws]) t.dispose();
+      }
+    }
+  }
+  return dw;
+}
+
 // --- Public ops ----------------------------------------------------------------------------------------
 
 function conv3dImpl(
@@ -938,16 +1142,18 @@ function conv3dImpl(
   const xc = contiguous(x);
   const wc = contiguous(w);
   const bc = bias ? contiguous(bias) : null;
-  const y = forwardRaw(xc, wc, bc, g);
+  const y = profileLabel(() => profileName(op, "fwd", g), () => forwardRaw(xc, wc, bc, g));
   bc?.dispose();
   const inputs = bias ? [x, w, bias] : [x, w];
   const out = record(op, y, inputs, (gOut, [xs, ws], needs) => {
     const gy = contiguous(gOut);
     const grads: Array<Tensor | null> = [
-      needs[0] ? inputGradRaw(gy, ws, g) : null,
-      needs[1] ? weightGradRaw(xs, gy, g) : null,
+      needs[0] ? profileLabel(() => profileName(op, "dx", g), () => inputGradRaw(gy, ws, g)) : null,
+      needs[1] ? profileLabel(() => profileName(op, "dw", g), () => weightGradRaw(xs, gy, g)) : null,
     ];
-    if (bias) grads.push(needs[2] ? sum(gy, [0, 2, 3, 4]) : null);
+    if (bias) {
+      grads.push(needs[2] ? profileLabel(() => profileName(op, "db", g), () => sum(gy, [0, 2, 3, 4])) : null);
+    }
     gy.dispose();
     return grads;
   }, [xc, wc]);

@@ -4,6 +4,7 @@
  * merge across threads and chunks of long rows (see `kernels/norm.ts`): no E[x²] − E[x]² cancellation.
  * Variance is biased, like PyTorch. Backward uses the closed form
  * dx = rstd·(gγ − mean(gγ) − x̂·mean(gγx̂)) per row, dγ = Σ g·x̂, dβ = Σ g (g taken through SiLU when fused).
+ * Inputs larger than one storage binding are normalised in copied blocks of whole groups (see `blocks.ts`).
  *
  * @module
  */
@@ -25,10 +26,11 @@ import {
 } from "../../kernels/norm.ts";
 import { WG } from "../../kernels/types.ts";
 import { record } from "../autograd.ts";
-import { cachedKernel, dispatch } from "../runtime.ts";
+import { cachedKernel, dispatch, maxBindingBytes, windowElements } from "../runtime.ts";
 import { formatShape, sizeOf } from "../shape.ts";
 import { fromData, Tensor } from "../tensor.ts";
-import { contiguous, map } from "./map.ts";
+import { intoRows, rowsOf } from "./blocks.ts";
+import { contiguous, copyInto, map } from "./map.ts";
 import { sum } from "./reduce.ts";
 import { view, viewAs } from "./view.ts";
 
@@ -305,7 +307,10 @@ function normOp(
   const x = contiguous(xIn);
   const w = wIn ? contiguous(wIn) : null;
   const b = bIn ? contiguous(bIn) : null;
-  const { y, stats } = normForward(op, x, layout, w, b, silu, eps);
+  const pieces = rowPieces(op, x, layout);
+  const { y, stats } = pieces
+    ? splitForward(op, x, layout, w, b, silu, eps, pieces)
+    : normForward(op, x, layout, w, b, silu, eps);
   const hasW = w !== null;
   const hasB = b !== null;
   const affineShape = wIn?.shape ?? bIn?.shape ?? [];
@@ -313,26 +318,181 @@ function normOp(
     const [xs, ss] = saved;
     const ws = hasW ? saved[2] : null;
     const bs = hasB ? saved[hasW ? 3 : 2] : null;
-    const wantW = hasW && needs[1];
-    const wantB = hasB && needs[hasW ? 2 : 1];
-    const { dx, dwb } = normBackward(op, g, xs, ss, layout, ws, bs, silu, needs[0]);
-    const grads: Array<Tensor | null> = [dx];
-    if (dwb) {
-      // Channel affine: dwb is [2, C] = [dγ, dβ].
-      const C = layout.channels;
-      if (hasW) grads.push(wantW ? view(dwb, [C], [1], dwb.offset) : null);
-      if (hasB) grads.push(wantB ? view(dwb, [C], [1], dwb.offset + C) : null);
-      dwb.dispose();
-    } else {
-      grads.push(...elementAffineGrads(op, g, xs, ss, layout, affineShape, hasW, wantW, hasB, wantB));
-    }
-    return grads;
+    const want: Wanted = { x: needs[0], w: hasW && needs[1], b: hasB && needs[hasW ? 2 : 1] };
+    const backward = (gp: Tensor, xp: Tensor, sp: Tensor, l: Layout, wp: Tensor | null, bp: Tensor | null) =>
+      allGrads(op, gp, xp, sp, l, wp, bp, silu, want, l.affine === "channel" ? [l.channels] : affineShape);
+    return pieces
+      ? splitBackward(g, xs, ss, layout, ws, bs, pieces, backward)
+      : backward(g, xs, ss, layout, ws, bs);
   }, [x, stats, ...(w ? [w] : []), ...(b ? [b] : [])]);
   x.dispose();
   stats.dispose();
   w?.dispose();
   b?.dispose();
   return out;
+}
+
+/** Which gradients backward must produce. */
+interface Wanted {
+  x: boolean;
+  w: boolean;
+  b: boolean;
+}
+
+/** Gradients `[dx, dweight?, dbias?]` (entries only for the affine parameters that exist). */
+function allGrads(
+  op: string,
+  g: Tensor,
+  xs: Tensor,
+  ss: Tensor,
+  layout: Layout,
+  ws: Tensor | null,
+  bs: Tensor | null,
+  silu: boolean,
+  want: Wanted,
+  affineShape: readonly number[],
+): Array<Tensor | null> {
+  const { dx, dwb } = normBackward(op, g, xs, ss, layout, ws, bs, silu, want.x);
+  const grads: Array<Tensor | null> = [dx];
+  if (dwb) {
+    // Channel affine: dwb is [2, C] = [dγ, dβ].
+    const C = layout.channels;
+    if (ws) grads.push(want.w ? view(dwb, [C], [1], dwb.offset) : null);
+    if (bs) grads.push(want.b ? view(dwb, [C], [1], dwb.offset + C) : null);
+    dwb.dispose();
+  } else {
+    grads.push(
+      ...elementAffineGrads(op, g, xs, ss, layout, affineShape, ws !== null, want.w, bs !== null, want.b),
+    );
+  }
+  return grads;
+}
+
+// --- Tensors larger than one storage binding ------------------------------------------------------------
+
+/** A piece of a split norm: rows [first, first + rows) and, for group norm, its first channel. */
+interface RowPiece {
+  first: number;
+  rows: number;
+  channel: number;
+}
+
+/**
+ * Pieces of whole rows (statistics groups) that fit one storage binding, or null when `x` fits as a whole.
+ * Group-norm pieces stay within one sample, so that each is a group norm of its own over a channel range.
+ */
+function rowPieces(op: string, x: Tensor, layout: Layout): RowPiece[] | null {
+  const max = windowElements();
+  if (x.storage(op).buffer.size <= maxBindingBytes()) return null;
+  const rowLen = layout.planesPerRow * layout.planeLen;
+  const perPiece = Math.floor(max / rowLen);
+  if (perPiece < 1) {
+    throw new Error(
+      `${op}: one normalisation group of ${rowLen} elements is larger than a storage binding ` +
+        `(${max} elements); such inputs are not supported.`,
+    );
+  }
+  const rows = layout.planes / layout.planesPerRow;
+  const rowsPerSample = layout.affine === "channel" ? layout.channels / layout.planesPerRow : rows;
+  const pieces: RowPiece[] = [];
+  for (let s0 = 0; s0 < rows; s0 += rowsPerSample) {
+    for (let r = 0; r < rowsPerSample; r += perPiece) {
+      const count = Math.min(perPiece, rowsPerSample - r);
+      pieces.push({ first: s0 + r, rows: count, channel: r * layout.planesPerRow });
+    }
+  }
+  return pieces;
+}
+
+/** The layout of a piece, and its affine parameters (a channel range for group norm). */
+function pieceLayout(layout: Layout, piece: RowPiece, w: Tensor | null, b: Tensor | null) {
+  const channel = layout.affine === "channel";
+  const planes = piece.rows * layout.planesPerRow;
+  const sub: Layout = { ...layout, planes, channels: channel ? planes : layout.channels };
+  const part = (t: Tensor | null) => t && channel ? view(t, [planes], [1], t.offset + piece.channel) : t;
+  return { sub, w: part(w), b: part(b) };
+}
+
+/** The forward piece by piece: each piece copied out, normalised, and its output and statistics copied back. */
+function splitForward(
+  op: string,
+  x: Tensor,
+  layout: Layout,
+  w: Tensor | null,
+  b: Tensor | null,
+  silu: boolean,
+  eps: number,
+  pieces: RowPiece[],
+): { y: Tensor; stats: Tensor } {
+  const rowLen = layout.planesPerRow * layout.planeLen;
+  const y = fromData(null, x.shape);
+  const stats = fromData(null, [layout.planes / layout.planesPerRow, 2]);
+  for (const piece of pieces) {
+    const part = pieceLayout(layout, piece, w, b);
+    const xp = rowsOf(x, piece.first, piece.rows, rowLen);
+    const r = normForward(op, xp, part.sub, part.w, part.b, silu, eps);
+    intoRows(y, r.y, piece.first, rowLen);
+    intoRows(stats, r.stats, piece.first, 2);
+    for (const t of [xp, r.y, r.stats, part.w, part.b]) if (t && t !== w && t !== b) t.dispose();
+  }
+  return { y, stats };
+}
+
+/** The backward piece by piece: input gradients copied back, affine gradients summed over the pieces. */
+function splitBackward(
+  g: Tensor,
+  x: Tensor,
+  stats: Tensor,
+  layout: Layout,
+  w: Tensor | null,
+  b: Tensor | null,
+  pieces: RowPiece[],
+  backward: (
+    g: Tensor,
+    x: Tensor,
+    s: Tensor,
+    l: Layout,
+    w: Tensor | null,
+    b: Tensor | null,
+  ) => Array<Tensor | null>,
+): Array<Tensor | null> {
+  const rowLen = layout.planesPerRow * layout.planeLen;
+  const gc = contiguous(g);
+  let dx: Tensor | null = null;
+  const sums: Array<Tensor | null> = [];
+  for (const piece of pieces) {
+    const part = pieceLayout(layout, piece, w, b);
+    const gp = rowsOf(gc, piece.first, piece.rows, rowLen);
+    const xp = rowsOf(x, piece.first, piece.rows, rowLen);
+    const sp = rowsOf(stats, piece.first, piece.rows, 2);
+    const [dxp, ...affine] = backward(gp, xp, sp, part.sub, part.w, part.b);
+    if (dxp) {
+      dx ??= fromData(null, x.shape);
+      intoRows(dx, dxp, piece.first, rowLen);
+      dxp.dispose();
+    }
+    affine.forEach((d, i) => {
+      if (!d) {
+        sums[i] = null;
+        return;
+      }
+      const full = (i === 0 ? w : b) ?? w ?? b!;
+      sums[i] ??= map("fill", "s0", [], [0], full.shape);
+      // Group norm: the piece's channel range; layer norm: the whole parameter.
+      const target = layout.affine === "channel"
+        ? view(sums[i]!, [d.size], [1], sums[i]!.offset + piece.channel)
+        : viewAs(sums[i]!, d.shape);
+      // A kernel cannot read and write one buffer: the sum goes through a temporary.
+      const summed = map("add", "a + b", [target, d]);
+      copyInto(target, summed);
+      summed.dispose();
+      target.dispose();
+      d.dispose();
+    });
+    for (const t of [gp, xp, sp, part.w, part.b]) if (t && t !== w && t !== b) t.dispose();
+  }
+  gc.dispose();
+  return [dx, ...sums];
 }
 
 /** Layer norm's dγ = Σ_rows g·x̂ and dβ = Σ_rows g (rows are the leading axes). */

@@ -12,7 +12,8 @@
 
 import { type RandomDistribution, randomKernel, randomParams } from "../../kernels/random.ts";
 import { type Kernel, WG } from "../../kernels/types.ts";
-import { dispatch } from "../runtime.ts";
+import { limit } from "../device.ts";
+import { bindRange, dispatch, windowElements } from "../runtime.ts";
 import { checkShape, sizeOf } from "../shape.ts";
 import { fromData, type Tensor } from "../tensor.ts";
 
@@ -67,8 +68,17 @@ function draw(op: string, dist: RandomDistribution, shape: readonly number[], op
   if (n > 2 ** 32 - 1) throw new Error(`${op}: ${n} elements exceed the 2^32 − 1 one kernel can address.`);
   const out = fromData(null, shape, { dtype: dist === "bits" ? "int32" : "float32" });
   if (n === 0) return out;
-  const params = randomParams(n, [...words(offset), 0, 0], words(seed));
-  dispatch(kernelFor(dist), params, [out.storage(op).buffer], Math.ceil(Math.ceil(n / 4) / WG));
+  // Larger than one storage binding: pieces of whole Philox blocks (4 values) at aligned starts, each
+  // continuing the counter where the previous ended.
+  const step = Math.max(4, limit("minStorageBufferOffsetAlignment") / 4);
+  const perPiece = Math.floor(windowElements() / step) * step;
+  const buffer = out.storage(op).buffer;
+  for (let first = 0; first < n; first += perPiece) {
+    const count = Math.min(perPiece, n - first);
+    const params = randomParams(count, [...words(offset + first / 4), 0, 0], words(seed));
+    const { binding } = bindRange(buffer, first, first + count);
+    dispatch(kernelFor(dist), params, [binding], Math.ceil(Math.ceil(count / 4) / WG));
+  }
   return out;
 }
 

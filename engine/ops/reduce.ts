@@ -8,7 +8,7 @@
 import { reduceKernel, type ReduceOp, threadsPerRow } from "../../kernels/reduce.ts";
 import { WG } from "../../kernels/types.ts";
 import { record } from "../autograd.ts";
-import { dispatch } from "../runtime.ts";
+import { bindRange, dispatch, windowElements } from "../runtime.ts";
 import { formatShape, normalizeAxes, sizeOf } from "../shape.ts";
 import { fromData, Tensor } from "../tensor.ts";
 import { contiguous, map } from "./map.ts";
@@ -19,27 +19,74 @@ export type Axes = number | readonly number[] | undefined;
 
 const CHUNK = 4096;
 
-/** Reduces a contiguous `[rows, n]` buffer region into a new `[rows]` tensor. */
-function reduceRows(op: ReduceOp, src: Tensor, rows: number, n: number, scale: number): Tensor {
+/**
+ * Reduces `rows` rows of `n` elements of the contiguous `src` starting at element `first` into `out` from
+ * element `outFirst` on; the range fits one binding.
+ */
+function reducePiece(
+  op: ReduceOp,
+  src: Tensor,
+  first: number,
+  rows: number,
+  n: number,
+  scale: number,
+  out: Tensor,
+  outFirst: number,
+): void {
   const splitRows = n > 2 * CHUNK && rows < 1024;
   const chunks = splitRows ? Math.ceil(n / CHUNK) : 1;
   const chunkLen = splitRows ? CHUNK : n;
   const virtualRows = rows * chunks;
-  const out = fromData(null, [virtualRows]);
+  const dst = splitRows ? fromData(null, [virtualRows]) : out;
   const tpr = threadsPerRow(chunkLen);
-  const params = new Uint32Array(6);
-  params.set([virtualRows, n, chunks, chunkLen, src.offset]);
+  const input = bindRange(src.storage(op).buffer, first, first + rows * n);
+  const output = bindRange(
+    dst.storage(op).buffer,
+    splitRows ? 0 : outFirst,
+    (splitRows ? 0 : outFirst) + virtualRows,
+  );
+  const params = new Uint32Array(7);
+  params.set([virtualRows, n, chunks, chunkLen, first - input.shift]);
   new Float32Array(params.buffer)[5] = splitRows ? 1 : scale;
+  params[6] = (splitRows ? 0 : outFirst) - output.shift;
   dispatch(
     reduceKernel(op, tpr),
     params,
-    [src.storage(op).buffer, out.storage(op).buffer],
+    [input.binding, output.binding],
     Math.ceil(virtualRows / (WG / tpr)),
   );
-  if (!splitRows) return out;
-  const final = reduceRows(op, out, rows, chunks, scale);
-  out.dispose();
-  return final;
+  if (!splitRows) return;
+  reducePiece(op, dst, 0, rows, chunks, scale, out, outFirst);
+  dst.dispose();
+}
+
+/**
+ * Reduces a contiguous `[rows, n]` buffer region into a new `[rows]` tensor. Regions larger than one
+ * storage binding are reduced in pieces of whole rows, and rows longer than a binding in column pieces whose
+ * partial results are reduced again.
+ */
+function reduceRows(op: ReduceOp, src: Tensor, rows: number, n: number, scale: number): Tensor {
+  const max = windowElements();
+  const out = fromData(null, [rows]);
+  if (n > max) {
+    const parts = Math.ceil(n / max);
+    const len = Math.ceil(n / parts);
+    const partial = fromData(null, [rows * parts]);
+    for (let r = 0; r < rows; r++) {
+      for (let j = 0; j < parts; j++) {
+        const cols = Math.min(len, n - j * len);
+        reducePiece(op, src, src.offset + r * n + j * len, 1, cols, 1, partial, r * parts + j);
+      }
+    }
+    reducePiece(op, partial, 0, rows, parts, scale, out, 0);
+    partial.dispose();
+    return out;
+  }
+  const perPiece = Math.max(1, Math.floor(max / n));
+  for (let r0 = 0; r0 < rows; r0 += perPiece) {
+    reducePiece(op, src, src.offset + r0 * n, Math.min(perPiece, rows - r0), n, scale, out, r0);
+  }
+  return out;
 }
 
 /** Forward of a reduction without autograd. */

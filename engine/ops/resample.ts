@@ -32,6 +32,7 @@ import { record } from "../autograd.ts";
 import { cachedKernel, dispatch } from "../runtime.ts";
 import { formatShape } from "../shape.ts";
 import { fromData, Tensor } from "../tensor.ts";
+import { byRows } from "./blocks.ts";
 import { contiguous } from "./map.ts";
 
 /** Options of {@linkcode interpolate}: exactly one of `size` and `scaleFactor`, and a mode. */
@@ -221,43 +222,50 @@ export function interpolate(x: Tensor, opts: InterpolateOptions): Tensor {
   const outDims = axes.map((a) => a.outSize);
   const ratios = axes.map((a) => floatBits(ratioOf(a)));
   const xc = contiguous(x);
-  const y = fromData(null, [x.shape[0], x.shape[1], ...outDims]);
-  if (y.size > 0) {
-    const fwd = layoutOf(op, planes, outDims);
+  const inLen = inDims.reduce((a, b) => a * b, 1);
+  const outLen = outDims.reduce((a, b) => a * b, 1);
+  // Tensors larger than one storage binding run in blocks of planes (see blocks.ts).
+  const y = byRows(xc, planes, inLen, outLen, [x.shape[0], x.shape[1], ...outDims], (src, count) => {
+    const out = fromData(null, [count, ...outDims]);
+    if (out.size === 0) return out;
+    const fwd = layoutOf(op, count, outDims);
     const params = new Uint32Array(interpolateParamLayout(nd).words);
-    params.set([planes, fwd.groups, xc.offset, ...inDims, ...outDims, ...ratios, ...fwd.rcps]);
+    params.set([count, fwd.groups, src.offset, ...inDims, ...outDims, ...ratios, ...fwd.rcps]);
     dispatch(
       cachedKernel(interpolateKernel, kind, nd, fwd.vec),
       params,
-      [xc.storage(op).buffer, y.storage(op).buffer],
+      [src.storage(op).buffer, out.storage(op).buffer],
       fwd.grid,
     );
-  }
+    return out;
+  });
   xc.dispose();
   const inShape = x.shape;
   return record(op, y, [x], (g) => {
     const gc = contiguous(g);
-    const dx = fromData(null, inShape);
-    if (dx.size > 0) {
-      const bwd = layoutOf(op, planes, inDims);
-      const { table, rangeAt } = rangeTable(kind, axes);
+    const { table, rangeAt } = rangeTable(kind, axes);
+    const dx = byRows(gc, planes, outLen, inLen, inShape, (src, count) => {
+      const out = fromData(null, [count, ...inDims]);
+      if (out.size === 0) return out;
+      const bwd = layoutOf(op, count, inDims);
       dispatch(
         cachedKernel(interpolateGradKernel, kind, nd, bwd.vec),
         new Uint32Array([
-          planes,
+          count,
           bwd.groups,
-          gc.offset,
+          src.offset,
           ...inDims,
           ...outDims,
           ...ratios,
           ...bwd.rcps,
           ...rangeAt,
         ]),
-        [gc.storage(op).buffer, table.storage(op).buffer, dx.storage(op).buffer],
+        [src.storage(op).buffer, table.storage(op).buffer, out.storage(op).buffer],
         bwd.grid,
       );
-      table.dispose();
-    }
+      return out;
+    });
+    table.dispose();
     gc.dispose();
     return [dx];
   });
@@ -289,30 +297,36 @@ function avgPool(op: string, nd: number, x: Tensor, kernel: unknown, stride: unk
   const outDims = inDims.map((d, a) => Math.floor((d - k[a]) / s[a]) + 1);
   const planes = x.shape[0] * x.shape[1];
   const xc = contiguous(x);
-  const y = fromData(null, [x.shape[0], x.shape[1], ...outDims]);
-  if (y.size > 0) {
-    const fwd = layoutOf(op, planes, outDims);
+  const inLen = inDims.reduce((a, b) => a * b, 1);
+  const outLen = outDims.reduce((a, b) => a * b, 1);
+  const y = byRows(xc, planes, inLen, outLen, [x.shape[0], x.shape[1], ...outDims], (src, count) => {
+    const out = fromData(null, [count, ...outDims]);
+    if (out.size === 0) return out;
+    const fwd = layoutOf(op, count, outDims);
     dispatch(
       cachedKernel(avgPoolKernel, nd, fwd.vec),
-      new Uint32Array([planes, fwd.groups, xc.offset, ...inDims, ...outDims, ...k, ...s, ...fwd.rcps]),
-      [xc.storage(op).buffer, y.storage(op).buffer],
+      new Uint32Array([count, fwd.groups, src.offset, ...inDims, ...outDims, ...k, ...s, ...fwd.rcps]),
+      [src.storage(op).buffer, out.storage(op).buffer],
       fwd.grid,
     );
-  }
+    return out;
+  });
   xc.dispose();
   const inShape = x.shape;
   return record(op, y, [x], (g) => {
     const gc = contiguous(g);
-    const dx = fromData(null, inShape);
-    if (dx.size > 0) {
-      const bwd = layoutOf(op, planes, inDims);
+    const dx = byRows(gc, planes, outLen, inLen, inShape, (src, count) => {
+      const out = fromData(null, [count, ...inDims]);
+      if (out.size === 0) return out;
+      const bwd = layoutOf(op, count, inDims);
       dispatch(
         cachedKernel(avgPoolGradKernel, nd, bwd.vec),
-        new Uint32Array([planes, bwd.groups, gc.offset, ...inDims, ...outDims, ...k, ...s, ...bwd.rcps]),
-        [gc.storage(op).buffer, dx.storage(op).buffer],
+        new Uint32Array([count, bwd.groups, src.offset, ...inDims, ...outDims, ...k, ...s, ...bwd.rcps]),
+        [src.storage(op).buffer, out.storage(op).buffer],
         bwd.grid,
       );
-    }
+      return out;
+    });
     gc.dispose();
     return [dx];
   });

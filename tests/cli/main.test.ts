@@ -9,10 +9,10 @@
 import { deepStrictEqual, match, ok, rejects, strictEqual, throws } from "node:assert";
 import { describeFile } from "../../cli/info.ts";
 import { COMMANDS, run } from "../../cli/main.ts";
-import { makeScheduler } from "../../cli/sample.ts";
 import { encodeSafetensors } from "../../io/safetensors.ts";
 import { readNifti } from "../../io/nifti.ts";
 import { loadModelFile } from "../../pipelines/modelfile.ts";
+import { makeScheduler } from "../../samplers/registry.ts";
 import { DDIMScheduler, DDPMScheduler, EulerAncestralScheduler } from "../../samplers/scheduler.ts";
 import { gpuTest } from "../helpers/gpu.ts";
 import { makeTinyAdapter, TINY_AFFINE } from "../server/helpers.ts";
@@ -41,7 +41,16 @@ Deno.test("cli: --help and help list one line per command; no command is a usage
   for (const [name, command] of Object.entries(COMMANDS)) {
     match(help.stdout, new RegExp(`^  ${name} +${command.summary.replace(/[()+.*?|[\]\\]/g, "\\$&")}$`, "m"));
   }
-  deepStrictEqual(Object.keys(COMMANDS), ["sample", "train", "finetune", "eval", "info", "serve"]);
+  deepStrictEqual(Object.keys(COMMANDS), [
+    "sample",
+    "train",
+    "finetune",
+    "invert",
+    "eval",
+    "info",
+    "import",
+    "serve",
+  ]);
   strictEqual((await cli("help")).stdout, help.stdout);
   strictEqual((await cli("-h")).stdout, help.stdout);
 
@@ -57,6 +66,7 @@ Deno.test("cli: every command is routed to its module (its own --help)", async (
     sample: /^Usage: deno task sample/,
     train: /^Usage: deno task train/,
     finetune: /^Usage: deno task finetune/,
+    invert: /^Usage: deno task invert/,
     eval: /^voxgen eval: metrics of generated volumes/,
     info: /^Usage: deno task info/,
     serve: /^Usage: deno task serve/,
@@ -131,7 +141,7 @@ Deno.test("sample --sampler: euler-a is Euler ancestral, euler stays an alias", 
   ok(makeScheduler("euler", {}) instanceof EulerAncestralScheduler);
   ok(makeScheduler("ddim", {}) instanceof DDIMScheduler);
   ok(makeScheduler("ddpm", {}) instanceof DDPMScheduler);
-  throws(() => makeScheduler("euler_a", {}), /--sampler: "euler_a" is not one of ddim, ddpm, euler-a\./);
+  throws(() => makeScheduler("euler_a", {}), /sampler "euler_a" is not one of ddim, ddpm, euler-a\./);
 });
 
 gpuTest("cli sample --sampler euler-a writes a volume through the router", async () => {

@@ -29,38 +29,48 @@ gpuTest("the same seed gives the same sample, another seed another one (DDPM, DD
   }
 });
 
-gpuTest("classifier-free and composable guidance combine ε as ε(∅) + Σ wᵢ(ε(cᵢ) − ε(∅))", async () => {
-  const ctx = (k: number) => V.tensor([k], [1, 1, 1]);
-  const c1 = ctx(0.5);
-  const c2 = ctx(0.3);
-  const u = ctx(0.1);
-  const model = toy((c) => c.context === c1 ? 0.5 : c.context === c2 ? 0.3 : c.context === u ? 0.1 : NaN);
-  const opts = { shape, steps: 6, seed: 4 };
-  const guided = (conditions: Array<{ context: V.Tensor; weight: number }>) =>
-    sample(model, new DDIMScheduler({ clipSample: false }), {
-      ...opts,
-      guidance: { unconditional: { context: u }, conditions },
-    });
-  const plain = (k: number) => sample(toy(() => k), new DDIMScheduler({ clipSample: false }), opts);
-  // CFG with scale 3: 0.1 + 3·(0.5 − 0.1) = 1.3. Composable 2·c1 − 1·c2: 0.1 + 2·0.4 − 0.2 = 0.7.
-  for (
-    const [conditions, k] of [[[{ context: c1, weight: 3 }], 1.3], [[{ context: c1, weight: 2 }, {
-      context: c2,
-      weight: -1,
-    }], 0.7]] as const
-  ) {
-    const a = await guided([...conditions]);
-    const b = await plain(k);
-    // Both run the same f32 kernels on values that differ only by rounding of the combined constant.
-    assertClose(await a.toArray(), await b.toArray(), {
-      rtol: 1e-5,
-      atol: 1e-5,
-      name: `guidance → ε const ${k}`,
-    });
-    disposeAll(a, b);
-  }
-  disposeAll(c1, c2, u);
-});
+gpuTest(
+  "classifier-free and composable guidance: ε(∅) + Σ wᵢ(ε(cᵢ) − ε(∅)) from one batched forward",
+  async () => {
+    const ctx = (k: number) => V.tensor([k], [1, 1, 1]);
+    const c1 = ctx(0.5);
+    const c2 = ctx(0.3);
+    const u = ctx(0.1);
+    // ε̂ = 0.1·x + k, with k read from each batch item's context: the passes arrive stacked along the batch.
+    let calls = 0;
+    const model: Denoiser = (x, _t, c) => {
+      calls++;
+      return V.add(V.mul(x, 0.1), V.reshape(c.context!, [c.context!.shape[0], 1, 1, 1, 1]));
+    };
+    const opts = { shape, steps: 6, seed: 4 };
+    const guided = (conditions: Array<{ context: V.Tensor; weight: number }>) =>
+      sample(model, new DDIMScheduler({ clipSample: false }), {
+        ...opts,
+        guidance: { unconditional: { context: u }, conditions },
+      });
+    const plain = (k: number) => sample(toy(() => k), new DDIMScheduler({ clipSample: false }), opts);
+    // CFG with scale 3: 0.1 + 3·(0.5 − 0.1) = 1.3. Composable 2·c1 − 1·c2: 0.1 + 2·0.4 − 0.2 = 0.7.
+    for (
+      const [conditions, k] of [[[{ context: c1, weight: 3 }], 1.3], [[{ context: c1, weight: 2 }, {
+        context: c2,
+        weight: -1,
+      }], 0.7]] as const
+    ) {
+      calls = 0;
+      const a = await guided([...conditions]);
+      deepStrictEqual(calls, opts.steps, "one forward per step, whatever the number of conditions");
+      const b = await plain(k);
+      // Both run the same f32 kernels on values that differ only by rounding of the combined constant.
+      assertClose(await a.toArray(), await b.toArray(), {
+        rtol: 1e-5,
+        atol: 1e-5,
+        name: `guidance → ε const ${k}`,
+      });
+      disposeAll(a, b);
+    }
+    disposeAll(c1, c2, u);
+  },
+);
 
 gpuTest("inpainting keeps the known region exactly and generates the rest", async () => {
   const n = 64;

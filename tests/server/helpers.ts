@@ -10,9 +10,12 @@ import { noGrad } from "../../engine/autograd.ts";
 import { ready } from "../../engine/device.ts";
 import { mul } from "../../engine/ops/elementwise.ts";
 import { copyInto } from "../../engine/ops/map.ts";
+import { tensor } from "../../engine/ops/create.ts";
+import { baseModelHash, saveEmbeddingFile } from "../../pipelines/embedding.ts";
 import { randn } from "../../engine/ops/random.ts";
 import { DiffusionModelUNet, type DiffusionModelUNetOptions } from "../../models/unet.ts";
-import { loadModelFile, saveModelFile } from "../../pipelines/modelfile.ts";
+import { TokenTable, type TokenVocabulary } from "../../models/tokens.ts";
+import { loadModelFile, type ModelInfo, modelWeights, saveModelFile } from "../../pipelines/modelfile.ts";
 
 const MAIN = new URL("../../server/main.ts", import.meta.url).pathname;
 const CONFIG = new URL("../../deno.json", import.meta.url).pathname;
@@ -24,6 +27,7 @@ export const TINY_AFFINE: number[][] = [[2, 0, 0, -8], [0, 2, 0, -8], [0, 0, 2, 
 export async function makeTinyModel(
   path: string,
   extra: Partial<DiffusionModelUNetOptions> = {},
+  conditions: Pick<ModelInfo, "tokens" | "conditioning"> = {},
 ): Promise<void> {
   await ready();
   const opts: DiffusionModelUNetOptions = {
@@ -49,13 +53,53 @@ export async function makeTinyModel(
     noise.dispose();
     small.dispose();
   }
-  await saveModelFile(path, unet.stateDict(), {
+  const tokens = conditions.tokens ? new TokenTable(conditions.tokens, { seed: 5 }) : undefined;
+  await saveModelFile(path, modelWeights(unet, tokens), {
     unet: opts,
     scheduler: {},
     volume: { shape: [8, 8, 8], affine: TINY_AFFINE, range: [-1, 1] },
     description: "tiny random test model",
+    ...conditions,
   });
   unet.dispose();
+  tokens?.dispose();
+}
+
+/** The token table of {@linkcode makeTinyTokenModel}: <t1> (2 vectors) and <flair> (1), contexts of 4. */
+export const TINY_TOKENS: TokenVocabulary = {
+  contextLength: 4,
+  dim: 8,
+  concepts: [{ name: "<t1>", vectors: 2 }, { name: "<flair>", vectors: 1 }],
+};
+
+/** A tiny random cross-attention model conditioned on {@linkcode TINY_TOKENS}. */
+export async function makeTinyTokenModel(path: string): Promise<void> {
+  await makeTinyModel(path, { withConditioning: true, crossAttentionDim: 8 }, {
+    tokens: TINY_TOKENS,
+    conditioning: { uncondProb: 0.1 },
+  });
+}
+
+/** Writes an embedding `name` of `n` fixed vectors (width 8) for the token model file at `modelPath`. */
+export async function makeTinyEmbedding(
+  modelPath: string,
+  out: string,
+  name: string,
+  n: number,
+): Promise<void> {
+  await ready();
+  const { unet, tokens } = await loadModelFile(modelPath);
+  const vectors = tensor(Float32Array.from({ length: n * 8 }, (_, i) => Math.sin(i + 1)), [n, 8]);
+  await saveEmbeddingFile(out, vectors, {
+    name,
+    numVectors: n,
+    dim: 8,
+    contextLength: tokens!.contextLength,
+    baseModelHash: await baseModelHash(unet, tokens!),
+  });
+  vectors.dispose();
+  unet.dispose();
+  tokens!.dispose();
 }
 
 /**

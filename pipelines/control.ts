@@ -1,0 +1,342 @@
+/**
+ * Spatial control of a frozen diffusion model: building a control module (VCM or ControlNet) for a base
+ * model, training it with the base frozen (only the module learns), control files (the module's weights and
+ * what it needs: kind, options, conditions, the base's hash), and the controlled denoiser the sampler runs.
+ *
+ * - VCM: the base predicts under `noGrad`; its output is converted to ε, modulated (ε' = ε ⊙ (1 + γ) + β)
+ *   and, for sampling, converted back to what the base predicts. Loss MSE(ε', ε) + λ(mean|γ| + mean|β|).
+ * - ControlNet: its residuals enter the frozen U-Net's skips and middle block; the usual diffusion loss on
+ *   the U-Net's output (ε, v or x0), with gradients flowing through the frozen U-Net to the ControlNet.
+ *
+ * @module
+ */
+
+import { modelHash } from "../adapters/hash.ts";
+import { noGrad } from "../engine/autograd.ts";
+import { scope } from "../engine/memory.ts";
+import { abs, add, mse, mul } from "../engine/ops/elementwise.ts";
+import { mean } from "../engine/ops/reduce.ts";
+import { concat } from "../engine/ops/view.ts";
+import { formatShape } from "../engine/shape.ts";
+import type { Tensor } from "../engine/tensor.ts";
+import { loadSafetensorsFile, saveSafetensors } from "../io/safetensors.ts";
+import { ControlNet, type ControlNetOptions } from "../models/controlnet.ts";
+import type { DiffusionModelUNet } from "../models/unet.ts";
+import {
+  epsFromPrediction,
+  modulate,
+  type Modulation,
+  predictionFromEps,
+  VCM,
+  type VCMOptions,
+} from "../models/vcm.ts";
+import type { Denoiser } from "../samplers/sample.ts";
+import type { Scheduler } from "../samplers/scheduler.ts";
+import type { Batch, ControlInput, DiffusionNetwork } from "./train.ts";
+
+/** The kinds of control module. */
+export const CONTROL_KINDS = ["vcm", "controlnet"] as const;
+
+/** A kind of control module. */
+export type ControlKind = typeof CONTROL_KINDS[number];
+
+/** What a control file describes besides its weights. */
+export interface ControlInfo {
+  /** The module's kind. */
+  kind: ControlKind;
+  /** Its constructor options. */
+  options: VCMOptions | ControlNetOptions;
+  /** The conditions it takes, in order (names, e.g. "ventricles"), and their channels. */
+  conditions: string[];
+  /** Channels of each condition. */
+  conditionChannels: number[];
+  /** Hash of the base model's weights (adapters/hash.ts): the module only steers that model. */
+  baseHash: string;
+  /** Free-form description (training data, steps, …). */
+  description?: string;
+}
+
+/** A control module of either kind with its info. */
+export interface Control {
+  /** The module. */
+  module: VCM | ControlNet;
+  /** Its info. */
+  info: ControlInfo;
+}
+
+/** Sizes of the VCM built by {@linkcode createControl}: the release's ("paper") or a small one for 32³. */
+export type VCMPreset = "small" | "paper";
+
+/** Options of {@linkcode createControl}. */
+export interface CreateControlOptions {
+  /** The conditions (names) and their channels. */
+  conditions: readonly string[];
+  /** Channels of each condition. */
+  conditionChannels: readonly number[];
+  /** Halvings from the condition grid to the model grid (default 0: the same grid). */
+  downsamplings?: number;
+  /** VCM sizes (default "small"). */
+  preset?: VCMPreset;
+  /** The release's head (InstanceNorm after γ and β, PyTorch initialisation) instead of a zero head. */
+  releaseHead?: boolean;
+  /** Seed of the new weights (default 0). */
+  seed?: number;
+  /** VCM options that replace the preset's (e.g. smaller sizes in tests). */
+  vcm?: Partial<VCMOptions>;
+}
+
+/**
+ * A fresh control module for `base`. VCM: one encoder per condition. ControlNet: a copy of the base's encoder
+ * (MONAI's `load_state_dict(unet.state_dict(), strict=False)`), the conditions concatenated on channels, and a
+ * condition embedding with one stage per halving (16, 32, 96, 256 channels, as MONAI's default stages).
+ */
+export async function createControl(
+  kind: ControlKind,
+  base: DiffusionModelUNet,
+  opts: CreateControlOptions,
+): Promise<Control> {
+  const down = opts.downsamplings ?? 0;
+  const seed = opts.seed ?? 0;
+  const conditions = [...opts.conditions];
+  const conditionChannels = [...opts.conditionChannels];
+  if (conditions.length !== conditionChannels.length || conditions.length === 0) {
+    throw new Error("createControl: give one channel count per condition (at least one condition).");
+  }
+  const baseHash = await modelHash(base);
+  const spatialDims = base.config.spatialDims;
+  if (kind === "vcm") {
+    const small = (opts.preset ?? "small") === "small";
+    const options: VCMOptions = {
+      spatialDims,
+      modelChannels: base.config.outChannels,
+      conditionChannels,
+      downsamplings: down,
+      ...(small
+        ? {
+          encoderChannels: [8, 16, 16].slice(0, Math.max(2, down)),
+          encoderResBlocks: 1,
+          encoderGroups: 8,
+          unet: {
+            channels: [16, 32, 64],
+            numResBlocks: 1,
+            attentionLevels: [false, false, true],
+            normNumGroups: 8,
+          },
+          hiddenChannels: 16,
+          headChannels: 32,
+        }
+        : {}),
+      ...(opts.releaseHead ? { headNorm: "instance" as const, zeroHead: false } : {}),
+      seed,
+      ...opts.vcm,
+    };
+    return { module: new VCM(options), info: { kind, options, conditions, conditionChannels, baseHash } };
+  }
+  if (kind !== "controlnet") {
+    throw new Error(`createControl: unknown kind "${kind}"; accepted: ${CONTROL_KINDS.join(", ")}.`);
+  }
+  const stages = [16, 32, 96, 256].slice(0, down + 1);
+  const module = ControlNet.fromUNet(base, {
+    conditioningEmbeddingInChannels: conditionChannels.reduce((a, b) => a + b, 0),
+    conditioningEmbeddingNumChannels: stages,
+    seed,
+  });
+  const { seed: _seed, ...options } = {
+    ...module.config,
+    crossAttentionDim: module.config.crossAttentionDim ?? undefined,
+    numClassEmbeds: module.config.numClassEmbeds ?? undefined,
+  };
+  return { module, info: { kind, options, conditions, conditionChannels, baseHash } };
+}
+
+const FORMAT = "voxgen-control";
+
+/** Saves a control module's weights and info, atomically. */
+export async function saveControlFile(
+  path: string,
+  control: Control,
+  weights?: Map<string, Tensor>,
+): Promise<void> {
+  const { info } = control;
+  await saveSafetensors(path, weights ?? control.module.stateDict(), {
+    format: FORMAT,
+    kind: info.kind,
+    options: JSON.stringify(info.options),
+    conditions: JSON.stringify(info.conditions),
+    conditionChannels: JSON.stringify(info.conditionChannels),
+    baseHash: info.baseHash,
+    description: info.description ?? "",
+  });
+}
+
+/**
+ * Loads a control file written by {@linkcode saveControlFile} (eval mode, frozen). With `base`, refuses a
+ * module trained on other base weights.
+ */
+export async function loadControlFile(path: string, base?: DiffusionModelUNet): Promise<Control> {
+  const { tensors, metadata: meta } = await loadSafetensorsFile(path);
+  try {
+    if (meta.format !== FORMAT) {
+      throw new Error(
+        `${path} is not a voxgen control file (metadata format ${JSON.stringify(meta.format)}); ` +
+          "control files are written by `deno task train-control`.",
+      );
+    }
+    const info: ControlInfo = {
+      kind: meta.kind as ControlKind,
+      options: JSON.parse(meta.options),
+      conditions: JSON.parse(meta.conditions),
+      conditionChannels: JSON.parse(meta.conditionChannels),
+      baseHash: meta.baseHash,
+      description: meta.description,
+    };
+    if (base) {
+      const hash = await modelHash(base);
+      if (hash !== info.baseHash) {
+        throw new Error(
+          `${path} was trained on another base model (weights hash ${
+            info.baseHash.slice(0, 12)
+          }…, this one ` +
+            `${hash.slice(0, 12)}…); use it with the model it was trained on.`,
+        );
+      }
+    }
+    const module = info.kind === "vcm"
+      ? new VCM(info.options as VCMOptions)
+      : new ControlNet(info.options as ControlNetOptions);
+    module.loadStateDict(tensors);
+    module.eval().freeze();
+    return { module, info };
+  } finally {
+    for (const t of tensors.values()) t.dispose();
+  }
+}
+
+/** Checks that the conditions match the control module (count, channels, grid); throws a clear error. */
+export function checkConditions(control: Control, x: Tensor, conditions: ReadonlyArray<Tensor | null>): void {
+  const { info } = control;
+  if (conditions.length !== info.conditions.length) {
+    throw new Error(
+      `the control module takes ${info.conditions.length} condition(s) (${
+        info.conditions.join(", ")
+      }), got ` +
+        `${conditions.length}.`,
+    );
+  }
+  const factor = control.module instanceof VCM
+    ? 2 ** control.module.config.downsamplings
+    : control.module.conditionFactor;
+  const grid = x.shape.slice(2).map((n) => n * factor);
+  conditions.forEach((c, i) => {
+    if (!c) {
+      if (control.module instanceof ControlNet) {
+        throw new Error(`ControlNet needs every condition; "${info.conditions[i]}" is missing.`);
+      }
+      return;
+    }
+    const want = [x.shape[0], info.conditionChannels[i], ...grid];
+    const got = c.shape;
+    if (
+      got.length !== want.length || got.slice(1).join() !== want.slice(1).join() ||
+      (got[0] !== 1 && got[0] !== want[0])
+    ) {
+      throw new Error(
+        `condition "${info.conditions[i]}" ${formatShape(got)} does not fit: it must be ` +
+          `[${x.shape[0]} or 1, ${info.conditionChannels[i]}, ${grid.join(", ")}] (${
+            info.conditionChannels[i]
+          } ` +
+          `channel(s) on the model grid ${formatShape(x.shape.slice(2))}${
+            factor > 1 ? ` × ${factor}` : ""
+          }).`,
+      );
+    }
+  });
+}
+
+/** The conditions repeated to the batch size (a single condition volume serves every sample). */
+function batched(conditions: ReadonlyArray<Tensor | null>, batch: number): Array<Tensor | null> {
+  return conditions.map((c) => !c || c.shape[0] === batch ? c : concat(new Array(batch).fill(c), 0));
+}
+
+/**
+ * The base's prediction (ε, v or x0, as it was trained) steered by `control`, at noisy `x` and timesteps `t`.
+ * `scale` multiplies the control: ControlNet's conditioningScale; for VCM, γ and β (ε' = ε ⊙ (1 + sγ) + sβ).
+ */
+export function controlledPrediction(
+  base: DiffusionModelUNet,
+  scheduler: Scheduler,
+  control: Control,
+  x: Tensor,
+  t: readonly number[],
+  input: ControlInput,
+  scale = 1,
+): Tensor {
+  checkConditions(control, x, input.conditions);
+  return scope(() => {
+    const conditions = batched(input.conditions, x.shape[0]);
+    if (control.module instanceof ControlNet) {
+      const cond = conditions.length === 1 ? conditions[0]! : concat(conditions as Tensor[], 1);
+      const residuals = control.module.forward(x, t, cond, { conditioningScale: scale });
+      return base.forward(x, t, residuals);
+    }
+    const alphaBar = t.map((s) => scheduler.alphaBar(s));
+    const prediction = scheduler.predictionType;
+    const eps = noGrad(() => epsFromPrediction(prediction, base.forward(x, t), x, alphaBar));
+    const m = control.module.forward(x, eps, conditions, t, { keep: input.keep });
+    const scaled: Modulation = scale === 1 ? m : { gamma: mul(m.gamma, scale), beta: mul(m.beta, scale) };
+    return predictionFromEps(prediction, modulate(eps, scaled), x, alphaBar);
+  });
+}
+
+/** A sampler denoiser: the frozen base steered by `control` with fixed conditions (see controlledPrediction). */
+export function controlledDenoiser(
+  base: DiffusionModelUNet,
+  scheduler: Scheduler,
+  control: Control,
+  conditions: ReadonlyArray<Tensor | null>,
+  scale = 1,
+): Denoiser {
+  return (x, t) =>
+    controlledPrediction(base, scheduler, control, x, new Array(x.shape[0]).fill(t), {
+      conditions: [...conditions],
+    }, scale);
+}
+
+/**
+ * The network `train` sees: only the control module's parameters, the frozen base inside. VCM trains with its
+ * own loss (`trainingLoss`, ε space); ControlNet with train's usual loss on the controlled prediction.
+ */
+export function controlTrainingNetwork(
+  base: DiffusionModelUNet,
+  scheduler: Scheduler,
+  control: Control,
+  opts: { lambda?: number } = {},
+): DiffusionNetwork {
+  const lambda = opts.lambda ?? 1;
+  const needControl = (batch: { control?: ControlInput }) => {
+    if (!batch.control) throw new Error("control training: the batch carries no conditions.");
+    return batch.control;
+  };
+  const network: DiffusionNetwork = {
+    namedParameters: () => control.module.namedParameters(),
+    forward: (x, t, cond = {}) => controlledPrediction(base, scheduler, control, x, t, needControl(cond)),
+  };
+  const vcm = control.module;
+  if (vcm instanceof VCM) {
+    network.trainingLoss = (xt: Tensor, t: readonly number[], noise: Tensor, batch: Batch) => {
+      const input = needControl(batch);
+      checkConditions(control, xt, input.conditions);
+      return scope(() => {
+        const alphaBar = t.map((s) => scheduler.alphaBar(s));
+        const eps = noGrad(() =>
+          epsFromPrediction(scheduler.predictionType, base.forward(xt, t), xt, alphaBar)
+        );
+        const m = vcm.forward(xt, eps, batched(input.conditions, xt.shape[0]), t, { keep: input.keep });
+        const fit = mse(modulate(eps, m), noise);
+        if (lambda === 0) return fit;
+        return add(fit, mul(add(mean(abs(m.gamma)), mean(abs(m.beta))), lambda));
+      });
+    };
+  }
+  return network;
+}

@@ -1,0 +1,93 @@
+/**
+ * Generators from model files: a voxgen U-Net model file (with its token table), adapters merged into it
+ * and textual-inversion embeddings added to its tokens, or a slice model (cDPM, generated stage by stage),
+ * ready for `generate`.
+ *
+ * @module
+ */
+
+import { type AdapterSpec, mergeAdapterFiles } from "../adapters/io.ts";
+import type { AdapterSet } from "../adapters/inject.ts";
+import type { Tensor } from "../engine/tensor.ts";
+import { attachEmbedding, baseModelHash, loadEmbeddingFile } from "./embedding.ts";
+import type { Generator } from "./generate.ts";
+import { decodeLatents } from "./latent_modelfile.ts";
+import { disposeModel, type LoadedModel, loadModelFile } from "./modelfile.ts";
+import { isSliceModelFile, loadSliceModelFile, sliceGenerator } from "./slice_model.ts";
+
+/**
+ * The {@linkcode Generator} of a loaded U-Net model (a latent model samples latents and decodes
+ * decode(z / s) at the end); disposing it disposes the model's networks and the `owned` tensors (added
+ * embeddings).
+ */
+export function unetGenerator(model: LoadedModel, owned: Tensor[] = []): Generator {
+  const { unet, info, tokens, latent } = model;
+  const [nx, ny, nz] = info.volume.shape;
+  const classes = unet.config.numClassEmbeds;
+  const nullClass = info.conditioning?.nullClass;
+  return {
+    denoiser: (x, t, c) => unet.forward(x, t, { context: c.context, classLabels: c.classLabels }),
+    sampleShape: latent ? latent.latentShape : [unet.config.inChannels, nz, ny, nx],
+    decode: latent ? (z) => decodeLatents(latent.autoencoder, z, latent.scaleFactor) : undefined,
+    scheduler: info.scheduler,
+    parameterCount: unet.numParameters() + (tokens?.numParameters() ?? 0),
+    volume: info.volume,
+    conditions: classes !== null || tokens
+      ? { classes: classes !== null ? { count: classes, nullClass } : undefined, tokens }
+      : undefined,
+    dispose: () => {
+      disposeModel(model);
+      for (const t of owned) t.dispose();
+    },
+  };
+}
+
+/** Options of {@linkcode loadGenerator}. */
+export interface LoadGeneratorOptions {
+  /** Adapters merged into the weights, in order. */
+  adapters?: readonly AdapterSpec[];
+  /** Textual-inversion embedding files whose concepts prompts may then use (checked against the base). */
+  embeddings?: readonly string[];
+  /** Hears about each adapter merged (e.g. to log it). */
+  onAdapter?: (spec: AdapterSpec, set: AdapterSet) => void;
+  /** Slices per volume of a slice model (default: its training depth); other models refuse it. */
+  depth?: number;
+}
+
+/** Loads a model file, merges its adapters, and returns it ready for `generate`. */
+export async function loadGenerator(path: string, opts: LoadGeneratorOptions = {}): Promise<Generator> {
+  if (await isSliceModelFile(path)) {
+    if (opts.adapters?.length || opts.embeddings?.length) {
+      throw new Error(`${path} is a slice model (cDPM): adapters and embeddings do not apply to it.`);
+    }
+    return sliceGenerator(await loadSliceModelFile(path), opts.depth);
+  }
+  if (opts.depth !== undefined) {
+    throw new Error(
+      `a depth was given, but ${path} is not a slice model (it generates whole volumes of one size).`,
+    );
+  }
+  const model = await loadModelFile(path, { allowLatent: true });
+  const vectors: Tensor[] = [];
+  try {
+    const embeddings = opts.embeddings ?? [];
+    if (embeddings.length > 0) {
+      if (!model.tokens) {
+        throw new Error(`${path} has no token table, so it cannot use textual-inversion embeddings.`);
+      }
+      // Hashed before adapters change the weights: embeddings are tied to the base model.
+      const hash = await baseModelHash(model.unet, model.tokens);
+      for (const file of embeddings) {
+        const embedding = await loadEmbeddingFile(file);
+        vectors.push(embedding.vectors);
+        attachEmbedding(model.tokens, hash, embedding, file);
+      }
+    }
+    await mergeAdapterFiles(model.unet, opts.adapters ?? [], opts.onAdapter);
+  } catch (error) {
+    disposeModel(model);
+    for (const t of vectors) t.dispose();
+    throw error;
+  }
+  return unetGenerator(model, vectors);
+}
