@@ -139,7 +139,11 @@ export class ResnetBlock extends Module {
         `ResnetBlock: embedding ${formatShape(emb.shape)} must be [${x.shape[0]}, ${this.tembChannels}].`,
       );
     }
-    if (this.checkpointing) return checkpoint((xs, es) => this.#body(xs, es), [x, emb], this.parameters());
+    if (this.checkpointing) {
+      return emb
+        ? checkpoint((xs, es) => this.#body(xs, es), [x, emb], this.parameters())
+        : checkpoint((xs) => this.#body(xs), [x], this.parameters());
+    }
     return this.#body(x, emb);
   }
 
@@ -149,7 +153,7 @@ export class ResnetBlock extends Module {
    */
   checkpointing = false;
 
-  #body(x: Tensor, emb: Tensor): Tensor {
+  #body(x: Tensor, emb?: Tensor): Tensor {
     return scope(() => {
       let h = liveChild<GroupNorm>(this, "norm1").forwardSilu(x);
       let skip = x;

@@ -14,12 +14,7 @@ import type { SchedulerOptions } from "../samplers/scheduler.ts";
 import { TokenTable, type TokenVocabulary } from "../models/tokens.ts";
 import type { VolumeInfo } from "./generate.ts";
 import type { AutoencoderKL } from "../models/autoencoder.ts";
-import {
-  decodeLatents,
-  LATENT_KIND,
-  latentInfoFromMetadata,
-  latentModelFromWeights,
-} from "./latent_modelfile.ts";
+import { LATENT_KIND, latentInfoFromMetadata, latentModelFromWeights } from "./latent_modelfile.ts";
 
 export type { VolumeInfo } from "./generate.ts";
 
