@@ -111,7 +111,7 @@ function voxgenForward(): void {
 function voxgenTrain(): void {
   unet.train();
   const grads = V.scope(() => {
-    const loss = V.mse(unet.forward(x, timesteps), target);
+    const loss = V.mseLoss(unet.forward(x, timesteps), target);
     return V.grad(loss, unet.parameters());
   });
   optimizer.step(grads);

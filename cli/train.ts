@@ -55,9 +55,9 @@ Conditioning (with a manifest)
   --token-dim N        token width = the U-Net's cross-attention width (default 64)
 Diffusion
   --schedule NAME      linear_beta | scaled_linear_beta (default) | cosine
-  --beta-start X       default 0.0005 (seed 004's scaled-linear schedule)
+  --beta-start X       default 0.0005 (Basile et al.'s scaled-linear schedule)
   --beta-end X         default 0.0195
-  --prediction NAME    epsilon (default) | v_prediction | sample
+  --prediction NAME    v_prediction (default, as docs/models/brain32.md recommends) | epsilon | sample
 Training
   --steps N            optimizer steps (default 2000)
   --batch N            volumes per step (default 2)
@@ -94,7 +94,7 @@ export async function main(args: string[]): Promise<void> {
       schedule: { type: "string", default: "scaled_linear_beta" },
       "beta-start": { type: "string" },
       "beta-end": { type: "string" },
-      prediction: { type: "string", default: "epsilon" },
+      prediction: { type: "string", default: "v_prediction" },
       steps: { type: "string" },
       batch: { type: "string" },
       accumulate: { type: "string" },

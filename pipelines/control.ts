@@ -14,7 +14,7 @@
 import { modelHash } from "../adapters/hash.ts";
 import { noGrad } from "../engine/autograd.ts";
 import { scope } from "../engine/memory.ts";
-import { abs, add, mse, mul } from "../engine/ops/elementwise.ts";
+import { abs, add, mseLoss, mul } from "../engine/ops/elementwise.ts";
 import { mean } from "../engine/ops/reduce.ts";
 import { concat } from "../engine/ops/view.ts";
 import { formatShape } from "../engine/shape.ts";
@@ -332,7 +332,7 @@ export function controlTrainingNetwork(
           epsFromPrediction(scheduler.predictionType, base.forward(xt, t), xt, alphaBar)
         );
         const m = vcm.forward(xt, eps, batched(input.conditions, xt.shape[0]), t, { keep: input.keep });
-        const fit = mse(modulate(eps, m), noise);
+        const fit = mseLoss(modulate(eps, m), noise);
         if (lambda === 0) return fit;
         return add(fit, mul(add(mean(abs(m.gamma)), mean(abs(m.beta))), lambda));
       });

@@ -11,36 +11,11 @@ import type { AdapterSet } from "../adapters/inject.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { attachEmbedding, baseModelHash, loadEmbeddingFile } from "./embedding.ts";
 import type { Generator } from "./generate.ts";
-import { decodeLatents } from "./latent_modelfile.ts";
-import { disposeModel, type LoadedModel, loadModelFile } from "./modelfile.ts";
+import { disposeModel, loadModelFile, unetGenerator } from "./modelfile.ts";
 import { isSliceModelFile, loadSliceModelFile, sliceGenerator } from "./slice_model.ts";
 
-/**
- * The {@linkcode Generator} of a loaded U-Net model (a latent model samples latents and decodes
- * decode(z / s) at the end); disposing it disposes the model's networks and the `owned` tensors (added
- * embeddings).
- */
-export function unetGenerator(model: LoadedModel, owned: Tensor[] = []): Generator {
-  const { unet, info, tokens, latent } = model;
-  const [nx, ny, nz] = info.volume.shape;
-  const classes = unet.config.numClassEmbeds;
-  const nullClass = info.conditioning?.nullClass;
-  return {
-    denoiser: (x, t, c) => unet.forward(x, t, { context: c.context, classLabels: c.classLabels }),
-    sampleShape: latent ? latent.latentShape : [unet.config.inChannels, nz, ny, nx],
-    decode: latent ? (z) => decodeLatents(latent.autoencoder, z, latent.scaleFactor) : undefined,
-    scheduler: info.scheduler,
-    parameterCount: unet.numParameters() + (tokens?.numParameters() ?? 0),
-    volume: info.volume,
-    conditions: classes !== null || tokens
-      ? { classes: classes !== null ? { count: classes, nullClass } : undefined, tokens }
-      : undefined,
-    dispose: () => {
-      disposeModel(model);
-      for (const t of owned) t.dispose();
-    },
-  };
-}
+// Defined with the model (pipelines/model.ts, which runs in browsers too); re-exported where it always was.
+export { unetGenerator };
 
 /** Options of {@linkcode loadGenerator}. */
 export interface LoadGeneratorOptions {

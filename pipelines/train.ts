@@ -9,7 +9,7 @@
 
 import { grad, noGrad } from "../engine/autograd.ts";
 import { keep, scope } from "../engine/memory.ts";
-import { add, div, mse, mul, square, sub } from "../engine/ops/elementwise.ts";
+import { add, div, mseLoss, mul, square, sub } from "../engine/ops/elementwise.ts";
 import { mean } from "../engine/ops/reduce.ts";
 import { copyInto, map } from "../engine/ops/map.ts";
 import { randn } from "../engine/ops/random.ts";
@@ -379,7 +379,7 @@ export async function train(
             ? model.trainingLoss(xt, t, noise, batch)
             : batch.lossMask
             ? maskedMse(model.forward(xt, t, batch), target(scheduler, batch.x0, noise, t), batch.lossMask)
-            : mse(model.forward(xt, t, batch), target(scheduler, batch.x0, noise, t));
+            : mseLoss(model.forward(xt, t, batch), target(scheduler, batch.x0, noise, t));
           const scaled = accumulation > 1 ? map("scale", "a * s0", [l], [1 / accumulation]) : l;
           return { loss: l, grads: grad(scaled, params) };
         });

@@ -17,7 +17,7 @@ import { parseArgs } from "node:util";
 import { grad } from "../engine/autograd.ts";
 import { ready } from "../engine/device.ts";
 import { memory, scope } from "../engine/memory.ts";
-import { mse } from "../engine/ops/elementwise.ts";
+import { mseLoss } from "../engine/ops/elementwise.ts";
 import { randn } from "../engine/ops/random.ts";
 import { resetPeak } from "../engine/pool.ts";
 import { sync } from "../engine/runtime.ts";
@@ -217,7 +217,7 @@ for (const depth of depths) {
         const grads = scope(() => {
           const noise = randn(volumes.shape, { seed: 1 });
           const xt = scheduler.addNoise(volumes, noise, t);
-          return grad(mse(volume3d.forward(xt, t), noise), params);
+          return grad(mseLoss(volume3d.forward(xt, t), noise), params);
         });
         for (const g of grads) g.dispose();
       },
@@ -248,7 +248,7 @@ for (const depth of depths) {
           const noise = randn([batch * slots, 1, size, size], { seed: 1 });
           const input = randn([batch * slots, 2, size, size], { seed: 2 });
           const ts = Array.from({ length: batch * slots }, (_, i) => t[Math.floor(i / slots)]);
-          return grad(mse(flat.forward(input, ts), noise), params);
+          return grad(mseLoss(flat.forward(input, ts), noise), params);
         });
         for (const g of grads) g.dispose();
       },

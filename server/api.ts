@@ -15,7 +15,7 @@ import { type AdapterChoice, type InpaintChoice, MAX_PRIORITY, type SampleReques
 import { prometheusText } from "./metrics.ts";
 import type { JobEvent, JobQueue } from "./queue.ts";
 import { FINAL_STATES, type Job, type JobStatus } from "./store.ts";
-import { niivueModule, viewerPage } from "./viewer.ts";
+import { browserBundle, niivueModule, viewerPage } from "./viewer.ts";
 
 /** Limits and settings of the API. */
 export interface ApiOptions {
@@ -84,6 +84,12 @@ export function createApi(opts: ApiOptions): Api {
         },
       });
     }
+    if (path === "/voxgen.js") {
+      allow(req, ["GET"]);
+      return new Response(await browserBundle(), {
+        headers: { "content-type": "text/javascript; charset=utf-8" },
+      });
+    }
     if (path === "/healthz") {
       allow(req, ["GET"]);
       const health = await opts.queue.health();
@@ -117,6 +123,13 @@ export function createApi(opts: ApiOptions): Api {
         adapters: await opts.catalog.adapters(),
         embeddings: await opts.catalog.embeddings(),
       });
+    }
+    if (parts.length === 3 && parts[0] === "models" && parts[2] === "file") {
+      // The model file itself, for pages that sample with their own GPU.
+      allow(req, ["GET"]);
+      const { path } = await opts.catalog.model(decodeURIComponent(parts[1]));
+      const file = await Deno.open(path);
+      return new Response(file.readable, { headers: { "content-type": "application/octet-stream" } });
     }
     if (parts[0] === "jobs") {
       if (parts.length === 1) {

@@ -40,6 +40,7 @@ import {
   redisOptions,
   type SampleJob,
 } from "./queue_redis.ts";
+import { runUntilStopped } from "./signals.ts";
 
 /** Options of {@linkcode startHost}. */
 export interface HostOptions {
@@ -338,21 +339,7 @@ export async function main(args: string[]): Promise<void> {
     ),
   });
   console.log(`voxgen worker ${host.id} ready (GPU: ${host.device.adapter})`);
-  const done = Promise.withResolvers<void>();
-  let signals = 0;
-  const onSignal = (signal: Deno.Signal) => {
-    if (++signals > 1) {
-      console.error(`${signal} again: exiting without waiting`);
-      Deno.exit(1);
-    }
-    console.error(`${signal}: shutting down (the running job may finish first; ${signal} again to force)`);
-    host.shutdown(graceMs).then(done.resolve, done.reject);
-  };
-  const signalNames: Deno.Signal[] = ["SIGINT", "SIGTERM"];
-  const handlers = signalNames.map((s) => [s, () => onSignal(s)] as const);
-  for (const [s, h] of handlers) Deno.addSignalListener(s, h);
-  await done.promise;
-  for (const [s, h] of handlers) Deno.removeSignalListener(s, h);
+  await runUntilStopped(() => host.shutdown(graceMs));
   console.error("stopped");
 }
 

@@ -26,6 +26,7 @@ import type { WorkerDevice } from "./protocol.ts";
 import type { JobQueue } from "./queue.ts";
 import { LocalQueue } from "./queue_local.ts";
 import { JobStore } from "./store.ts";
+import { runUntilStopped } from "./signals.ts";
 
 /** Options of {@linkcode startServer}. */
 export interface ServerOptions {
@@ -218,21 +219,7 @@ export async function main(args: string[]): Promise<void> {
   });
   const backend = server.device ? `GPU: ${server.device.adapter}` : "shared queue, GPUs on the worker hosts";
   console.log(`voxgen server listening on ${server.url}/ (${backend})`);
-  const done = Promise.withResolvers<void>();
-  let signals = 0;
-  const onSignal = (signal: Deno.Signal) => {
-    if (++signals > 1) {
-      console.error(`${signal} again: exiting without waiting`);
-      Deno.exit(1);
-    }
-    console.error(`${signal}: shutting down (the running job may finish first; ${signal} again to force)`);
-    server.shutdown().then(done.resolve, done.reject);
-  };
-  const signalNames: Deno.Signal[] = ["SIGINT", "SIGTERM"];
-  const handlers = signalNames.map((s) => [s, () => onSignal(s)] as const);
-  for (const [s, h] of handlers) Deno.addSignalListener(s, h);
-  await done.promise;
-  for (const [s, h] of handlers) Deno.removeSignalListener(s, h);
+  await runUntilStopped(() => server.shutdown());
   console.error("stopped");
 }
 

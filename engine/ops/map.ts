@@ -68,10 +68,11 @@ export function mapInto(
   const arity = inputs.length;
   const buffers = [out.storage(name).buffer, ...inputs.map((t) => t.storage(name).buffer)];
   const offsets = [out.offset, ...inputs.map((t) => t.offset)];
-  // Contiguous operands in whole vec4s: the vec4 kernel, in windows of whole vec4s when large.
+  // Contiguous operands in whole vec4s: the vec4 kernel, in windows of whole vec4s when large. Not for
+  // expressions of the element index `i` (arange): the vec4 kernel's index counts vec4s.
   if (
     mapSettings.vec4 && rank === 1 && c.strides.every((s) => s[0] === 1) && n % 4 === 0 &&
-    offsets.every((o) => o % 4 === 0)
+    offsets.every((o) => o % 4 === 0) && !/\bi\b/.test(expr)
   ) {
     const kernel = kernelFor(name, expr, arity, 0);
     const per = Math.floor(windowElements() / 4) * 4;
