@@ -7,7 +7,7 @@ import { deepStrictEqual, ok, rejects, throws } from "node:assert";
 import { add, keep, mul, noGrad, scope, type Tensor } from "../../mod.ts";
 import { map } from "../../engine/ops/map.ts";
 import { SliceDiffusionUNet } from "../../models/slice_unet.ts";
-import { DDIMScheduler, DDPMScheduler } from "../../samplers/scheduler.ts";
+import { DDIMScheduler, DDPMScheduler, EulerAncestralScheduler } from "../../samplers/scheduler.ts";
 import { planStages, type Stage, stagedSample, type StageSlots } from "../../samplers/staged.ts";
 import { gpuTest } from "../helpers/gpu.ts";
 import { loadRandom } from "../models/slice_helpers.ts";
@@ -158,6 +158,15 @@ gpuTest(
       "3/3:2/3",
       "3/3:3/3",
     ]);
+    // Any scheduler: Euler ancestral scales the model input and starts from σ_max-scaled noise.
+    const euler = await stagedSample(
+      (x, t, slots) => net.forward(x, t, { slices: slots }),
+      new EulerAncestralScheduler({ predictionType: "v_prediction" }),
+      { volumes: 2, sliceShape: [1, 4, 4], plan, steps: 2 },
+    );
+    deepStrictEqual(euler.shape, [2, 1, 5, 4, 4]);
+    ok((await euler.toArray()).every(Number.isFinite));
+    euler.dispose();
     net.dispose();
   },
 );
