@@ -73,7 +73,10 @@ export type ResolvedSliceUNetOptions = Required<SliceUNetOptions> & {
 export interface SliceInputs extends SlotLayout {
   /** Clean slices [B, T, C, H, W]; their condition slots replace the input's (required with condition slots). */
   clean?: Tensor;
-  /** Depth D of the volumes (slice indices are in 0..D−1); required with `absoluteIndexEmbedding`. */
+  /**
+   * Depth D of the volumes (slice indices are in 0..D−1); required with `absoluteIndexEmbedding`, which
+   * embeds index/D — a volume of another depth than the training one is therefore a stretched one.
+   */
   depth?: number;
 }
 
