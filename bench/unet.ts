@@ -18,6 +18,9 @@
  * file and engine/profile.ts into it) runs as a server child (`--serve`) and is timed round by round in the
  * same way: side-by-side before/after ratios under the same load.
  *
+ * `--conv-path auto|direct|chunk` sets `convSettings.path` (the --against child keeps its default), so
+ * `--conv-path chunk --against .` compares kernel choices within one checkout.
+ *
  * Work `train-ckpt` is the training step with gradient checkpointing of the res blocks
  * (`gradientCheckpointing()`), timed by voxgen only.
  *
@@ -33,6 +36,7 @@ import * as V from "../mod.ts";
 import { DiffusionModelUNet, type DiffusionModelUNetOptions } from "../models/unet.ts";
 import { canProfile, type ProfileEntry, startProfile, stopProfile } from "../engine/profile.ts";
 import { resetPeak } from "../engine/pool.ts";
+import { convSettings } from "../engine/ops/conv.ts";
 import { median } from "./timing.ts";
 
 const { values } = parseArgs({
@@ -46,6 +50,7 @@ const { values } = parseArgs({
     torch: { type: "boolean", default: false },
     profile: { type: "boolean", default: false },
     against: { type: "string" },
+    "conv-path": { type: "string", default: "auto" },
     serve: { type: "boolean", default: false },
   },
 });
@@ -91,6 +96,7 @@ const arch = ARCHS[values.arch!];
 if (!arch) throw new Error(`--arch must be one of ${Object.keys(ARCHS).join(", ")}, got ${values.arch}`);
 
 await V.ready();
+convSettings.path = values["conv-path"] as typeof convSettings.path;
 const load = () => Deno.loadavg().map((l) => l.toFixed(2)).join(" ");
 console.log(`adapter: ${V.deviceInfo().adapter}; load average ${load()}`);
 const unet = new DiffusionModelUNet(arch.voxgen);
@@ -253,14 +259,22 @@ for (const c of contenders) {
 const MiB = 2 ** 20;
 const fmt = (s: number) => s.toFixed(3);
 console.log(`\nload average before timing: ${load()}`);
-for (const w of works) {
-  const ours: Array<{ wall: number; cpu: number }> = [];
-  const theirs: Array<Array<{ wall: number; cpu: number }>> = contenders.map(() => []);
-  for (let i = 0; i < reps; i++) {
-    ours.push(await timed(run[w]));
+// Rounds: every work of voxgen and of each contender once per round, so that all see the same load.
+type Timing = { wall: number; cpu: number };
+const oursAll: Record<string, Timing[]> = Object.fromEntries(works.map((w) => [w, []]));
+const theirsAll: Record<string, Timing[][]> = Object.fromEntries(
+  works.map((w) => [w, contenders.map(() => [])]),
+);
+for (let i = 0; i < reps; i++) {
+  for (const w of works) {
+    oursAll[w].push(await timed(run[w]));
     if (w === "train-ckpt") continue;
-    for (const [k, c] of contenders.entries()) theirs[k].push(await contenderRun(c, w));
+    for (const [k, c] of contenders.entries()) theirsAll[w][k].push(await contenderRun(c, w));
   }
+}
+for (const w of works) {
+  const ours = oursAll[w];
+  const theirs = theirsAll[w];
   const live = V.memory().liveBytes;
   console.log(
     `${w}: voxgen wall ${ours.map((o) => fmt(o.wall)).join(", ")} s (median ${

@@ -359,14 +359,11 @@ function weightGradChunkConfigFor(g: Geometry): ConvWeightGradChunkConfig | null
   if (convSettings.path === "direct" || g.groups !== 1 || g.outDims[2] % 4 !== 0) return null;
   const taps = g.kernel[0] * g.kernel[1] * g.kernel[2];
   const macs = g.n * g.cout * g.cin * taps * sizeOf(g.outDims);
-  // `auto` picks it for strided convolutions only, where the direct kernel is slowest (3.5× the forward at
-  // the U-Net's downsample, against 1.1× for this one). For stride 1 it is faster in isolation and in a bare
-  // U-Net forward + backward, yet a whole training step of the default model measured 6.3 s with it against
-  // 4.0 s without (4.4 s with it on strided convolutions only) — not understood yet, so not by default.
-  if (
-    convSettings.path === "auto" &&
-    (g.stride.every((s) => s === 1) || macs < convSettings.minChunkMacs || !isSoftwareAdapter())
-  ) return null;
+  // `auto` once picked it for strided convolutions only: a whole training step of the default model was
+  // slower with it at stride 1 although each convolution was faster. With the planes copy it starts with now
+  // 6–10× faster (convPlanesKernel), the step with the chunk kernels takes 0.80–0.85× the CPU time (32³,
+  // side by side); the slow copy was probably the earlier cause (not verified).
+  if (convSettings.path === "auto" && (macs < convSettings.minChunkMacs || !isSoftwareAdapter())) return null;
   const rows = g.cout <= 8 ? 8 : g.cout <= 16 ? 16 : g.cout <= 32 ? 32 : 64;
   // rows × depth = 2048: 32 KB of staged gradOut and 2048 unrolled vec4 FMAs per thread.
   return { threads: 64, rows, depth: 2048 / rows, ...convSettings.weightGradChunk };
