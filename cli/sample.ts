@@ -59,6 +59,8 @@ const HELP = `Usage: deno task sample [options]
   --eta X           DDIM η (default 0)
   --seed N          random seed (default 0)
   --batch N         number of volumes (default 1)
+  --depth N         slices per volume, for slice models (cDPM; default: the training depth); they are
+                    built stage by stage
   --out FILE        output NIfTI (.nii or .nii.gz; default sample.nii.gz); batches get _0, _1, … suffixes
   --png FILE        preview image (default: the output name with .png)
 `;
@@ -120,6 +122,7 @@ export async function main(args: string[]): Promise<void> {
       eta: { type: "string" },
       seed: { type: "string" },
       batch: { type: "string" },
+      depth: { type: "string" },
       prompt: { type: "string" },
       cfg: { type: "string" },
       class: { type: "string" },
@@ -200,12 +203,14 @@ export async function main(args: string[]): Promise<void> {
     adapters,
     embeddings: values.embedding,
     onAdapter: logAdapter,
+    depth: values.depth === undefined ? undefined : numberOption("depth", values.depth, 1, 1, 4096, true),
   });
   try {
     console.error(
       `model ${modelPath}: ${model.parameterCount.toLocaleString()} parameters; ${device.adapter}`,
     );
-    const progress = new Progress(`sampling (${sampler}, seed ${seed})`, steps);
+    // A staged model (slice model) reports its steps over all stages.
+    let progress: Progress | null = null;
     const inpaint = values["inpaint-image"] === undefined ? undefined : prepareInpainting(
       await readNifti(values["inpaint-image"]),
       await readNifti(values["inpaint-mask"]!),
@@ -230,7 +235,11 @@ export async function main(args: string[]): Promise<void> {
       prompt: values.prompt,
       classLabel,
       inpaint,
-      onProgress: (p) => progress.update(p.step),
+      onProgress: (p) => {
+        progress ??= new Progress(`sampling (${sampler}, seed ${seed})`, p.total);
+        const stages = p.total / steps;
+        progress.update(p.step, stages > 1 ? `stage ${Math.ceil(p.step / steps)}/${stages}` : undefined);
+      },
     });
     const written = await writeVolumeFiles(generated, out, {
       png: values.png,

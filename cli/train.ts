@@ -1,6 +1,6 @@
 /**
- * `deno task train`: trains a 3-D DDPM U-Net on NIfTI volumes with GPU augmentation, then writes a voxgen
- * model file (EMA weights + everything `sample` needs), sample previews, loss.csv and loss.png.
+ * `deno task train`: trains a 3-D DDPM U-Net on NIfTI volumes with GPU augmentation (or, with `--slots`, a
+ * 2-D cDPM slice model on slices of them), then writes a voxgen model file (EMA weights + everything `sample` needs), sample previews, loss.csv and loss.png.
  *
  * @module
  */
@@ -20,6 +20,9 @@ import { type LatentTraining, prepareLatentTraining } from "../pipelines/latent.
 import { isManifestPath, type Manifest, readManifest } from "../pipelines/manifest.ts";
 import { type ModelInfo, saveModelFile, TOKEN_PREFIX } from "../pipelines/modelfile.ts";
 import { type RunSetting, train } from "../pipelines/train.ts";
+import { sliceBatches } from "../pipelines/slice_data.ts";
+import { saveSliceModelFile } from "../pipelines/slice_model.ts";
+import { SliceDiffusionUNet, type SliceUNetOptions } from "../models/slice_unet.ts";
 import { TokenTable, type TokenVocabulary } from "../models/tokens.ts";
 import { DDPMScheduler, type PredictionType, type SchedulerOptions } from "../samplers/scheduler.ts";
 import type { ScheduleName } from "../samplers/schedule.ts";
@@ -43,6 +46,8 @@ Model
   --res-blocks N       ResnetBlocks per level (default 1)
   --groups N           GroupNorm groups (default 8)
   --head-channels N    channels per attention head (default 16)
+  --slots N            train a 2-D slice model (cDPM) on N slices per example (condition + target, slices
+                       along z) instead of a 3-D model; \`sample\` builds volumes from it stage by stage
 Conditioning (with a manifest)
   --uncond-prob X      condition dropout: each sample's prompt/class/condition volume is replaced by the null
                        one (empty prompt, null class, zeros) with this
@@ -87,6 +92,7 @@ export async function main(args: string[]): Promise<void> {
       "res-blocks": { type: "string" },
       groups: { type: "string" },
       "head-channels": { type: "string" },
+      slots: { type: "string" },
       schedule: { type: "string", default: "scaled_linear_beta" },
       "beta-start": { type: "string" },
       "beta-end": { type: "string" },
@@ -184,6 +190,22 @@ export async function main(args: string[]): Promise<void> {
   // Condition volumes are extra input channels after the image's.
   const conditionChannels = manifest?.hasConditions ? 1 : 0;
   unetOptions.inChannels = unetOptions.inChannels! + conditionChannels;
+  const slots = values.slots === undefined ? null : numberOption("slots", values.slots, 8, 2, 64, true);
+  if (slots && (manifest || ae)) {
+    ae?.dispose();
+    throw new Error(
+      "--slots: slice models train unconditional image models (no manifest, no --autoencoder).",
+    );
+  }
+  const sliceOptions: SliceUNetOptions = {
+    inChannels: 1,
+    channels,
+    attentionLevels: attention,
+    numResBlocks: unetOptions.numResBlocks as number,
+    normNumGroups: unetOptions.normNumGroups,
+    numHeadChannels: unetOptions.numHeadChannels as number,
+    seed,
+  };
 
   const device = await ready();
   const files = manifest ? manifest.items.map((i) => i.file) : await listNiftiFiles(specs);
@@ -203,9 +225,10 @@ export async function main(args: string[]): Promise<void> {
     ? new TokenTable(conditioning.vocabulary, { seed: seed + 1 })
     : undefined;
   const network = new ConditionalNetwork(unet, tokens, conditionChannels);
+  const sliceNet = slots ? new SliceDiffusionUNet(sliceOptions) : null;
   if (values.init) {
     const init = await loadSafetensors(values.init);
-    unet.loadStateDict(new Map([...init].filter(([n]) => !n.startsWith(TOKEN_PREFIX))));
+    (sliceNet ?? unet).loadStateDict(new Map([...init].filter(([n]) => !n.startsWith(TOKEN_PREFIX))));
     if (tokens) {
       tokens.loadStateDict(
         new Map(
@@ -218,7 +241,7 @@ export async function main(args: string[]): Promise<void> {
     for (const t of init.values()) t.dispose();
   }
   console.error(
-    `U-Net: ${unet.numParameters().toLocaleString()} parameters` +
+    `U-Net: ${(sliceNet ?? unet).numParameters().toLocaleString()} parameters` +
       (tokens
         ? `; token table ${tokens.numEmbeddings} × ${tokens.dim} (${
           conditioning!.vocabulary!.concepts.map((c) => c.name).join(", ")
@@ -248,7 +271,11 @@ export async function main(args: string[]): Promise<void> {
       }`,
     );
   }
-  const data = latent ? latent.data : manifest && conditioning
+  const data = slots
+    ? sliceBatches(images, slots, seed)
+    : latent
+    ? latent.data
+    : manifest && conditioning
     ? conditionalBatches(images, manifest.items, {
       tokens,
       nullClass: conditioning.nullClass,
@@ -284,8 +311,10 @@ export async function main(args: string[]): Promise<void> {
     ...(ae
       ? { autoencoder: await Deno.realPath(values.autoencoder!), scaleFactor: latent!.scaleFactor }
       : {}),
+    // Only slice models record it, so 3-D checkpoints made before the option still resume.
+    ...(slots ? { slots } : {}),
   };
-  const result = await train(network, scheduler, data, {
+  const result = await train(sliceNet ?? network, scheduler, data, {
     steps,
     lr,
     // Unset, train's default lr/10 applies (and is recorded as that rule).
@@ -298,6 +327,13 @@ export async function main(args: string[]): Promise<void> {
     checkpointEvery: numberOption("checkpoint-every", values["checkpoint-every"], 250, 1, 1e7, true),
     settings,
   }).catch((error) => {
+    // The run stops here: free what it holds (matters when main runs in-process, e.g. in tests).
+    for (const t of tensors) t.dispose();
+    unet.dispose();
+    tokens?.dispose();
+    sliceNet?.dispose();
+    latent?.dispose();
+    ae?.dispose();
     throw explainResumeMismatch(error, settings, {
       predictionType: "--prediction",
       noiseSchedule: "--schedule/--beta-start/--beta-end",
@@ -332,7 +368,16 @@ export async function main(args: string[]): Promise<void> {
         } (${augmentOptions ? "augmented" : "as is"}), ` +
         `${result.step} steps, batch ${batch}, ${size}³`,
   };
-  if (ae && latent) {
+  if (slots) {
+    await saveSliceModelFile(modelPath, weights, {
+      network: sliceOptions,
+      slots,
+      scheduler: schedulerOptions,
+      volume: info.volume,
+      description: values.description ??
+        info.description!.replace(/^DDPM/, `cDPM slice model (${slots} slots)`),
+    });
+  } else if (ae && latent) {
     await saveLatentModelFile(modelPath, weights, ae.stateDict(), {
       ...info,
       autoencoder: stage!.info.autoencoder,
@@ -346,6 +391,7 @@ export async function main(args: string[]): Promise<void> {
   console.log(`wrote ${modelPath}`);
   for (const t of [...tensors, ...conditionTensors]) t.dispose();
   unet.dispose();
+  sliceNet?.dispose();
   tokens?.dispose();
   latent?.dispose();
   ae?.dispose();

@@ -78,3 +78,10 @@ export {
   PatchDiscriminator,
   type PatchDiscriminatorOptions,
 } from "./discriminator.ts";
+export {
+  type ResolvedSliceUNetOptions,
+  SliceDiffusionUNet,
+  type SliceForwardOptions,
+  type SliceInputs,
+  type SliceUNetOptions,
+} from "./slice_unet.ts";

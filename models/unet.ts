@@ -395,7 +395,8 @@ export function unetTimeEmbedding(
 }
 
 /** MONAI's `out`: Sequential(GroupNorm, SiLU, Convolution 3×3 starting at zero) at "0" and "2". */
-class OutputHead extends Module {
+export class OutputHead extends Module {
+  /** The head from `channels` to `outChannels` channels. */
   constructor(
     spatialDims: SpatialDims,
     channels: number,
@@ -412,6 +413,7 @@ class OutputHead extends Module {
     );
   }
 
+  /** h [B, channels, …spatial] → [B, outChannels, …spatial]. */
   forward(h: Tensor): Tensor {
     return scope(() =>
       liveChild<Convolution>(this, "2").forward(liveChild<GroupNorm>(this, "0").forwardSilu(h))

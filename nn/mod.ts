@@ -30,3 +30,12 @@ export {
   ConvTranspose,
   DeconvUpsample,
 } from "./autoencoder_blocks.ts";
+export {
+  RelativePositionNet,
+  relativeSliceAttention,
+  type RelativeTerms,
+  SliceAttention,
+  type SliceAttentionOptions,
+  type SlotLayout,
+  type SlotRole,
+} from "./slice_attention.ts";

@@ -1,6 +1,7 @@
 /**
  * Generators from model files: a voxgen U-Net model file (with its token table), adapters merged into it
- * and textual-inversion embeddings added to its tokens, ready for `generate`.
+ * and textual-inversion embeddings added to its tokens, or a slice model (cDPM, generated stage by stage),
+ * ready for `generate`.
  *
  * @module
  */
@@ -11,6 +12,7 @@ import type { Tensor } from "../engine/tensor.ts";
 import { attachEmbedding, baseModelHash, loadEmbeddingFile } from "./embedding.ts";
 import type { Generator } from "./generate.ts";
 import { disposeModel, loadModelFile, unetGenerator } from "./modelfile.ts";
+import { isSliceModelFile, loadSliceModelFile, sliceGenerator } from "./slice_model.ts";
 
 // Defined with the model (pipelines/model.ts, which runs in browsers too); re-exported where it always was.
 export { unetGenerator };
@@ -23,10 +25,23 @@ export interface LoadGeneratorOptions {
   embeddings?: readonly string[];
   /** Hears about each adapter merged (e.g. to log it). */
   onAdapter?: (spec: AdapterSpec, set: AdapterSet) => void;
+  /** Slices per volume of a slice model (default: its training depth); other models refuse it. */
+  depth?: number;
 }
 
 /** Loads a model file, merges its adapters, and returns it ready for `generate`. */
 export async function loadGenerator(path: string, opts: LoadGeneratorOptions = {}): Promise<Generator> {
+  if (await isSliceModelFile(path)) {
+    if (opts.adapters?.length || opts.embeddings?.length) {
+      throw new Error(`${path} is a slice model (cDPM): adapters and embeddings do not apply to it.`);
+    }
+    return sliceGenerator(await loadSliceModelFile(path), opts.depth);
+  }
+  if (opts.depth !== undefined) {
+    throw new Error(
+      `a depth was given, but ${path} is not a slice model (it generates whole volumes of one size).`,
+    );
+  }
   const model = await loadModelFile(path, { allowLatent: true });
   const vectors: Tensor[] = [];
   try {

@@ -130,6 +130,12 @@ export function modelFromBytes(
 ): LoadedModel {
   const { tensors: weights, metadata: meta } = tensorsFromSafetensors(bytes, source);
   try {
+    if (meta.format === "voxgen-slice-unet") {
+      throw new Error(
+        `${source} is a slice model (cDPM); load it with loadSliceModelFile (pipelines/slice_model.ts) or ` +
+          "loadGenerator.",
+      );
+    }
     if (meta.format === LATENT_KIND) {
       const name = source;
       if (!opts.allowLatent) {

@@ -9,7 +9,8 @@
 
 import { grad, noGrad } from "../engine/autograd.ts";
 import { keep, scope } from "../engine/memory.ts";
-import { add, mseLoss } from "../engine/ops/elementwise.ts";
+import { add, div, mseLoss, mul, square, sub } from "../engine/ops/elementwise.ts";
+import { mean } from "../engine/ops/reduce.ts";
 import { copyInto, map } from "../engine/ops/map.ts";
 import { randn } from "../engine/ops/random.ts";
 import { AdamW } from "../engine/optim.ts";
@@ -20,6 +21,7 @@ import { loadSafetensors, saveSafetensors } from "../io/safetensors.ts";
 import { seededRandom } from "../nn/init.ts";
 import { Progress } from "../io/progress.ts";
 import type { Scheduler } from "../samplers/scheduler.ts";
+import type { SliceInputs } from "../models/slice_unet.ts";
 
 /** Spatial conditions of a batch, for a control module (ControlNet, VCM) on a frozen model. */
 export interface ControlInput {
@@ -35,7 +37,7 @@ export interface DiffusionNetwork {
   forward(
     x: Tensor,
     timesteps: readonly number[],
-    cond?: { context?: Tensor; classLabels?: Tensor; control?: ControlInput },
+    cond?: { context?: Tensor; classLabels?: Tensor; control?: ControlInput; slices?: SliceInputs },
   ): Tensor;
   /** Parameters with their state-dict names. */
   namedParameters(): Array<[string, Tensor]>;
@@ -56,6 +58,10 @@ export interface Batch {
   classLabels?: Tensor;
   /** Optional spatial conditions (control modules). */
   control?: ControlInput;
+  /** Slot layout and clean slices of a slice model (see pipelines/slice_data.ts); `clean` is freed by its owner. */
+  slices?: SliceInputs;
+  /** Weights broadcast against x0 (e.g. 1 on target slots): the loss is mean(w·err²) / mean(w). */
+  lossMask?: Tensor;
 }
 
 /** Options of {@linkcode train}. */
@@ -238,6 +244,11 @@ function describeSchedule(scheduler: Scheduler): string {
   return `T ${betas.length}, β ${short(betas[0])}…${short(betas[betas.length - 1])} (${hex})`;
 }
 
+/** mean(mask·(a − b)²) / mean(mask): the mean squared error over where the (broadcast) mask is set. */
+export function maskedMse(a: Tensor, b: Tensor, mask: Tensor): Tensor {
+  return div(mean(mul(square(sub(a, b)), mask)), mean(mask));
+}
+
 function target(scheduler: Scheduler, x0: Tensor, noise: Tensor, t: number[]): Tensor {
   switch (scheduler.predictionType) {
     case "epsilon":
@@ -366,6 +377,8 @@ export async function train(
           const xt = scheduler.addNoise(batch.x0, noise, t);
           const l = model.trainingLoss
             ? model.trainingLoss(xt, t, noise, batch)
+            : batch.lossMask
+            ? maskedMse(model.forward(xt, t, batch), target(scheduler, batch.x0, noise, t), batch.lossMask)
             : mseLoss(model.forward(xt, t, batch), target(scheduler, batch.x0, noise, t));
           const scaled = accumulation > 1 ? map("scale", "a * s0", [l], [1 / accumulation]) : l;
           return { loss: l, grads: grad(scaled, params) };
@@ -376,6 +389,7 @@ export async function train(
         batch.context?.dispose();
         batch.classLabels?.dispose();
         for (const c of batch.control?.conditions ?? []) c?.dispose();
+        batch.lossMask?.dispose();
         if (!summed) summed = grads;
         else {
           const next: Tensor[] = summed.map((g, i) => noGrad(() => add(g, grads[i])));

@@ -47,3 +47,14 @@ export {
   SAMPLER_REGISTRY,
   type SamplerEntry,
 } from "./registry.ts";
+export {
+  planStages,
+  type SliceDenoiser,
+  type Stage,
+  type StagedProgress,
+  stagedSample,
+  type StagedSampleOptions,
+  type StagePlanMode,
+  type StagePlanOptions,
+  type StageSlots,
+} from "./staged.ts";

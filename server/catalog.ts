@@ -84,6 +84,8 @@ const MAX_HEADER = 100 * 1024 * 1024;
 const MODEL_FORMAT = "voxgen-diffusion-unet";
 /** The `format` of latent diffusion model files (pipelines/latent_modelfile.ts). */
 const LATENT_KIND = "voxgen-latent-diffusion";
+/** Slice-model files (cDPM, pipelines/slice_model.ts): their volumes are built stage by stage. */
+const SLICE_KIND = "voxgen-slice-unet";
 const ADAPTER_FORMAT = "voxgen-adapter";
 const ADAPTER_SUMMARY = ["format", "kind", "rank", "alpha", "base_hash", "trainable", "error"];
 const EMBEDDING_SUFFIX = ".ti.safetensors";
@@ -270,10 +272,10 @@ export class Catalog {
     try {
       const meta = await safetensorsMetadata(path);
       // Latent diffusion model files sample like the others (the worker decodes their latents).
-      if (meta.format !== MODEL_FORMAT && meta.format !== LATENT_KIND) {
+      if (meta.format !== MODEL_FORMAT && meta.format !== LATENT_KIND && meta.format !== SLICE_KIND) {
         throw new Error(`not a voxgen model file (metadata format ${JSON.stringify(meta.format ?? null)})`);
       }
-      const unet = JSON.parse(meta.unet);
+      const unet = JSON.parse(meta.format === SLICE_KIND ? meta.network : meta.unet);
       const volume = JSON.parse(meta.volume);
       summary.shape = volume.shape;
       summary.range = volume.range;
