@@ -63,6 +63,11 @@ export interface HostOptions {
   heartbeatMs?: number;
   /** Log sink (default console.error). */
   log?: (message: string) => void;
+  /**
+   * The process exits (`Deno.exit`) right after `shutdown()`: the GPU worker's thread is then left idle,
+   * its device destroyed, instead of being terminated (`GpuRunnerOptions.exitAfterClose`, gpu.ts).
+   */
+  exitAfterShutdown?: boolean;
 }
 
 /** A worker host that is taking jobs. */
@@ -108,7 +113,7 @@ export async function startHost(opts: HostOptions): Promise<RunningHost> {
       `cannot reach the queue's Redis at ${redact(opts.queueUrl)}: ${(lastError ?? error as Error).message}`,
     );
   }
-  const gpu = new GpuRunner({ log });
+  const gpu = new GpuRunner({ log, exitAfterClose: opts.exitAfterShutdown });
   let device: WorkerDevice;
   try {
     device = await gpu.ready();
@@ -184,8 +189,10 @@ export async function startHost(opts: HostOptions): Promise<RunningHost> {
       return result;
     } catch (error) {
       if (mine.requeue && token) {
-        // Shutting down: back to the queue for another host (or this one after its restart).
+        // Shutting down: back to the queue for another host (or this one after its restart), before the GPU
+        // worker is closed and the process exits.
         await job.moveToWait(token);
+        log(`job ${mine.id} is back in the queue`);
         throw new WaitingError();
       }
       if (mine.cancel || isCancelled(error)) throw new UnrecoverableError(CANCELLED);
@@ -336,6 +343,7 @@ export async function main(args: string[]): Promise<void> {
       3_600_000,
       true,
     ),
+    exitAfterShutdown: true,
   });
   console.log(`voxgen worker ${host.id} ready (GPU: ${host.device.adapter})`);
   const done = Promise.withResolvers<void>();
@@ -354,6 +362,8 @@ export async function main(args: string[]): Promise<void> {
   await done.promise;
   for (const [s, h] of handlers) Deno.removeSignalListener(s, h);
   console.error("stopped");
+  // Not a natural exit: the idle GPU worker keeps the process alive (exitAfterShutdown says why).
+  Deno.exit(0);
 }
 
 if (import.meta.main) {
