@@ -64,6 +64,11 @@ export interface HostOptions {
   heartbeatMs?: number;
   /** Log sink (default console.error). */
   log?: (message: string) => void;
+  /**
+   * The process exits (`Deno.exit`) right after `shutdown()`: the GPU worker's thread is then left idle,
+   * its device destroyed, instead of being terminated (`GpuRunnerOptions.exitAfterClose`, gpu.ts).
+   */
+  exitAfterShutdown?: boolean;
 }
 
 /** A worker host that is taking jobs. */
@@ -109,7 +114,7 @@ export async function startHost(opts: HostOptions): Promise<RunningHost> {
       `cannot reach the queue's Redis at ${redact(opts.queueUrl)}: ${(lastError ?? error as Error).message}`,
     );
   }
-  const gpu = new GpuRunner({ log });
+  const gpu = new GpuRunner({ log, exitAfterClose: opts.exitAfterShutdown });
   let device: WorkerDevice;
   try {
     device = await gpu.ready();
@@ -185,8 +190,10 @@ export async function startHost(opts: HostOptions): Promise<RunningHost> {
       return result;
     } catch (error) {
       if (mine.requeue && token) {
-        // Shutting down: back to the queue for another host (or this one after its restart).
+        // Shutting down: back to the queue for another host (or this one after its restart), before the GPU
+        // worker is closed and the process exits.
         await job.moveToWait(token);
+        log(`job ${mine.id} is back in the queue`);
         throw new WaitingError();
       }
       if (mine.cancel || isCancelled(error)) throw new UnrecoverableError(CANCELLED);
@@ -337,10 +344,13 @@ export async function main(args: string[]): Promise<void> {
       3_600_000,
       true,
     ),
+    exitAfterShutdown: true,
   });
   console.log(`voxgen worker ${host.id} ready (GPU: ${host.device.adapter})`);
   await runUntilStopped(() => host.shutdown(graceMs));
   console.error("stopped");
+  // Not a natural exit: the idle GPU worker keeps the process alive (exitAfterShutdown says why).
+  Deno.exit(0);
 }
 
 if (import.meta.main) {

@@ -61,6 +61,11 @@ export interface ServerOptions {
   queueName?: string;
   /** With a shared queue: seconds finished jobs and their results are kept (default 86400). */
   retentionSeconds?: number;
+  /**
+   * The process exits (`Deno.exit`) right after `shutdown()`: the GPU worker's thread is then left idle,
+   * its device destroyed, instead of being terminated (`GpuRunnerOptions.exitAfterClose`, gpu.ts).
+   */
+  exitAfterShutdown?: boolean;
 }
 
 /** A server that is up. */
@@ -112,7 +117,13 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     });
   } else {
     const store = new JobStore(`${dataDir}/jobs.db`);
-    const local = new LocalQueue(store, { capacity, resultsDir, log, resolve: catalogFiles(catalog) });
+    const local = new LocalQueue(store, {
+      capacity,
+      resultsDir,
+      log,
+      resolve: catalogFiles(catalog),
+      exitAfterStop: options.exitAfterShutdown,
+    });
     try {
       device = await local.start();
     } catch (error) {
@@ -216,11 +227,14 @@ export async function main(args: string[]): Promise<void> {
     queueUrl: values.queue ?? (Deno.env.get("VOXGEN_QUEUE") || undefined),
     queueName: values["queue-name"],
     retentionSeconds: numberOption("retention", values.retention, 86400, 60, 365 * 86400, true),
+    exitAfterShutdown: true,
   });
   const backend = server.device ? `GPU: ${server.device.adapter}` : "shared queue, GPUs on the worker hosts";
   console.log(`voxgen server listening on ${server.url}/ (${backend})`);
   await runUntilStopped(() => server.shutdown());
   console.error("stopped");
+  // Not a natural exit: the idle GPU worker keeps the process alive (exitAfterShutdown says why).
+  Deno.exit(0);
 }
 
 if (import.meta.main) {

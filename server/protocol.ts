@@ -124,6 +124,9 @@ export interface WorkerApi {
   run(job: WorkerJob, onProgress: (p: WorkerProgress) => void): Promise<JobResult>;
   /** Asks the running job `id` to stop at its next step. */
   cancel(id: string): void;
-  /** Frees the cached model and destroys the GPU device; the worker takes no job after this. */
-  close(): void;
+  /**
+   * Frees the cached model, waits for the GPU's submitted work, and destroys the device; resolves once it is
+   * destroyed. The worker takes no job after this.
+   */
+  close(): Promise<void>;
 }

@@ -79,14 +79,19 @@ const api: WorkerApi = {
     if (current?.id === id) current.controller.abort();
   },
 
-  close(): void {
+  async close(): Promise<void> {
     // Releasing the device here, in order, rather than leaving it to thread teardown at process exit: a
-    // software Vulkan driver's threads can still be running then.
+    // software Vulkan driver's threads can still be running then. Submitted work (a stopped job's last
+    // step) finishes first, so the driver is idle when the device goes.
     closing = true;
     cached?.model.dispose();
     cached = null;
     releaseCachedMemory();
-    if (!lostReason) gpu().destroy();
+    if (lostReason) return;
+    const device = gpu();
+    await device.queue.onSubmittedWorkDone();
+    device.destroy();
+    await device.lost;
   },
 };
 
