@@ -198,6 +198,7 @@ export {
   type LatentBatchOptions,
   type LatentTraining,
   type LatentTrainingOptions,
+  posteriorSeed,
   prepareLatentTraining,
   scaleFactorOf,
 } from "./pipelines/latent.ts";
