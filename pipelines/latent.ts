@@ -36,9 +36,17 @@ export function scaleFactorOf(values: ArrayLike<number>): number {
   return 1 / std;
 }
 
+/**
+ * The seed of the posterior noise ξ of a run with seed `seed`: its own Philox stream, so ξ never repeats the
+ * diffusion noise ε that the trainer draws from `seed` itself (equal noise would correlate z with ε).
+ */
+export function posteriorSeed(seed: number): number {
+  return ((seed ^ 0x6c8e9cf5) + 0x3c6ef372) >>> 0;
+}
+
 /** Options of {@linkcode latentBatches}. */
 export interface LatentBatchOptions {
-  /** Seed of the posterior samples z = μ + σξ (each step and micro-step draws its own ξ). */
+  /** Seed of the run; ξ of z = μ + σξ comes from {@linkcode posteriorSeed}(seed), one draw per step and micro-step. */
   seed: number;
   /** s, multiplied into the latents (default 1: raw latents, e.g. to compute s). */
   scaleFactor?: number;
@@ -61,7 +69,7 @@ export function latentBatches(
       scope(() => {
         const { mu, sigma } = ae.encode(x0);
         const offset = (step * 1009 + micro) * Math.ceil(mu.size / 4);
-        return mul(add(mu, mul(sigma, randn(mu.shape, { seed: opts.seed, offset }))), s);
+        return mul(add(mu, mul(sigma, randn(mu.shape, { seed: posteriorSeed(opts.seed), offset }))), s);
       })
     );
     x0.dispose();
@@ -160,7 +168,7 @@ export async function prepareLatentTraining(
     data: (step, micro) => {
       const indices = Array.from({ length: batch }, (_, b) => pick(step, micro, b) % sources.length);
       const offset = (step * 1009 + micro) * Math.ceil(size / 4);
-      return Promise.resolve({ x0: cache.sample(indices, opts.seed, offset, scaleFactor) });
+      return Promise.resolve({ x0: cache.sample(indices, posteriorSeed(opts.seed), offset, scaleFactor) });
     },
     dispose: () => cache.dispose(),
   };

@@ -90,6 +90,7 @@ export {
   type LatentBatchOptions,
   type LatentTraining,
   type LatentTrainingOptions,
+  posteriorSeed,
   prepareLatentTraining,
   scaleFactorOf,
 } from "./latent.ts";

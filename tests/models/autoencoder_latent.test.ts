@@ -9,7 +9,12 @@ import { mul, noGrad, randn, ready, scope, tensor } from "../../mod.ts";
 import { readNifti } from "../../io/nifti.ts";
 import { AutoencoderKL, type AutoencoderKLOptions } from "../../models/autoencoder.ts";
 import { DiffusionModelUNet, type DiffusionModelUNetOptions } from "../../models/unet.ts";
-import { latentBatches, prepareLatentTraining, scaleFactorOf } from "../../pipelines/latent.ts";
+import {
+  latentBatches,
+  posteriorSeed,
+  prepareLatentTraining,
+  scaleFactorOf,
+} from "../../pipelines/latent.ts";
 import {
   decodeLatents,
   loadLatentModelFile,
@@ -59,6 +64,8 @@ Deno.test("scaleFactorOf: 1 / the unbiased (n − 1) standard deviation, like to
   ok(Math.abs(scaleFactorOf(values) - 1 / Math.sqrt(sq / 999)) < 1e-12);
   throws(() => scaleFactorOf([2, 2, 2]), /degenerate/);
   throws(() => scaleFactorOf([1]), /at least 2/);
+  // The posterior noise has its own stream: never the diffusion noise the trainer draws from the run seed.
+  ok([0, 1, 9, 2 ** 31].every((seed) => posteriorSeed(seed) !== seed));
 });
 
 gpuTest("prepareLatentTraining: s from the first batch's sampled latents; batches are s·z", async () => {
