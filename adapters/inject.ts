@@ -75,7 +75,7 @@ export interface AdapterOptions {
   /** Also train the biases of adapted layers (the repository's `bias="lora_only"` default). Default false. */
   trainBiases?: boolean;
   /**
-   * Jointly fine-tune (seed 000, Table 2): `true` trains every parameter outside the adapted layers in full;
+   * Jointly fine-tune (the TenVOO paper, Table 2): `true` trains every parameter outside the adapted layers in full;
    * patterns (searched in module paths) train only the parameters of matching modules. Adapted layers'
    * own weights stay frozen. Default false.
    */

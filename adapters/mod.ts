@@ -1,5 +1,5 @@
 /**
- * Parameter-efficient fine-tuning adapters: LoCon, LoHa, LoKr (LyCORIS), TenVOO-L/Q (seed 000) and QuanTA.
+ * Parameter-efficient fine-tuning adapters: LoCon, LoHa, LoKr (LyCORIS), TenVOO-L/Q (Li et al.) and QuanTA.
  *
  * @example
  * ```ts
@@ -19,7 +19,6 @@ export {
   type AdapterOptions,
   adapterParameterCount,
   AdapterSet,
-  createMethod,
   DEFAULT_TARGETS,
   injectAdapters,
   MIDDLE_BLOCK_TARGETS,
@@ -33,7 +32,6 @@ export {
 } from "./io.ts";
 export { adapterSummary } from "./summary.ts";
 export { modelHash, parameterHash } from "./hash.ts";
-export { type AdaptableLayer, AdaptedLayer, isAdaptable, weightShapeOf } from "./layer.ts";
 export {
   type AdaptedLayerInfo,
   ADAPTER_FORMAT,
@@ -46,10 +44,6 @@ export {
   type AdapterKind,
   type CoreInit,
   type LayerMethod,
-  type MethodOptions,
   type WeightShape,
 } from "./method.ts";
-export { balancedFactors3, factorize2, factorize3, type Factors3, TENVOO_FACTORS } from "./factorize.ts";
-export { TENVOO_SPECS, tenvooCoreShapes, tenvooParameterCount, type TenvooVariant } from "./tenvoo.ts";
-export { QUANTA_SPEC, quantaCoreShapes, quantaFactors, quantaParameterCount } from "./quanta.ts";
-export { loconParameterCount, lohaParameterCount, lokrFactors, lokrParameterCount } from "./lycoris.ts";
+export { type AdaptableLayer, AdaptedLayer } from "./layer.ts";

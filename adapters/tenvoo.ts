@@ -1,9 +1,9 @@
 /**
- * TenVOO (seed 000, Li et al.): the update of a convolution kernel W [O, I, kD, kH, kW] as a tensor network.
+ * TenVOO (Li et al., parameter-efficient fine-tuning of 3-D DDPMs with tensor networks): the update of a convolution kernel W [O, I, kD, kH, kW] as a tensor network.
  * The channels are tensorised, I = i0·i1·i2 and O = o0·o1·o2, and ten cores joined by rank-r bonds are
  * contracted into ΔW; the spatial axes sit on separate cores, so the network models spatial structure.
  *
- * Cores (the TenVOO repository's `generate_weights`, DESIGN.md):
+ * Cores (the TenVOO repository's `generate_weights`):
  *
  * | core | TenVOO-L         | TenVOO-Q         |
  * |------|------------------|------------------|
@@ -33,7 +33,7 @@ import { factorize3 } from "./factorize.ts";
 import { GAIN, kaimingUniform, type LayerMethod, type MethodOptions, type WeightShape } from "./method.ts";
 
 /**
- * The contractions of DESIGN.md with the output reordered to (o0, o1, o2, i0, i1, i2, kD, kH, kW), which is
+ * The TenVOO contractions with the output reordered to (o0, o1, o2, i0, i1, i2, kD, kH, kW), which is
  * ΔW [O, I, kD, kH, kW] in row-major order: one reshape, no permutation, and a contiguous result.
  */
 export const TENVOO_SPECS = {
@@ -81,7 +81,7 @@ export function tenvooCoreShapes(
   ];
 }
 
-/** Eq. 6 of seed 000 for a convolution of this shape (channels factorised by `factors`, kD = 1 in 2-D). */
+/** Eq. 6 of the TenVOO paper for a convolution of this shape (channels factorised by `factors`, kD = 1 in 2-D). */
 export function tenvooParameterCount(
   variant: TenvooVariant,
   shape: WeightShape,

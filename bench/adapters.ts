@@ -94,7 +94,7 @@ const timed = (run: () => void) => timeBatch(run, 1);
 function trainStep(c: Contender): void {
   c.unet.train();
   V.scope(() => {
-    const loss = V.mse(c.unet.forward(xt, t), target);
+    const loss = V.mseLoss(c.unet.forward(xt, t), target);
     c.optimizer.step(V.grad(loss, c.params));
   });
 }

@@ -14,8 +14,18 @@
  * tests/fixtures/make_monai_unet_fixtures.py), alternating with voxgen's round by round so that both see the
  * same load; the ratio is reported per round.
  *
+ * With `--against DIR`, the same bench/unet.ts of another checkout (e.g. the code before a change; copy this
+ * file and engine/profile.ts into it) runs as a server child (`--serve`) and is timed round by round in the
+ * same way: side-by-side before/after ratios under the same load.
+ *
+ * `--conv-path auto|direct|chunk` sets `convSettings.path` (the --against child keeps its default), so
+ * `--conv-path chunk --against .` compares kernel choices within one checkout.
+ *
+ * Work `train-ckpt` is the training step with gradient checkpointing of the res blocks
+ * (`gradientCheckpointing()`), timed by voxgen only.
+ *
  * Run: `XDG_RUNTIME_DIR=/tmp deno run -A bench/unet.ts [--arch default] [--size 32] [--batch 1]
- *       [--work forward,train] [--reps 3] [--torch] [--profile] [--threads 2]`
+ *       [--work forward,train] [--reps 3] [--torch] [--against DIR] [--profile] [--threads 2]`
  *
  * @module
  */
@@ -25,6 +35,8 @@ import process from "node:process";
 import * as V from "../mod.ts";
 import { DiffusionModelUNet, type DiffusionModelUNetOptions } from "../models/unet.ts";
 import { canProfile, type ProfileEntry, startProfile, stopProfile } from "../engine/profile.ts";
+import { resetPeak } from "../engine/pool.ts";
+import { convSettings } from "../engine/ops/conv.ts";
 import { median } from "./timing.ts";
 
 const { values } = parseArgs({
@@ -37,12 +49,16 @@ const { values } = parseArgs({
     threads: { type: "string", default: "2" },
     torch: { type: "boolean", default: false },
     profile: { type: "boolean", default: false },
+    against: { type: "string" },
+    "conv-path": { type: "string", default: "auto" },
+    serve: { type: "boolean", default: false },
   },
 });
 const size = Number(values.size);
 const batch = Number(values.batch);
 const reps = Number(values.reps);
-const works = values.work!.split(",") as Array<"forward" | "train">;
+type Work = "forward" | "train" | "train-ckpt";
+const works = values.work!.split(",") as Work[];
 
 const ARCHS: Record<string, { voxgen: DiffusionModelUNetOptions; monai: string }> = {
   default: {
@@ -80,6 +96,7 @@ const arch = ARCHS[values.arch!];
 if (!arch) throw new Error(`--arch must be one of ${Object.keys(ARCHS).join(", ")}, got ${values.arch}`);
 
 await V.ready();
+convSettings.path = values["conv-path"] as typeof convSettings.path;
 const load = () => Deno.loadavg().map((l) => l.toFixed(2)).join(" ");
 console.log(`adapter: ${V.deviceInfo().adapter}; load average ${load()}`);
 const unet = new DiffusionModelUNet(arch.voxgen);
@@ -100,14 +117,28 @@ function voxgenForward(): void {
 function voxgenTrain(): void {
   unet.train();
   const grads = V.scope(() => {
-    const loss = V.mse(unet.forward(x, timesteps), target);
+    const loss = V.mseLoss(unet.forward(x, timesteps), target);
     return V.grad(loss, unet.parameters());
   });
   optimizer.step(grads);
   for (const g of grads) g.dispose();
 }
 
-const run = { forward: voxgenForward, train: voxgenTrain };
+/** The training step with gradient checkpointing of the res blocks (voxgen only; contenders skip it). */
+function voxgenTrainCheckpointed(): void {
+  unet.gradientCheckpointing(true);
+  try {
+    voxgenTrain();
+  } finally {
+    unet.gradientCheckpointing(false);
+  }
+}
+
+const run: Record<Work, () => void> = {
+  forward: voxgenForward,
+  train: voxgenTrain,
+  "train-ckpt": voxgenTrainCheckpointed,
+};
 
 /** Wall and process CPU seconds of `fn` and the work it queued. */
 async function timed(fn: () => void): Promise<{ wall: number; cpu: number }> {
@@ -143,7 +174,7 @@ def train():
     torch.nn.functional.mse_loss(net(x, t), y).backward()
     opt.step()
 work = {"forward": forward, "train": train}
-for w in ${JSON.stringify(works)}:
+for w in ${JSON.stringify(works.filter((w) => w !== "train-ckpt"))}:
     work[w]()  # warm-up
 print("ready", flush=True)
 for line in sys.stdin:
@@ -163,53 +194,87 @@ function lineSplitter(): TransformStream<string, string> {
   });
 }
 
-let torch:
-  | { proc: Deno.ChildProcess; lines: AsyncIterator<string>; input: WritableStreamDefaultWriter }
-  | null = null;
-if (values.torch) {
-  const monai = Deno.env.get("MONAI_SRC") ?? "/tmp/monai";
-  const proc = new Deno.Command("/usr/bin/python3", {
-    args: ["-c", TORCH_SCRIPT],
-    env: { PYTHONPATH: monai },
-    stdin: "piped",
-    stdout: "piped",
-  }).spawn();
-  const lines = proc.stdout.pipeThrough(new TextDecoderStream()).pipeThrough(lineSplitter())
-    [Symbol.asyncIterator]();
-  torch = { proc, lines, input: proc.stdin.getWriter() };
+/** Another process doing the same work on request: one line in (the work), "wall cpu" out. */
+interface Contender {
+  name: string;
+  proc: Deno.ChildProcess;
+  lines: AsyncIterator<string>;
+  input: WritableStreamDefaultWriter;
 }
 
-async function torchRun(work: string): Promise<{ wall: number; cpu: number }> {
-  await torch!.input.write(new TextEncoder().encode(`${work}\n`));
-  const [wall, cpu] = ((await torch!.lines.next()).value as string).split(" ").map(Number);
+function spawn(name: string, command: string, args: string[], env: Record<string, string>): Contender {
+  const proc = new Deno.Command(command, { args, env, stdin: "piped", stdout: "piped" }).spawn();
+  const lines = proc.stdout.pipeThrough(new TextDecoderStream()).pipeThrough(lineSplitter())
+    [Symbol.asyncIterator]();
+  return { name, proc, lines, input: proc.stdin.getWriter() };
+}
+
+const contenders: Contender[] = [];
+if (values.torch && !values.serve) {
+  const monai = Deno.env.get("MONAI_SRC") ?? "/tmp/monai";
+  contenders.push(spawn("torch", "/usr/bin/python3", ["-c", TORCH_SCRIPT], { PYTHONPATH: monai }));
+}
+if (values.against && !values.serve) {
+  const args = ["run", "-A", `${values.against}/bench/unet.ts`, "--serve"];
+  for (const k of ["arch", "size", "batch", "work"] as const) args.push(`--${k}`, String(values[k]));
+  contenders.push(spawn("before", Deno.execPath(), args, {}));
+}
+
+async function contenderRun(c: Contender, work: string): Promise<{ wall: number; cpu: number }> {
+  await c.input.write(new TextEncoder().encode(`${work}\n`));
+  const [wall, cpu] = ((await c.lines.next()).value as string).split(" ").map(Number);
   return { wall, cpu };
 }
 
-// Warm-up (compiles the pipelines), then the peak memory of each kind of work.
+// Warm-up (compiles the pipelines), which also gives the peak memory of each kind of work: the high-water
+// mark of the bytes held by tensors (the pool's free buffers are not counted).
 const peaks: Record<string, number> = {};
 for (const w of works) {
-  const t = await timed(run[w]);
-  V.releaseCachedMemory();
+  resetPeak();
   const before = V.memory();
-  await timed(run[w]);
+  const t = await timed(run[w]);
   peaks[w] = V.memory().peakBytes - before.liveBytes;
-  console.log(`warm-up ${w}: ${t.wall.toFixed(2)} s (includes compiling)`);
+  console.log(
+    `warm-up ${w}: ${t.wall.toFixed(2)} s (includes compiling); peak memory above live ` +
+      `${(peaks[w] / 2 ** 20).toFixed(0)} MiB`,
+  );
 }
-if (torch) {
-  const ready = (await torch.lines.next()).value;
-  if (ready !== "ready") throw new Error(`the torch process did not start: ${ready}`);
+if (values.serve) {
+  // Server mode (the child of --against): time one piece of work per request line.
+  console.log("ready");
+  const lines = Deno.stdin.readable.pipeThrough(new TextDecoderStream()).pipeThrough(lineSplitter());
+  for await (const line of lines) {
+    const t = await timed(run[line as Work]);
+    console.log(`${t.wall} ${t.cpu}`);
+  }
+  Deno.exit(0);
+}
+for (const c of contenders) {
+  // The --against child prints its own log first; skip to its "ready".
+  let line: string | undefined;
+  do line = (await c.lines.next()).value; while (line !== undefined && line !== "ready");
+  if (line !== "ready") throw new Error(`the ${c.name} process did not start`);
 }
 
 const MiB = 2 ** 20;
 const fmt = (s: number) => s.toFixed(3);
 console.log(`\nload average before timing: ${load()}`);
-for (const w of works) {
-  const ours: Array<{ wall: number; cpu: number }> = [];
-  const theirs: Array<{ wall: number; cpu: number }> = [];
-  for (let i = 0; i < reps; i++) {
-    ours.push(await timed(run[w]));
-    if (torch) theirs.push(await torchRun(w));
+// Rounds: every work of voxgen and of each contender once per round, so that all see the same load.
+type Timing = { wall: number; cpu: number };
+const oursAll: Record<string, Timing[]> = Object.fromEntries(works.map((w) => [w, []]));
+const theirsAll: Record<string, Timing[][]> = Object.fromEntries(
+  works.map((w) => [w, contenders.map(() => [])]),
+);
+for (let i = 0; i < reps; i++) {
+  for (const w of works) {
+    oursAll[w].push(await timed(run[w]));
+    if (w === "train-ckpt") continue;
+    for (const [k, c] of contenders.entries()) theirsAll[w][k].push(await contenderRun(c, w));
   }
+}
+for (const w of works) {
+  const ours = oursAll[w];
+  const theirs = theirsAll[w];
   const live = V.memory().liveBytes;
   console.log(
     `${w}: voxgen wall ${ours.map((o) => fmt(o.wall)).join(", ")} s (median ${
@@ -220,14 +285,18 @@ for (const w of works) {
       } MiB ` +
       `(live ${(live / MiB).toFixed(0)} MiB)`,
   );
-  if (torch) {
-    const ratios = ours.map((o, i) => o.wall / theirs[i].wall);
+  for (const [k, c] of contenders.entries()) {
+    if (theirs[k].length === 0) continue;
+    const wall = ours.map((o, i) => o.wall / theirs[k][i].wall);
+    const cpu = ours.map((o, i) => o.cpu / theirs[k][i].cpu);
     console.log(
-      `${w}: torch  wall ${theirs.map((o) => fmt(o.wall)).join(", ")} s (median ${
-        fmt(median(theirs.map((o) => o.wall)))
-      }), CPU ${fmt(median(theirs.map((o) => o.cpu)))} s; voxgen/torch per round ${
-        ratios.map((r) => r.toFixed(2)).join(", ")
-      } (median ${median(ratios).toFixed(2)})`,
+      `${w}: ${c.name} wall ${theirs[k].map((o) => fmt(o.wall)).join(", ")} s (median ${
+        fmt(median(theirs[k].map((o) => o.wall)))
+      }), CPU ${fmt(median(theirs[k].map((o) => o.cpu)))} s; voxgen/${c.name} per round: wall ${
+        wall.map((r) => r.toFixed(2)).join(", ")
+      } (median ${median(wall).toFixed(2)}), CPU ${cpu.map((r) => r.toFixed(2)).join(", ")} (median ${
+        median(cpu).toFixed(2)
+      })`,
     );
   }
 }
@@ -293,17 +362,17 @@ function printProfile(title: string, entries: ProfileEntry[], wall: number): voi
     );
   }
   console.log(
-    "\n| kernel family (outside convolutions) | GPU ms | share | dispatches |\n| --- | ---: | ---: | ---: |",
+    "\n| kernel family (where: inside convolutions or not) | GPU ms | share | dispatches |\n| --- | ---: | ---: | ---: |",
   );
   const other = new Map<string, { seconds: number; count: number }>();
   for (const e of entries) {
-    if (e.label.startsWith("conv")) continue;
-    const c = other.get(e.kernel) ?? { seconds: 0, count: 0 };
+    const key = `${e.kernel} (${e.label.startsWith("conv") ? "conv" : "other"})`;
+    const c = other.get(key) ?? { seconds: 0, count: 0 };
     c.seconds += e.seconds;
     c.count += e.count;
-    other.set(e.kernel, c);
+    other.set(key, c);
   }
-  for (const [name, c] of [...other].sort((a, b) => b[1].seconds - a[1].seconds).slice(0, 15)) {
+  for (const [name, c] of [...other].sort((a, b) => b[1].seconds - a[1].seconds).slice(0, 20)) {
     console.log(
       `| ${name} | ${(c.seconds * 1000).toFixed(1)} | ${
         (100 * c.seconds / total).toFixed(1)
@@ -325,9 +394,9 @@ if (values.profile) {
   }
 }
 
-if (torch) {
-  await torch.input.close();
-  await torch.proc.status;
+for (const c of contenders) {
+  await c.input.close();
+  await c.proc.status;
 }
 optimizer.dispose();
 x.dispose();

@@ -41,7 +41,7 @@ const HELP =
                        (full trains every parameter and writes a new model file instead of an adapter)
   --rank N             adapter rank (default 4)
   --alpha X            ΔW is scaled by alpha/rank (default: rank/4 for locon/loha/lokr, rank otherwise)
-  --joint              also train every layer that carries no adapter, in full (seed 000's joint fine-tuning)
+  --joint              also train every layer that carries no adapter, in full (the TenVOO paper's joint fine-tuning)
   --data SPEC          NIfTI files, folders or globs (repeat or comma-separate); resampled to the base
                        model's grid, fitted to the foreground
   --no-augment         train on the volumes as they are (default: augmented as in \`train\`)
@@ -53,7 +53,7 @@ Training
   --steps N            optimizer steps (default 500)
   --batch N            volumes per step (default 2)
   --accumulate N       micro-batches per step (default 1)
-  --lr X               peak learning rate (default 1e-4; seed 000 used 5e-5 with batch 1 × 4 accumulated)
+  --lr X               peak learning rate (default 1e-4; the TenVOO paper used 5e-5 with batch 1 × 4 accumulated)
   --min-lr X           final learning rate of the cosine decay (default lr: constant)
   --warmup N           linear warm-up steps (default steps/10, at most 100)
   --ema X              EMA decay of the trained parameters (default 0.995; 0 disables), warmed up: step t

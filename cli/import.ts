@@ -2,6 +2,9 @@
  * `deno task cli import --monai CHECKPOINT.pt --config CONFIG.json --out MODEL.safetensors`: turns a MONAI
  * `DiffusionModelUNet` checkpoint written by PyTorch's `torch.save` into a voxgen model file, reading the
  * pickle with a restricted unpickler (tensors and plain containers only; nothing in the file is executed).
+ * A MONAI `ControlNet` checkpoint (a config with `conditioning_embedding_*` arguments) becomes a voxgen
+ * control file instead, bound to the voxgen model file given with `--base` (the U-Net it steers), and a
+ * MONAI `AutoencoderKL` checkpoint (a config with `latent_channels`) an autoencoder file for latent diffusion.
  *
  * CONFIG.json holds the network's constructor arguments as MONAI takes them (snake_case), either alone or as
  * `{"network": {...}, "scheduler": {...}, "volume": {...}}` with the noise scheduler's arguments (MONAI's
@@ -23,7 +26,17 @@ import {
   type DiffusionModelUNetOptions,
   unetOptionsFromMonai,
 } from "../models/unet.ts";
-import { type ModelInfo, saveModelFile } from "../pipelines/modelfile.ts";
+import { loadModelFile, type ModelInfo, saveModelFile } from "../pipelines/modelfile.ts";
+import { saveControlFile } from "../pipelines/control.ts";
+import { ControlNet, controlNetOptionsFromMonai } from "../models/controlnet.ts";
+import {
+  AutoencoderKL,
+  autoencoderOptionsFromMonai,
+  convertGenerativeAutoencoderStateDict,
+} from "../models/autoencoder.ts";
+import { saveAutoencoderFile } from "../pipelines/latent_modelfile.ts";
+import type { VolumeInfo } from "../pipelines/generate.ts";
+import { modelHash } from "../adapters/hash.ts";
 import type { PredictionType, SchedulerOptions } from "../samplers/scheduler.ts";
 import { numberList } from "./options.ts";
 
@@ -42,6 +55,13 @@ const HELP = `Usage: deno task cli import --monai CHECKPOINT.pt --config CONFIG.
   --range LO,HI     intensity range the model was trained in (default -1,1)
   --prediction P    epsilon, v_prediction or sample (default: the config's, else epsilon as in MONAI)
   --description T   text stored in the model file
+AutoencoderKL checkpoints (a config with latent_channels) become autoencoder files for latent diffusion
+(train a latent model on one with \`deno task train --autoencoder FILE\`); --shape, --spacing and --range
+give the image geometry.
+ControlNet checkpoints (a config with conditioning_embedding_in_channels / _num_channels):
+  --base FILE       the voxgen model file of the U-Net the ControlNet steers (required)
+  --conditions L    the condition volumes' names and channels, NAME:C,NAME:C,... in channel order
+                    (default: one condition "condition" with every channel)
 `;
 
 /** MONAI scheduler argument → voxgen scheduler option. */
@@ -89,8 +109,10 @@ export function parseImportConfig(json: unknown, source: string): ImportConfig {
   // A MONAI bundle's network definition names its class; anything but the diffusion U-Net is refused.
   const target = network._target_;
   delete network._target_;
-  if (target !== undefined && !String(target).endsWith("DiffusionModelUNet")) {
-    throw new Error(`--config: the network is ${target}; only DiffusionModelUNet checkpoints are imported.`);
+  if (target !== undefined && !/(DiffusionModelUNet|ControlNet|AutoencoderKL)$/.test(String(target))) {
+    throw new Error(
+      `--config: the network is ${target}; DiffusionModelUNet, ControlNet and AutoencoderKL checkpoints are imported.`,
+    );
   }
   for (const [key, value] of Object.entries(network)) {
     if (typeof value === "string" && /^[@$%]/.test(value)) {
@@ -148,6 +170,8 @@ export async function main(args: string[]): Promise<void> {
       range: { type: "string" },
       prediction: { type: "string" },
       description: { type: "string" },
+      base: { type: "string" },
+      conditions: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
     strict: true,
@@ -170,6 +194,13 @@ export async function main(args: string[]): Promise<void> {
     throw new Error(`--config: cannot read ${values.config} as JSON: ${(error as Error).message}`);
   }
   const config = parseImportConfig(configJson, values.config!);
+  if (
+    "conditioning_embedding_in_channels" in config.network ||
+    "conditioning_embedding_num_channels" in config.network
+  ) {
+    return await importControlNet(checkpointPath, config, values);
+  }
+  if ("latent_channels" in config.network) return await importAutoencoder(checkpointPath, config, values);
   const generative = "num_channels" in config.network;
   const unetOptions: DiffusionModelUNetOptions = unetOptionsFromMonai(config.network, { generative });
   if ((unetOptions.spatialDims ?? 3) !== 3) {
@@ -184,32 +215,9 @@ export async function main(args: string[]): Promise<void> {
     }
     scheduler.predictionType = values.prediction as PredictionType;
   }
-  const shapeList = values.shape !== undefined ? numberList("shape", values.shape) : config.volume.shape;
-  if (!shapeList) throw new Error("--shape is required (or volume.shape in the config); see --help.");
-  const shape = threeNumbers("shape", shapeList, true);
-  if (shape.some((n) => !Number.isInteger(n))) throw new Error(`--shape: ${shape} are not whole numbers.`);
-  const spacingValue = values.spacing !== undefined
-    ? numberList("spacing", values.spacing)
-    : config.volume.spacing ?? 1;
-  const spacingList = typeof spacingValue === "number" ? [spacingValue] : spacingValue;
-  const spacing = threeNumbers(
-    "spacing",
-    spacingList.length === 1 ? [spacingList[0], spacingList[0], spacingList[0]] : spacingList,
-    true,
-  );
-  const range = values.range !== undefined
-    ? numberList("range", values.range)
-    : config.volume.range ?? [-1, 1];
-  if (range.length !== 2 || !(range[0] < range[1])) {
-    throw new Error(`--range: expected LO,HI with LO < HI, got ${range}.`);
-  }
+  const volume = volumeInfo(config, values);
 
-  let bytes: Uint8Array;
-  try {
-    bytes = await Deno.readFile(checkpointPath);
-  } catch {
-    throw new Error(`--monai: no such file ${checkpointPath}.`);
-  }
+  const bytes = await readCheckpoint(checkpointPath);
   const raw = findStateDict(await readTorchCheckpoint(bytes, checkpointPath), values.key, checkpointPath);
 
   await ready();
@@ -231,7 +239,7 @@ export async function main(args: string[]): Promise<void> {
     const info: ModelInfo = {
       unet: unetOptions,
       scheduler,
-      volume: { shape, affine: centredAffine(shape, spacing), range: [range[0], range[1]] },
+      volume,
       description: values.description ?? `imported from ${checkpointPath.split("/").pop()}`,
     };
     await saveModelFile(out, unet.stateDict(), info);
@@ -242,6 +250,155 @@ export async function main(args: string[]): Promise<void> {
   } finally {
     for (const t of state.values()) t.dispose();
     unet.dispose();
+  }
+}
+
+/** The volume geometry of the imported model: flags first, then the config's `volume` section. */
+function volumeInfo(
+  config: ImportConfig,
+  values: { shape?: string; spacing?: string; range?: string },
+): VolumeInfo {
+  const shapeList = values.shape !== undefined ? numberList("shape", values.shape) : config.volume.shape;
+  if (!shapeList) throw new Error("--shape is required (or volume.shape in the config); see --help.");
+  const shape = threeNumbers("shape", shapeList, true);
+  if (shape.some((n) => !Number.isInteger(n))) throw new Error(`--shape: ${shape} are not whole numbers.`);
+  const spacingValue = values.spacing !== undefined
+    ? numberList("spacing", values.spacing)
+    : config.volume.spacing ?? 1;
+  const spacingList = typeof spacingValue === "number" ? [spacingValue] : spacingValue;
+  const spacing = threeNumbers(
+    "spacing",
+    spacingList.length === 1 ? [spacingList[0], spacingList[0], spacingList[0]] : spacingList,
+    true,
+  );
+  const range = values.range !== undefined
+    ? numberList("range", values.range)
+    : config.volume.range ?? [-1, 1];
+  if (range.length !== 2 || !(range[0] < range[1])) {
+    throw new Error(`--range: expected LO,HI with LO < HI, got ${range}.`);
+  }
+  return { shape, affine: centredAffine(shape, spacing), range: [range[0], range[1]] };
+}
+
+/** The ControlNet branch of {@linkcode main}: a control file for the model file `--base`. */
+async function importControlNet(
+  checkpointPath: string,
+  config: ImportConfig,
+  values: { out?: string; key?: string; base?: string; conditions?: string; description?: string },
+): Promise<void> {
+  if (!values.base) {
+    throw new Error("--base is required for a ControlNet: the model file of the U-Net it steers.");
+  }
+  const options = controlNetOptionsFromMonai(config.network);
+  const channels = options.conditioningEmbeddingInChannels ?? 1;
+  const conditions = (values.conditions ?? `condition:${channels}`).split(",").map((part) => {
+    const [name, c] = part.split(":");
+    const count = c === undefined ? 1 : Number(c);
+    if (!name || !Number.isInteger(count) || count < 1) {
+      throw new Error(`--conditions: "${part}" is not NAME or NAME:CHANNELS.`);
+    }
+    return { name, count };
+  });
+  const total = conditions.reduce((sum, c) => sum + c.count, 0);
+  if (total !== channels) {
+    throw new Error(
+      `--conditions: ${total} channels in all, but the ControlNet's condition embedding takes ${channels}.`,
+    );
+  }
+  const raw = findStateDict(
+    await readTorchCheckpoint(await readCheckpoint(checkpointPath), checkpointPath),
+    values.key,
+    checkpointPath,
+  );
+  await ready();
+  const base = await loadModelFile(values.base);
+  const module = new ControlNet(options);
+  const state = new Map<string, Tensor>();
+  try {
+    for (const [name, t] of raw) {
+      state.set(name, tensor(t.data instanceof Float32Array ? t.data : Float32Array.from(t.data), t.shape));
+    }
+    module.loadStateDict(state);
+    await saveControlFile(values.out!, {
+      module,
+      info: {
+        kind: "controlnet",
+        options,
+        conditions: conditions.map((c) => c.name),
+        conditionChannels: conditions.map((c) => c.count),
+        baseHash: await modelHash(base.unet),
+        description: values.description ?? `imported from ${checkpointPath.split("/").pop()}`,
+      },
+    });
+    console.log(
+      `wrote ${values.out}: ControlNet, ${module.numParameters().toLocaleString("en-US")} parameters from ` +
+        `${raw.size} tensors, for ${values.base}`,
+    );
+  } finally {
+    for (const t of state.values()) t.dispose();
+    module.dispose();
+    base.unet.dispose();
+    base.tokens?.dispose();
+  }
+}
+
+/** The AutoencoderKL branch of {@linkcode main}: an autoencoder file for latent diffusion. */
+async function importAutoencoder(
+  checkpointPath: string,
+  config: ImportConfig,
+  values: {
+    out?: string;
+    key?: string;
+    shape?: string;
+    spacing?: string;
+    range?: string;
+    description?: string;
+  },
+): Promise<void> {
+  const generative = "num_channels" in config.network;
+  const options = autoencoderOptionsFromMonai(config.network, { generative });
+  const volume = volumeInfo(config, values);
+  const raw = findStateDict(
+    await readTorchCheckpoint(await readCheckpoint(checkpointPath), checkpointPath),
+    values.key,
+    checkpointPath,
+  );
+  await ready();
+  const autoencoder = new AutoencoderKL(options);
+  let state = new Map<string, Tensor>();
+  try {
+    for (const [name, t] of raw) {
+      state.set(name, tensor(t.data instanceof Float32Array ? t.data : Float32Array.from(t.data), t.shape));
+    }
+    if (generative) {
+      const converted = convertGenerativeAutoencoderStateDict(state, autoencoder);
+      for (const name of converted.dropped) state.get(name)!.dispose();
+      state = converted.state;
+    }
+    autoencoder.loadStateDict(state);
+    await saveAutoencoderFile(values.out!, autoencoder.stateDict(), {
+      autoencoder: options,
+      volume,
+      description: values.description ?? `imported from ${checkpointPath.split("/").pop()}`,
+    });
+    console.log(
+      `wrote ${values.out}: AutoencoderKL, ${
+        autoencoder.numParameters().toLocaleString("en-US")
+      } parameters ` +
+        `from ${raw.size} tensors`,
+    );
+  } finally {
+    for (const t of state.values()) t.dispose();
+    autoencoder.dispose();
+  }
+}
+
+/** The checkpoint's bytes, or a clear error naming the option. */
+async function readCheckpoint(path: string): Promise<Uint8Array> {
+  try {
+    return await Deno.readFile(path);
+  } catch {
+    throw new Error(`--monai: no such file ${path}.`);
   }
 }
 

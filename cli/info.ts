@@ -22,6 +22,7 @@ import { type Affine, type NiftiVolume, readNifti } from "../io/nifti.ts";
 import { parseSafetensors, type RawTensor } from "../io/safetensors.ts";
 import { resolveUNetOptions } from "../models/unet.ts";
 import { type TokenVocabulary, vocabularyRows } from "../models/tokens.ts";
+import { EMBEDDING_FORMAT } from "../pipelines/embedding.ts";
 import type { ConditioningInfo, ModelInfo } from "../pipelines/modelfile.ts";
 import { DDPMScheduler } from "../samplers/scheduler.ts";
 
@@ -94,7 +95,7 @@ export async function main(args: string[]): Promise<void> {
 }
 
 /**
- * A plain-text description of a NIfTI image, a voxgen model file, an adapter file or any other safetensors
+ * A plain-text description of a NIfTI image, a voxgen model file, an adapter file, an embedding or any other safetensors
  * file (chosen by the file's content, or by its extension when the content is not recognisable). Reads the
  * file on the CPU; never touches the GPU.
  */
@@ -110,6 +111,7 @@ export async function describeFile(path: string): Promise<string> {
     if (file.metadata.format === ADAPTER_FORMAT) {
       return `${path}\n${adapterSummary(decodeAdapterMetadata(file.metadata, path))}`;
     }
+    if (file.metadata.format === EMBEDDING_FORMAT) return describeEmbedding(path, file.metadata);
     return describeSafetensors(path, file.tensors, file.metadata);
   }
   const head = [...bytes.subarray(0, 4)].map((b) => b.toString(16).padStart(2, "0")).join(" ");
@@ -252,6 +254,17 @@ function describeModel(path: string, tensors: Map<string, RawTensor>, meta: Reco
     field("affine", "", 4),
     ...affineRows(info.volume.affine, 6),
     field("range", `[${info.volume.range.map(num).join(", ")}]`, 4),
+  ].join("\n");
+}
+
+/** A textual-inversion embedding file: its token, size, and the base model it belongs to. */
+function describeEmbedding(path: string, meta: Record<string, string>): string {
+  return [
+    `${path}: voxgen textual-inversion embedding (${EMBEDDING_FORMAT})`,
+    field("token", meta.name),
+    field("vectors", `${meta.numVectors} × ${meta.dim} (contexts of ${meta.contextLength} tokens)`),
+    field("base model", `${meta.baseModelHash} (hash of its weights)`),
+    field("trained", `${meta.steps ?? "?"} steps, lr ${meta.lr ?? "?"}, init ${meta.init ?? "?"}`),
   ].join("\n");
 }
 

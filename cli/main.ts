@@ -29,6 +29,11 @@ export const COMMANDS: Readonly<Record<string, CliCommand>> = {
     summary: "fine-tune a model on new volumes with an adapter (LoCon, LoHa, LoKr, TenVOO, QuanTA) or fully",
     run: async (args) => (await import("./finetune.ts")).main(args),
   },
+  invert: {
+    summary:
+      "textual inversion: learn a new concept's token vectors for a conditional model (NAME.ti.safetensors)",
+    run: async (args) => (await import("./invert.ts")).main(args),
+  },
   eval: {
     summary: "compare generated volumes with real ones (MS-SSIM, MMD, FID, Dice, HD95, …)",
     run: async (args) => {

@@ -11,13 +11,16 @@ import { type AdapterSet, type AdapterSpec, mergeAdapterFiles } from "../adapter
 import { ready } from "../engine/device.ts";
 import type { DiffusionModelUNet } from "../models/unet.ts";
 import { generate } from "../pipelines/generate.ts";
-import { DEFAULT_MODEL, loadGenerator, loadModelWithAdapters } from "../pipelines/modelfile.ts";
+import { loadGenerator, loadModelWithAdapters } from "../pipelines/generators.ts";
+import { DEFAULT_MODEL } from "../pipelines/modelfile.ts";
 import { controlledGenerator } from "../pipelines/control.ts";
-import { readNifti } from "../io/nifti.ts";
 import { writeVolumeFiles } from "../pipelines/output.ts";
 import { findSampler, SAMPLER_REGISTRY, unknownSamplerMessage } from "../samplers/registry.ts";
 import { numberOption } from "./options.ts";
 import { Progress } from "../io/progress.ts";
+import { readNifti } from "../io/nifti.ts";
+import { parsePrompt } from "../models/prompt.ts";
+import { type InpaintNormalize, prepareInpainting } from "../pipelines/inpaint.ts";
 import { isUrl } from "../io/read.ts";
 
 export { DEFAULT_MODEL, DEFAULT_MODEL_URL } from "../pipelines/modelfile.ts";
@@ -35,10 +38,30 @@ const HELP = `Usage: deno task sample [options]
                     (default 1; 0 = the base model); repeat to blend several
   --sampler NAME    default ${SAMPLER_REGISTRY[0].name}; one of
                     ${SAMPLER_HELP}
+  --prompt TEXT     for a model with a token table: "<t1>", "<t1> <lesion>", or composable
+                    "<t1>:0.25 AND <flair>:0.75" (weights multiply --cfg; negative ones push away);
+                    "" (the default) is the null prompt. \`deno task info MODEL\` lists the concepts
+  --cfg X           classifier-free guidance scale (default 1: plain conditional sampling, no
+                    unconditional pass; the textual-inversion paper used 2)
+  --class N         class label, for a class-conditional model
+  --condition FILE  condition volume(s) for a model trained with them (NIfTI on the model's grid, one
+                    volume per condition channel; e.g. a mask)
+  --embedding FILE  a textual-inversion embedding (NAME.ti.safetensors from \`deno task invert\`, or
+                    diffusers' learned_embeds.safetensors of the same width); repeat for several.
+                    Its token can then be used in --prompt
+  --inpaint-image FILE
+                    NIfTI on the model's grid whose voxels are kept outside the mask
+  --inpaint-mask FILE
+                    NIfTI on the model's grid: non-zero voxels are generated
+  --inpaint-normalize auto|none|percentile
+                    how the image reaches the model's intensity range (default auto: none when it is
+                    already inside it, e.g. a sample of this model; else percentiles as in training)
   --steps N         sampling steps (default 50)
   --eta X           DDIM η (default 0)
   --seed N          random seed (default 0)
   --batch N         number of volumes (default 1)
+  --depth N         slices per volume, for slice models (cDPM; default: the training depth); they are
+                    built stage by stage
   --out FILE        output NIfTI (.nii or .nii.gz; default sample.nii.gz); batches get _0, _1, … suffixes
   --png FILE        preview image (default: the output name with .png)
   --control-model FILE
@@ -61,6 +84,20 @@ export function parseAdapterSpec(spec: string): AdapterSpec {
   }
   if (spec === "") throw new Error("--adapter: empty file name.");
   return { path: spec, weight: 1 };
+}
+
+/** The values of a condition NIfTI on the model's grid (every volume of a 4-D file: one per channel). */
+function conditionValues(
+  volume: { data: Float32Array; shape: readonly number[] },
+  shape: readonly number[],
+  path: string,
+): Float32Array {
+  if (volume.shape.slice(0, 3).join() !== shape.join()) {
+    throw new Error(
+      `--condition ${path} is ${volume.shape.join("×")}; the model generates ${shape.join("×")}.`,
+    );
+  }
+  return volume.data;
 }
 
 /** Logs one merged adapter. */
@@ -92,6 +129,15 @@ export async function main(args: string[]): Promise<void> {
       eta: { type: "string" },
       seed: { type: "string" },
       batch: { type: "string" },
+      depth: { type: "string" },
+      prompt: { type: "string" },
+      cfg: { type: "string" },
+      class: { type: "string" },
+      embedding: { type: "string", multiple: true },
+      condition: { type: "string" },
+      "inpaint-image": { type: "string" },
+      "inpaint-mask": { type: "string" },
+      "inpaint-normalize": { type: "string" },
       out: { type: "string", default: "sample.nii.gz" },
       png: { type: "string" },
       "control-model": { type: "string" },
@@ -113,6 +159,25 @@ export async function main(args: string[]): Promise<void> {
   const seed = numberOption("seed", values.seed, 0, 0, 2 ** 53 - 1, true);
   const batch = numberOption("batch", values.batch, 1, 1, 64, true);
   const eta = numberOption("eta", values.eta, 0, 0, 1);
+  const guidanceScale = numberOption("cfg", values.cfg, 1, -100, 100);
+  const classLabel = values.class === undefined
+    ? undefined
+    : numberOption("class", values.class, 0, 0, 2 ** 31 - 1, true);
+  // The prompt's syntax is checked before anything is loaded; its tokens once the model is.
+  if (values.prompt !== undefined) {
+    try {
+      parsePrompt(values.prompt);
+    } catch (error) {
+      throw new Error(`--prompt: ${(error as Error).message}`);
+    }
+  }
+  if ((values["inpaint-image"] === undefined) !== (values["inpaint-mask"] === undefined)) {
+    throw new Error("--inpaint-image and --inpaint-mask go together: give both or neither.");
+  }
+  const normalize = values["inpaint-normalize"] ?? "auto";
+  if (!["auto", "none", "percentile"].includes(normalize)) {
+    throw new Error(`--inpaint-normalize: "${normalize}" is not auto, none or percentile.`);
+  }
   // Checked here, before the model is loaded, so a typo fails at once.
   const sampler = values.sampler!;
   if (!findSampler(sampler)) throw new Error(`--sampler: ${unknownSamplerMessage(sampler)}`);
@@ -128,16 +193,29 @@ export async function main(args: string[]): Promise<void> {
         : `--model: no such file ${modelPath}.`,
     );
   }
-  for (const { path } of adapters) {
+  const files: Array<[string, string | undefined]> = [
+    ...adapters.map(({ path }) => ["adapter", path] as [string, string]),
+    ...(values.embedding ?? []).map((path) => ["embedding", path] as [string, string]),
+    ["inpaint-image", values["inpaint-image"]],
+    ["condition", values.condition],
+    ["inpaint-mask", values["inpaint-mask"]],
+  ];
+  for (const [flag, path] of files) {
+    if (path === undefined) continue;
     try {
       await Deno.stat(path);
     } catch {
-      throw new Error(`--adapter: no such file ${path}.`);
+      throw new Error(`--${flag}: no such file ${path}.`);
     }
   }
   const controlModel = values["control-model"];
   if (!controlModel && (values.control?.length || values["control-scale"] !== undefined)) {
     throw new Error("--control and --control-scale need --control-model (the control module to apply).");
+  }
+  if (controlModel && (values.depth !== undefined || values.embedding?.length)) {
+    throw new Error(
+      "--control-model applies to whole-volume U-Net models: it cannot be combined with --depth or --embedding.",
+    );
   }
   if (controlModel && !values.control?.length) {
     throw new Error(
@@ -159,19 +237,47 @@ export async function main(args: string[]): Promise<void> {
       conditions,
       scale: controlScale,
     })
-    : await loadGenerator(modelPath, { adapters, onAdapter: logAdapter });
+    : await loadGenerator(modelPath, {
+      adapters,
+      embeddings: values.embedding,
+      onAdapter: logAdapter,
+      depth: values.depth === undefined ? undefined : numberOption("depth", values.depth, 1, 1, 4096, true),
+    });
   try {
     console.error(
       `model ${modelPath}: ${model.parameterCount.toLocaleString()} parameters; ${device.adapter}`,
     );
-    const progress = new Progress(`sampling (${sampler}, seed ${seed})`, steps);
+    // A staged model (slice model) reports its steps over all stages.
+    let progress: Progress | null = null;
+    const inpaint = values["inpaint-image"] === undefined ? undefined : prepareInpainting(
+      await readNifti(values["inpaint-image"]),
+      await readNifti(values["inpaint-mask"]!),
+      model.volume,
+      { normalize: normalize as InpaintNormalize },
+      {
+        image: `--inpaint-image ${values["inpaint-image"]}`,
+        mask: `--inpaint-mask ${values["inpaint-mask"]}`,
+      },
+    );
+    const condition = values.condition === undefined
+      ? undefined
+      : conditionValues(await readNifti(values.condition), model.volume.shape, values.condition);
     const generated = await generate(model, {
+      condition,
       sampler,
       steps,
       seed,
       batch,
       eta,
-      onProgress: (p) => progress.update(p.step),
+      guidanceScale,
+      prompt: values.prompt,
+      classLabel,
+      inpaint,
+      onProgress: (p) => {
+        progress ??= new Progress(`sampling (${sampler}, seed ${seed})`, p.total);
+        const stages = p.total / steps;
+        progress.update(p.step, stages > 1 ? `stage ${Math.ceil(p.step / steps)}/${stages}` : undefined);
+      },
     });
     const written = await writeVolumeFiles(generated, out, {
       png: values.png,

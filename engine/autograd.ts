@@ -83,6 +83,20 @@ export function isGradEnabled(): boolean {
   return gradMode;
 }
 
+/**
+ * Runs `fn` recording autograd nodes even inside `noGrad` or a backward pass (gradient checkpointing
+ * recomputes a block with it).
+ */
+export function enableGrad<T>(fn: () => T): T {
+  const previous = gradMode;
+  gradMode = true;
+  try {
+    return fn();
+  } finally {
+    gradMode = previous;
+  }
+}
+
 /** Runs `fn` without recording autograd nodes (sampling, optimizer updates, metrics). */
 export function noGrad<T>(fn: () => T): T {
   const previous = gradMode;

@@ -2,6 +2,10 @@
  * Command recording and submission: pipeline cache, a uniform arena for kernel parameters, batching of
  * dispatches into few submits, workgroup-grid folding, and readback.
  *
+ * Storage bindings are whole buffers or windows of one (`bindRange`): ops whose tensors exceed the device's
+ * `maxStorageBufferBindingSize` split their work so that each dispatch binds windows that fit, and a
+ * dispatch that would bind a larger buffer whole throws instead of failing validation later.
+ *
  * Dispatches are recorded into one command encoder and submitted in batches (or before a readback), never one
  * submit per op. Kernel parameters of a batch live in one uniform arena uploaded with a single `writeBuffer`
  * right before its submit. Validation and compile errors of a batch are collected in an error scope and

@@ -15,14 +15,12 @@
  * @module
  */
 
-import { ready } from "../engine/device.ts";
-import { noGrad } from "../engine/autograd.ts";
-import { randn } from "../engine/ops/random.ts";
-import { loadSafetensorsFile } from "../io/safetensors.ts";
-import { DiffusionModelUNet, unetOptionsFromMonai } from "../models/unet.ts";
+import { DiffusionModelUNet, noGrad, randn, ready, unetOptionsFromMonai } from "@voxgen/voxgen";
+import { loadSafetensorsFile, pathOrUrl } from "@voxgen/voxgen/files";
 
-const DEFAULT_FILE =
-  new URL("../tests/fixtures/monai_unet_3d_attn_deep.safetensors", import.meta.url).pathname;
+const DEFAULT_FILE = pathOrUrl(
+  new URL("../tests/fixtures/monai_unet_3d_attn_deep.safetensors", import.meta.url),
+);
 
 /**
  * Largest |voxgen − MONAI| over the RMS of MONAI's output that counts as a match: f32 rounding through a

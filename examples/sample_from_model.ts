@@ -11,14 +11,8 @@
  */
 
 import { parseArgs } from "node:util";
-import { ready } from "../engine/device.ts";
-import { writeNifti } from "../io/nifti.ts";
-import { writeSlicesPng } from "../io/png.ts";
-import { loadModelFile } from "../pipelines/modelfile.ts";
-import { sample } from "../samplers/sample.ts";
-import { DDIMScheduler } from "../samplers/scheduler.ts";
-
-const DEFAULT_MODEL = new URL("../models/default/brain32.safetensors", import.meta.url).pathname;
+import { DDIMScheduler, ready, sample } from "@voxgen/voxgen";
+import { DEFAULT_MODEL, loadModelFile, writeNifti, writeSlicesPng } from "@voxgen/voxgen/files";
 
 /** Samples one volume; returns the paths of the NIfTI file and the PNG preview it wrote. */
 export async function main(args: string[]): Promise<{ nifti: string; png: string }> {

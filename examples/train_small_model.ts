@@ -12,14 +12,17 @@
  */
 
 import { parseArgs } from "node:util";
-import { ready } from "../engine/device.ts";
-import { DiffusionModelUNet, type DiffusionModelUNetOptions } from "../models/unet.ts";
-import { loadVolume, volumeTensor } from "../pipelines/dataset.ts";
-import { saveModelFile } from "../pipelines/modelfile.ts";
-import { train } from "../pipelines/train.ts";
-import { DDPMScheduler, type SchedulerOptions } from "../samplers/scheduler.ts";
+import {
+  DDPMScheduler,
+  DiffusionModelUNet,
+  type DiffusionModelUNetOptions,
+  ready,
+  type SchedulerOptions,
+} from "@voxgen/voxgen";
+import { pathOrUrl, saveModelFile } from "@voxgen/voxgen/files";
+import { loadVolume, train, volumeTensor } from "@voxgen/voxgen/pipelines";
 
-const DEFAULT_DATA = new URL("../../shared/data/MNI152_2009_template.nii.gz", import.meta.url).pathname;
+const DEFAULT_DATA = pathOrUrl(new URL("../../shared/data/MNI152_2009_template.nii.gz", import.meta.url));
 
 /** Trains the model; returns the model file's path and the mean loss of the last steps. */
 export async function main(args: string[]): Promise<{ model: string; finalLoss: number }> {

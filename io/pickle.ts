@@ -28,6 +28,7 @@ export interface UnpickleOptions {
 export class RefusedGlobalError extends Error {
   /** The refused global, `"module.name"`. */
   readonly global: string;
+  /** The error for the refused `global`, with the full `message`. */
   constructor(global: string, message: string) {
     super(message);
     this.name = "RefusedGlobalError";

@@ -6,8 +6,6 @@
  * @module
  */
 
-import { fileURLToPath } from "node:url";
-
 /** Whether `source` is a URL voxgen reads (`file:`, `http:`, `https:`) rather than a path. */
 export function isUrl(source: string | URL): boolean {
   return source instanceof URL || /^(file|https?):\/\//i.test(source);
@@ -18,7 +16,13 @@ export function isUrl(source: string | URL): boolean {
  * any other scheme: what to show people and pass to path-based code when the file is local.
  */
 export function pathOrUrl(url: URL): string {
-  return url.protocol === "file:" ? fileURLToPath(url) : url.href;
+  return url.protocol === "file:" ? filePath(url) : url.href;
+}
+
+/** The path of a `file:` URL: escapes decoded, and `/C:/x` read as `C:\x` on Windows. */
+function filePath(url: URL): string {
+  const path = decodeURIComponent(url.pathname);
+  return /^\/[A-Za-z]:\//.test(path) ? path.slice(1).replaceAll("/", "\\") : path;
 }
 
 /** Reads all bytes of a file path or URL; errors name the source and what went wrong. */

@@ -16,7 +16,7 @@
 
 import { isZip, readZip } from "./zip.ts";
 import { type PickleGlobal, unpickle } from "./pickle.ts";
-import { decodeTensorData, type RawTensor, type SafetensorsDType } from "./safetensors.ts";
+import { decodeTensorData, type RawTensor, type SafetensorsDType } from "./safetensors_codec.ts";
 
 /** A tensor read from a checkpoint (a {@linkcode RawTensor}: dtype as stored, shape, contiguous values). */
 export class CheckpointTensor implements RawTensor {
@@ -26,6 +26,7 @@ export class CheckpointTensor implements RawTensor {
   readonly shape: number[];
   /** Values in row-major order: float32 for float types, int32 for integer and bool types. */
   readonly data: Float32Array | Int32Array;
+  /** A tensor of `dtype` (as stored) with `shape` and contiguous `data`. */
   constructor(dtype: SafetensorsDType, shape: number[], data: Float32Array | Int32Array) {
     this.dtype = dtype;
     this.shape = shape;

@@ -73,6 +73,51 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   };
 }
 
+/** Parameter words of a {@linkcode mapVec4Kernel}: `[vec4s, outOffset4, inOffset4 × arity, scalars × 4]`. */
+export function mapVec4ParamWords(arity: number): number {
+  return 2 + arity + MAP_SCALARS;
+}
+
+/**
+ * The map kernel for contiguous operands of the same shape whose offsets and length are whole vec4s: each
+ * thread loads one vec4 of every input and stores one vec4 (on lavapipe a load costs a per-lane loop, and a
+ * vec4 about twice an f32 for four times the data). `expr` is the same scalar expression as for
+ * {@linkcode mapKernel}, evaluated per component.
+ */
+export function mapVec4Kernel(name: string, expr: string, arity: number, helpers = ""): Kernel {
+  const inputs = INPUT_NAMES.slice(0, arity);
+  const scalarAt = 2 + arity;
+  const bindings = inputs.map((n, k) =>
+    `@group(0) @binding(${k + 1}) var<storage, read> in_${n}: array<vec4<f32>>;`
+  ).join("\n");
+  const component = (c: string) => expr.replace(/\b([abc])\b/g, (v) => inputs.includes(v) ? `${v}.${c}` : v);
+  const scalars = Array.from({ length: MAP_SCALARS }, (_, s) => s)
+    .filter((s) => expr.includes(`s${s}`))
+    .map((s) => `let s${s} = pf(${scalarAt + s}u);`).join("\n  ");
+  const code = /* wgsl */ `
+${paramsBlock(mapVec4ParamWords(arity))}
+${LINEAR_INDEX}
+${INF}
+${bindings}
+@group(0) @binding(${arity + 1}) var<storage, read_write> out: array<vec4<f32>>;
+${helpers}
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) li: u32) {
+  let i = linear_workgroup(wid, nwg) * ${WG}u + li;
+  if (i >= pu(0u)) { return; }
+  ${inputs.map((n, k) => `let ${n} = in_${n}[pu(${2 + k}u) + i];`).join("\n  ")}
+  ${scalars}
+  out[pu(1u) + i] = vec4<f32>(${["x", "y", "z", "w"].map(component).join(", ")});
+}
+`;
+  return {
+    key: `map:${name}:${arity}:vec4`,
+    code,
+    bindings: [...inputs.map(() => "read" as const), "write"],
+  };
+}
+
 /** WGSL helper functions available to map expressions. */
 export const MAP_HELPERS = /* wgsl */ `
 fn erf_approx(x: f32) -> f32 {
@@ -101,6 +146,7 @@ fn pow_f(x: f32, y: f32) -> f32 {
     let m = pow(-x, y);
     return select(m, -m, abs(y) % 2.0 == 1.0);
   }
-  return bitcast<f32>(0x7fc00000u);
+  var nan_bits = 0x7fc00000u; // through a variable: Tint rejects a constant NaN (see INF in types.ts)
+  return bitcast<f32>(nan_bits);
 }
 `;

@@ -33,10 +33,14 @@ fn linear_workgroup(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
 }
 `;
 
-/** WGSL functions for IEEE infinities (WGSL has no literal for them, and naga cannot bitcast in a const). */
+/**
+ * WGSL functions for IEEE infinities. WGSL has no literal for them, naga cannot bitcast in a const, and
+ * Chromium's Tint rejects a constant expression that evaluates to infinity ("value inf cannot be
+ * represented as 'f32'"): the bits go through a variable, so the bitcast happens at run time.
+ */
 export const INF = /* wgsl */ `
-fn f32_inf() -> f32 { return bitcast<f32>(0x7f800000u); }
-fn f32_neg_inf() -> f32 { return bitcast<f32>(0xff800000u); }
+fn f32_inf() -> f32 { var bits = 0x7f800000u; return bitcast<f32>(bits); }
+fn f32_neg_inf() -> f32 { var bits = 0xff800000u; return bitcast<f32>(bits); }
 `;
 
 /** WGSL accessor for a parameter block of `count` u32 words packed as vec4s (uniform arrays need 16-byte strides). */

@@ -1,6 +1,6 @@
 /**
- * The token table: voxgen's stand-in for a text encoder (seed 002 mapped onto a MONAI U-Net, design note
- * ti-cdpm.md A3). A learned table of rows — `<bos>`, `<pad>`, then a few rows per concept (`<t1>`, …) —
+ * The token table: voxgen's stand-in for a text encoder (de Wilde et al.'s textual
+ * inversion, mapped onto a MONAI U-Net). A learned table of rows — `<bos>`, `<pad>`, then a few rows per concept (`<t1>`, …) —
  * turns a sub-prompt into a cross-attention context of fixed length, as Stable Diffusion's 77 slots:
  * `[<bos>, rows of each token…, <pad>…]`. The empty prompt gives `[<bos>, <pad>…]`, the null context that
  * classifier-free guidance compares against.

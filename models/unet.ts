@@ -13,7 +13,7 @@ import { scope } from "../engine/memory.ts";
 import { add, silu } from "../engine/ops/elementwise.ts";
 import { formatShape } from "../engine/shape.ts";
 import { Tensor } from "../engine/tensor.ts";
-import { DownBlock, type LevelAttention, MidBlock, UpBlock } from "../nn/blocks.ts";
+import { DownBlock, type LevelAttention, MidBlock, ResnetBlock, UpBlock } from "../nn/blocks.ts";
 import {
   checkSpatialDims,
   Convolution,
@@ -395,7 +395,8 @@ export function unetTimeEmbedding(
 }
 
 /** MONAI's `out`: Sequential(GroupNorm, SiLU, Convolution 3×3 starting at zero) at "0" and "2". */
-class OutputHead extends Module {
+export class OutputHead extends Module {
+  /** The head from `channels` to `outChannels` channels. */
   constructor(
     spatialDims: SpatialDims,
     channels: number,
@@ -412,6 +413,7 @@ class OutputHead extends Module {
     );
   }
 
+  /** h [B, channels, …spatial] → [B, outChannels, …spatial]. */
   forward(h: Tensor): Tensor {
     return scope(() =>
       liveChild<Convolution>(this, "2").forward(liveChild<GroupNorm>(this, "0").forwardSilu(h))
@@ -512,6 +514,15 @@ export class DiffusionModelUNet extends Module {
   /** The time embedding [B, 4·channels[0]] (plus the class embedding), as every ResnetBlock receives it. */
   #embedding(batch: number, timesteps: Timesteps, classLabels?: Tensor | readonly number[]): Tensor {
     return unetTimeEmbedding(this, this.config.channels[0], batch, timesteps, classLabels);
+  }
+
+  /**
+   * Turns gradient checkpointing of every res block on or off: training then keeps each block's input
+   * instead of its activations and recomputes them in backward. Returns `this`.
+   */
+  gradientCheckpointing(on = true): this {
+    for (const [, m] of this.namedModules()) if (m instanceof ResnetBlock) m.checkpointing = on;
+    return this;
   }
 
   /**

@@ -1,5 +1,5 @@
 /**
- * `VCM`: the Volumetric Conditioning Module of Ahn et al. (WACV 2025, seed 001), which steers a frozen
+ * `VCM`: the Volumetric Conditioning Module of Ahn et al. (WACV 2025), which steers a frozen
  * diffusion model with spatial conditions by modulating the noise it predicts:
  *
  *   (γ, β) = φ(z_t, ε_t, y₁…yₙ, t),   ε' = ε_t ⊙ (1 + γ) + β.

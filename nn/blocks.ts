@@ -14,6 +14,7 @@
  */
 
 import { scope } from "../engine/memory.ts";
+import { checkpoint } from "../engine/ops/checkpoint.ts";
 import { add, silu } from "../engine/ops/elementwise.ts";
 import { avgPool2d, avgPool3d, interpolate } from "../engine/ops/resample.ts";
 import { concat, reshape } from "../engine/ops/view.ts";
@@ -138,6 +139,21 @@ export class ResnetBlock extends Module {
         `ResnetBlock: embedding ${formatShape(emb.shape)} must be [${x.shape[0]}, ${this.tembChannels}].`,
       );
     }
+    if (this.checkpointing) {
+      return emb
+        ? checkpoint((xs, es) => this.#body(xs, es), [x, emb], this.parameters())
+        : checkpoint((xs) => this.#body(xs), [x], this.parameters());
+    }
+    return this.#body(x, emb);
+  }
+
+  /**
+   * Gradient checkpointing: when true, training keeps only this block's inputs and recomputes its
+   * activations in backward (less memory, about one more forward of the block per step).
+   */
+  checkpointing = false;
+
+  #body(x: Tensor, emb?: Tensor): Tensor {
     return scope(() => {
       let h = liveChild<GroupNorm>(this, "norm1").forwardSilu(x);
       let skip = x;

@@ -23,3 +23,19 @@ export {
   type TransformerBlockOptions,
 } from "./attention.ts";
 export { Downsample, type NormSettings, ResnetBlock, type ResnetBlockOptions, Upsample } from "./blocks.ts";
+export {
+  AEKLDownsample,
+  AEKLResBlock,
+  type AEKLResBlockOptions,
+  ConvTranspose,
+  DeconvUpsample,
+} from "./autoencoder_blocks.ts";
+export {
+  RelativePositionNet,
+  relativeSliceAttention,
+  type RelativeTerms,
+  SliceAttention,
+  type SliceAttentionOptions,
+  type SlotLayout,
+  type SlotRole,
+} from "./slice_attention.ts";

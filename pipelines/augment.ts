@@ -165,31 +165,52 @@ export interface BatchOptions {
   augment: AugmentOptions | null;
 }
 
+/** The draw number k of batch item b at (step, micro) in {@linkcode augmentedBatches}: it picks volume k mod N. */
+export function batchDraw(step: number, micro: number, b: number): number {
+  return (step * 7919 + micro * 104729 + b * 31) >>> 0;
+}
+
 /**
  * A deterministic batch source for the training loop: batch b of micro-step `micro` at `step` takes volume
  * k mod N with k = step·7919 + micro·104729 + b·31, augmented with seed `seed·2654435761 + k` (mod 2³²), and
- * the batch is their concatenation [batch, C, D, H, W].
+ * the batch is their concatenation [batch, C, D, H, W]; `sources` lists the index of each item's volume
+ * (so a caller can attach each one's condition). `paired` volumes (one per source, e.g. condition masks)
+ * are moved with their image (nearest sampling, no intensity changes) and batched as `paired`.
  */
 export function augmentedBatches(
   sources: readonly Tensor[],
   opts: BatchOptions,
-): (step: number, micro: number) => { x0: Tensor } {
+  paired?: readonly Tensor[],
+): (step: number, micro: number) => { x0: Tensor; sources: number[]; paired?: Tensor } {
   if (sources.length === 0) throw new Error("augmentedBatches: no source volumes.");
+  if (paired && paired.length !== sources.length) {
+    throw new Error(`augmentedBatches: ${paired.length} paired volumes for ${sources.length} sources.`);
+  }
+  const join = (items: Tensor[]): Tensor => {
+    if (items.length === 1) return items[0];
+    const out = concat(items, 0);
+    for (const t of items) t.dispose();
+    return out;
+  };
   return (step, micro) =>
     noGrad(() => {
       const items: Tensor[] = [];
+      const pairs: Tensor[] = [];
+      const picked: number[] = [];
       for (let b = 0; b < opts.batch; b++) {
-        const k = (step * 7919 + micro * 104729 + b * 31) >>> 0;
-        const source = sources[k % sources.length];
-        items.push(
-          opts.augment
-            ? augment(source, (opts.seed * 2654435761 + k) >>> 0, opts.augment).image
-            : concat([source], 0),
-        );
+        const k = batchDraw(step, micro, b);
+        const index = k % sources.length;
+        picked.push(index);
+        const pair = paired?.[index];
+        if (opts.augment) {
+          const a = augment(sources[index], (opts.seed * 2654435761 + k) >>> 0, opts.augment, pair);
+          items.push(a.image);
+          if (a.labels) pairs.push(a.labels);
+        } else {
+          items.push(concat([sources[index]], 0));
+          if (pair) pairs.push(concat([pair], 0));
+        }
       }
-      if (items.length === 1) return { x0: items[0] };
-      const x0 = concat(items, 0);
-      for (const t of items) t.dispose();
-      return { x0 };
+      return { x0: join(items), sources: picked, ...(paired ? { paired: join(pairs) } : {}) };
     });
 }

@@ -14,7 +14,7 @@
 import { modelHash } from "../adapters/hash.ts";
 import { noGrad } from "../engine/autograd.ts";
 import { scope } from "../engine/memory.ts";
-import { abs, add, mse, mul } from "../engine/ops/elementwise.ts";
+import { abs, add, mseLoss, mul } from "../engine/ops/elementwise.ts";
 import { mean } from "../engine/ops/reduce.ts";
 import { tensor } from "../engine/ops/create.ts";
 import { concat } from "../engine/ops/view.ts";
@@ -34,7 +34,7 @@ import {
 import type { Conditioning, Denoiser } from "../samplers/sample.ts";
 import { DDPMScheduler, type Scheduler } from "../samplers/scheduler.ts";
 import type { Generator } from "./generate.ts";
-import { type LoadedModel, unetGenerator } from "./modelfile.ts";
+import { type LoadedModel, unetGenerator } from "./model.ts";
 import type { Batch, ControlInput, DiffusionNetwork } from "./train.ts";
 
 /** The kinds of control module. */
@@ -346,7 +346,7 @@ export function controlTrainingNetwork(
           epsFromPrediction(scheduler.predictionType, base.forward(xt, t), xt, alphaBar)
         );
         const m = vcm.forward(xt, eps, batched(input.conditions, xt.shape[0]), t, { keep: input.keep });
-        const fit = mse(modulate(eps, m), noise);
+        const fit = mseLoss(modulate(eps, m), noise);
         if (lambda === 0) return fit;
         return add(fit, mul(add(mean(abs(m.gamma)), mean(abs(m.beta))), lambda));
       });
@@ -427,6 +427,14 @@ export interface ControlRequest {
  * wrapped (see {@linkcode controlledDenoiser}); it frees the module and the conditions with the model.
  */
 export async function controlledGenerator(model: LoadedModel, request: ControlRequest): Promise<Generator> {
+  // Control modules are trained on the image grid of a plain U-Net: refuse models they cannot wrap.
+  if (model.latent || (model.info.conditioning?.conditionChannels ?? 0) > 0) {
+    throw new Error(
+      `control modules apply to plain image-space U-Net models; this one ${
+        model.latent ? "is a latent diffusion model" : "takes condition channels"
+      }.`,
+    );
+  }
   const plain = unetGenerator(model);
   const owned: Tensor[] = [];
   let control: Control | null = null;

@@ -49,11 +49,13 @@ export interface ConditionSpec {
   classes?: { count: number; nullClass?: number };
   /** The token table prompts are encoded with (a cross-attention model conditioned on learned tokens). */
   tokens?: TokenTable;
+  /** Condition volumes the model takes as extra input channels (zeros = the null condition). */
+  channels?: number;
 }
 
 /**
  * A model ready to generate — what {@linkcode generate} needs from any model kind. Build one with
- * `loadGenerator` (pipelines/modelfile.ts) or by hand for a new kind.
+ * `loadGenerator` (pipelines/generators.ts) or by hand for a new kind.
  */
 export interface Generator {
   /** Predicts what the model was trained to predict (ε, v or x0) for x_t at timestep t. */
@@ -98,8 +100,14 @@ export interface GenerationRequest {
   /** Class label, for a class-conditional model. */
   classLabel?: number;
   /**
-   * Inpainting: `image` (model intensity range, x fastest, one value per voxel of one output volume) is
-   * kept where `mask` is non-zero; the model generates the rest.
+   * Condition volumes, for a model that takes them as input channels: one volume per channel, x fastest,
+   * on the output grid (e.g. a mask).
+   */
+  condition?: Float32Array;
+  /**
+   * Inpainting: the model generates the voxels where `mask` is non-zero (as in diffusers: the mask marks
+   * what to repaint) and keeps `image` everywhere else. Both are one output volume, x fastest; `image` is
+   * in the model's intensity range.
    */
   inpaint?: { image: Float32Array; mask: Float32Array };
   /** Called after every step. */
@@ -159,16 +167,20 @@ function conditioningOf(
 ): Pick<SampleOptions, "condition" | "guidance"> {
   const scale = request.guidanceScale ?? 1;
   if (!Number.isFinite(scale)) throw new Error(`guidance scale ${scale} is not a number.`);
-  const { classes, tokens } = model.conditions ?? {};
+  const { classes, tokens, channels } = model.conditions ?? {};
   if (request.classLabel !== undefined && !classes) {
     throw new Error("a class label was given, but the model has no classes.");
   }
+  if (request.condition !== undefined && !channels) {
+    throw new Error("a condition volume was given, but the model takes none.");
+  }
+  const volumes = channels ? conditionTensors(model, request, channels, owned) : undefined;
   if (request.prompt !== undefined && !tokens) {
     throw new Error(
       "a prompt was given, but the model has no token table (it is not conditioned on tokens).",
     );
   }
-  if (!classes && !tokens) {
+  if (!classes && !tokens && !volumes) {
     if (scale !== 1) {
       throw new Error(
         `guidance scale ${scale}: the model is unconditional, so only 1 (no guidance) applies.`,
@@ -186,13 +198,16 @@ function conditioningOf(
   // Without a token table the class label is the one condition; the empty prompt is the null context.
   const parts = tokens ? parsePrompt(request.prompt ?? "") : [{ tokens: [], weight: 1 }];
   tokens?.checkTokens(parts.flatMap((p) => p.tokens));
+  // words null: the unconditional pass of guidance (null context, null class, zero condition volumes).
   const make = (words: readonly string[] | null, classValue: number | undefined): Conditioning => {
     const c: Conditioning = {};
     if (tokens) owned.push(c.context = tokens.encode(words ?? []));
     if (classValue !== undefined) owned.push(c.classLabels = full([batch], classValue));
+    if (volumes) c.channels = words === null ? volumes.none : volumes.given;
     return c;
   };
-  if (parts.length === 0) return { condition: make(null, label) };
+  // The null prompt alone: no guidance pass (the condition volumes, if any, still apply).
+  if (parts.length === 0) return { condition: make([], label) };
   if (parts.length === 1 && parts[0].weight * scale === 1) return { condition: make(parts[0].tokens, label) };
   let nullClass: number | undefined;
   if (classes) {
@@ -210,6 +225,29 @@ function conditioningOf(
       conditions: parts.map((p) => ({ ...make(p.tokens, label), weight: p.weight * scale })),
     },
   };
+}
+
+/** The request's condition volumes [1, Cc, nz, ny, nx] and the null condition (zeros) of that shape. */
+function conditionTensors(
+  model: Generator,
+  request: GenerationRequest,
+  channels: number,
+  owned: Tensor[],
+): { given: Tensor; none: Tensor } {
+  const [nx, ny, nz] = model.volume.shape;
+  const expected = channels * nx * ny * nz;
+  if (!request.condition) {
+    throw new Error(`the model takes ${channels} condition volume(s) of ${nx}×${ny}×${nz}; give them.`);
+  }
+  if (request.condition.length !== expected) {
+    throw new Error(
+      `the condition has ${request.condition.length} values; the model takes ${channels} × ${nx}×${ny}×${nz} = ${expected}.`,
+    );
+  }
+  const given = tensor(request.condition, [1, channels, nz, ny, nx]);
+  const none = full([1, channels, nz, ny, nx], 0);
+  owned.push(given, none);
+  return { given, none };
 }
 
 /** The `known`/`mask` tensors of an inpainting request. */
@@ -239,7 +277,8 @@ function inpaintingOf(
   for (let r = 0; r < repeats; r++) knownValues.set(image, r * voxels);
   const known = tensor(knownValues, shape);
   owned.push(known);
-  const maskTensor = tensor(Float32Array.from(mask, (m) => (m !== 0 ? 1 : 0)), [1, 1, nz, ny, nx]);
+  // The sampler's mask is the other way round: 1 where the known image is kept.
+  const maskTensor = tensor(Float32Array.from(mask, (m) => (m !== 0 ? 0 : 1)), [1, 1, nz, ny, nx]);
   owned.push(maskTensor);
   return { known, mask: maskTensor };
 }

@@ -1,22 +1,25 @@
 /**
- * voxgen model files: one safetensors file holding a diffusion U-Net's weights, with everything needed to
- * sample from it in the metadata — the U-Net options, the noise schedule, and the volume geometry
- * (shape, voxel spacing, affine, intensity range) so samples are written as proper NIfTI volumes.
+ * voxgen model files on disk (Deno): one safetensors file holding a diffusion U-Net's weights, with
+ * everything needed to sample from it in the metadata — the U-Net options, the noise schedule, and the
+ * volume geometry (shape, voxel spacing, affine, intensity range) so samples are written as proper NIfTI
+ * volumes. The in-memory part (building a model from bytes, its generator) is pipelines/model.ts,
+ * re-exported here.
  *
  * @module
  */
 
-import { type AdapterSpec, mergeAdapterFiles } from "../adapters/io.ts";
-import type { AdapterSet } from "../adapters/inject.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import { pathOrUrl } from "../io/read.ts";
-import { loadSafetensorsFile, saveSafetensors } from "../io/safetensors.ts";
-import { DiffusionModelUNet, type DiffusionModelUNetOptions } from "../models/unet.ts";
-import type { SchedulerOptions } from "../samplers/scheduler.ts";
-import { TokenTable, type TokenVocabulary } from "../models/tokens.ts";
-import type { Generator, VolumeInfo } from "./generate.ts";
+import { pathOrUrl, readBytes } from "../io/read.ts";
+import { saveSafetensors } from "../io/safetensors.ts";
+import {
+  type LoadedModel,
+  type LoadModelOptions,
+  modelFileMetadata,
+  modelFromBytes,
+  type ModelInfo,
+} from "./model.ts";
 
-export type { VolumeInfo } from "./generate.ts";
+export * from "./model.ts";
 
 /** Where the embedded default model is: next to this module, locally or on a web server. */
 export const DEFAULT_MODEL_URL: URL = new URL("../models/default/brain32.safetensors", import.meta.url);
@@ -27,162 +30,23 @@ export const DEFAULT_MODEL_URL: URL = new URL("../models/default/brain32.safeten
  */
 export const DEFAULT_MODEL: string = pathOrUrl(DEFAULT_MODEL_URL);
 
-/** What a model file describes besides its weights. */
-export interface ModelInfo {
-  /** U-Net constructor options. */
-  unet: DiffusionModelUNetOptions;
-  /** Noise schedule and prediction type the model was trained with. */
-  scheduler: SchedulerOptions;
-  /** Output geometry. */
-  volume: VolumeInfo;
-  /** Free-form description (training data, steps, …). */
-  description?: string;
-  /** The token table of a cross-attention model conditioned on learned tokens (weights `token_embedding.*`). */
-  tokens?: TokenVocabulary;
-  /** How conditions were trained: the null class of a class-conditional model trained with dropout. */
-  conditioning?: ConditioningInfo;
-}
-
-/** How a conditional model was trained. */
-export interface ConditioningInfo {
-  /** The class label standing for "no class" (learned through condition dropout), if any. */
-  nullClass?: number;
-  /** Probability with which training dropped each sample's condition. */
-  uncondProb?: number;
-}
-
-/** State-dict prefix of the token table's weights in a model file. */
-export const TOKEN_PREFIX = "token_embedding.";
-
-const KIND = "voxgen-diffusion-unet";
-
 /** Saves a U-Net (or given weights) with its info as a model file, atomically. */
 export async function saveModelFile(
   path: string,
   weights: Map<string, Tensor>,
   info: ModelInfo,
 ): Promise<void> {
-  await saveSafetensors(path, weights, {
-    format: KIND,
-    unet: JSON.stringify(info.unet),
-    scheduler: JSON.stringify(info.scheduler),
-    volume: JSON.stringify(info.volume),
-    description: info.description ?? "",
-    ...(info.tokens ? { tokens: JSON.stringify(info.tokens) } : {}),
-    ...(info.conditioning ? { conditioning: JSON.stringify(info.conditioning) } : {}),
-  });
+  await saveSafetensors(path, weights, modelFileMetadata(info));
 }
 
-/** A loaded model file: the U-Net in eval mode with its weights, and its info. */
-export interface LoadedModel {
-  /** The network (eval mode, weights loaded, frozen). */
-  unet: DiffusionModelUNet;
-  /** Its info. */
-  info: ModelInfo;
-  /** The token table (eval mode, frozen), when the model has one. */
-  tokens?: TokenTable;
-}
-
-/** The weights a model file stores: the U-Net's, plus the token table's under `token_embedding.`. */
-export function modelWeights(unet: DiffusionModelUNet, tokens?: TokenTable): Map<string, Tensor> {
-  const weights = new Map(unet.stateDict());
-  for (const [name, t] of tokens?.stateDict() ?? []) weights.set(TOKEN_PREFIX + name, t);
-  return weights;
-}
-
-/** Loads a model file written by {@linkcode saveModelFile}, from a path, a URL (`file:`, `http(s):`) or bytes. */
-export async function loadModelFile(path: string | URL | Uint8Array): Promise<LoadedModel> {
-  const { tensors: weights, metadata: meta } = await loadSafetensorsFile(path);
-  try {
-    if (meta.format !== KIND) {
-      throw new Error(
-        `${path instanceof Uint8Array ? "<bytes>" : path} is not a voxgen model file (metadata format ${
-          JSON.stringify(meta.format)
-        }); ` +
-          "a MONAI state dict loads with DiffusionModelUNet.loadStateDict instead.",
-      );
-    }
-    const info: ModelInfo = {
-      unet: JSON.parse(meta.unet),
-      scheduler: JSON.parse(meta.scheduler),
-      volume: JSON.parse(meta.volume),
-      description: meta.description,
-      ...(meta.tokens ? { tokens: JSON.parse(meta.tokens) } : {}),
-      ...(meta.conditioning ? { conditioning: JSON.parse(meta.conditioning) } : {}),
-    };
-    const own = new Map([...weights].filter(([name]) => !name.startsWith(TOKEN_PREFIX)));
-    const unet = new DiffusionModelUNet(info.unet);
-    let tokens: TokenTable | undefined;
-    try {
-      unet.loadStateDict(own);
-      unet.eval().freeze();
-      if (info.tokens) {
-        tokens = new TokenTable(info.tokens);
-        const rows = new Map(
-          [...weights].filter(([n]) => n.startsWith(TOKEN_PREFIX)).map((
-            [n, t],
-          ) => [n.slice(TOKEN_PREFIX.length), t]),
-        );
-        tokens.loadStateDict(rows);
-        tokens.eval().freeze();
-      }
-    } catch (error) {
-      unet.dispose();
-      tokens?.dispose();
-      throw error;
-    }
-    return { unet, info, tokens };
-  } finally {
-    for (const t of weights.values()) t.dispose();
-  }
-}
-
-/** The {@linkcode Generator} of a loaded U-Net model (disposing it disposes the U-Net). */
-export function unetGenerator({ unet, info, tokens }: LoadedModel): Generator {
-  const [nx, ny, nz] = info.volume.shape;
-  const classes = unet.config.numClassEmbeds;
-  const nullClass = info.conditioning?.nullClass;
-  return {
-    denoiser: (x, t, c) => unet.forward(x, t, { context: c.context, classLabels: c.classLabels }),
-    sampleShape: [unet.config.inChannels, nz, ny, nx],
-    scheduler: info.scheduler,
-    parameterCount: unet.numParameters() + (tokens?.numParameters() ?? 0),
-    volume: info.volume,
-    conditions: classes !== null || tokens
-      ? { classes: classes !== null ? { count: classes, nullClass } : undefined, tokens }
-      : undefined,
-    dispose: () => {
-      unet.dispose();
-      tokens?.dispose();
-    },
-  };
-}
-
-/** Options of {@linkcode loadGenerator}. */
-export interface LoadGeneratorOptions {
-  /** Adapters merged into the weights, in order. */
-  adapters?: readonly AdapterSpec[];
-  /** Hears about each adapter merged (e.g. to log it). */
-  onAdapter?: (spec: AdapterSpec, set: AdapterSet) => void;
-}
-
-/** Loads a model file and merges its adapters into the U-Net (frees the model if a merge fails). */
-export async function loadModelWithAdapters(
-  path: string,
-  opts: LoadGeneratorOptions = {},
+/**
+ * Loads a model file written by {@linkcode saveModelFile} (or, with `allowLatent`, a latent model file), from
+ * a path, a URL (`file:`, `http(s):`) or bytes.
+ */
+export async function loadModelFile(
+  path: string | URL | Uint8Array,
+  opts: LoadModelOptions = {},
 ): Promise<LoadedModel> {
-  const model = await loadModelFile(path);
-  try {
-    await mergeAdapterFiles(model.unet, opts.adapters ?? [], opts.onAdapter);
-  } catch (error) {
-    model.unet.dispose();
-    model.tokens?.dispose();
-    throw error;
-  }
-  return model;
-}
-
-/** Loads a model file, merges its adapters, and returns it ready for `generate`. */
-export async function loadGenerator(path: string, opts: LoadGeneratorOptions = {}): Promise<Generator> {
-  return unetGenerator(await loadModelWithAdapters(path, opts));
+  if (path instanceof Uint8Array) return modelFromBytes(path, "<bytes>", opts);
+  return modelFromBytes(await readBytes(path), String(path), opts);
 }

@@ -9,7 +9,8 @@
 
 import { grad, noGrad } from "../engine/autograd.ts";
 import { keep, scope } from "../engine/memory.ts";
-import { add, mse } from "../engine/ops/elementwise.ts";
+import { add, div, mseLoss, mul, square, sub } from "../engine/ops/elementwise.ts";
+import { mean } from "../engine/ops/reduce.ts";
 import { copyInto, map } from "../engine/ops/map.ts";
 import { randn } from "../engine/ops/random.ts";
 import { AdamW } from "../engine/optim.ts";
@@ -20,6 +21,7 @@ import { loadSafetensors, saveSafetensors } from "../io/safetensors.ts";
 import { seededRandom } from "../nn/init.ts";
 import { Progress } from "../io/progress.ts";
 import type { Scheduler } from "../samplers/scheduler.ts";
+import type { SliceInputs } from "../models/slice_unet.ts";
 
 /** Spatial conditions of a batch, for a control module (ControlNet, VCM) on a frozen model. */
 export interface ControlInput {
@@ -35,7 +37,7 @@ export interface DiffusionNetwork {
   forward(
     x: Tensor,
     timesteps: readonly number[],
-    cond?: { context?: Tensor; classLabels?: Tensor; control?: ControlInput },
+    cond?: { context?: Tensor; classLabels?: Tensor; control?: ControlInput; slices?: SliceInputs },
   ): Tensor;
   /** Parameters with their state-dict names. */
   namedParameters(): Array<[string, Tensor]>;
@@ -56,6 +58,10 @@ export interface Batch {
   classLabels?: Tensor;
   /** Optional spatial conditions (control modules). */
   control?: ControlInput;
+  /** Slot layout and clean slices of a slice model (see pipelines/slice_data.ts); `clean` is freed by its owner. */
+  slices?: SliceInputs;
+  /** Weights broadcast against x0 (e.g. 1 on target slots): the loss is mean(w·err²) / mean(w). */
+  lossMask?: Tensor;
 }
 
 /** Options of {@linkcode train}. */
@@ -196,7 +202,8 @@ export function describeChanges(changes: SettingChange[], names: Record<string, 
   );
 }
 
-interface CheckpointMeta {
+/** What `meta.json` of a checkpoint holds (it is written last: a checkpoint is complete once it exists). */
+export interface CheckpointMeta {
   step: number;
   seed: number;
   lossLog: string;
@@ -212,7 +219,7 @@ export function emaDecayAt(decay: number, t: number): number {
 }
 
 /** Settings that differ between `before` (a checkpoint) and `now`, over the keys of both. */
-function changedSettings(
+export function changedSettings(
   before: Record<string, RunSetting>,
   now: Record<string, RunSetting>,
 ): SettingChange[] {
@@ -235,6 +242,11 @@ function describeSchedule(scheduler: Scheduler): string {
   const short = (b: number) => Number(b.toPrecision(4));
   const hex = (hash >>> 0).toString(16).padStart(8, "0");
   return `T ${betas.length}, β ${short(betas[0])}…${short(betas[betas.length - 1])} (${hex})`;
+}
+
+/** mean(mask·(a − b)²) / mean(mask): the mean squared error over where the (broadcast) mask is set. */
+export function maskedMse(a: Tensor, b: Tensor, mask: Tensor): Tensor {
+  return div(mean(mul(square(sub(a, b)), mask)), mean(mask));
 }
 
 function target(scheduler: Scheduler, x0: Tensor, noise: Tensor, t: number[]): Tensor {
@@ -365,7 +377,9 @@ export async function train(
           const xt = scheduler.addNoise(batch.x0, noise, t);
           const l = model.trainingLoss
             ? model.trainingLoss(xt, t, noise, batch)
-            : mse(model.forward(xt, t, batch), target(scheduler, batch.x0, noise, t));
+            : batch.lossMask
+            ? maskedMse(model.forward(xt, t, batch), target(scheduler, batch.x0, noise, t), batch.lossMask)
+            : mseLoss(model.forward(xt, t, batch), target(scheduler, batch.x0, noise, t));
           const scaled = accumulation > 1 ? map("scale", "a * s0", [l], [1 / accumulation]) : l;
           return { loss: l, grads: grad(scaled, params) };
         });
@@ -375,6 +389,7 @@ export async function train(
         batch.context?.dispose();
         batch.classLabels?.dispose();
         for (const c of batch.control?.conditions ?? []) c?.dispose();
+        batch.lossMask?.dispose();
         if (!summed) summed = grads;
         else {
           const next: Tensor[] = summed.map((g, i) => noGrad(() => add(g, grads[i])));
@@ -437,7 +452,8 @@ export async function train(
     for (const t of ema) t.dispose();
   }
 }
-async function exists(path: string): Promise<boolean> {
+/** Whether a file or folder exists. */
+export async function exists(path: string): Promise<boolean> {
   try {
     await Deno.stat(path);
     return true;
@@ -446,7 +462,8 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
-async function loadInto(path: string, named: Array<[string, Tensor]>): Promise<void> {
+/** Copies the tensors of a safetensors file into `named` by name (shapes must match). */
+export async function loadInto(path: string, named: Array<[string, Tensor]>): Promise<void> {
   const state = await loadSafetensors(path);
   try {
     for (const [name, t] of named) {
@@ -463,7 +480,8 @@ async function loadInto(path: string, named: Array<[string, Tensor]>): Promise<v
   }
 }
 
-async function saveCheckpoint(
+/** Writes model (and EMA) weights, optimizer state and `meta.json` (last) into `dir`. */
+export async function saveCheckpoint(
   dir: string,
   named: Array<[string, Tensor]>,
   trainableNames: string[],
@@ -485,7 +503,8 @@ async function saveCheckpoint(
   await atomicWrite(`${dir}/meta.json`, new TextEncoder().encode(JSON.stringify(meta)));
 }
 
-async function writeLogs(dir: string, lossLog: string): Promise<void> {
+/** Writes loss.csv and its plot loss.png (raw and smoothed loss, log scale) into `dir`. */
+export async function writeLogs(dir: string, lossLog: string): Promise<void> {
   await atomicWrite(`${dir}/loss.csv`, new TextEncoder().encode(lossLog));
   const rows = lossLog.trim().split("\n").slice(1).map((r) => r.split(",").map(Number));
   const x = rows.map((r) => r[0]);

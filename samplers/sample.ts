@@ -22,6 +22,8 @@ export interface Conditioning {
   context?: Tensor;
   /** Class labels [B] (integer values stored as f32). */
   classLabels?: Tensor;
+  /** Condition volumes [B (or 1), Cc, …] a model takes as extra input channels (zeros = no condition). */
+  channels?: Tensor;
 }
 
 /** A denoising network: predicts ε (or v, or x0) for input `x` at timestep `t`. */
@@ -61,6 +63,11 @@ export interface SampleOptions {
    * forward; contexts and class labels of batch 1 are broadcast to the sample's batch.
    */
   guidance?: { unconditional: Conditioning; conditions: WeightedCondition[] };
+  /**
+   * Start from this x_T (the sample's shape, already scaled to the scheduler's initial σ) instead of drawn
+   * noise — diffusers' `latents`. The noise stream advances as if it had been drawn, so later draws match.
+   */
+  initial?: Tensor;
   /** Inpainting: values of the known region (same shape as the sample). */
   known?: Tensor;
   /** Inpainting: 1 where `known` is kept, 0 where the model generates (broadcasts to the sample). */
@@ -94,8 +101,19 @@ export async function sample(model: Denoiser, scheduler: Scheduler, opts: Sample
     offset += blocks;
     return n;
   };
+  if (opts.initial && opts.initial.shape.join() !== opts.shape.join()) {
+    throw new Error(
+      `sample: initial ${formatShape(opts.initial.shape)} must have the sample shape ${
+        formatShape(opts.shape)
+      }.`,
+    );
+  }
   let x = noGrad(() =>
     scope(() => {
+      if (opts.initial) {
+        offset += blocks;
+        return map("copy", "a", [opts.initial]);
+      }
       const n = nextNoise();
       return scheduler.initNoiseSigma === 1 ? n : map("scale", "a * s0", [n], [scheduler.initNoiseSigma]);
     })
@@ -161,7 +179,7 @@ export function predictGuided(model: Denoiser, x: Tensor, t: number, opts: Sampl
 /** The conditionings of several passes stacked along the batch: each is broadcast to `batch` first. */
 function batchConditionings(passes: readonly Conditioning[], batch: number): Conditioning {
   const stacked: Conditioning = {};
-  for (const key of ["context", "classLabels"] as const) {
+  for (const key of ["context", "classLabels", "channels"] as const) {
     const given = passes.filter((p) => p[key] !== undefined).length;
     if (given === 0) continue;
     if (given !== passes.length) {

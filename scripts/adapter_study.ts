@@ -1,5 +1,5 @@
 /**
- * The adapter study of issue #7: fine-tunes a base model to a shifted domain with each adapter kind (and in
+ * The adapter study (docs/adapters.md): fine-tunes a base model to a shifted domain with each adapter kind (and in
  * full) through the public `finetune` command, then scores fixed-seed DDIM samples of the base model
  * ("before") and of each fine-tuned model ("after") against augmented target volumes by MMD and MS-SSIM.
  * Reports trainable parameters, file size and seconds per training step too; writes JSON, a markdown table
@@ -412,7 +412,7 @@ async function main(args: string[]): Promise<number> {
   let before: MetricsRecord | null = null;
   const report = async () => {
     const doc = {
-      study: "voxgen adapter study (issue #7): fine-tuning a base model to a target domain",
+      study: "voxgen adapter study: fine-tuning a base model to a target domain",
       date: new Date().toISOString(),
       device: { adapter: device.adapter, vendor: device.vendor, fallback: device.isFallbackAdapter },
       command: studyCommand,

@@ -10,7 +10,7 @@
 
 import { ready } from "../engine/device.ts";
 import { noGrad } from "../engine/autograd.ts";
-import { mse } from "../engine/ops/elementwise.ts";
+import { mseLoss } from "../engine/ops/elementwise.ts";
 import { randn } from "../engine/ops/random.ts";
 import { writeSlicesPng } from "../io/png.ts";
 import { loadVolume, volumeTensor } from "../pipelines/dataset.ts";
@@ -46,8 +46,8 @@ for (const t of [100, 400, 700, 950]) {
     ? scheduler.getVelocity(x0, noise, t)
     : x0;
   const { prevSample, predOriginalSample } = scheduler.step(output, t, xt, { noise });
-  const predictionError = await mse(output, target).item();
-  const x0Error = await mse(predOriginalSample, x0).item();
+  const predictionError = await mseLoss(output, target).item();
+  const x0Error = await mseLoss(predOriginalSample, x0).item();
   console.log(
     `| ${t} | ${Math.sqrt(scheduler.alphaBar(t)).toFixed(3)} | ${predictionError.toFixed(4)} | ${
       x0Error.toFixed(4)

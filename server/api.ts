@@ -6,16 +6,23 @@
  * @module
  */
 
-import { type Catalog, safetensorsMetadata } from "./catalog.ts";
 import { readNifti } from "../io/nifti.ts";
 import { atomicWrite } from "../io/atomic.ts";
+import { parsePrompt, type PromptPart } from "../models/prompt.ts";
+import { type Catalog, type ModelSummary, safetensorsMetadata } from "./catalog.ts";
 import { ApiError } from "./errors.ts";
 import { ACCEPTED_SAMPLER_NAMES, DEFAULT_SAMPLER, findSampler } from "../samplers/registry.ts";
-import { type AdapterChoice, type ControlChoice, MAX_PRIORITY, type SampleRequest } from "./protocol.ts";
+import {
+  type AdapterChoice,
+  type ControlChoice,
+  type InpaintChoice,
+  MAX_PRIORITY,
+  type SampleRequest,
+} from "./protocol.ts";
 import { prometheusText } from "./metrics.ts";
 import type { JobEvent, JobQueue } from "./queue.ts";
 import { FINAL_STATES, type Job, type JobStatus } from "./store.ts";
-import { niivueModule, viewerPage } from "./viewer.ts";
+import { browserBundle, niivueModule, viewerPage } from "./viewer.ts";
 
 /** Limits and settings of the API. */
 export interface ApiOptions {
@@ -53,6 +60,11 @@ const REQUEST_FIELDS = [
   "guidanceScale",
   "batch",
   "priority",
+  "prompt",
+  "classLabel",
+  "embeddings",
+  "inpaint",
+  "condition",
   "control",
 ];
 const CONTROL_FIELDS = ["name", "conditions", "scale"];
@@ -82,6 +94,12 @@ export function createApi(opts: ApiOptions): Api {
           "content-type": "text/javascript; charset=utf-8",
           "cache-control": "public, max-age=86400",
         },
+      });
+    }
+    if (path === "/voxgen.js") {
+      allow(req, ["GET"]);
+      return new Response(await browserBundle(), {
+        headers: { "content-type": "text/javascript; charset=utf-8" },
       });
     }
     if (path === "/healthz") {
@@ -115,12 +133,20 @@ export function createApi(opts: ApiOptions): Api {
       return json(200, {
         models: await opts.catalog.models(),
         adapters: await opts.catalog.adapters(),
+        embeddings: await opts.catalog.embeddings(),
         controls: await opts.catalog.controls(),
       });
     }
     if (parts.length === 2 && parts[0] === "conditions") {
       allow(req, ["PUT"]);
       return await uploadCondition(req, parts[1]);
+    }
+    if (parts.length === 3 && parts[0] === "models" && parts[2] === "file") {
+      // The model file itself, for pages that sample with their own GPU.
+      allow(req, ["GET"]);
+      const { path } = await opts.catalog.model(decodeURIComponent(parts[1]));
+      const file = await Deno.open(path);
+      return new Response(file.readable, { headers: { "content-type": "application/octet-stream" } });
     }
     if (parts[0] === "jobs") {
       if (parts.length === 1) {
@@ -332,8 +358,17 @@ export function createApi(opts: ApiOptions): Api {
 
 /** A job as the API shows it: result files become URLs. */
 function view(job: Job): Record<string, unknown> {
-  const { id, status, progress, createdAt, startedAt, finishedAt, error, request, result } = job;
-  const shown = { id, status, progress, createdAt, startedAt, finishedAt, error, request };
+  const { id, status, progress, createdAt, startedAt, finishedAt, error, result } = job;
+  const shown = {
+    id,
+    status,
+    progress,
+    createdAt,
+    startedAt,
+    finishedAt,
+    error,
+    request: shownRequest(job.request),
+  };
   if (!result) return shown;
   const base = `/v1/jobs/${job.id}/result`;
   return {
@@ -346,6 +381,26 @@ function view(job: Job): Record<string, unknown> {
       nifti: base,
       png: `${base}?format=png`,
     },
+  };
+}
+
+/** The request as jobs show it: inpainting volumes as their size, not their base64 text. */
+function shownRequest(request: SampleRequest): SampleRequest | Record<string, unknown> {
+  const { inpaint, condition } = request;
+  if (!inpaint && !condition) return request;
+  const size = (b64: string) => `<${Math.floor((b64.length * 3) / 4)} bytes of NIfTI>`;
+  return {
+    ...request,
+    ...(condition ? { condition: size(condition) } : {}),
+    ...(inpaint
+      ? {
+        inpaint: {
+          ...inpaint,
+          image: size(inpaint.image),
+          mask: typeof inpaint.mask === "string" ? size(inpaint.mask) : inpaint.mask,
+        },
+      }
+      : {}),
   };
 }
 
@@ -421,7 +476,7 @@ async function readJson(req: Request, max: number): Promise<unknown> {
  */
 export async function validateRequest(
   body: unknown,
-  limits: Pick<ApiOptions, "catalog" | "maxSteps" | "maxBatch">,
+  limits: ValidationContext,
 ): Promise<SampleRequest> {
   if (typeof body !== "object" || body === null || Array.isArray(body)) {
     throw new ApiError(400, "invalid_body", 'The body must be a JSON object, e.g. {"steps": 50}.');
@@ -448,25 +503,311 @@ export async function validateRequest(
 
   const { summary } = await limits.catalog.model(model);
   for (const a of adapters) await limits.catalog.adapter(a.name);
-  if (summary.conditional) {
-    throw new ApiError(
-      422,
-      "conditional_model",
-      `Model "${model}" is conditional; the server samples unconditional models only.`,
-    );
-  }
-  if (guidanceScale !== 1) {
-    throw new ApiError(
-      422,
-      "invalid_value",
-      `guidanceScale ${guidanceScale}: model "${model}" is unconditional, so only 1 (no guidance) applies.`,
-    );
-  }
-  const request: SampleRequest = { model, adapters, sampler, steps, seed, guidanceScale, batch };
+  const conditions = await validateConditions(b, model, summary, guidanceScale, limits);
+  const inpaint = b.inpaint === undefined ? undefined : await validateInpaint(b.inpaint, summary, limits);
+  const request: SampleRequest = {
+    model,
+    adapters,
+    sampler,
+    steps,
+    seed,
+    guidanceScale,
+    batch,
+    ...conditions,
+  };
+  if (inpaint) request.inpaint = inpaint;
+  const condition = await validateConditionVolume(b.condition, model, summary);
+  if (condition) request.condition = condition;
   if (b.control !== undefined) request.control = await parseControl(b.control, limits.catalog);
   // Only when asked for, so the stored request of an ordinary job stays as it was.
   if (b.priority !== undefined) request.priority = integer(b, "priority", 0, 0, MAX_PRIORITY);
   return request;
+}
+
+/** What validation needs besides the catalog and limits: the finished jobs and where files go. */
+type ValidationContext =
+  & Pick<ApiOptions, "catalog" | "maxSteps" | "maxBatch">
+  & Partial<Pick<ApiOptions, "queue">>;
+
+/** The prompt, class label and embeddings of a request, checked against the model (422 when they do not fit). */
+async function validateConditions(
+  b: Record<string, unknown>,
+  model: string,
+  summary: ModelSummary,
+  guidanceScale: number,
+  limits: ValidationContext,
+): Promise<Pick<SampleRequest, "prompt" | "classLabel" | "embeddings">> {
+  const prompt = optional(b, "prompt", "string", undefined) as string | undefined;
+  const embeddings = parseNames(b.embeddings, "embeddings");
+  const out: Pick<SampleRequest, "prompt" | "classLabel" | "embeddings"> = {};
+  if (!summary.conditional) {
+    if (guidanceScale !== 1) {
+      throw new ApiError(
+        422,
+        "invalid_value",
+        `guidanceScale ${guidanceScale}: model "${model}" is unconditional, so only 1 (no guidance) applies.`,
+      );
+    }
+    for (
+      const [key, given] of [["prompt", prompt !== undefined], ["classLabel", b.classLabel !== undefined], [
+        "embeddings",
+        embeddings.length > 0,
+      ]] as const
+    ) {
+      if (given) throw new ApiError(422, "invalid_value", `${key}: model "${model}" is unconditional.`);
+    }
+    return out;
+  }
+  if (summary.classes !== undefined) {
+    if (b.classLabel === undefined) {
+      throw new ApiError(
+        422,
+        "conditional_model",
+        `Model "${model}" is class-conditional: give classLabel, an integer in 0..${summary.classes - 1}.`,
+      );
+    }
+    out.classLabel = integer(b, "classLabel", 0, 0, summary.classes - 1);
+    if (guidanceScale !== 1 && summary.nullClass === undefined) {
+      throw new ApiError(
+        422,
+        "invalid_value",
+        `guidanceScale ${guidanceScale}: model "${model}" learned no null class, so only 1 applies.`,
+      );
+    }
+  } else if (b.classLabel !== undefined) {
+    throw new ApiError(422, "invalid_value", `classLabel: model "${model}" has no classes.`);
+  }
+  if (!summary.concepts) {
+    if (prompt !== undefined || embeddings.length > 0) {
+      throw new ApiError(
+        422,
+        "invalid_value",
+        `${prompt !== undefined ? "prompt" : "embeddings"}: model "${model}" has no token table.`,
+      );
+    }
+    return out;
+  }
+  const known = summary.concepts.map((c) => c.name);
+  for (const name of embeddings) {
+    const { summary: e } = await limits.catalog.embedding(name);
+    if (e.dim !== summary.tokenDim) {
+      throw new ApiError(
+        422,
+        "invalid_embedding",
+        `Embedding "${name}" has width ${e.dim}; model "${model}" has tokens of width ${summary.tokenDim}.`,
+      );
+    }
+    if (known.includes(e.token!)) {
+      throw new ApiError(
+        422,
+        "invalid_embedding",
+        `Embedding "${name}": model "${model}" already has ${e.token}.`,
+      );
+    }
+    known.push(e.token!);
+  }
+  let parts: PromptPart[];
+  try {
+    parts = parsePrompt(prompt ?? "");
+  } catch (error) {
+    throw new ApiError(422, "invalid_prompt", (error as Error).message);
+  }
+  const unknown = [...new Set(parts.flatMap((p) => p.tokens).filter((t) => !known.includes(t)))];
+  if (unknown.length > 0) {
+    throw new ApiError(
+      422,
+      "unknown_token",
+      `Unknown token${unknown.length > 1 ? "s" : ""} ${unknown.join(", ")} in the prompt; model "${model}"` +
+        `${embeddings.length ? " with the requested embeddings" : ""} knows ${known.join(", ")} ` +
+        '(and "" for the null prompt). GET /v1/models lists models, their concepts and the embeddings.',
+    );
+  }
+  if (prompt !== undefined) out.prompt = prompt;
+  if (embeddings.length > 0) out.embeddings = embeddings;
+  return out;
+}
+
+const INPAINT_FIELDS = ["image", "mask", "normalize"];
+const NORMALIZE = ["auto", "none", "percentile"];
+
+/**
+ * The inpainting inputs of a request: the image from a finished job (`{ job, index }`, its result read
+ * through the queue) or an upload (`{ nifti: base64 }`), the mask as an upload or `{ sphere: { center,
+ * radius } }` in voxels. Uploads are checked (NIfTI on the model's grid); the volumes travel with the request.
+ */
+async function validateInpaint(
+  value: unknown,
+  summary: ModelSummary,
+  limits: ValidationContext,
+): Promise<InpaintChoice> {
+  const obj = (v: unknown, what: string, fields: string[]): Record<string, unknown> => {
+    if (typeof v !== "object" || v === null || Array.isArray(v)) {
+      throw new ApiError(
+        400,
+        "invalid_type",
+        `${what} must be an object with ${fields.join(" or ")}, not ${describe(v)}.`,
+      );
+    }
+    rejectUnknown(v as Record<string, unknown>, fields, what);
+    return v as Record<string, unknown>;
+  };
+  const inpaint = obj(value, "inpaint", INPAINT_FIELDS);
+  const normalize = optional(inpaint, "normalize", "string", "auto") as string;
+  if (!NORMALIZE.includes(normalize)) {
+    throw new ApiError(
+      422,
+      "invalid_value",
+      `inpaint.normalize "${normalize}" is not one of ${NORMALIZE.join(", ")}.`,
+    );
+  }
+  const [nx, ny, nz] = summary.shape ?? [0, 0, 0];
+  const image = obj(inpaint.image, "inpaint.image", ["job", "index", "nifti"]);
+  let imageData: string;
+  let fromJob: string | undefined;
+  let index = 0;
+  if (image.job !== undefined) {
+    if (typeof image.job !== "string") {
+      throw new ApiError(400, "invalid_type", "inpaint.image.job must be a job id.");
+    }
+    if (!limits.queue) throw new ApiError(422, "invalid_value", "inpaint.image.job: no job store here.");
+    const job = await limits.queue.get(image.job);
+    if (job.status !== "done" || !job.result) {
+      throw new ApiError(
+        422,
+        "invalid_value",
+        `inpaint.image.job: job ${image.job} is ${job.status}, not done.`,
+      );
+    }
+    if (job.result.shape.join() !== [nx, ny, nz].join()) {
+      throw new ApiError(
+        422,
+        "invalid_value",
+        `inpaint.image.job: job ${image.job} made ${job.result.shape.join("×")} volumes; the model makes ` +
+          `${nx}×${ny}×${nz}.`,
+      );
+    }
+    index = integer(image, "index", 0, 0, job.result.batch - 1);
+    const file = await limits.queue.openResult(job, "nifti");
+    if (!file) {
+      throw new ApiError(410, "result_missing", `inpaint.image.job: the result of job ${image.job} is gone.`);
+    }
+    const bytes = file.body instanceof Uint8Array
+      ? file.body
+      : new Uint8Array(await new Response(file.body).arrayBuffer());
+    imageData = toBase64(bytes);
+    fromJob = image.job;
+  } else if (image.nifti !== undefined) {
+    imageData = await checkUpload(image.nifti, "inpaint.image.nifti", [nx, ny, nz]);
+  } else {
+    throw new ApiError(
+      400,
+      "invalid_body",
+      'inpaint.image needs "job" (a finished job\'s id) or "nifti" (base64).',
+    );
+  }
+  const maskSpec = obj(inpaint.mask, "inpaint.mask", ["nifti", "sphere"]);
+  let mask: InpaintChoice["mask"];
+  if (maskSpec.sphere !== undefined) {
+    const sphere = obj(maskSpec.sphere, "inpaint.mask.sphere", ["center", "radius"]);
+    const center = sphere.center;
+    const radius = sphere.radius;
+    if (
+      !Array.isArray(center) || center.length !== 3 || center.some((c) =>
+        typeof c !== "number" || !Number.isFinite(c)
+      ) ||
+      typeof radius !== "number" || !(radius > 0)
+    ) {
+      throw new ApiError(
+        422,
+        "invalid_value",
+        "inpaint.mask.sphere needs center [x, y, z] (voxels) and a positive radius (voxels).",
+      );
+    }
+    mask = { center: center as [number, number, number], radius };
+  } else if (maskSpec.nifti !== undefined) {
+    mask = await checkUpload(maskSpec.nifti, "inpaint.mask.nifti", [nx, ny, nz]);
+  } else {
+    throw new ApiError(
+      400,
+      "invalid_body",
+      'inpaint.mask needs "nifti" (base64) or "sphere" ({ center, radius }).',
+    );
+  }
+  return {
+    image: imageData,
+    ...(fromJob ? { fromJob } : {}),
+    index,
+    mask,
+    normalize: normalize as InpaintChoice["normalize"],
+  };
+}
+
+/** The request's condition volumes (base64 NIfTI): required by, and only by, a model trained with them. */
+async function validateConditionVolume(
+  value: unknown,
+  model: string,
+  summary: ModelSummary,
+): Promise<string | undefined> {
+  const channels = summary.conditionChannels ?? 0;
+  if (value === undefined) {
+    if (channels === 0) return undefined;
+    throw new ApiError(
+      422,
+      "conditional_model",
+      `Model "${model}" takes ${channels} condition volume(s): give condition (base64 NIfTI on its grid).`,
+    );
+  }
+  if (channels === 0) throw new ApiError(422, "invalid_value", `condition: model "${model}" takes none.`);
+  return await checkUpload(value, "condition", summary.shape ?? [0, 0, 0], channels);
+}
+
+/** Checks a base64 NIfTI upload against the model's grid (and `volumes` volumes); returns it as given. */
+async function checkUpload(value: unknown, what: string, shape: number[], volumes = 1): Promise<string> {
+  if (typeof value !== "string") throw new ApiError(400, "invalid_type", `${what} must be a base64 string.`);
+  let bytes: Uint8Array<ArrayBuffer>;
+  try {
+    bytes = Uint8Array.from(atob(value), (c) => c.charCodeAt(0));
+  } catch {
+    throw new ApiError(400, "invalid_body", `${what} is not valid base64.`);
+  }
+  let volume;
+  try {
+    volume = await readNifti(bytes);
+  } catch (error) {
+    throw new ApiError(422, "invalid_value", `${what} is not a NIfTI volume: ${(error as Error).message}`);
+  }
+  if (volume.shape.slice(0, 3).join() !== shape.join() || (volume.shape[3] ?? 1) !== volumes) {
+    throw new ApiError(
+      422,
+      "invalid_value",
+      `${what} is ${volume.shape.join("×")}; the model needs ${volumes} volume(s) of ${shape.join("×")}.`,
+    );
+  }
+  return value;
+}
+
+/** Base64 of bytes (in chunks: spreading a large array into one call overflows the stack). */
+function toBase64(bytes: Uint8Array): string {
+  let text = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  }
+  return btoa(text);
+}
+
+/** A list of names (embeddings), each at most once. */
+function parseNames(value: unknown, key: string): string[] {
+  if (value === undefined) return [];
+  if (!Array.isArray(value) || value.some((v) => typeof v !== "string")) {
+    throw new ApiError(400, "invalid_type", `${key} must be an array of names, not ${describe(value)}.`);
+  }
+  if (value.length > MAX_ADAPTERS) {
+    throw new ApiError(422, "out_of_range", `${value.length} ${key}; at most ${MAX_ADAPTERS} are allowed.`);
+  }
+  if (new Set(value).size !== value.length) {
+    throw new ApiError(422, "invalid_value", `${key} lists a name twice.`);
+  }
+  return value as string[];
 }
 
 function rejectUnknown(obj: Record<string, unknown>, known: string[], what: string): void {

@@ -1,9 +1,10 @@
 /**
- * The models and adapters a server offers: `<data>/models/<name>.safetensors` (voxgen model files) and
- * `<data>/adapters/<name>.safetensors`, plus the embedded default model under the name "default"; control
- * modules `<data>/controls/<name>.safetensors` and the condition volumes uploaded for them,
- * `<data>/conditions/<name>.nii`. Only the
- * safetensors header is read here (the weights are the worker's business), and names are checked so that
+ * The models, adapters and embeddings a server offers: `<data>/models/<name>.safetensors` (voxgen model
+ * files), `<data>/adapters/<name>.safetensors` and `<data>/embeddings/<name>.ti.safetensors` (textual
+ * inversion), plus the embedded default model under the name "default"; control modules
+ * `<data>/controls/<name>.safetensors` and the condition volumes uploaded for them,
+ * `<data>/conditions/<name>.nii`. Only the safetensors header is read here (the weights are the worker's
+ * business), and names are checked so that
  * no request can reach a file outside those directories.
  *
  * @module
@@ -23,8 +24,20 @@ export interface ModelSummary {
   shape?: [number, number, number];
   /** Intensity range of its volumes. */
   range?: [number, number];
-  /** Whether it needs a condition (the server samples unconditional models only). */
+  /** Whether it takes a condition (prompt or class label). */
   conditional?: boolean;
+  /** Concepts a prompt may use (a model with a token table), with their vector counts. */
+  concepts?: Array<{ name: string; vectors: number }>;
+  /** Tokens per context and their width (a model with a token table). */
+  contextLength?: number;
+  /** Width of a token (its crossAttentionDim). */
+  tokenDim?: number;
+  /** Number of classes (a class-conditional model). */
+  classes?: number;
+  /** The class meaning "no class", which guidance of a class-conditional model needs. */
+  nullClass?: number;
+  /** Condition volumes the model takes as input channels (requests must give them). */
+  conditionChannels?: number;
   /** The model file's description. */
   description?: string;
   /** Why the file cannot be used, when it cannot. */
@@ -41,6 +54,24 @@ export interface AdapterSummary {
   metadata: Record<string, string>;
 }
 
+/** A textual-inversion embedding as `GET /v1/models` lists it. */
+export interface EmbeddingSummary {
+  /** Name to use in requests (the file name without `.ti.safetensors`). */
+  name: string;
+  /** File size in bytes. */
+  bytes: number;
+  /** The concept's token, usable in prompts once the embedding is requested. */
+  token?: string;
+  /** Vectors of the concept. */
+  numVectors?: number;
+  /** Width of a vector. */
+  dim?: number;
+  /** Hash of the base model it was learned on (absent for an imported diffusers file). */
+  baseModelHash?: string;
+  /** Why the file cannot be used, when it cannot. */
+  error?: string;
+}
+
 /** A model resolved for a job. */
 export interface ResolvedModel {
   /** Absolute path of the file. */
@@ -53,13 +84,24 @@ export interface ResolvedModel {
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
 const MAX_HEADER = 100 * 1024 * 1024;
 const MODEL_FORMAT = "voxgen-diffusion-unet";
+/** The `format` of latent diffusion model files (pipelines/latent_modelfile.ts). */
+const LATENT_KIND = "voxgen-latent-diffusion";
+/** Slice-model files (cDPM, pipelines/slice_model.ts): their volumes are built stage by stage. */
+const SLICE_KIND = "voxgen-slice-unet";
 const ADAPTER_FORMAT = "voxgen-adapter";
 const CONTROL_FORMAT = "voxgen-control";
-type Kind = "model" | "adapter" | "control" | "condition";
+type Kind = "model" | "adapter" | "embedding" | "control" | "condition";
 const ADAPTER_SUMMARY = ["format", "kind", "rank", "alpha", "base_hash", "trainable", "error"];
+const EMBEDDING_SUFFIX = ".ti.safetensors";
 
 /** Reads the `__metadata__` of a safetensors file without reading its tensors. */
 export async function safetensorsMetadata(path: string): Promise<Record<string, string>> {
+  const meta = (await safetensorsHeader(path)).__metadata__ ?? {};
+  return typeof meta === "object" ? meta as Record<string, string> : {};
+}
+
+/** Reads the JSON header of a safetensors file (tensor entries and `__metadata__`), not its tensors. */
+async function safetensorsHeader(path: string): Promise<Record<string, unknown>> {
   using file = await Deno.open(path);
   const head = new Uint8Array(8);
   if ((await file.read(head)) !== 8) throw new Error("file too short for a safetensors header");
@@ -73,14 +115,15 @@ export async function safetensorsMetadata(path: string): Promise<Record<string, 
     at += n;
   }
   const parsed = JSON.parse(new TextDecoder().decode(header));
-  const meta = parsed?.__metadata__ ?? {};
-  return typeof meta === "object" ? meta : {};
+  if (typeof parsed !== "object" || parsed === null) throw new Error("the header is not a JSON object");
+  return parsed;
 }
 
 /** The models and adapters found in a data directory. */
 export class Catalog {
   readonly #modelsDir: string;
   readonly #adaptersDir: string;
+  readonly #embeddingsDir: string;
   /** Control modules (`train-control`). */
   readonly controlsDir: string;
   /** Uploaded condition volumes. */
@@ -96,6 +139,7 @@ export class Catalog {
   constructor(dataDir: string, readonly defaultModel: string) {
     this.#modelsDir = `${dataDir}/models`;
     this.#adaptersDir = `${dataDir}/adapters`;
+    this.#embeddingsDir = `${dataDir}/embeddings`;
     this.controlsDir = `${dataDir}/controls`;
     this.conditionsDir = `${dataDir}/conditions`;
   }
@@ -177,6 +221,31 @@ export class Catalog {
     return out;
   }
 
+  /** Every textual-inversion embedding (`<data>/embeddings/<name>.ti.safetensors`), in name order. */
+  async embeddings(): Promise<EmbeddingSummary[]> {
+    const out: EmbeddingSummary[] = [];
+    for (const name of await listNames(this.#embeddingsDir, EMBEDDING_SUFFIX)) {
+      const path = await this.#resolve("embedding", name, this.#embeddingsDir, EMBEDDING_SUFFIX).catch(() =>
+        null
+      );
+      if (path) out.push(await embeddingSummary(name, path));
+    }
+    return out;
+  }
+
+  /**
+   * Resolves an embedding name to its file and summary: 400 for a bad name, 404 when there is none, 422
+   * when the file is not an embedding. (Whether it fits the model's base is checked when the job runs.)
+   */
+  async embedding(name: string): Promise<{ path: string; summary: EmbeddingSummary }> {
+    const path = await this.#resolve("embedding", name, this.#embeddingsDir, EMBEDDING_SUFFIX);
+    const summary = await embeddingSummary(name, path);
+    if (summary.error) {
+      throw new ApiError(422, "invalid_embedding", `Embedding "${name}" cannot be used: ${summary.error}`);
+    }
+    return { path, summary };
+  }
+
   /** Resolves a model name: 400 for a bad name, 404 when there is no such model, 422 when it is unusable. */
   async model(name: string): Promise<ResolvedModel> {
     let path: string;
@@ -221,9 +290,9 @@ export class Catalog {
     return path;
   }
 
-  async #resolve(kind: Kind, name: string, dir: string, ext = ".safetensors"): Promise<string> {
+  async #resolve(kind: Kind, name: string, dir: string, suffix = ".safetensors"): Promise<string> {
     checkName(kind, name);
-    const path = `${dir}/${name}${ext}`;
+    const path = `${dir}/${name}${suffix}`;
     let real: string;
     try {
       real = await Deno.realPath(path);
@@ -246,14 +315,28 @@ export class Catalog {
     const summary: ModelSummary = { name, default: name === "default", bytes: stat.size };
     try {
       const meta = await safetensorsMetadata(path);
-      if (meta.format !== MODEL_FORMAT) {
+      // Latent diffusion model files sample like the others (the worker decodes their latents).
+      if (meta.format !== MODEL_FORMAT && meta.format !== LATENT_KIND && meta.format !== SLICE_KIND) {
         throw new Error(`not a voxgen model file (metadata format ${JSON.stringify(meta.format ?? null)})`);
       }
-      const unet = JSON.parse(meta.unet);
+      const unet = JSON.parse(meta.format === SLICE_KIND ? meta.network : meta.unet);
       const volume = JSON.parse(meta.volume);
       summary.shape = volume.shape;
       summary.range = volume.range;
       summary.conditional = Boolean(unet.withConditioning || unet.numClassEmbeds);
+      if (meta.tokens) {
+        const tokens = JSON.parse(meta.tokens);
+        summary.concepts = tokens.concepts;
+        summary.contextLength = tokens.contextLength;
+        summary.tokenDim = tokens.dim;
+      }
+      if (unet.numClassEmbeds) summary.classes = unet.numClassEmbeds;
+      const conditioning = meta.conditioning ? JSON.parse(meta.conditioning) : {};
+      if (conditioning.nullClass !== undefined) summary.nullClass = conditioning.nullClass;
+      if (conditioning.conditionChannels) {
+        summary.conditionChannels = conditioning.conditionChannels;
+        summary.conditional = true;
+      }
       if (meta.description) summary.description = meta.description;
     } catch (error) {
       summary.error = (error as Error).message;
@@ -284,12 +367,31 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
-async function listNames(dir: string): Promise<string[]> {
+/** The summary of an embedding file, from its header (voxgen metadata, or a diffusers file's one key). */
+async function embeddingSummary(name: string, path: string): Promise<EmbeddingSummary> {
+  const summary: EmbeddingSummary = { name, bytes: (await Deno.stat(path)).size };
+  try {
+    const header = await safetensorsHeader(path);
+    const keys = Object.keys(header).filter((k) => k !== "__metadata__");
+    if (keys.length !== 1) throw new Error(`an embedding file holds one tensor; this one has ${keys.length}`);
+    const meta = (header.__metadata__ ?? {}) as Record<string, string>;
+    const shape = (header[keys[0]] as { shape: number[] }).shape;
+    summary.token = /^<.*>$/.test(keys[0]) ? keys[0] : `<${keys[0]}>`;
+    summary.numVectors = shape.length === 1 ? 1 : shape[0];
+    summary.dim = shape.at(-1);
+    if (meta.format === "voxgen-ti") summary.baseModelHash = meta.baseModelHash;
+  } catch (error) {
+    summary.error = (error as Error).message;
+  }
+  return summary;
+}
+
+async function listNames(dir: string, suffix = ".safetensors"): Promise<string[]> {
   const names: string[] = [];
   try {
     for await (const entry of Deno.readDir(dir)) {
-      const name = entry.name.replace(/\.safetensors$/, "");
-      if (entry.name.endsWith(".safetensors") && NAME.test(name)) names.push(name);
+      const name = entry.name.slice(0, -suffix.length);
+      if (entry.name.endsWith(suffix) && NAME.test(name)) names.push(name);
     }
   } catch (error) {
     if (!(error instanceof Deno.errors.NotFound)) throw error;

@@ -21,12 +21,12 @@ import type {
 /** State of the GPU worker, as `/healthz` reports it ("no_workers": a queue with no worker host alive). */
 export type WorkerState = "starting" | "ready" | "restarting" | "unavailable" | "no_workers";
 
-/** Turns a request's names into files (fails with an ApiError when a model or adapter has gone). */
+/** Turns a request's names into files (fails with an ApiError when a model, adapter, embedding or control has gone). */
 export type ResolveFiles = (
   request: SampleRequest,
-) => Promise<Pick<WorkerJob, "modelPath" | "adapters" | "control">>;
+) => Promise<Pick<WorkerJob, "modelPath" | "adapters" | "embeddings" | "control">>;
 
-/** The resolver of a catalog: model, adapter, control and condition names to their files. */
+/** The resolver of a catalog: model, adapter, embedding, control and condition names to their files. */
 export function catalogFiles(catalog: Catalog): ResolveFiles {
   return async (request) => ({
     modelPath: (await catalog.model(request.model)).path,
@@ -44,6 +44,9 @@ export function catalogFiles(catalog: Catalog): ResolveFiles {
         },
       }
       : {}),
+    embeddings: await Promise.all(
+      (request.embeddings ?? []).map(async (n) => (await catalog.embedding(n)).path),
+    ),
   });
 }
 
@@ -89,10 +92,17 @@ class GpuWorker {
     this.#api.cancel(id).catch(() => {});
   }
 
-  /** Lets an idle worker free its GPU device (for at most `ms`), then terminates it. */
-  async close(ms: number): Promise<void> {
-    if (!this.#terminated) await within(this.#race(this.#api.close()).catch(() => {}), ms);
-    this.terminate();
+  /**
+   * Lets an idle worker free its GPU device (for at most `ms`), then terminates it — or, with `keepThread`,
+   * leaves its thread idle for a process that exits next (see {@linkcode GpuRunnerOptions.exitAfterClose}).
+   */
+  async close(ms: number, keepThread = false): Promise<void> {
+    if (this.#terminated) return;
+    await within(this.#race(this.#api.close()), ms).catch(() => {});
+    if (!keepThread) return this.terminate();
+    // Even when the device was not freed in time, no teardown is safer than one racing the exit.
+    this.#terminated = true;
+    this.#api[Comlink.releaseProxy]();
   }
 
   terminate(reason = "the GPU worker was stopped"): void {
@@ -114,12 +124,22 @@ export interface GpuRunnerOptions {
   stopTimeoutMs?: number;
   /** Log sink (default console.error). */
   log?: (message: string) => void;
+  /**
+   * The process exits (`Deno.exit`) right after {@linkcode GpuRunner.close}: close then leaves the worker's
+   * thread idle, its device destroyed, instead of terminating it. Terminating a worker tears its runtime
+   * down on its own thread, which unloads the Vulkan driver (dlclose); when that overlaps the process's exit
+   * handlers on the main thread, exit calls a handler of the library being unmapped: SIGSEGV, exit code
+   * 139 after a clean shutdown (server/README.md, operations). Default false: close terminates the worker,
+   * so an in-process user (a test) can end without `Deno.exit`.
+   */
+  exitAfterClose?: boolean;
 }
 
 /** One GPU worker, replaced when it fails, running one job at a time. */
 export class GpuRunner {
   readonly #stopTimeoutMs: number;
   readonly #log: (message: string) => void;
+  readonly #exitAfterClose: boolean;
   #worker: GpuWorker | null = null;
   #starting: Promise<GpuWorker> | null = null;
   #running: { id: string; worker: GpuWorker; settled: Promise<void> } | null = null;
@@ -135,6 +155,7 @@ export class GpuRunner {
   constructor(opts: GpuRunnerOptions = {}) {
     this.#stopTimeoutMs = opts.stopTimeoutMs ?? 10_000;
     this.#log = opts.log ?? ((m) => console.error(m));
+    this.#exitAfterClose = opts.exitAfterClose ?? false;
   }
 
   /** The worker's GPU adapter, once known. */
@@ -185,12 +206,22 @@ export class GpuRunner {
     running.settled.then(() => clearTimeout(timer));
   }
 
-  /** Lets the idle worker free its device (at most `ms`), then terminates it; no job runs after this. */
+  /**
+   * Lets the idle worker free its device (at most `ms`), then terminates it (unless
+   * {@linkcode GpuRunnerOptions.exitAfterClose}); no job runs after this. A worker still starting (a
+   * replacement) is waited for, at most `ms`, and closed the same way.
+   */
   async close(ms = 2_000): Promise<void> {
     this.#closed = true;
-    await this.#worker?.close(ms);
+    const starting = this.#starting;
+    let worker = this.#worker;
     this.#worker = null;
-    await this.#starting?.then((w) => w.terminate(), () => {});
+    if (!worker && starting) {
+      const started = starting.catch(() => null);
+      if (await within(started, ms)) worker = await started;
+      else void started.then((w) => w?.terminate());
+    }
+    await worker?.close(ms, this.#exitAfterClose);
   }
 
   #replace(worker: GpuWorker, reason: string): void {

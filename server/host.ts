@@ -40,6 +40,7 @@ import {
   redisOptions,
   type SampleJob,
 } from "./queue_redis.ts";
+import { runUntilStopped } from "./signals.ts";
 
 /** Options of {@linkcode startHost}. */
 export interface HostOptions {
@@ -63,6 +64,11 @@ export interface HostOptions {
   heartbeatMs?: number;
   /** Log sink (default console.error). */
   log?: (message: string) => void;
+  /**
+   * The process exits (`Deno.exit`) right after `shutdown()`: the GPU worker's thread is then left idle,
+   * its device destroyed, instead of being terminated (`GpuRunnerOptions.exitAfterClose`, gpu.ts).
+   */
+  exitAfterShutdown?: boolean;
 }
 
 /** A worker host that is taking jobs. */
@@ -108,7 +114,7 @@ export async function startHost(opts: HostOptions): Promise<RunningHost> {
       `cannot reach the queue's Redis at ${redact(opts.queueUrl)}: ${(lastError ?? error as Error).message}`,
     );
   }
-  const gpu = new GpuRunner({ log });
+  const gpu = new GpuRunner({ log, exitAfterClose: opts.exitAfterShutdown });
   let device: WorkerDevice;
   try {
     device = await gpu.ready();
@@ -139,6 +145,8 @@ export async function startHost(opts: HostOptions): Promise<RunningHost> {
     );
   };
 
+  /** Back-off while this host's GPU worker cannot start (doubles up to a minute; reset on success). */
+  let noGpuWaitMs = 0;
   const processJob = async (job: SampleJob, token?: string): Promise<JobResult> => {
     const { request, retentionSeconds } = job.data;
     const mine: Current = { id: job.id!, cancel: false, requeue: false };
@@ -146,6 +154,30 @@ export async function startHost(opts: HostOptions): Promise<RunningHost> {
     void beat();
     try {
       if (await redis.exists(keys.cancel(mine.id))) throw new UnrecoverableError(CANCELLED);
+      try {
+        await gpu.ready();
+        noGpuWaitMs = 0;
+      } catch (error) {
+        // No GPU here (lost for good?): the job goes back for another host, and this one waits before it
+        // takes the next, instead of failing every job in the queue.
+        noGpuWaitMs = Math.min(60_000, Math.max(2 * noGpuWaitMs, 5_000));
+        log(
+          `no GPU (${(error as Error).message}): job ${mine.id} goes back to the queue; next try in ${
+            noGpuWaitMs / 1000
+          } s`,
+        );
+        await job.moveToWait(token);
+        await new Promise((r) => setTimeout(r, noGpuWaitMs));
+        throw new WaitingError();
+      }
+      if (request.control) {
+        // Control conditions are uploaded to the API server's data directory, not carried in the request:
+        // a worker host cannot be sure to have them, so it refuses instead of sampling without control.
+        throw new UnrecoverableError(
+          "control requests (a control module with condition volumes) run only on a server with the local " +
+            "queue; Redis worker hosts do not run them yet.",
+        );
+      }
       let files;
       try {
         files = await resolve(request);
@@ -166,8 +198,10 @@ export async function startHost(opts: HostOptions): Promise<RunningHost> {
       return result;
     } catch (error) {
       if (mine.requeue && token) {
-        // Shutting down: back to the queue for another host (or this one after its restart).
+        // Shutting down: back to the queue for another host (or this one after its restart), before the GPU
+        // worker is closed and the process exits.
         await job.moveToWait(token);
+        log(`job ${mine.id} is back in the queue`);
         throw new WaitingError();
       }
       if (mine.cancel || isCancelled(error)) throw new UnrecoverableError(CANCELLED);
@@ -188,13 +222,16 @@ export async function startHost(opts: HostOptions): Promise<RunningHost> {
   });
   worker.on("completed", (job, result) => {
     log(`job ${job.id} done in ${result.seconds.toFixed(2)} s`);
-    void recordFinished(redis, keys, "done", result.seconds).catch(() => {});
+    void recordFinished(redis, keys, job.id!, "done", result.seconds, job.data.retentionSeconds).catch(
+      () => {},
+    );
   });
   worker.on("failed", (job, error) => {
     if (!job || error.name === "WaitingError") return;
     const cancelled = error.message === CANCELLED;
     log(`job ${job.id} ${cancelled ? "cancelled" : `failed: ${error.message}`}`);
-    void recordFinished(redis, keys, cancelled ? "cancelled" : "failed").catch(() => {});
+    const status = cancelled ? "cancelled" : "failed";
+    void recordFinished(redis, keys, job.id!, status, 0, job.data.retentionSeconds).catch(() => {});
   });
   worker.on("error", (error) => log(`queue: ${error.message}`));
 
@@ -209,6 +246,12 @@ export async function startHost(opts: HostOptions): Promise<RunningHost> {
       gpu.stop(jobId);
     },
   );
+  // A job BullMQ fails itself (recovered from dead hosts too often) has no host to report it: count it here.
+  events.on("failed", ({ jobId, failedReason }) => {
+    if (!/stalled/i.test(failedReason)) return;
+    log(`job ${jobId} failed: ${failedReason}`);
+    void recordFinished(redis, keys, jobId, "failed").catch(() => {});
+  });
   await Promise.all([events.waitUntilReady(), worker.waitUntilReady()]);
   await beat();
   const heartbeat = setInterval(beat, heartbeatMs);
@@ -309,24 +352,13 @@ export async function main(args: string[]): Promise<void> {
       3_600_000,
       true,
     ),
+    exitAfterShutdown: true,
   });
   console.log(`voxgen worker ${host.id} ready (GPU: ${host.device.adapter})`);
-  const done = Promise.withResolvers<void>();
-  let signals = 0;
-  const onSignal = (signal: Deno.Signal) => {
-    if (++signals > 1) {
-      console.error(`${signal} again: exiting without waiting`);
-      Deno.exit(1);
-    }
-    console.error(`${signal}: shutting down (the running job may finish first; ${signal} again to force)`);
-    host.shutdown(graceMs).then(done.resolve, done.reject);
-  };
-  const signalNames: Deno.Signal[] = ["SIGINT", "SIGTERM"];
-  const handlers = signalNames.map((s) => [s, () => onSignal(s)] as const);
-  for (const [s, h] of handlers) Deno.addSignalListener(s, h);
-  await done.promise;
-  for (const [s, h] of handlers) Deno.removeSignalListener(s, h);
+  await runUntilStopped(() => host.shutdown(graceMs));
   console.error("stopped");
+  // Not a natural exit: the idle GPU worker keeps the process alive (exitAfterShutdown says why).
+  Deno.exit(0);
 }
 
 if (import.meta.main) {

@@ -26,6 +26,7 @@ import type { WorkerDevice } from "./protocol.ts";
 import type { JobQueue } from "./queue.ts";
 import { LocalQueue } from "./queue_local.ts";
 import { JobStore } from "./store.ts";
+import { runUntilStopped } from "./signals.ts";
 
 /** Options of {@linkcode startServer}. */
 export interface ServerOptions {
@@ -60,6 +61,11 @@ export interface ServerOptions {
   queueName?: string;
   /** With a shared queue: seconds finished jobs and their results are kept (default 86400). */
   retentionSeconds?: number;
+  /**
+   * The process exits (`Deno.exit`) right after `shutdown()`: the GPU worker's thread is then left idle,
+   * its device destroyed, instead of being terminated (`GpuRunnerOptions.exitAfterClose`, gpu.ts).
+   */
+  exitAfterShutdown?: boolean;
 }
 
 /** A server that is up. */
@@ -90,7 +96,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   await Deno.mkdir(options.dataDir, { recursive: true });
   const dataDir = await Deno.realPath(options.dataDir);
   const resultsDir = `${dataDir}/results`;
-  for (const dir of ["models", "adapters", "results"]) {
+  // With a shared queue the results live in Redis, not here.
+  for (const dir of ["models", "adapters", ...(options.queueUrl ? [] : ["results"])]) {
     await Deno.mkdir(`${dataDir}/${dir}`, { recursive: true });
   }
 
@@ -110,7 +117,13 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     });
   } else {
     const store = new JobStore(`${dataDir}/jobs.db`);
-    const local = new LocalQueue(store, { capacity, resultsDir, log, resolve: catalogFiles(catalog) });
+    const local = new LocalQueue(store, {
+      capacity,
+      resultsDir,
+      log,
+      resolve: catalogFiles(catalog),
+      exitAfterStop: options.exitAfterShutdown,
+    });
     try {
       device = await local.start();
     } catch (error) {
@@ -214,25 +227,14 @@ export async function main(args: string[]): Promise<void> {
     queueUrl: values.queue ?? (Deno.env.get("VOXGEN_QUEUE") || undefined),
     queueName: values["queue-name"],
     retentionSeconds: numberOption("retention", values.retention, 86400, 60, 365 * 86400, true),
+    exitAfterShutdown: true,
   });
   const backend = server.device ? `GPU: ${server.device.adapter}` : "shared queue, GPUs on the worker hosts";
   console.log(`voxgen server listening on ${server.url}/ (${backend})`);
-  const done = Promise.withResolvers<void>();
-  let signals = 0;
-  const onSignal = (signal: Deno.Signal) => {
-    if (++signals > 1) {
-      console.error(`${signal} again: exiting without waiting`);
-      Deno.exit(1);
-    }
-    console.error(`${signal}: shutting down (the running job may finish first; ${signal} again to force)`);
-    server.shutdown().then(done.resolve, done.reject);
-  };
-  const signalNames: Deno.Signal[] = ["SIGINT", "SIGTERM"];
-  const handlers = signalNames.map((s) => [s, () => onSignal(s)] as const);
-  for (const [s, h] of handlers) Deno.addSignalListener(s, h);
-  await done.promise;
-  for (const [s, h] of handlers) Deno.removeSignalListener(s, h);
+  await runUntilStopped(() => server.shutdown());
   console.error("stopped");
+  // Not a natural exit: the idle GPU worker keeps the process alive (exitAfterShutdown says why).
+  Deno.exit(0);
 }
 
 if (import.meta.main) {

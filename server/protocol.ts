@@ -49,6 +49,33 @@ export interface SampleRequest {
   priority?: number;
   /** A control module and its conditions (absent: uncontrolled). */
   control?: ControlChoice;
+  /** Prompt, for a model with a token table ("" = the null prompt). */
+  prompt?: string;
+  /** Class label, for a class-conditional model. */
+  classLabel?: number;
+  /** Textual-inversion embeddings (names in `<data>/embeddings/`) whose tokens the prompt may use. */
+  embeddings?: string[];
+  /** Condition volumes (base64 NIfTI, one volume per channel), for a model trained with them. */
+  condition?: string;
+  /** Inpainting: the kept image and the mask. */
+  inpaint?: InpaintChoice;
+}
+
+/**
+ * Inpainting inputs of a request. The volumes travel with the request (base64 NIfTI), so that any worker
+ * host can run it and a stored request can run again.
+ */
+export interface InpaintChoice {
+  /** The kept image: base64 of a `.nii`/`.nii.gz` on the model's grid (an upload or a finished job's result). */
+  image: string;
+  /** The finished job the image came from, when it did. */
+  fromJob?: string;
+  /** Volume of a 4-D image (a batch result) to use. */
+  index: number;
+  /** The mask (non-zero = generate): base64 NIfTI, or a sphere in voxels. */
+  mask: string | { center: [number, number, number]; radius: number };
+  /** How the image reaches the model's intensity range (see pipelines/inpaint.ts). */
+  normalize: "auto" | "none" | "percentile";
 }
 
 /** Everything the worker needs to run a job: the request with names resolved to files. */
@@ -63,6 +90,8 @@ export interface WorkerJob {
   adapters: Array<{ path: string; weight: number }>;
   /** The control module's file, its condition volumes' files and the scale. */
   control?: { path: string; conditions: Array<string | null>; scale: number };
+  /** Absolute paths of the embeddings (absent: none). */
+  embeddings?: string[];
   /** Directory the result files go to. */
   resultsDir: string;
 }
@@ -109,6 +138,9 @@ export interface WorkerApi {
   run(job: WorkerJob, onProgress: (p: WorkerProgress) => void): Promise<JobResult>;
   /** Asks the running job `id` to stop at its next step. */
   cancel(id: string): void;
-  /** Frees the cached model and destroys the GPU device; the worker takes no job after this. */
-  close(): void;
+  /**
+   * Frees the cached model, waits for the GPU's submitted work, and destroys the device; resolves once it is
+   * destroyed. The worker takes no job after this.
+   */
+  close(): Promise<void>;
 }

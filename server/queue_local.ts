@@ -34,6 +34,8 @@ export interface LocalQueueOptions {
   stopTimeoutMs?: number;
   /** Log sink (default console.error). */
   log?: (message: string) => void;
+  /** The process exits right after {@linkcode LocalQueue.stop} (see `GpuRunnerOptions.exitAfterClose`, gpu.ts). */
+  exitAfterStop?: boolean;
 }
 
 interface Running {
@@ -69,8 +71,12 @@ export class LocalQueue implements JobQueue {
   /** A queue over `store` (call {@linkcode LocalQueue.start} to start running jobs). */
   constructor(store: JobStore, opts: LocalQueueOptions) {
     this.#store = store;
-    this.#opts = { stopTimeoutMs: 10_000, log: (m) => console.error(m), ...opts };
-    this.#gpu = new GpuRunner({ stopTimeoutMs: this.#opts.stopTimeoutMs, log: this.#opts.log });
+    this.#opts = { stopTimeoutMs: 10_000, log: (m) => console.error(m), exitAfterStop: false, ...opts };
+    this.#gpu = new GpuRunner({
+      stopTimeoutMs: this.#opts.stopTimeoutMs,
+      log: this.#opts.log,
+      exitAfterClose: this.#opts.exitAfterStop,
+    });
   }
 
   /**
@@ -180,7 +186,8 @@ export class LocalQueue implements JobQueue {
 
   /**
    * Stops taking jobs. The running job gets `graceMs` to finish; after that it is stopped and goes back to
-   * the queue (it runs again after a restart), as do all waiting jobs. Then the worker is terminated.
+   * the queue (it runs again after a restart), as do all waiting jobs. Then the worker frees its device and
+   * is terminated (left idle with {@linkcode LocalQueueOptions.exitAfterStop}).
    */
   async stop(graceMs: number): Promise<void> {
     this.#stopping = true;

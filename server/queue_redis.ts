@@ -13,6 +13,7 @@
  * voxgen:<name>:cancelled:<id>        a job cancelled while queued (BullMQ removes it; this is its record)
  * voxgen:<name>:cancelled             those jobs by submission time (for listing)
  * voxgen:<name>:stats                 counters of finished jobs and the job-seconds histogram (/metrics)
+ * voxgen:<name>:counted:<id>          the job is in those counters (so it is counted once)
  * voxgen:<name>:host:<id>             each worker host's heartbeat (state, GPU, running job), expiring
  * ```
  *
@@ -124,6 +125,8 @@ export interface QueueKeys {
   tombstones: string;
   /** Counters of finished jobs. */
   stats: string;
+  /** Set once job `id` is counted in `stats`. */
+  counted(id: string): string;
   /** A worker host's heartbeat. */
   host(id: string): string;
   /** Pattern of every host's heartbeat. */
@@ -139,6 +142,7 @@ export function queueKeys(name: string): QueueKeys {
     tombstone: (id) => `${base}:cancelled:${id}`,
     tombstones: `${base}:cancelled`,
     stats: `${base}:stats`,
+    counted: (id) => `${base}:counted:${id}`,
     host: (id) => `${base}:host:${id}`,
     hostPattern: `${base}:host:*`,
   };
@@ -149,13 +153,19 @@ export function bullPriority(priority = 0): number {
   return 1 + MAX_PRIORITY - priority;
 }
 
-/** Adds a finished job to the shared counters (called once per job, by the host that finished it). */
+/**
+ * Adds finished job `id` to the shared counters, once: whoever reports it first (the host that finished
+ * it, or any host that saw BullMQ fail it after too many stalls) counts it; later reports are ignored.
+ */
 export async function recordFinished(
   redis: Redis,
   keys: QueueKeys,
+  id: string,
   status: "done" | "failed" | "cancelled",
   seconds = 0,
+  ttlSeconds = 86400,
 ): Promise<void> {
+  if (await redis.set(keys.counted(id), "1", "EX", ttlSeconds, "NX") === null) return;
   const tx = redis.multi();
   if (status === "done") {
     tx.hincrby(keys.stats, "completed", 1);
@@ -538,7 +548,7 @@ export class RedisQueue implements JobQueue {
       await this.#redis.multi().del(key).zrem(this.#keys.tombstones, job.id).exec();
       return false;
     }
-    await recordFinished(this.#redis, this.#keys, "cancelled");
+    await recordFinished(this.#redis, this.#keys, job.id, "cancelled", 0, this.#retention);
     return true;
   }
 

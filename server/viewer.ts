@@ -1,5 +1,6 @@
 /**
- * The viewer page (`GET /`) and the NiiVue module it loads (`GET /niivue.js`). NiiVue comes from the
+ * The viewer page (`GET /`), the NiiVue module it loads (`GET /niivue.js`) and the browser bundle with
+ * which it samples on its own GPU (`GET /voxgen.js`). NiiVue comes from the
  * `@niivue/niivue` npm package — its `./min` entry is the self-contained ES module build, URL-encoded in a
  * string — so the page works offline and never touches a CDN.
  *
@@ -9,6 +10,7 @@
 import { readText } from "../io/read.ts";
 
 let page: Promise<string> | null = null;
+let bundle: Promise<string> | null = null;
 let niivue: Promise<string> | null = null;
 
 /** The viewer page's HTML. */
@@ -24,4 +26,35 @@ export function niivueModule(): Promise<string> {
   // deno-lint-ignore no-import-prefix
   niivue ??= import("npm:@niivue/niivue@^0.69.0/min").then((m: { esm: string }) => decodeURIComponent(m.esm));
   return niivue;
+}
+
+/**
+ * The browser bundle of server/browser.ts (engine, U-Net, samplers: what a page needs to sample with its
+ * own WebGPU), built by `deno bundle` on first use and kept for the life of the server.
+ */
+export function browserBundle(): Promise<string> {
+  bundle ??= buildBrowserBundle().catch((error) => {
+    bundle = null; // a later request tries again
+    throw error;
+  });
+  return bundle;
+}
+
+async function buildBrowserBundle(): Promise<string> {
+  const dir = await Deno.makeTempDir({ prefix: "voxgen-bundle-" });
+  try {
+    const out = `${dir}/voxgen.js`;
+    const entry = new URL("./browser.ts", import.meta.url).href;
+    const { code, stderr } = await new Deno.Command(Deno.execPath(), {
+      args: ["bundle", "--quiet", "--platform", "browser", "--format", "esm", "--output", out, entry],
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    if (code !== 0) {
+      throw new Error(`deno bundle ${entry} failed: ${new TextDecoder().decode(stderr).trim()}`);
+    }
+    return await Deno.readTextFile(out);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 }

@@ -14,12 +14,20 @@
 import * as Comlink from "comlink";
 import { gpu, onDeviceLost, ready } from "../engine/device.ts";
 import { releaseCachedMemory } from "../engine/memory.ts";
-import { generate, type Generator } from "../pipelines/generate.ts";
-import { loadGenerator, loadModelWithAdapters } from "../pipelines/modelfile.ts";
-import { controlledGenerator } from "../pipelines/control.ts";
 import { readNifti } from "../io/nifti.ts";
+import { generate, type GenerationRequest, type Generator } from "../pipelines/generate.ts";
+import { prepareInpainting, sphereMask } from "../pipelines/inpaint.ts";
+import { loadGenerator, loadModelWithAdapters } from "../pipelines/generators.ts";
+import { controlledGenerator } from "../pipelines/control.ts";
 import { writeStackedFiles } from "../pipelines/output.ts";
-import type { JobResult, WorkerApi, WorkerDevice, WorkerJob, WorkerProgress } from "./protocol.ts";
+import type {
+  InpaintChoice,
+  JobResult,
+  WorkerApi,
+  WorkerDevice,
+  WorkerJob,
+  WorkerProgress,
+} from "./protocol.ts";
 
 let lostReason: string | null = null;
 /** Set by `close`: the device is being destroyed on purpose, which is not a loss. */
@@ -72,14 +80,19 @@ const api: WorkerApi = {
     if (current?.id === id) current.controller.abort();
   },
 
-  close(): void {
+  async close(): Promise<void> {
     // Releasing the device here, in order, rather than leaving it to thread teardown at process exit: a
-    // software Vulkan driver's threads can still be running then.
+    // software Vulkan driver's threads can still be running then. Submitted work (a stopped job's last
+    // step) finishes first, so the driver is idle when the device goes.
     closing = true;
     cached?.model.dispose();
     cached = null;
     releaseCachedMemory();
-    if (!lostReason) gpu().destroy();
+    if (lostReason) return;
+    const device = gpu();
+    await device.queue.onSubmittedWorkDone();
+    device.destroy();
+    await device.lost;
   },
 };
 
@@ -102,6 +115,10 @@ async function runJob(
       seed: request.seed,
       batch: request.batch,
       guidanceScale: request.guidanceScale,
+      prompt: request.prompt,
+      classLabel: request.classLabel,
+      inpaint: request.inpaint ? await inpaintInputs(request.inpaint, model) : undefined,
+      condition: request.condition ? (await readNifti(fromBase64(request.condition))).data : undefined,
       signal,
       onProgress: (p) => {
         // Fire and forget: a round trip per step would slow sampling for nothing.
@@ -129,9 +146,27 @@ async function runJob(
   }
 }
 
+function fromBase64(b64: string): Uint8Array {
+  return Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+}
+
+/** The inpainting request's image and mask (base64 NIfTI in the request, or a sphere). */
+async function inpaintInputs(choice: InpaintChoice, model: Generator): Promise<GenerationRequest["inpaint"]> {
+  const decode = (b64: string) => Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const image = await readNifti(decode(choice.image));
+  const mask = typeof choice.mask === "string" ? await readNifti(decode(choice.mask)) : {
+    data: sphereMask(model.volume.shape, choice.mask.center, choice.mask.radius),
+    shape: model.volume.shape,
+  };
+  return prepareInpainting(image, mask, model.volume, { normalize: choice.normalize, index: choice.index }, {
+    image: "inpaint.image",
+    mask: "inpaint.mask",
+  });
+}
+
 /**
- * The job's model: the cached base model when it has no adapters and no control, otherwise a fresh copy with
- * the adapters merged and the control module wrapped around it.
+ * The job's model: the cached base model when it has no adapters, embeddings or control, otherwise a fresh
+ * copy with them merged or added and the control module wrapped around it.
  */
 async function acquireModel(job: WorkerJob): Promise<Generator> {
   if (job.control) {
@@ -146,9 +181,10 @@ async function acquireModel(job: WorkerJob): Promise<Generator> {
   }
   const stat = await Deno.stat(job.modelPath);
   const key = `${job.modelPath}:${stat.mtime?.getTime()}:${stat.size}`;
-  if (job.adapters.length === 0 && cached?.key === key) return cached.model;
-  const model = await loadGenerator(job.modelPath, { adapters: job.adapters });
-  if (job.adapters.length > 0) return model;
+  const plain = job.adapters.length === 0 && (job.embeddings ?? []).length === 0;
+  if (plain && cached?.key === key) return cached.model;
+  const model = await loadGenerator(job.modelPath, { adapters: job.adapters, embeddings: job.embeddings });
+  if (!plain) return model;
   cached?.model.dispose();
   cached = { key, model };
   return model;

@@ -19,6 +19,10 @@
  *   blocks of gradOut and summed; same padding scheme and fallback.
  * - Gradient w.r.t. the bias: the sum of gradOut over batch and space.
  *
+ * - Tensors larger than one storage binding (`maxStorageBufferBindingSize`): the convolution runs as
+ *   sub-convolutions of one batch item and a block of input and output channels each (copied out and
+ *   accumulated back in place), so that every buffer a kernel binds fits (groups = 1).
+ *
  * conv2d is conv3d on a depth-1 view.
  *
  * @module
@@ -316,7 +320,12 @@ export const convSettings: {
   chunk: Partial<ConvChunkConfig>;
   /** Overrides of the weight-gradient chunk kernel's geometry. */
   weightGradChunk: Partial<ConvWeightGradChunkConfig>;
-} = { path: "auto", minChunkMacs: 2 ** 24, chunk: {}, weightGradChunk: {} };
+  /**
+   * Workgroups the direct weight-gradient kernel aims for (its output blocks are split into partial sums
+   * until there are this many); 0 for the default: 4 per CPU core on software adapters, 256 otherwise.
+   */
+  weightGradWorkgroups: number;
+} = { path: "auto", minChunkMacs: 2 ** 24, chunk: {}, weightGradChunk: {}, weightGradWorkgroups: 0 };
 
 /** k-values (input channels × taps) per chunk dispatch: 4 input channels of a 3³ kernel. */
 const CHUNK_DEPTH = 108;
@@ -332,11 +341,14 @@ function chunkConfigFor(call: ConvCall): ConvChunkConfig | null {
     call.outOff % 4 === 0;
   if (!aligned || taps > CHUNK_DEPTH) return null;
   const positions = od * oh * ow;
-  const macs = call.n * call.groups * call.coutG * call.cinG * taps * positions;
+  const rows = call.coutG <= 8 ? 8 : call.coutG <= 16 ? 16 : call.coutG <= 32 ? 32 : 64;
+  // Counted with the kernel's padded output rows: a 16→1 convolution costs what a 16→8 one does, which is
+  // still faster than the direct kernel's narrow tiling (1.8× at 32³, bench/conv_paths.ts).
+  const macs = call.n * call.groups * rows * call.cinG * taps * positions;
   if (convSettings.path === "auto" && (macs < convSettings.minChunkMacs || !isSoftwareAdapter())) return null;
   return {
     threads: positions >= 4 * 128 * 16 ? 128 : 64,
-    rows: call.coutG <= 8 ? 8 : call.coutG <= 16 ? 16 : call.coutG <= 32 ? 32 : 64,
+    rows,
     channels: Math.max(1, Math.min(call.cinG, Math.floor(CHUNK_DEPTH / taps))),
     ...convSettings.chunk,
   };
@@ -347,14 +359,11 @@ function weightGradChunkConfigFor(g: Geometry): ConvWeightGradChunkConfig | null
   if (convSettings.path === "direct" || g.groups !== 1 || g.outDims[2] % 4 !== 0) return null;
   const taps = g.kernel[0] * g.kernel[1] * g.kernel[2];
   const macs = g.n * g.cout * g.cin * taps * sizeOf(g.outDims);
-  // `auto` picks it for strided convolutions only, where the direct kernel is slowest (3.5× the forward at
-  // the U-Net's downsample, against 1.1× for this one). For stride 1 it is faster in isolation and in a bare
-  // U-Net forward + backward, yet a whole training step of the default model measured 6.3 s with it against
-  // 4.0 s without (4.4 s with it on strided convolutions only) — not understood yet, so not by default.
-  if (
-    convSettings.path === "auto" &&
-    (g.stride.every((s) => s === 1) || macs < convSettings.minChunkMacs || !isSoftwareAdapter())
-  ) return null;
+  // `auto` once picked it for strided convolutions only: a whole training step of the default model was
+  // slower with it at stride 1 although each convolution was faster. With the planes copy it starts with now
+  // 6–10× faster (convPlanesKernel), the step with the chunk kernels takes 0.80–0.85× the CPU time (32³,
+  // side by side); the slow copy was probably the earlier cause (not verified).
+  if (convSettings.path === "auto" && (macs < convSettings.minChunkMacs || !isSoftwareAdapter())) return null;
   const rows = g.cout <= 8 ? 8 : g.cout <= 16 ? 16 : g.cout <= 32 ? 32 : 64;
   // rows × depth = 2048: 32 KB of staged gradOut and 2048 unrolled vec4 FMAs per thread.
   return { threads: 64, rows, depth: 2048 / rows, ...convSettings.weightGradChunk };
@@ -440,8 +449,17 @@ function inputPlanes(
   const [pd, ph] = [span(0), span(1)];
   const row4 = ow / 4;
   const planeVec4s = pd * ph * row4;
-  const count = call.n * call.cin * kw * planeVec4s;
-  const tensor = fromData(null, [count * 4]);
+  const strides: Planes["strides"] = [kw * planeVec4s, planeVec4s, ph * row4, row4];
+  // A pointwise kernel at stride 1 without padding reads the input as it is (its one plane would be a copy).
+  const identity = kw === 1 && call.key.stride[2] === 1 && call.pad.every((p) => p === 0) &&
+    pd === call.inDims[0] && ph === call.inDims[1] && ow === call.inDims[2] && x.offset === 0;
+  if (identity) {
+    const storage = x.storage("conv3d");
+    storage.retain();
+    return { tensor: new Tensor({ shape: [x.size], storage }), strides };
+  }
+  const count = call.n * call.cin * kw * pd * ph;
+  const tensor = fromData(null, [count * row4 * 4]);
   const q = new Uint32Array(PLANES_WORDS);
   const qi = new Int32Array(q.buffer);
   q[PLANES.count] = count;
@@ -456,7 +474,7 @@ function inputPlanes(
     [x.storage("conv3d").buffer, tensor.storage("conv3d").buffer],
     Math.ceil(count / PLANES_WG),
   );
-  return { tensor, strides: [kw * planeVec4s, planeVec4s, ph * row4, row4] };
+  return { tensor, strides };
 }
 
 /** Runs `call` with the chunk kernel: w-planes of the input, then one dispatch per input-channel chunk. */
@@ -869,9 +887,13 @@ function weightGradWhole(x: Tensor, gy: Tensor, g: Geometry): Tensor {
   if (blocks === 0 || g.cinG === 0) return map("fill", "s0", [], [0], [g.cout, g.cinG, ...g.kernel]);
   const coTiles = Math.ceil(g.coutG / tile.coChannels);
   const ciTiles = Math.ceil(g.cinG / tile.ciChannels);
-  // Enough workgroups to fill a GPU (a few hundred), never fewer than one block each.
+  // Enough workgroups to fill the device, never fewer than one block each. Each split adds a partial copy
+  // of dW that is summed afterwards, so a CPU adapter gets 4 per core rather than a GPU's few hundred
+  // (at 32³ on 2 cores, 8 instead of 256 made forward + backward of a 3³ convolution 1.05–1.19× faster).
   const base = coTiles * ciTiles * g.groups;
-  const splits = Math.max(1, Math.min(blocks, Math.ceil(256 / base)));
+  const target = convSettings.weightGradWorkgroups ||
+    (isSoftwareAdapter() ? 4 * (navigator.hardwareConcurrency || 2) : 256);
+  const splits = Math.max(1, Math.min(blocks, Math.ceil(target / base)));
   const perSplit = Math.ceil(blocks / splits);
   const used = Math.ceil(blocks / perSplit);
   // Both operands padded so that whole blocks (with the input's halo) are in bounds.

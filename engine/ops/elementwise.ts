@@ -268,12 +268,15 @@ export function clamp(x: Tensor, lo?: number, hi?: number): Tensor {
   ], [x]);
 }
 
-/** Mean squared error `mean((a − b)²)` as a scalar tensor. */
-export function mse(a: Tensor, b: Tensor): Tensor {
-  checkTensor("mse", a, "a");
-  checkTensor("mse", b, "b");
+/**
+ * The mean-squared-error loss `mean((a − b)²)` over all elements, as a scalar tensor (differentiable;
+ * PyTorch's `mse_loss`). The per-item metric of the same quantity is `metrics.mse`.
+ */
+export function mseLoss(a: Tensor, b: Tensor): Tensor {
+  checkTensor("mseLoss", a, "a");
+  checkTensor("mseLoss", b, "b");
   if (a.shape.length !== b.shape.length || a.shape.some((d, i) => d !== b.shape[i])) {
-    throw new Error(`mse: shapes ${formatShape(a.shape)} and ${formatShape(b.shape)} must be equal.`);
+    throw new Error(`mseLoss: shapes ${formatShape(a.shape)} and ${formatShape(b.shape)} must be equal.`);
   }
   const d = sub(a, b);
   const sq = square(d);

@@ -18,3 +18,4 @@ export { groupNorm, groupNormSilu, layerNorm } from "./norm.ts";
 export { avgPool2d, avgPool3d, interpolate, type InterpolateOptions } from "./resample.ts";
 export { rand, randn, type RandomOptions } from "./random.ts";
 export { type ContractionPlan, type ContractionStep, einsum, einsumPath } from "./einsum.ts";
+export { checkpoint } from "./checkpoint.ts";

@@ -5,25 +5,41 @@
  * @module
  */
 
-import { MAP_HELPERS, MAP_SCALARS, mapKernel, mapParamWords } from "../../kernels/elementwise.ts";
+import {
+  MAP_HELPERS,
+  MAP_SCALARS,
+  mapKernel,
+  mapParamWords,
+  mapVec4Kernel,
+  mapVec4ParamWords,
+} from "../../kernels/elementwise.ts";
 import type { Kernel } from "../../kernels/types.ts";
 import { WG } from "../../kernels/types.ts";
-import { dispatch } from "../runtime.ts";
+import { dispatch, windowElements } from "../runtime.ts";
 import { broadcastShapes, broadcastStrides, coalesce, formatShape, sizeOf } from "../shape.ts";
 import { fromData, Tensor } from "../tensor.ts";
 import { bindPiece, splitStrided } from "./split.ts";
 
 const kernels = new Map<string, Kernel>();
 
+/** The strided map kernel of `rank` dimensions, or (rank 0) the contiguous vec4 one. */
 function kernelFor(name: string, expr: string, arity: number, rank: number): Kernel {
   const key = `${name}:${arity}:${rank}`;
   let kernel = kernels.get(key);
   if (!kernel) {
-    kernel = mapKernel(name, expr, arity, rank, MAP_HELPERS);
+    kernel = rank === 0
+      ? mapVec4Kernel(name, expr, arity, MAP_HELPERS)
+      : mapKernel(name, expr, arity, rank, MAP_HELPERS);
     kernels.set(key, kernel);
   }
   return kernel;
 }
+
+/** Knobs of the map kernels, for benchmarks. */
+export const mapSettings: {
+  /** Use the vec4 kernel for contiguous, vec4-aligned operands (default true). */
+  vec4: boolean;
+} = { vec4: true };
 
 /** Largest element index a map kernel can address (u32 arithmetic). */
 const MAX_ELEMENTS = 2 ** 32 - 1;
@@ -50,8 +66,29 @@ export function mapInto(
   const c = coalesce(out.shape, strides);
   const rank = c.shape.length;
   const arity = inputs.length;
-  const kernel = kernelFor(name, expr, arity, rank);
   const buffers = [out.storage(name).buffer, ...inputs.map((t) => t.storage(name).buffer)];
+  const offsets = [out.offset, ...inputs.map((t) => t.offset)];
+  // Contiguous operands in whole vec4s: the vec4 kernel, in windows of whole vec4s when large. Not for
+  // expressions of the element index `i` (arange): the vec4 kernel's index counts vec4s.
+  if (
+    mapSettings.vec4 && rank === 1 && c.strides.every((s) => s[0] === 1) && n % 4 === 0 &&
+    offsets.every((o) => o % 4 === 0) && !/\bi\b/.test(expr)
+  ) {
+    const kernel = kernelFor(name, expr, arity, 0);
+    const per = Math.floor(windowElements() / 4) * 4;
+    for (let first = 0; first < n; first += per) {
+      const count = Math.min(per, n - first);
+      const bound = bindPiece(buffers, [count], c.strides, offsets.map((o) => o + first));
+      const params = new Uint32Array(mapVec4ParamWords(arity));
+      params[0] = count / 4;
+      bound.offsets.forEach((o, k) => (params[1 + k] = o / 4));
+      new Float32Array(params.buffer).set(scalars, 2 + arity);
+      const [outBinding, ...inBindings] = bound.bindings;
+      dispatch(kernel, params, [...inBindings, outBinding], Math.ceil(count / 4 / WG));
+    }
+    return;
+  }
+  const kernel = kernelFor(name, expr, arity, rank);
   // Tensors larger than one binding: pieces along the outer dimensions, each bound as windows.
   for (const piece of splitStrided(c.shape, c.strides, [out.offset, ...inputs.map((t) => t.offset)])) {
     const bound = bindPiece(buffers, piece.shape, c.strides, piece.offsets);

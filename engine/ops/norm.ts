@@ -4,6 +4,7 @@
  * merge across threads and chunks of long rows (see `kernels/norm.ts`): no E[x²] − E[x]² cancellation.
  * Variance is biased, like PyTorch. Backward uses the closed form
  * dx = rstd·(gγ − mean(gγ) − x̂·mean(gγx̂)) per row, dγ = Σ g·x̂, dβ = Σ g (g taken through SiLU when fused).
+ * Inputs larger than one storage binding are normalised in copied blocks of whole groups (see `blocks.ts`).
  *
  * @module
  */

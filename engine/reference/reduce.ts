@@ -166,7 +166,7 @@ export function logSoftmax(x: RefTensor, axis = -1): RefTensor {
  * Mean squared error mean((a − b)²) as a scalar (shape `[]`) tensor, like PyTorch's `mse_loss` with
  * `reduction='mean'`. The operands broadcast (PyTorch warns but also broadcasts).
  */
-export function mse(a: TensorLike, b: TensorLike): RefTensor {
+export function mseLoss(a: TensorLike, b: TensorLike): RefTensor {
   const sq = zipWith(a, b, (x, y) => (x - y) * (x - y));
   return mean(sq);
 }

@@ -4,20 +4,13 @@
  */
 
 import assert from "node:assert/strict";
-import {
-  ADAPTER_KINDS,
-  type AdapterKind,
-  adapterParameterCount,
-  balancedFactors3,
-  createMethod,
-  factorize2,
-  factorize3,
-  TENVOO_FACTORS,
-  type WeightShape,
-} from "../../adapters/mod.ts";
+import { ADAPTER_KINDS, type AdapterKind, adapterParameterCount } from "../../adapters/mod.ts";
+import { createMethod } from "../../adapters/inject.ts";
+import { balancedFactors3, factorize2, factorize3, TENVOO_FACTORS } from "../../adapters/factorize.ts";
+import type { WeightShape } from "../../adapters/method.ts";
 import { seededRandom } from "../../nn/init.ts";
 
-/** DESIGN.md's factorisations. */
+/** TenVOO's factorisations. */
 const TABLE: Record<number, number[]> = {
   32: [4, 4, 2],
   64: [8, 4, 2],
@@ -26,7 +19,7 @@ const TABLE: Record<number, number[]> = {
   512: [16, 8, 4],
 };
 
-/** Eq. 6 of seed 000 (kD = 1 for a 2-D kernel). */
+/** Eq. 6 of the TenVOO paper (kD = 1 for a 2-D kernel). */
 function eq6(variant: "L" | "Q", inF: number[], outF: number[], k: number[], r: number): number {
   const [i0, i1, i2] = inF;
   const [o0, o1, o2] = outF;
@@ -48,7 +41,7 @@ const conv = (inC: number, outC: number, k = 3, dims = 3): WeightShape => ({
 });
 const linear = (inF: number, outF: number): WeightShape => ({ in: inF, out: outF, kernel: [] });
 
-Deno.test("TenVOO: DESIGN.md's example 256→256, k = 3, r = 4 has 3712 (L) and 3760 (Q) trainable parameters", () => {
+Deno.test("TenVOO: the example 256→256, k = 3, r = 4 has 3712 (L) and 3760 (Q) trainable parameters", () => {
   assert.equal(coreCount("tenvoo-l", conv(256, 256), 4), 3712);
   assert.equal(coreCount("tenvoo-q", conv(256, 256), 4), 3760);
   assert.equal(adapterParameterCount("tenvoo-l", conv(256, 256), 4), 3712);
@@ -78,7 +71,7 @@ Deno.test("TenVOO-L/Q: core sizes equal Eq. 6 for table, balanced and 2-D shapes
   }
 });
 
-Deno.test("TenVOO: the ten core shapes are DESIGN.md's", () => {
+Deno.test("TenVOO: the ten core shapes are the reference implementation's", () => {
   const r = 3;
   const names = (kind: AdapterKind) =>
     createMethod(kind, conv(64, 128, 3), { rank: r, scale: 1, random: seededRandom(0) }).cores.map((c) =>

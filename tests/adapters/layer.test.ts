@@ -6,7 +6,10 @@
 
 import assert from "node:assert/strict";
 import { grad, mul, sum } from "../../mod.ts";
-import { AdaptedLayer, type AdapterKind, createMethod, type LayerMethod } from "../../adapters/mod.ts";
+import type { AdapterKind } from "../../adapters/mod.ts";
+import { createMethod } from "../../adapters/inject.ts";
+import { AdaptedLayer } from "../../adapters/layer.ts";
+import type { LayerMethod } from "../../adapters/method.ts";
 import { TENVOO_SPECS } from "../../adapters/tenvoo.ts";
 import { QUANTA_SPEC } from "../../adapters/quanta.ts";
 import { noGrad } from "../../engine/autograd.ts";
@@ -21,7 +24,7 @@ import { disposeAll, fromRef, gpuTest, toRef } from "../helpers/gpu.ts";
 
 // --- Float64 reference of ΔW -----------------------------------------------------------------------------
 
-/** DESIGN.md's contractions with the paper's output order (i0 i1 i2 kD kH kW o0 o1 o2). */
+/** TenVOO's contractions with the paper's output order (i0 i1 i2 kD kH kW o0 o1 o2). */
 const PAPER_SPECS = {
   "tenvoo-l": TENVOO_SPECS["tenvoo-l"].replace("->ABCabcxyz", "->abcxyzABC"),
   "tenvoo-q": TENVOO_SPECS["tenvoo-q"].replace("->ABCabcxyz", "->abcxyzABC"),

@@ -5,9 +5,9 @@
  */
 
 import assert from "node:assert/strict";
-import { concat, grad, mse, noGrad, randn, reshape, scope, type Tensor, tensor } from "../../mod.ts";
+import { concat, grad, mseLoss, noGrad, randn, reshape, scope, type Tensor, tensor } from "../../mod.ts";
+import { AdaptedLayer } from "../../adapters/layer.ts";
 import {
-  AdaptedLayer,
   ADAPTER_KINDS,
   adapterParameterCount,
   type AdapterSet,
@@ -191,7 +191,7 @@ gpuTest("TenVOO-L: defaults, counts per layer, and gradients reaching the cores 
 
   const x = input();
   const target = randn(x.shape, { seed: 9 });
-  const loss = scope(() => mse(model.forward(x, TIMESTEPS), target));
+  const loss = scope(() => mseLoss(model.forward(x, TIMESTEPS), target));
   const grads = grad(loss, set.parameters());
   for (const [i, g] of grads.entries()) {
     const values = await g.toArray();

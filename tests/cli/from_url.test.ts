@@ -1,7 +1,8 @@
 /**
  * voxgen runs from a URL: the repository served over HTTP on loopback, `deno run http://…/cli/sample.ts`
  * (in a folder with no deno.json, so no import map helps) fetches the default model from next to the
- * module and samples the same volume as a local run; the viewer page is fetched the same way.
+ * module and samples the same volume as a local run; the viewer page is fetched the same way, and NiiVue
+ * (an npm package) loads.
  *
  * The served default model is replaced by a tiny one (8³, two levels) to keep the test fast: what is tested
  * is that the file is found through `import.meta.url` and fetched, not the model.
@@ -84,7 +85,8 @@ Deno.test({
       const page = await new Deno.Command(DENO, {
         args: [
           "eval",
-          `const v = await import("${base}/server/viewer.ts"); console.log((await v.viewerPage()).length);`,
+          `const v = await import("${base}/server/viewer.ts");
+           console.log((await v.viewerPage()).length, (await v.niivueModule()).length);`,
         ],
         cwd: dir,
         env: { DENO_DIR: `${dir}/deno_dir` },
@@ -92,10 +94,9 @@ Deno.test({
         stderr: "piped",
       }).output();
       strictEqual(page.code, 0, new TextDecoder().decode(page.stderr));
-      strictEqual(
-        Number(new TextDecoder().decode(page.stdout)),
-        (await Deno.readTextFile(`${ROOT}server/viewer.html`)).length,
-      );
+      const [pageLength, niivueLength] = new TextDecoder().decode(page.stdout).trim().split(" ").map(Number);
+      strictEqual(pageLength, (await Deno.readTextFile(`${ROOT}server/viewer.html`)).length);
+      ok(niivueLength > 1_000_000, `NiiVue's module (${niivueLength} characters) loads from a URL too`);
       ok(requested.includes("/server/viewer.html"), "the page was fetched over HTTP");
     } finally {
       await server.shutdown();

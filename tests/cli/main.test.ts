@@ -41,7 +41,16 @@ Deno.test("cli: --help and help list one line per command; no command is a usage
   for (const [name, command] of Object.entries(COMMANDS)) {
     match(help.stdout, new RegExp(`^  ${name} +${command.summary.replace(/[()+.*?|[\]\\]/g, "\\$&")}$`, "m"));
   }
-  deepStrictEqual(Object.keys(COMMANDS), ["sample", "train", "finetune", "eval", "info", "import", "serve"]);
+  deepStrictEqual(Object.keys(COMMANDS), [
+    "sample",
+    "train",
+    "finetune",
+    "invert",
+    "eval",
+    "info",
+    "import",
+    "serve",
+  ]);
   strictEqual((await cli("help")).stdout, help.stdout);
   strictEqual((await cli("-h")).stdout, help.stdout);
 
@@ -57,6 +66,7 @@ Deno.test("cli: every command is routed to its module (its own --help)", async (
     sample: /^Usage: deno task sample/,
     train: /^Usage: deno task train/,
     finetune: /^Usage: deno task finetune/,
+    invert: /^Usage: deno task invert/,
     eval: /^voxgen eval: metrics of generated volumes/,
     info: /^Usage: deno task info/,
     serve: /^Usage: deno task serve/,

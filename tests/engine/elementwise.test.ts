@@ -167,11 +167,11 @@ gpuTest("comparisons, where and clamp", async () => {
   });
 });
 
-gpuTest("mse matches the reference and its gradient", async () => {
+gpuTest("mseLoss matches the reference and its gradient", async () => {
   await checkOp({
-    name: "mse",
-    gpu: ([a, b]) => V.mse(a, b),
-    ref: ([a, b]) => R.mse(a, b),
+    name: "mseLoss",
+    gpu: ([a, b]) => V.mseLoss(a, b),
+    ref: ([a, b]) => R.mseLoss(a, b),
     inputs: [randomRef([3, 37], 1), randomRef([3, 37], 2)],
   });
 });

@@ -12,7 +12,9 @@ gpuTest("shape mismatches name the op, the shapes and what is accepted", () => {
   throws(() => V.concat([a, b]), /concat: shapes \[2, 3\], \[4\] differ/);
   throws(() => V.sum(a, 2), /sum: axis 2 is out of range for a tensor of rank 2; accepted: -2..1/);
   throws(() => V.permute(a, [0, 0]), /permute: \[0,0\] is not a permutation/);
-  V.scope(() => throws(() => V.mse(a, V.zeros([3, 2])), /mse: shapes \[2, 3\] and \[3, 2\] must be equal/));
+  V.scope(() =>
+    throws(() => V.mseLoss(a, V.zeros([3, 2])), /mseLoss: shapes \[2, 3\] and \[3, 2\] must be equal/)
+  );
   disposeAll(a, b);
 });
 

@@ -282,7 +282,7 @@ gpuTest("updates run outside autograd, and AdamW drives a least-squares loss dow
   const w = V.zeros([5, 3], { requiresGrad: true });
   const opt = new AdamW([w], { lr: 0.05, weightDecay: 0 });
   const lossAt = async (): Promise<number> => {
-    const l = V.scope(() => V.noGrad(() => V.mse(V.matmul(x, w), y)));
+    const l = V.scope(() => V.noGrad(() => V.mseLoss(V.matmul(x, w), y)));
     const value = await l.item();
     l.dispose();
     return value;
@@ -290,7 +290,7 @@ gpuTest("updates run outside autograd, and AdamW drives a least-squares loss dow
   const initial = await lossAt();
   for (let step = 0; step < 150; step++) {
     V.scope(() => {
-      const loss = V.mse(V.matmul(x, w), y);
+      const loss = V.mseLoss(V.matmul(x, w), y);
       opt.step(V.grad(loss, [w]));
     });
   }

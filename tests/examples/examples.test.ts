@@ -38,6 +38,15 @@ Deno.test("examples: each script is tested here, says how to run it, and runs ma
     ok(source.includes(`deno run -A examples/${name}`), `${name}'s header says how to run it`);
     match(source, /export async function main\(args: string\[\]\)/);
     match(source, /if \(import\.meta\.main\)[^]*main\(Deno\.args\)/);
+    // Examples use the package as its users do: through its exports only.
+    for (const [, specifier] of source.matchAll(/^import [^;]*? from "([^"]+)";/gm)) {
+      ok(
+        specifier.startsWith("node:") ||
+          /^@voxgen\/voxgen(\/(engine|nn|models|samplers|adapters|metrics|io|files|pipelines|cli|server))?$/
+            .test(specifier),
+        `${name} imports ${specifier}, not one of the package's exports`,
+      );
+    }
   }
 });
 

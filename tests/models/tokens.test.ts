@@ -10,7 +10,8 @@ import { tensor } from "../../engine/ops/create.ts";
 import { parsePrompt } from "../../models/prompt.ts";
 import { TokenTable, UnknownTokenError } from "../../models/tokens.ts";
 import { generate } from "../../pipelines/generate.ts";
-import { loadGenerator, loadModelFile } from "../../pipelines/modelfile.ts";
+import { loadGenerator } from "../../pipelines/generators.ts";
+import { loadModelFile } from "../../pipelines/modelfile.ts";
 import { disposeAll, gpuTest } from "../helpers/gpu.ts";
 import { makeTinyTokenModel, TINY_TOKENS } from "../server/helpers.ts";
 

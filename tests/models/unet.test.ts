@@ -11,7 +11,7 @@ import {
   grad,
   mean,
   memory,
-  mse,
+  mseLoss,
   noGrad,
   randn,
   reshape,
@@ -223,7 +223,7 @@ function lossAndGrads(model: DiffusionModelUNet, f: Fixture): { loss: Tensor; gr
   return scope(() => {
     const y = model.forward(f.x, f.timesteps, { context: f.context, classLabels: f.classLabels });
     const target = randn(y.shape, { seed: 5 });
-    const loss = mse(y, target);
+    const loss = mseLoss(y, target);
     return { loss, grads: grad(loss, params) };
   });
 }
@@ -279,7 +279,7 @@ gpuTest(
     const losses: number[] = [];
     for (let step = 0; step < 6; step++) {
       const loss = scope(() => {
-        const l = mse(model.forward(x, [10, 900]), target);
+        const l = mseLoss(model.forward(x, [10, 900]), target);
         opt.step(grad(l, params));
         return l;
       });
@@ -356,7 +356,7 @@ gpuTest("DiffusionModelUNet: forward inputs are checked", () => {
 });
 
 gpuTest(
-  "DiffusionModelUNet: the seed-004 3-D DDPM (channels 128/128/256, attention at the deepest level)",
+  "DiffusionModelUNet: Basile et al.'s 3-D DDPM (channels 128/128/256, attention at the deepest level)",
   async () => {
     // Basile et al.: 3-D, 1 → 1 channels, channels [128, 128, 256], attention at the deepest level with 256
     // head channels, 2 residual blocks per level (MONAI's defaults otherwise: 32 groups, eps 1e-6).

@@ -1,5 +1,5 @@
 /**
- * VCM (seed 001): identity at initialisation, the release's head norm, ε/v/x0 conversions against float64,
+ * VCM (Ahn et al.): identity at initialisation, the release's head norm, ε/v/x0 conversions against float64,
  * encoder level arithmetic, several conditions with modality latent dropout, and the parameter count of the
  * paper's configuration.
  */

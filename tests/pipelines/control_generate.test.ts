@@ -16,7 +16,8 @@ import {
   saveControlFile,
 } from "../../pipelines/control.ts";
 import { generate } from "../../pipelines/generate.ts";
-import { loadGenerator, loadModelFile } from "../../pipelines/modelfile.ts";
+import { loadModelFile } from "../../pipelines/modelfile.ts";
+import { loadGenerator } from "../../pipelines/generators.ts";
 import { capture, makeTinyModel } from "../cli/helpers.ts";
 import { gpuTest } from "../helpers/gpu.ts";
 

@@ -7,7 +7,8 @@ import { deepStrictEqual, ok, rejects, strictEqual, throws } from "node:assert";
 import { memory } from "../../engine/memory.ts";
 import { readNifti } from "../../io/nifti.ts";
 import { generate, type Generator } from "../../pipelines/generate.ts";
-import { loadGenerator, loadModelFile } from "../../pipelines/modelfile.ts";
+import { loadGenerator } from "../../pipelines/generators.ts";
+import { loadModelFile } from "../../pipelines/modelfile.ts";
 import { writeStackedFiles, writeVolumeFiles } from "../../pipelines/output.ts";
 import {
   ACCEPTED_SAMPLER_NAMES,
@@ -74,7 +75,8 @@ gpuTest("generate: inpainting keeps the known voxels; bad requests fail with cle
     const model = await loadGenerator(path);
     try {
       const image = Float32Array.from({ length: 512 }, (_, i) => Math.cos(i) * 0.5);
-      const mask = Float32Array.from({ length: 512 }, (_, i) => (i < 256 ? 1 : 0));
+      // The mask marks what to generate: the second half.
+      const mask = Float32Array.from({ length: 512 }, (_, i) => (i < 256 ? 0 : 1));
       const got = await generate(model, { sampler: "ddim", steps: 3, seed: 1, inpaint: { image, mask } });
       const v = got.volumes[0];
       for (let i = 0; i < 256; i++) strictEqual(v[i], image[i], `known voxel ${i}`);

@@ -1,5 +1,6 @@
 import * as V from "../../mod.ts";
 import { emaDecayAt, learningRate, ResumeMismatchError, train } from "../../pipelines/train.ts";
+import { loadSafetensors } from "../../io/safetensors.ts";
 import { Module } from "../../nn/module.ts";
 import { DDPMScheduler } from "../../samplers/scheduler.ts";
 import { assertClose } from "../helpers/check.ts";
@@ -35,7 +36,7 @@ Deno.test("EMA decay: warmed up as min(decay, (1 + t) / (10 + t)) at optimizer s
 
 /** The tensors of a safetensors file as arrays, by name. */
 async function readState(path: string): Promise<Map<string, Float32Array>> {
-  const state = await V.loadSafetensors(path);
+  const state = await loadSafetensors(path);
   const out = new Map<string, Float32Array>();
   for (const [name, t] of state) {
     out.set(name, await t.toArray());
@@ -187,7 +188,7 @@ gpuTest(
     const full = frozenB(new Affine());
     await train(full, sched, data, { ...opts, outDir: `${dir}/full`, trainableOnly: true });
     for (const file of ["model", "ema"]) {
-      const state = await V.loadSafetensors(`${dir}/full/checkpoint/${file}.safetensors`);
+      const state = await loadSafetensors(`${dir}/full/checkpoint/${file}.safetensors`);
       deepStrictEqual([...state.keys()], ["w"]);
       for (const t of state.values()) t.dispose();
     }

@@ -64,8 +64,8 @@ Deno.test("softmax rows sum to 1, are shift invariant, and logSoftmax = log(soft
 });
 
 Deno.test("mse is the mean squared difference as a scalar", () => {
-  const m = R.mse(ref([1, 2, 3, 4], [2, 2]), ref([1, 0, 3, 8], [2, 2]));
+  const m = R.mseLoss(ref([1, 2, 3, 4], [2, 2]), ref([1, 0, 3, 8], [2, 2]));
   assert.deepEqual(m.shape, []);
   assert.equal(m.data[0], (0 + 4 + 0 + 16) / 4);
-  assert.equal(R.mse(ref([1, 2]), 2).data[0], 0.5);
+  assert.equal(R.mseLoss(ref([1, 2]), 2).data[0], 0.5);
 });

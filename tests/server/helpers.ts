@@ -10,6 +10,8 @@ import { noGrad } from "../../engine/autograd.ts";
 import { ready } from "../../engine/device.ts";
 import { mul } from "../../engine/ops/elementwise.ts";
 import { copyInto } from "../../engine/ops/map.ts";
+import { tensor } from "../../engine/ops/create.ts";
+import { baseModelHash, saveEmbeddingFile } from "../../pipelines/embedding.ts";
 import { randn } from "../../engine/ops/random.ts";
 import { DiffusionModelUNet, type DiffusionModelUNetOptions } from "../../models/unet.ts";
 import { TokenTable, type TokenVocabulary } from "../../models/tokens.ts";
@@ -76,6 +78,28 @@ export async function makeTinyTokenModel(path: string): Promise<void> {
     tokens: TINY_TOKENS,
     conditioning: { uncondProb: 0.1 },
   });
+}
+
+/** Writes an embedding `name` of `n` fixed vectors (width 8) for the token model file at `modelPath`. */
+export async function makeTinyEmbedding(
+  modelPath: string,
+  out: string,
+  name: string,
+  n: number,
+): Promise<void> {
+  await ready();
+  const { unet, tokens } = await loadModelFile(modelPath);
+  const vectors = tensor(Float32Array.from({ length: n * 8 }, (_, i) => Math.sin(i + 1)), [n, 8]);
+  await saveEmbeddingFile(out, vectors, {
+    name,
+    numVectors: n,
+    dim: 8,
+    contextLength: tokens!.contextLength,
+    baseModelHash: await baseModelHash(unet, tokens!),
+  });
+  vectors.dispose();
+  unet.dispose();
+  tokens!.dispose();
 }
 
 /**

@@ -1,10 +1,11 @@
 /**
- * The shared queue across processes: a private redis-server, two API servers (`serve --queue`) and two GPU
- * worker hosts (`worker`), all on loopback. Queued jobs survive an API server restart; results are served
- * by either API server; a cancel sent to one API server stops the job on whichever host runs it; a host
- * SIGKILLed mid-job has its job finished by the other host, and every job completes exactly once; a
- * restarted host takes jobs again; with Redis gone, /healthz answers 503. Redis needs a password (given in the
- * URL). Short lock and stall intervals keep the recovery to a few seconds.
+ * The shared queue across processes: a private redis-server (with a password, given in the URL), two API
+ * servers (`serve --queue`) and two GPU worker hosts (`worker`), all on loopback. Queued jobs survive an API
+ * server restart; results are served by either API server; a cancel sent to one API server stops the job on
+ * whichever host runs it; a crashed GPU worker fails its job and is replaced; a host SIGKILLed mid-job has
+ * its job finished by the other host, and every job completes exactly once; a restarted host takes jobs
+ * again, and one stopped (SIGTERM) mid-job puts its job back for the other; with Redis gone, /healthz
+ * answers 503. Short lock and stall intervals keep the recovery to a few seconds.
  */
 
 import { deepStrictEqual, equal, match, ok } from "node:assert";
@@ -22,6 +23,9 @@ import { type HostProcess, startHost, startRedis } from "./queue_helpers.ts";
 
 const TOKEN = "queue-test-token";
 const AUTH = { authorization: `Bearer ${TOKEN}` };
+const CRASH_SEED = 667;
+/** Jobs with this seed crash their host's GPU worker after the first step (server/worker.ts's test hook). */
+const FAULTS = { VOXGEN_TEST_FAULTS: `${CRASH_SEED}:crash` };
 
 Deno.test({
   name: "shared queue: two API servers, two worker hosts, restart, cross-host cancel, SIGKILL mid-job",
@@ -38,7 +42,7 @@ Deno.test({
     ];
     const hostArgs = (name: string) => [
       ...["--queue", redis.url, "--data-dir", `${dir}/${name}`, "--default-model", model],
-      ...["--lock-duration", "2000", "--stalled-interval", "1000"],
+      ...["--lock-duration", "2000", "--stalled-interval", "1000", "--shutdown-grace", "0"],
     ];
     const servers: ServerProcess[] = [];
     const hosts: HostProcess[] = [];
@@ -79,7 +83,7 @@ Deno.test({
       });
 
       await t.step("two worker hosts run them; either API server serves the results", async () => {
-        hosts.push(await startHost(hostArgs("host-1")), await startHost(hostArgs("host-2")));
+        hosts.push(await startHost(hostArgs("host-1"), FAULTS), await startHost(hostArgs("host-2"), FAULTS));
         for (const id of queued) equal((await waitForJob(a.url, id, AUTH)).status, "done");
         for (const id of queued) {
           const bytes = await result(b.url, id);
@@ -96,13 +100,28 @@ Deno.test({
         const events = readEvents(a.url, id, AUTH);
         await waitUntilRunning(b.url, id, AUTH);
         const res = await fetch(`${b.url}/v1/jobs/${id}`, { method: "DELETE", headers: AUTH });
-        const body = await res.json();
-        deepStrictEqual([res.status, body.status, body.error], [200, "cancelled", "cancelled by request"]);
-        equal((await events).at(-1)?.data.status, "cancelled");
+        // 200 when it stopped within 5 s, 202 when it is still stopping (a loaded machine).
+        ok([200, 202].includes(res.status), `${res.status} ${JSON.stringify(await res.json())}`);
+        const last = (await events).at(-1)?.data;
+        deepStrictEqual([last?.status, last?.error], ["cancelled", "cancelled by request"]);
         const holder = hosts.filter((h) => h.log().includes(`job ${id}: cancel requested`));
         equal(holder.length, 1, "exactly one host held the job");
         equal((await get(a.url, `/v1/jobs/${id}`)).status, "cancelled");
       });
+
+      await t.step(
+        "a crashed GPU worker fails its job; its host replaces it and takes the next",
+        async () => {
+          const id = (await submit(a.url, { steps: 5, seed: CRASH_SEED }, AUTH)).body.id as string;
+          const failed = await waitForJob(b.url, id, AUTH);
+          equal(failed.status, "failed");
+          match(failed.error as string, /the GPU worker crashed/);
+          const next = (await submit(a.url, { steps: 2, seed: 5 }, AUTH)).body.id as string;
+          equal((await waitForJob(a.url, next, AUTH)).status, "done");
+          const health = await (await fetch(`${a.url}/healthz`)).json();
+          ok(health.workerRestarts >= 1, JSON.stringify(health));
+        },
+      );
 
       await t.step(
         "a host SIGKILLed mid-job: its job runs on the other host; every job completes once",
@@ -135,13 +154,31 @@ Deno.test({
         },
       );
 
-      await t.step("the killed host restarts and takes jobs again", async () => {
-        hosts[0] = await startHost(hostArgs("host-1"));
-        await hosts[1].stop("SIGTERM"); // so the next job must go to the restarted host
-        const id = (await submit(b.url, { steps: 2, seed: 20 }, AUTH)).body.id as string;
-        equal((await waitForJob(a.url, id, AUTH)).status, "done");
-        match(hosts[0].log(), new RegExp(`job ${id} done in`));
-      });
+      await t.step(
+        "the killed host restarts; a host stopped mid-job puts its job back for the other",
+        async () => {
+          hosts[0] = await startHost(hostArgs("host-1"), FAULTS);
+          const id = (await submit(b.url, { steps: 60, seed: 20 }, AUTH)).body.id as string;
+          await waitUntilRunning(a.url, id, AUTH);
+          const { workers } = await (await fetch(`${a.url}/healthz`)).json();
+          const holder = workers.find((w: { running: string | null }) => w.running === id);
+          const [stopped, other] = hosts[0].log().includes(holder.id)
+            ? [hosts[0], hosts[1]]
+            : [hosts[1], hosts[0]];
+          // --shutdown-grace 0: back to the queue at once; then the host exits 0 (not 139: server/README.md).
+          equal((await stopped.stop("SIGTERM")).code, 0, stopped.log());
+          const log = stopped.log();
+          match(log, new RegExp(`job ${id} did not finish within the grace period: back to the queue`));
+          const back = log.indexOf(`job ${id} is back in the queue`);
+          ok(
+            back >= 0 && back < log.lastIndexOf("stopped"),
+            `the job went back before the host stopped:\n${log}`,
+          );
+          equal((await waitForJob(a.url, id, AUTH)).status, "done");
+          match(other.log(), new RegExp(`job ${id} started again`));
+          equal((stopped.log() + other.log()).split(`job ${id} done in`).length - 1, 1);
+        },
+      );
 
       await t.step("/metrics counts the cluster's jobs (behind the token)", async () => {
         equal((await fetch(`${a.url}/metrics`)).status, 401);
@@ -153,10 +190,11 @@ Deno.test({
             value("voxgen_jobs_cancelled_total"),
             value("voxgen_queue_depth"),
           ],
-          [8, 1, 0],
+          [9, 1, 0],
         );
-        equal(value("voxgen_job_seconds_count"), 8);
-        match(text, /^voxgen_job_seconds_bucket\{le="\+Inf"\} 8$/m);
+        equal(value("voxgen_jobs_failed_total"), 1);
+        equal(value("voxgen_job_seconds_count"), 9);
+        match(text, /^voxgen_job_seconds_bucket\{le="\+Inf"\} 9$/m);
       });
 
       await t.step(
