@@ -28,9 +28,9 @@ export async function loadSafetensorsFile(
   return tensorsFromSafetensors(await readBytes(pathOrBytes), String(pathOrBytes));
 }
 
-/** Reads only the `__metadata__` of a safetensors file. */
-export async function readSafetensorsMetadata(path: string): Promise<Record<string, string>> {
-  return parseSafetensors(await Deno.readFile(path), path).metadata;
+/** Reads only the `__metadata__` of a safetensors file (path or `file:`/`http(s):` URL). */
+export async function readSafetensorsMetadata(path: string | URL): Promise<Record<string, string>> {
+  return parseSafetensors(await readBytes(path), String(path)).metadata;
 }
 
 /** Writes tensors to a safetensors file atomically (f32). Accepts a Map or a plain object of tensors. */
