@@ -384,13 +384,16 @@ function view(job: Job): Record<string, unknown> {
   };
 }
 
-/** The request as jobs show it: inpainting volumes as their size, not their base64 text. */
+/** The request as jobs show it: inpainting, condition and control volumes as their size, not their base64 text. */
 function shownRequest(request: SampleRequest): SampleRequest | Record<string, unknown> {
-  const { inpaint, condition } = request;
-  if (!inpaint && !condition) return request;
+  const { inpaint, condition, control } = request;
+  if (!inpaint && !condition && !control?.volumes) return request;
   const size = (b64: string) => `<${Math.floor((b64.length * 3) / 4)} bytes of NIfTI>`;
   return {
     ...request,
+    ...(control?.volumes
+      ? { control: { ...control, volumes: control.volumes.map((v) => v === null ? null : size(v)) } }
+      : {}),
     ...(condition ? { condition: size(condition) } : {}),
     ...(inpaint
       ? {
@@ -932,8 +935,13 @@ async function parseControl(value: unknown, catalog: Catalog): Promise<ControlCh
         `${conditions.length} given.`,
     );
   }
-  for (const name of conditions) if (name !== null) await catalog.condition(name);
-  return { name: c.name, conditions: conditions as Array<string | null>, scale };
+  // The uploads' bytes go into the request, so that any worker host can run it (as inpainting images do).
+  const volumes = await Promise.all(
+    (conditions as Array<string | null>).map(async (name) =>
+      name === null ? null : toBase64(await Deno.readFile(await catalog.condition(name)))
+    ),
+  );
+  return { name: c.name, conditions: conditions as Array<string | null>, scale, volumes };
 }
 
 function describe(v: unknown): string {

@@ -8,6 +8,7 @@
  */
 
 import * as Comlink from "comlink";
+import { ApiError } from "./errors.ts";
 import type { Catalog } from "./catalog.ts";
 import type {
   JobResult,
@@ -37,9 +38,19 @@ export function catalogFiles(catalog: Catalog): ResolveFiles {
       ? {
         control: {
           path: await catalog.control(request.control.name),
-          conditions: await Promise.all(
-            request.control.conditions.map((c) => c === null ? null : catalog.condition(c)),
-          ),
+          conditions: request.control.conditions.map((name, i) => {
+            const nifti = request.control!.volumes?.[i];
+            if (name === null) return null;
+            if (!nifti) {
+              throw new ApiError(
+                422,
+                "invalid_value",
+                `control condition "${name}" was not carried in the request (stored before conditions ` +
+                  "traveled with requests); submit it again.",
+              );
+            }
+            return { name, nifti };
+          }),
           scale: request.control.scale,
         },
       }

@@ -170,14 +170,6 @@ export async function startHost(opts: HostOptions): Promise<RunningHost> {
         await new Promise((r) => setTimeout(r, noGpuWaitMs));
         throw new WaitingError();
       }
-      if (request.control) {
-        // Control conditions are uploaded to the API server's data directory, not carried in the request:
-        // a worker host cannot be sure to have them, so it refuses instead of sampling without control.
-        throw new UnrecoverableError(
-          "control requests (a control module with condition volumes) run only on a server with the local " +
-            "queue; Redis worker hosts do not run them yet.",
-        );
-      }
       let files;
       try {
         files = await resolve(request);

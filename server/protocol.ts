@@ -27,6 +27,12 @@ export interface ControlChoice {
   conditions: Array<string | null>;
   /** Strength of the control (1 = as trained). */
   scale: number;
+  /**
+   * The condition volumes themselves (base64 NIfTI, null where absent), filled in from the uploads when the
+   * request is accepted: they travel with the request, so any worker host can run it and a stored request
+   * can run again after the upload is replaced.
+   */
+  volumes?: Array<string | null>;
 }
 
 /** A validated sample request with every default filled in (stored with the job, so it can be rerun). */
@@ -88,8 +94,11 @@ export interface WorkerJob {
   modelPath: string;
   /** Absolute paths and weights of the adapters. */
   adapters: Array<{ path: string; weight: number }>;
-  /** The control module's file, its condition volumes' files and the scale. */
-  control?: { path: string; conditions: Array<string | null>; scale: number };
+  /**
+   * The control module's file, its conditions (names, for messages, and base64 NIfTI volumes; null: absent)
+   * and the scale.
+   */
+  control?: { path: string; conditions: Array<{ name: string; nifti: string } | null>; scale: number };
   /** Absolute paths of the embeddings (absent: none). */
   embeddings?: string[];
   /** Directory the result files go to. */

@@ -171,10 +171,10 @@ async function inpaintInputs(choice: InpaintChoice, model: Generator): Promise<G
 async function acquireModel(job: WorkerJob): Promise<Generator> {
   if (job.control) {
     const { path, conditions, scale } = job.control;
-    const volumes = await Promise.all(conditions.map(async (file) => {
-      if (file === null) return null;
-      const nii = await readNifti(file);
-      return { data: nii.data, shape: nii.shape, source: file.split("/").pop()!.replace(/\.nii$/, "") };
+    const volumes = await Promise.all(conditions.map(async (c) => {
+      if (c === null) return null;
+      const nii = await readNifti(fromBase64(c.nifti));
+      return { data: nii.data, shape: nii.shape, source: c.name };
     }));
     const model = await loadModelWithAdapters(job.modelPath, { adapters: job.adapters });
     return await controlledGenerator(model, { file: path, conditions: volumes, scale });

@@ -84,6 +84,18 @@ Deno.test({
         volumes.push((await readNifti(new Uint8Array(await res.arrayBuffer()))).data);
       }
       notDeepStrictEqual(volumes[1], volumes[0]);
+      // The condition travels inside the stored request (so any worker host can run it), shown by its size.
+      const shown = await (await fetch(`${server.url}/v1/jobs/${steered.body.id}`)).json();
+      match(JSON.stringify(shown.request.control.volumes), /^\["<\d+ bytes of NIfTI>"\]$/);
+      // A request copies the upload as it is when submitted: replaced by a wrong-grid volume, the next one fails.
+      equal((await put("mask", encodeNifti({ data: ball(16), shape: [16, 16, 16] }))).status, 201);
+      const again = await waitForJob(
+        server.url,
+        (await submit(server.url, { ...base, control: { name: "vcm", conditions: ["mask"] } })).body
+          .id as string,
+      );
+      equal(again.status, "failed", "a new request takes the replaced (wrong-grid) upload");
+      match(again.error as string, /is 16×16×16; this control module takes it on the grid 8×8×8/);
 
       const wrongGrid = await submit(server.url, { ...base, control: { name: "vcm", conditions: ["big"] } });
       const failed = await waitForJob(server.url, wrongGrid.body.id as string);
