@@ -125,6 +125,25 @@ export async function startHost(args: string[], env: Record<string, string> = {}
   };
 }
 
+/**
+ * Waits until the hosts' logs together contain `text` (or `timeoutMs` passes, and the caller's assertion then
+ * reports it). A host logs "job … done in" on BullMQ's `completed` event, which comes after the job is
+ * marked done in Redis, so an API server can report a job done a moment before its host's line is written.
+ */
+export async function logsOf(
+  hosts: readonly HostProcess[],
+  text: string,
+  timeoutMs = 15_000,
+): Promise<string> {
+  const deadline = Date.now() + timeoutMs;
+  let logs = hosts.map((h) => h.log()).join("");
+  while (!logs.includes(text) && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 100));
+    logs = hosts.map((h) => h.log()).join("");
+  }
+  return logs;
+}
+
 /** Resolves with job `id` once it is in a final state (done, failed, cancelled). */
 export async function finalState(queue: JobQueue, id: string, timeoutMs = 60_000): Promise<Job> {
   const job = await queue.get(id);
