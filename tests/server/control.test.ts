@@ -2,6 +2,7 @@
  * The server samples under control: a condition volume is uploaded (PUT /v1/conditions/:name), a request
  * names a control module of the data directory and its conditions, and the job writes controlled volumes; a
  * condition on the wrong grid fails the job with a clear error, and malformed control requests are refused.
+ * The condition travels inside the request, so a Redis worker host without the upload runs it too.
  */
 
 import { deepStrictEqual, equal, match, notDeepStrictEqual, ok } from "node:assert";
@@ -11,7 +12,8 @@ import { copyInto } from "../../engine/ops/map.ts";
 import { encodeNifti, readNifti } from "../../io/nifti.ts";
 import { createControl, saveControlFile } from "../../pipelines/control.ts";
 import { loadModelFile } from "../../pipelines/modelfile.ts";
-import { makeTinyModel, startServer, submit, waitForJob } from "./helpers.ts";
+import { makeTinyModel, type ServerProcess, startServer, submit, waitForJob } from "./helpers.ts";
+import { type HostProcess, startHost, startRedis } from "./queue_helpers.ts";
 
 /** A 0/1 ball on an n³ grid. */
 function ball(n: number): Float32Array {
@@ -22,6 +24,34 @@ function ball(n: number): Float32Array {
   });
 }
 
+/** Writes a VCM control file for the model at `modelPath` with non-zero output layers (so it visibly steers). */
+async function makeControl(modelPath: string, out: string): Promise<void> {
+  const model = await loadModelFile(modelPath);
+  const control = await createControl("vcm", model.unet, {
+    conditions: ["mask"],
+    conditionChannels: [1],
+    vcm: {
+      encoderChannels: [4],
+      encoderGroups: 4,
+      unet: { channels: [8, 8], attentionLevels: [false, false], numResBlocks: 1, normNumGroups: 4 },
+      hiddenChannels: 8,
+      headChannels: 8,
+    },
+  });
+  // Non-zero output layers, so that the control visibly changes the sample.
+  noGrad(() => {
+    for (const [name, t] of control.module.namedParameters()) {
+      if (!/^(mlp_gamma|mlp_beta|time_unet\.out\.2)\./.test(name)) continue;
+      const w = randn(t.shape, { seed: t.size });
+      copyInto(t, w);
+      w.dispose();
+    }
+  });
+  await saveControlFile(out, control);
+  control.module.dispose();
+  model.unet.dispose();
+}
+
 Deno.test({
   name: "server: upload a condition volume and sample under a control module",
   sanitizeResources: false,
@@ -30,30 +60,7 @@ Deno.test({
     const dir = await Deno.makeTempDir({ prefix: "voxgen-server-control-" });
     await Deno.mkdir(`${dir}/controls`);
     await makeTinyModel(`${dir}/default.safetensors`);
-    const model = await loadModelFile(`${dir}/default.safetensors`);
-    const control = await createControl("vcm", model.unet, {
-      conditions: ["mask"],
-      conditionChannels: [1],
-      vcm: {
-        encoderChannels: [4],
-        encoderGroups: 4,
-        unet: { channels: [8, 8], attentionLevels: [false, false], numResBlocks: 1, normNumGroups: 4 },
-        hiddenChannels: 8,
-        headChannels: 8,
-      },
-    });
-    // Non-zero output layers, so that the control visibly changes the sample.
-    noGrad(() => {
-      for (const [name, t] of control.module.namedParameters()) {
-        if (!/^(mlp_gamma|mlp_beta|time_unet\.out\.2)\./.test(name)) continue;
-        const w = randn(t.shape, { seed: t.size });
-        copyInto(t, w);
-        w.dispose();
-      }
-    });
-    await saveControlFile(`${dir}/controls/vcm.safetensors`, control);
-    control.module.dispose();
-    model.unet.dispose();
+    await makeControl(`${dir}/default.safetensors`, `${dir}/controls/vcm.safetensors`);
     const server = await startServer(["--data-dir", dir, "--default-model", `${dir}/default.safetensors`]);
     try {
       const put = (name: string, body: Uint8Array) =>
@@ -123,5 +130,53 @@ Deno.test({
       await Deno.remove(dir, { recursive: true });
     }
     ok(true);
+  },
+});
+
+Deno.test({
+  name: "server: a control request runs on a Redis worker host, which has the module but not the upload",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "voxgen-server-control-queue-" });
+    const model = `${dir}/tiny.safetensors`;
+    await makeTinyModel(model);
+    for (const side of ["api", "host"]) await Deno.mkdir(`${dir}/${side}/controls`, { recursive: true });
+    await makeControl(model, `${dir}/api/controls/vcm.safetensors`);
+    await Deno.copyFile(`${dir}/api/controls/vcm.safetensors`, `${dir}/host/controls/vcm.safetensors`);
+    const redis = await startRedis();
+    let server: ServerProcess | null = null;
+    let host: HostProcess | null = null;
+    try {
+      server = await startServer([
+        "--queue",
+        redis.url,
+        "--data-dir",
+        `${dir}/api`,
+        "--default-model",
+        model,
+      ]);
+      host = await startHost(["--queue", redis.url, "--data-dir", `${dir}/host`, "--default-model", model]);
+      const put = await fetch(`${server.url}/v1/conditions/mask`, {
+        method: "PUT",
+        body: new Blob([encodeNifti({ data: ball(8), shape: [8, 8, 8] }) as Uint8Array<ArrayBuffer>]),
+      });
+      equal(put.status, 201);
+      const base = { steps: 3, seed: 5 };
+      const volumes = [];
+      for (const request of [base, { ...base, control: { name: "vcm", conditions: ["mask"] } }]) {
+        const { body } = await submit(server.url, request);
+        const job = await waitForJob(server.url, body.id as string);
+        equal(job.status, "done", JSON.stringify(job));
+        const res = await fetch(`${server.url}/v1/jobs/${body.id}/result`);
+        volumes.push((await readNifti(new Uint8Array(await res.arrayBuffer()))).data);
+      }
+      notDeepStrictEqual(volumes[1], volumes[0]);
+    } finally {
+      await host?.stop();
+      await server?.stop();
+      await redis.stop();
+      await Deno.remove(dir, { recursive: true });
+    }
   },
 });
