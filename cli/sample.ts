@@ -249,6 +249,7 @@ export async function main(args: string[]): Promise<void> {
     );
     // A staged model (slice model) reports its steps over all stages.
     let progress: Progress | null = null;
+    const startedAt = performance.now() / 1000;
     const inpaint = values["inpaint-image"] === undefined ? undefined : prepareInpainting(
       await readNifti(values["inpaint-image"]),
       await readNifti(values["inpaint-mask"]!),
@@ -274,7 +275,7 @@ export async function main(args: string[]): Promise<void> {
       classLabel,
       inpaint,
       onProgress: (p) => {
-        progress ??= new Progress(`sampling (${sampler}, seed ${seed})`, p.total);
+        progress ??= new Progress(`sampling (${sampler}, seed ${seed})`, p.total, { startedAt });
         const stages = p.total / steps;
         progress.update(p.step, stages > 1 ? `stage ${Math.ceil(p.step / steps)}/${stages}` : undefined);
       },

@@ -24,6 +24,11 @@ export interface ProgressOptions {
   /** Clock in seconds (default `performance.now() / 1000`); tests pass a fake one. */
   now?: () => number;
   /**
+   * When the work began, on that clock (default: when the reporter is made). For a reporter made at the
+   * first report, when the total becomes known, so that the first step's time counts.
+   */
+  startedAt?: number;
+  /**
    * Receives the output: `"\r" + line` redraws in "terminal" mode, `line + "\n"` in "log" mode. Default:
    * stderr (log lines through `console.error`, where tests capturing the console see them).
    */
@@ -54,7 +59,7 @@ export class Progress {
       (this.mode === "terminal"
         ? (text) => Deno.stderr.writeSync(new TextEncoder().encode(text))
         : (text) => console.error(text.replace(/\n$/, "")));
-    this.#began = this.#now();
+    this.#began = opts.startedAt ?? this.#now();
   }
 
   /** Reports `done` units finished, with an optional suffix (e.g. the loss). */

@@ -88,3 +88,10 @@ Deno.test("durations read as seconds, minutes or hours", () => {
     ["0s", "42s", "1m00s", "3m07s", "59m59s", "1h00m", "2h05m"],
   );
 });
+
+Deno.test("a reporter made at the first report counts from when the work began (startedAt)", () => {
+  const { clock, out, progress } = fake(10, { mode: "log", startedAt: 996 });
+  clock.now += 0.001; // made just before its first update, 4 s after the work began
+  progress.update(1);
+  deepStrictEqual(out, ["step 1/10 (10%), 4.00 s/step, 4s elapsed, ETA 36s\n"]);
+});
