@@ -7,7 +7,7 @@
 
 import { atomicWrite } from "../io/atomic.ts";
 import { writeNifti } from "../io/nifti.ts";
-import { encodePng, type Image8, orthogonalSlices } from "../io/png.ts";
+import { encodePng, orthogonalSlices, stackRows } from "../io/png.ts";
 import type { GeneratedVolumes } from "./generate.ts";
 
 /** The files written for one volume. */
@@ -71,21 +71,4 @@ function concat(parts: Float32Array[]): Float32Array {
     at += p.length;
   }
   return out;
-}
-
-/** Grey images one under the other, 4 px apart: the preview of a whole batch. */
-function stackRows(images: Image8[]): Image8 {
-  if (images.length === 1) return images[0];
-  const gap = 4;
-  const width = Math.max(...images.map((i) => i.width));
-  const height = images.reduce((n, i) => n + i.height, 0) + gap * (images.length - 1);
-  const pixels = new Uint8Array(width * height);
-  let top = 0;
-  for (const image of images) {
-    for (let y = 0; y < image.height; y++) {
-      pixels.set(image.pixels.subarray(y * image.width, (y + 1) * image.width), (top + y) * width);
-    }
-    top += image.height + gap;
-  }
-  return { width, height, channels: 1, pixels };
 }
