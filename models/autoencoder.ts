@@ -20,6 +20,7 @@ import { Upsample } from "../nn/blocks.ts";
 import {
   checkSpatialDims,
   Convolution,
+  isPositiveInt,
   type Layer,
   liveChild,
   seedStream,
@@ -103,10 +104,6 @@ export interface ResolvedAutoencoderOptions {
 const fail = (message: string): never => {
   throw new Error(`AutoencoderKL: ${message}`);
 };
-
-function isPositiveInt(v: unknown): v is number {
-  return Number.isInteger(v) && (v as number) > 0;
-}
 
 /** Validates options like MONAI's constructor and fills the defaults. */
 export function resolveAutoencoderOptions(opts: AutoencoderKLOptions): ResolvedAutoencoderOptions {

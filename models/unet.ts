@@ -17,6 +17,7 @@ import { DownBlock, type LevelAttention, MidBlock, ResnetBlock, UpBlock } from "
 import {
   checkSpatialDims,
   Convolution,
+  isPositiveInt,
   type Layer,
   liveChild,
   seedStream,
@@ -126,10 +127,6 @@ export interface ResolvedUNetOptions {
 const fail = (message: string): never => {
   throw new Error(`DiffusionModelUNet: ${message}`);
 };
-
-function isPositiveInt(v: unknown): v is number {
-  return Number.isInteger(v) && (v as number) > 0;
-}
 
 /** Validates options like MONAI's constructor (plus the checks MONAI leaves to its blocks) and fills defaults. */
 export function resolveUNetOptions(opts: DiffusionModelUNetOptions): ResolvedUNetOptions {

@@ -64,6 +64,11 @@ export interface ConvOptions {
   zeroInit?: boolean;
 }
 
+/** Whether an option value is a positive integer (the models' option checks). */
+export function isPositiveInt(v: unknown): v is number {
+  return Number.isInteger(v) && (v as number) > 0;
+}
+
 /** Checks the spatial dimensionality argument of a layer. */
 export function checkSpatialDims(layer: string, spatialDims: unknown): SpatialDims {
   if (spatialDims !== 2 && spatialDims !== 3) {
