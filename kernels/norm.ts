@@ -28,6 +28,7 @@
  */
 
 import { type Kernel, LINEAR_INDEX, paramsBlock, WG } from "./types.ts";
+import { defineKernel, type KernelSource } from "./program.ts";
 
 /** Lanes per load of the normalisation kernels: scalar or vec4. */
 export type NormVec = 1 | 4;
@@ -60,13 +61,6 @@ export interface NormVariant {
  * short planes (layer norm), which would leave most of a workgroup idle in the 2-D grid.
  */
 export type NormGrid = "planes" | "flat";
-
-/** Cache key of a variant; `layout` adds the thread layout (not used by the reduction kernel). */
-function variantKey(v: NormVariant, layout = true): string {
-  const affine = `${v.weight ? "w" : ""}${v.bias ? "b" : ""}`;
-  const key = `${v.vec}:${v.affine}:${affine}:${v.silu ? "silu" : "id"}`;
-  return layout ? `${key}:${v.grid}:${v.fastDiv ? "fdiv" : "idiv"}` : key;
-}
 
 /** Numerators below this may use the float-reciprocal division of {@linkcode divHelper}. */
 export const FAST_DIV_LIMIT = 1 << 24;
@@ -181,54 +175,56 @@ fn seg_merge(s: Stat, li: u32, lane: u32) -> Stat {
  * Parameter block (lengths in loads of `vec` floats, `inOffset` in floats):
  * `[virtualRows, len, chunks, chunkLen, inOffset, eps (f32 bits)]`.
  */
-export function normStatsKernel(tpr: number, vec: NormVec, final: boolean): Kernel {
-  const rowsPerWg = WG / tpr;
-  const T = vecType(vec);
-  const lanes = vec === 4
-    ? "merge(merge(Stat(k, mean.x, m2.x), Stat(k, mean.y, m2.y)), merge(Stat(k, mean.z, m2.z), Stat(k, mean.w, m2.w)))"
-    : "Stat(k, mean, m2)";
-  const code = /* wgsl */ `
-${paramsBlock(6)}
-${LINEAR_INDEX}
-@group(0) @binding(1) var<storage, read> src: array<${T}>;
-@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
-${STAT}
-${segmentMerge(tpr)}
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
-  let lane = li % ${tpr}u;
-  let v = linear_workgroup(wid, nwg) * ${rowsPerWg}u + li / ${tpr}u;
-  let valid = v < pu(0u);
-  let len = pu(1u);
-  let chunks = pu(2u);
-  let start = (v % chunks) * pu(3u);
-  // Threads past the last row get an empty range and still take part in the barriers.
-  let end = select(start, min(len, start + pu(3u)), valid);
-  let base = pu(4u) / ${vec}u + (v / chunks) * len;
-  var k = 0.0;
-  var mean = ${T}(0.0);
-  var m2 = ${T}(0.0);
-  for (var j = start + lane; j < end; j = j + ${tpr}u) {
-    let x = src[base + j];
-    k = k + 1.0;
-    let d = x - mean;
-    mean = mean + d * (1.0 / k);
-    m2 = m2 + d * (x - mean);
+export const normStatsKernel: (tpr: number, vec: NormVec, final: boolean) => Kernel = defineKernel(
+  "norm:stats",
+  (tpr: number, vec: NormVec, final: boolean): KernelSource => {
+    const rowsPerWg = WG / tpr;
+    const T = vecType(vec);
+    const lanes = vec === 4
+      ? "merge(merge(Stat(k, mean.x, m2.x), Stat(k, mean.y, m2.y)), merge(Stat(k, mean.z, m2.z), Stat(k, mean.w, m2.w)))"
+      : "Stat(k, mean, m2)";
+    const code = /* wgsl */ `
+  ${paramsBlock(6)}
+  ${LINEAR_INDEX}
+  @group(0) @binding(1) var<storage, read> src: array<${T}>;
+  @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+  ${STAT}
+  ${segmentMerge(tpr)}
+  @compute @workgroup_size(${WG})
+  fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) li: u32) {
+    let lane = li % ${tpr}u;
+    let v = linear_workgroup(wid, nwg) * ${rowsPerWg}u + li / ${tpr}u;
+    let valid = v < pu(0u);
+    let len = pu(1u);
+    let chunks = pu(2u);
+    let start = (v % chunks) * pu(3u);
+    // Threads past the last row get an empty range and still take part in the barriers.
+    let end = select(start, min(len, start + pu(3u)), valid);
+    let base = pu(4u) / ${vec}u + (v / chunks) * len;
+    var k = 0.0;
+    var mean = ${T}(0.0);
+    var m2 = ${T}(0.0);
+    for (var j = start + lane; j < end; j = j + ${tpr}u) {
+      let x = src[base + j];
+      k = k + 1.0;
+      let d = x - mean;
+      mean = mean + d * (1.0 / k);
+      m2 = m2 + d * (x - mean);
+    }
+    let s = seg_merge(${lanes}, li, lane);
+    if (valid && lane == 0u) {
+      dst[2u * v] = s.mean;
+      dst[2u * v + 1u] = ${final ? "inverseSqrt(s.m2 / s.n + pf(5u))" : "s.m2"};
+    }
   }
-  let s = seg_merge(${lanes}, li, lane);
-  if (valid && lane == 0u) {
-    dst[2u * v] = s.mean;
-    dst[2u * v + 1u] = ${final ? "inverseSqrt(s.m2 / s.n + pf(5u))" : "s.m2"};
-  }
-}
-`;
-  return {
-    key: `norm:stats:${tpr}:${vec}:${final ? "final" : "partial"}`,
-    code,
-    bindings: ["read", "write"],
-  };
-}
+  `;
+    return {
+      code,
+      bindings: ["read", "write"],
+    };
+  },
+);
 
 /**
  * Merges the per-chunk `[mean, M2]` pairs of each row with the same pairwise update and writes
@@ -236,32 +232,35 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
  *
  * Parameter block: `[rows, len, chunks, chunkLen, eps (f32 bits)]` (lengths in floats).
  */
-export function normStatsCombineKernel(): Kernel {
-  const code = /* wgsl */ `
-${paramsBlock(5)}
-${LINEAR_INDEX}
-@group(0) @binding(1) var<storage, read> part: array<f32>;
-@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
-${STAT}
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
-  let row = linear_workgroup(wid, nwg) * ${WG}u + li;
-  if (row >= pu(0u)) { return; }
-  let len = pu(1u);
-  let chunks = pu(2u);
-  let chunk_len = pu(3u);
-  var s = Stat(0.0, 0.0, 0.0);
-  for (var k = 0u; k < chunks; k = k + 1u) {
-    let p = 2u * (row * chunks + k);
-    s = merge(s, Stat(f32(min(len - k * chunk_len, chunk_len)), part[p], part[p + 1u]));
+export const normStatsCombineKernel: () => Kernel = defineKernel(
+  "norm:stats_combine",
+  (): KernelSource => {
+    const code = /* wgsl */ `
+  ${paramsBlock(5)}
+  ${LINEAR_INDEX}
+  @group(0) @binding(1) var<storage, read> part: array<f32>;
+  @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+  ${STAT}
+  @compute @workgroup_size(${WG})
+  fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) li: u32) {
+    let row = linear_workgroup(wid, nwg) * ${WG}u + li;
+    if (row >= pu(0u)) { return; }
+    let len = pu(1u);
+    let chunks = pu(2u);
+    let chunk_len = pu(3u);
+    var s = Stat(0.0, 0.0, 0.0);
+    for (var k = 0u; k < chunks; k = k + 1u) {
+      let p = 2u * (row * chunks + k);
+      s = merge(s, Stat(f32(min(len - k * chunk_len, chunk_len)), part[p], part[p + 1u]));
+    }
+    dst[2u * row] = s.mean;
+    dst[2u * row + 1u] = inverseSqrt(s.m2 / s.n + pf(4u));
   }
-  dst[2u * row] = s.mean;
-  dst[2u * row + 1u] = inverseSqrt(s.m2 / s.n + pf(4u));
-}
-`;
-  return { key: "norm:stats_combine", code, bindings: ["read", "write"] };
-}
+  `;
+    return { code, bindings: ["read", "write"] };
+  },
+);
 
 /** Storage declarations of the optional weight/bias bindings starting at `first`; returns the next free one. */
 function affineBindings(v: NormVariant, first: number): { decl: string; next: number } {
@@ -324,40 +323,42 @@ fn sigmoid_of(z: VT) -> VT { return 1.0 / (1.0 + exp(-z)); } // exp overflow giv
  * Parameter block: the head words of `locate` (reciprocals as f32 bits), then `[xOffset, wOffset,
  * bOffset]` in floats. Bindings: x, stats, [weight], [bias], out.
  */
-export function normApplyKernel(v: NormVariant): Kernel {
-  const T = vecType(v.vec);
-  const { decl, next } = affineBindings(v, 3);
-  const code = /* wgsl */ `
-${paramsBlock(HEAD_WORDS + 3)}
-${LINEAR_INDEX}
-${divHelper(v.fastDiv)}
-@group(0) @binding(1) var<storage, read> x: array<${T}>;
-@group(0) @binding(2) var<storage, read> stats: array<f32>;
-${decl}
-@group(0) @binding(${next}) var<storage, read_write> out: array<${T}>;
-${SILU.replaceAll("VT", T)}
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
-${locate(v.grid)}
-  ${affineValues(v, HEAD_WORDS + 1)}
-  let xh = (x[pu(${HEAD_WORDS}u) / ${v.vec}u + i] - stats[2u * row]) * stats[2u * row + 1u];
-  let z = xh * gam + bet;
-  out[i] = ${v.silu ? "z * sigmoid_of(z)" : "z"};
-}
-`;
-  return {
-    key: `norm:apply:${variantKey(v)}`,
-    code,
-    bindings: [
-      "read",
-      "read",
-      ...(v.weight ? ["read" as const] : []),
-      ...(v.bias ? ["read" as const] : []),
-      "write",
-    ],
-  };
-}
+export const normApplyKernel: (v: NormVariant) => Kernel = defineKernel(
+  "norm:apply",
+  (v: NormVariant): KernelSource => {
+    const T = vecType(v.vec);
+    const { decl, next } = affineBindings(v, 3);
+    const code = /* wgsl */ `
+  ${paramsBlock(HEAD_WORDS + 3)}
+  ${LINEAR_INDEX}
+  ${divHelper(v.fastDiv)}
+  @group(0) @binding(1) var<storage, read> x: array<${T}>;
+  @group(0) @binding(2) var<storage, read> stats: array<f32>;
+  ${decl}
+  @group(0) @binding(${next}) var<storage, read_write> out: array<${T}>;
+  ${SILU.replaceAll("VT", T)}
+  @compute @workgroup_size(${WG})
+  fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) li: u32) {
+  ${locate(v.grid)}
+    ${affineValues(v, HEAD_WORDS + 1)}
+    let xh = (x[pu(${HEAD_WORDS}u) / ${v.vec}u + i] - stats[2u * row]) * stats[2u * row + 1u];
+    let z = xh * gam + bet;
+    out[i] = ${v.silu ? "z * sigmoid_of(z)" : "z"};
+  }
+  `;
+    return {
+      code,
+      bindings: [
+        "read",
+        "read",
+        ...(v.weight ? ["read" as const] : []),
+        ...(v.bias ? ["read" as const] : []),
+        "write",
+      ],
+    };
+  },
+);
 
 /**
  * WGSL statements giving `xh` (x̂), `gp` (the gradient at the affine output, i.e. through SiLU when baked
@@ -385,66 +386,68 @@ function gradAtAffine(v: NormVariant): string {
  * (offsets at the words of {@linkcode normGradApplyKernel}'s, so both share the gradient expression).
  * Bindings: x, g, stats, [weight], [bias], partials.
  */
-export function normGradReduceKernel(tpr: number, v: NormVariant): Kernel {
-  const rowsPerWg = WG / tpr;
-  const T = vecType(v.vec);
-  const { decl, next } = affineBindings(v, 4);
-  const element = v.affine === "element";
-  const code = /* wgsl */ `
-${paramsBlock(HEAD_WORDS + 4)}
-${LINEAR_INDEX}
-@group(0) @binding(1) var<storage, read> x: array<${T}>;
-@group(0) @binding(2) var<storage, read> g: array<${T}>;
-@group(0) @binding(3) var<storage, read> stats: array<f32>;
-${decl}
-@group(0) @binding(${next}) var<storage, read_write> part: array<f32>;
-${SILU.replaceAll("VT", T)}
-${segmentSum(tpr)}
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
-  let lane = li % ${tpr}u;
-  let vp = linear_workgroup(wid, nwg) * ${rowsPerWg}u + li / ${tpr}u;
-  let valid = vp < pu(0u);
-  let len = pu(1u);
-  let chunks = pu(2u);
-  let plane = vp / chunks;
-  let start = (vp % chunks) * pu(3u);
-  let end = select(start, min(len, start + pu(3u)), valid);
-  let row = plane / pu(4u);
-  let c = plane % pu(5u);
-  let mean = stats[2u * row];
-  let rstd = stats[2u * row + 1u];
-  ${element ? "" : affineValues(v, HEAD_WORDS + 2)}
-  var a = ${T}(0.0);
-  var b = ${T}(0.0);
-  for (var j = start + lane; j < end; j = j + ${tpr}u) {
-    let i = plane * len + j;
-    ${element ? affineValues(v, HEAD_WORDS + 2) : ""}
-    ${gradAtAffine(v)}
-    ${element ? "a = a + gp * gam * xh;\n    b = b + gp * gam;" : "a = a + gp * xh;\n    b = b + gp;"}
+export const normGradReduceKernel: (tpr: number, v: NormVariant) => Kernel = defineKernel(
+  "norm:grad_reduce",
+  (tpr: number, v: NormVariant): KernelSource => {
+    const rowsPerWg = WG / tpr;
+    const T = vecType(v.vec);
+    const { decl, next } = affineBindings(v, 4);
+    const element = v.affine === "element";
+    const code = /* wgsl */ `
+  ${paramsBlock(HEAD_WORDS + 4)}
+  ${LINEAR_INDEX}
+  @group(0) @binding(1) var<storage, read> x: array<${T}>;
+  @group(0) @binding(2) var<storage, read> g: array<${T}>;
+  @group(0) @binding(3) var<storage, read> stats: array<f32>;
+  ${decl}
+  @group(0) @binding(${next}) var<storage, read_write> part: array<f32>;
+  ${SILU.replaceAll("VT", T)}
+  ${segmentSum(tpr)}
+  @compute @workgroup_size(${WG})
+  fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) li: u32) {
+    let lane = li % ${tpr}u;
+    let vp = linear_workgroup(wid, nwg) * ${rowsPerWg}u + li / ${tpr}u;
+    let valid = vp < pu(0u);
+    let len = pu(1u);
+    let chunks = pu(2u);
+    let plane = vp / chunks;
+    let start = (vp % chunks) * pu(3u);
+    let end = select(start, min(len, start + pu(3u)), valid);
+    let row = plane / pu(4u);
+    let c = plane % pu(5u);
+    let mean = stats[2u * row];
+    let rstd = stats[2u * row + 1u];
+    ${element ? "" : affineValues(v, HEAD_WORDS + 2)}
+    var a = ${T}(0.0);
+    var b = ${T}(0.0);
+    for (var j = start + lane; j < end; j = j + ${tpr}u) {
+      let i = plane * len + j;
+      ${element ? affineValues(v, HEAD_WORDS + 2) : ""}
+      ${gradAtAffine(v)}
+      ${element ? "a = a + gp * gam * xh;\n    b = b + gp * gam;" : "a = a + gp * xh;\n    b = b + gp;"}
+    }
+    let sa = seg_sum(${hsum(v.vec, "a")}, li, lane);
+    let sb = seg_sum(${hsum(v.vec, "b")}, li, lane);
+    if (valid && lane == 0u) {
+      part[2u * vp] = sa;
+      part[2u * vp + 1u] = sb;
+    }
   }
-  let sa = seg_sum(${hsum(v.vec, "a")}, li, lane);
-  let sb = seg_sum(${hsum(v.vec, "b")}, li, lane);
-  if (valid && lane == 0u) {
-    part[2u * vp] = sa;
-    part[2u * vp + 1u] = sb;
-  }
-}
-`;
-  return {
-    key: `norm:grad_reduce:${tpr}:${variantKey(v, false)}`,
-    code,
-    bindings: [
-      "read",
-      "read",
-      "read",
-      ...(v.weight ? ["read" as const] : []),
-      ...(v.bias ? ["read" as const] : []),
-      "write",
-    ],
-  };
-}
+  `;
+    return {
+      code,
+      bindings: [
+        "read",
+        "read",
+        "read",
+        ...(v.weight ? ["read" as const] : []),
+        ...(v.bias ? ["read" as const] : []),
+        "write",
+      ],
+    };
+  },
+);
 
 /**
  * From the partial sums of {@linkcode normGradReduceKernel}: per row, `coef = [mean(g'γ), mean(g'γx̂)]`;
@@ -454,75 +457,77 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
  * Parameter block: `[rows, planes, chunks, planesPerRow, C, rowLen (floats), wOffset]`.
  * Bindings: partials, [weight], coef, [dwb (channel affine only)].
  */
-export function normGradCombineKernel(v: Pick<NormVariant, "affine" | "weight">): Kernel {
-  const channel = v.affine === "channel";
-  const weighted = channel && v.weight;
-  let b = 2;
-  const weightDecl = weighted ? `@group(0) @binding(${b++}) var<storage, read> weight: array<f32>;` : "";
-  const coefBinding = b++;
-  const dwbDecl = channel ? `@group(0) @binding(${b++}) var<storage, read_write> dwb: array<f32>;` : "";
-  const code = /* wgsl */ `
-${paramsBlock(7)}
-${LINEAR_INDEX}
-@group(0) @binding(1) var<storage, read> part: array<f32>;
-${weightDecl}
-@group(0) @binding(${coefBinding}) var<storage, read_write> coef: array<f32>;
-${dwbDecl}
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
-  let t = linear_workgroup(wid, nwg) * ${WG}u + li;
-  let planes = pu(1u);
-  let chunks = pu(2u);
-  let ppr = pu(3u);
-  let C = pu(4u);
-  if (t < pu(0u)) {
-    var sa = 0.0;
-    var sb = 0.0;
-    for (var p = t * ppr; p < (t + 1u) * ppr; p = p + 1u) {
+export const normGradCombineKernel: (v: Pick<NormVariant, "affine" | "weight">) => Kernel = defineKernel(
+  "norm:grad_combine",
+  (v: Pick<NormVariant, "affine" | "weight">): KernelSource => {
+    const channel = v.affine === "channel";
+    const weighted = channel && v.weight;
+    let b = 2;
+    const weightDecl = weighted ? `@group(0) @binding(${b++}) var<storage, read> weight: array<f32>;` : "";
+    const coefBinding = b++;
+    const dwbDecl = channel ? `@group(0) @binding(${b++}) var<storage, read_write> dwb: array<f32>;` : "";
+    const code = /* wgsl */ `
+  ${paramsBlock(7)}
+  ${LINEAR_INDEX}
+  @group(0) @binding(1) var<storage, read> part: array<f32>;
+  ${weightDecl}
+  @group(0) @binding(${coefBinding}) var<storage, read_write> coef: array<f32>;
+  ${dwbDecl}
+  @compute @workgroup_size(${WG})
+  fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) li: u32) {
+    let t = linear_workgroup(wid, nwg) * ${WG}u + li;
+    let planes = pu(1u);
+    let chunks = pu(2u);
+    let ppr = pu(3u);
+    let C = pu(4u);
+    if (t < pu(0u)) {
+      var sa = 0.0;
+      var sb = 0.0;
+      for (var p = t * ppr; p < (t + 1u) * ppr; p = p + 1u) {
+        var a = 0.0;
+        var b = 0.0;
+        for (var k = 0u; k < chunks; k = k + 1u) {
+          a = a + part[2u * (p * chunks + k)];
+          b = b + part[2u * (p * chunks + k) + 1u];
+        }
+        let gam = ${weighted ? "weight[pu(6u) + p % C]" : "1.0"};
+        sa = sa + gam * a;
+        sb = sb + gam * b;
+      }
+      let inv_len = 1.0 / f32(pu(5u));
+      coef[2u * t] = sb * inv_len;
+      coef[2u * t + 1u] = sa * inv_len;
+    }${
+      channel
+        ? /* wgsl */ `
+    if (t < C) {
       var a = 0.0;
       var b = 0.0;
-      for (var k = 0u; k < chunks; k = k + 1u) {
-        a = a + part[2u * (p * chunks + k)];
-        b = b + part[2u * (p * chunks + k) + 1u];
+      for (var p = t; p < planes; p = p + C) {
+        for (var k = 0u; k < chunks; k = k + 1u) {
+          a = a + part[2u * (p * chunks + k)];
+          b = b + part[2u * (p * chunks + k) + 1u];
+        }
       }
-      let gam = ${weighted ? "weight[pu(6u) + p % C]" : "1.0"};
-      sa = sa + gam * a;
-      sb = sb + gam * b;
+      dwb[t] = a;
+      dwb[C + t] = b;
+    }`
+        : ""
     }
-    let inv_len = 1.0 / f32(pu(5u));
-    coef[2u * t] = sb * inv_len;
-    coef[2u * t + 1u] = sa * inv_len;
-  }${
-    channel
-      ? /* wgsl */ `
-  if (t < C) {
-    var a = 0.0;
-    var b = 0.0;
-    for (var p = t; p < planes; p = p + C) {
-      for (var k = 0u; k < chunks; k = k + 1u) {
-        a = a + part[2u * (p * chunks + k)];
-        b = b + part[2u * (p * chunks + k) + 1u];
-      }
-    }
-    dwb[t] = a;
-    dwb[C + t] = b;
-  }`
-      : ""
   }
-}
-`;
-  return {
-    key: `norm:grad_combine:${v.affine}:${weighted ? "w" : ""}`,
-    code,
-    bindings: [
-      "read",
-      ...(weighted ? ["read" as const] : []),
-      "write",
-      ...(channel ? ["write" as const] : []),
-    ],
-  };
-}
+  `;
+    return {
+      code,
+      bindings: [
+        "read",
+        ...(weighted ? ["read" as const] : []),
+        "write",
+        ...(channel ? ["write" as const] : []),
+      ],
+    };
+  },
+);
 
 /**
  * dx = rstd·(g'γ − mean(g'γ) − x̂·mean(g'γx̂)) per element, with the row means from
@@ -531,42 +536,44 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
  * Parameter block: the head words of `locate`, then `[xOffset, gOffset, wOffset, bOffset]` in floats.
  * Bindings: x, g, stats, coef, [weight], [bias], dx.
  */
-export function normGradApplyKernel(v: NormVariant): Kernel {
-  const T = vecType(v.vec);
-  const { decl, next } = affineBindings(v, 5);
-  const code = /* wgsl */ `
-${paramsBlock(HEAD_WORDS + 4)}
-${LINEAR_INDEX}
-${divHelper(v.fastDiv)}
-@group(0) @binding(1) var<storage, read> x: array<${T}>;
-@group(0) @binding(2) var<storage, read> g: array<${T}>;
-@group(0) @binding(3) var<storage, read> stats: array<f32>;
-@group(0) @binding(4) var<storage, read> coef: array<f32>;
-${decl}
-@group(0) @binding(${next}) var<storage, read_write> dx: array<${T}>;
-${SILU.replaceAll("VT", T)}
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
-${locate(v.grid)}
-  let mean = stats[2u * row];
-  let rstd = stats[2u * row + 1u];
-  ${affineValues(v, HEAD_WORDS + 2)}
-  ${gradAtAffine(v)}
-  dx[i] = rstd * (gp * gam - coef[2u * row] - xh * coef[2u * row + 1u]);
-}
-`;
-  return {
-    key: `norm:grad_apply:${variantKey(v)}`,
-    code,
-    bindings: [
-      "read",
-      "read",
-      "read",
-      "read",
-      ...(v.weight ? ["read" as const] : []),
-      ...(v.bias ? ["read" as const] : []),
-      "write",
-    ],
-  };
-}
+export const normGradApplyKernel: (v: NormVariant) => Kernel = defineKernel(
+  "norm:grad_apply",
+  (v: NormVariant): KernelSource => {
+    const T = vecType(v.vec);
+    const { decl, next } = affineBindings(v, 5);
+    const code = /* wgsl */ `
+  ${paramsBlock(HEAD_WORDS + 4)}
+  ${LINEAR_INDEX}
+  ${divHelper(v.fastDiv)}
+  @group(0) @binding(1) var<storage, read> x: array<${T}>;
+  @group(0) @binding(2) var<storage, read> g: array<${T}>;
+  @group(0) @binding(3) var<storage, read> stats: array<f32>;
+  @group(0) @binding(4) var<storage, read> coef: array<f32>;
+  ${decl}
+  @group(0) @binding(${next}) var<storage, read_write> dx: array<${T}>;
+  ${SILU.replaceAll("VT", T)}
+  @compute @workgroup_size(${WG})
+  fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) li: u32) {
+  ${locate(v.grid)}
+    let mean = stats[2u * row];
+    let rstd = stats[2u * row + 1u];
+    ${affineValues(v, HEAD_WORDS + 2)}
+    ${gradAtAffine(v)}
+    dx[i] = rstd * (gp * gam - coef[2u * row] - xh * coef[2u * row + 1u]);
+  }
+  `;
+    return {
+      code,
+      bindings: [
+        "read",
+        "read",
+        "read",
+        "read",
+        ...(v.weight ? ["read" as const] : []),
+        ...(v.bias ? ["read" as const] : []),
+        "write",
+      ],
+    };
+  },
+);

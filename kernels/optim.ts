@@ -6,6 +6,7 @@
  */
 
 import { type Kernel, LINEAR_INDEX, paramsBlock, WG } from "./types.ts";
+import { defineKernel, type KernelSource } from "./program.ts";
 
 /**
  * Word count of the AdamW parameter block: `[n, gradOffset, decay, stepSize, beta1, 1 − beta1, beta2,
@@ -47,28 +48,31 @@ export function adamwParams(
  * AdamW (PyTorch semantics, decoupled weight decay): bindings `grad` (read, from `gradOffset`), then
  * `param`, `m`, `v` (read-write, contiguous from 0).
  */
-export function adamwKernel(): Kernel {
-  const code = /* wgsl */ `
-${paramsBlock(ADAMW_PARAM_WORDS)}
-${LINEAR_INDEX}
-@group(0) @binding(1) var<storage, read> grad: array<f32>;
-@group(0) @binding(2) var<storage, read_write> param: array<f32>;
-@group(0) @binding(3) var<storage, read_write> moment1: array<f32>;
-@group(0) @binding(4) var<storage, read_write> moment2: array<f32>;
+export const adamwKernel: () => Kernel = defineKernel(
+  "optim:adamw",
+  (): KernelSource => {
+    const code = /* wgsl */ `
+  ${paramsBlock(ADAMW_PARAM_WORDS)}
+  ${LINEAR_INDEX}
+  @group(0) @binding(1) var<storage, read> grad: array<f32>;
+  @group(0) @binding(2) var<storage, read_write> param: array<f32>;
+  @group(0) @binding(3) var<storage, read_write> moment1: array<f32>;
+  @group(0) @binding(4) var<storage, read_write> moment2: array<f32>;
 
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
-  let i = linear_workgroup(wid, nwg) * ${WG}u + li;
-  if (i >= pu(0u)) { return; }
-  let g = grad[pu(1u) + i];
-  let m = pf(4u) * moment1[i] + pf(5u) * g;
-  let v = pf(6u) * moment2[i] + pf(7u) * g * g;
-  moment1[i] = m;
-  moment2[i] = v;
-  // p·(1 − lr·wd) − lr/(1 − β1ᵗ) · m / (√v / √(1 − β2ᵗ) + eps)
-  param[i] = param[i] * pf(2u) - pf(3u) * m / (sqrt(v) * pf(8u) + pf(9u));
-}
-`;
-  return { key: "optim:adamw", code, bindings: ["read", "write", "write", "write"] };
-}
+  @compute @workgroup_size(${WG})
+  fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) li: u32) {
+    let i = linear_workgroup(wid, nwg) * ${WG}u + li;
+    if (i >= pu(0u)) { return; }
+    let g = grad[pu(1u) + i];
+    let m = pf(4u) * moment1[i] + pf(5u) * g;
+    let v = pf(6u) * moment2[i] + pf(7u) * g * g;
+    moment1[i] = m;
+    moment2[i] = v;
+    // p·(1 − lr·wd) − lr/(1 − β1ᵗ) · m / (√v / √(1 − β2ᵗ) + eps)
+    param[i] = param[i] * pf(2u) - pf(3u) * m / (sqrt(v) * pf(8u) + pf(9u));
+  }
+  `;
+    return { code, bindings: ["read", "write", "write", "write"] };
+  },
+);

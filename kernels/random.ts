@@ -15,6 +15,7 @@
  */
 
 import { type Kernel, LINEAR_INDEX, paramsBlock, WG } from "./types.ts";
+import { defineKernel, type KernelSource } from "./program.ts";
 
 /** What a random kernel writes: raw Philox words (u32), uniform [0, 1) or standard normal f32 values. */
 export type RandomDistribution = "bits" | "uniform" | "normal";
@@ -119,30 +120,33 @@ const OUTPUT: Record<RandomDistribution, { type: string; values: string }> = {
 };
 
 /** The kernel writing `n` values of `dist` from consecutive Philox blocks (one block per thread). */
-export function randomKernel(dist: RandomDistribution): Kernel {
-  const { type, values } = OUTPUT[dist];
-  const code = /* wgsl */ `
-${paramsBlock(RANDOM_PARAM_WORDS)}
-${LINEAR_INDEX}
-${PHILOX_WGSL}
-${TRANSFORMS_WGSL}
-@group(0) @binding(1) var<storage, read_write> out: array<${type}>;
+export const randomKernel: (dist: RandomDistribution) => Kernel = defineKernel(
+  (dist) => `random:${dist}`,
+  (dist: RandomDistribution): KernelSource => {
+    const { type, values } = OUTPUT[dist];
+    const code = /* wgsl */ `
+  ${paramsBlock(RANDOM_PARAM_WORDS)}
+  ${LINEAR_INDEX}
+  ${PHILOX_WGSL}
+  ${TRANSFORMS_WGSL}
+  @group(0) @binding(1) var<storage, read_write> out: array<${type}>;
 
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
-  let t = linear_workgroup(wid, nwg) * ${WG}u + li;
-  let n = pu(0u);
-  if (t > (n - 1u) >> 2u) { return; } // past the last block (n ≥ 1; written so that 4t cannot overflow)
-  let lo = pu(1u) + t;
-  let hi = pu(2u) + select(0u, 1u, lo < t); // carry of the 64-bit counter
-  let x = philox4x32_10(vec4<u32>(lo, hi, pu(3u), pu(4u)), vec2<u32>(pu(5u), pu(6u)));
-  let v = ${values};
-  for (var lane = 0u; lane < 4u; lane++) {
-    let i = 4u * t + lane;
-    if (i < n) { out[i] = v[lane]; }
+  @compute @workgroup_size(${WG})
+  fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) li: u32) {
+    let t = linear_workgroup(wid, nwg) * ${WG}u + li;
+    let n = pu(0u);
+    if (t > (n - 1u) >> 2u) { return; } // past the last block (n ≥ 1; written so that 4t cannot overflow)
+    let lo = pu(1u) + t;
+    let hi = pu(2u) + select(0u, 1u, lo < t); // carry of the 64-bit counter
+    let x = philox4x32_10(vec4<u32>(lo, hi, pu(3u), pu(4u)), vec2<u32>(pu(5u), pu(6u)));
+    let v = ${values};
+    for (var lane = 0u; lane < 4u; lane++) {
+      let i = 4u * t + lane;
+      if (i < n) { out[i] = v[lane]; }
+    }
   }
-}
-`;
-  return { key: `random:${dist}`, code, bindings: ["write"] };
-}
+  `;
+    return { code, bindings: ["write"] };
+  },
+);

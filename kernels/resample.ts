@@ -22,6 +22,7 @@
 
 import { divHelper } from "./norm.ts";
 import { type Kernel, paramsBlock, WG } from "./types.ts";
+import { defineKernel, type KernelSource } from "./program.ts";
 
 /** Interpolation kernel family: one tap per axis, or two with linear weights. */
 export type InterpolateKind = "nearest" | "linear";
@@ -152,66 +153,72 @@ export function interpolateParamLayout(
  * rcp(out[1..]) (f32 bits; the last of out/vec)]` (the range words of the layout are unused).
  * Bindings: x, out.
  */
-export function interpolateKernel(kind: InterpolateKind, nd: number, vec: ResampleVec): Kernel {
-  const { IN, OUT, RATIO, RCP, words } = interpolateParamLayout(nd);
-  const L = nd - 1;
-  const axes = AXES.slice(0, nd);
-  const inSize = (a: number) => `pu(${IN + a}u)`;
-  const ratio = (a: number) => `pf(${RATIO + a}u)`;
-  const last = lastAxis(vec, `o${L}`);
-  const lines: string[] = [];
-  const values: string[] = [];
-  if (kind === "nearest") {
-    for (const a of axes.slice(0, L)) {
-      lines.push(`let s${a} = nearest_src(o${a}, ${ratio(a)}, ${inSize(a)});`);
-    }
-    lines.push(`let row = base + ${rowOffset(nd, IN, (a) => `s${a}`)};`);
-    lines.push(`let s${L} = nearest_src${last.fn}(${last.positions}, ${ratio(L)}, ${inSize(L)});`);
-    for (let k = 0; k < vec; k++) values.push(`x[row + s${L}${last.comp(k)}]`);
-  } else {
-    const outSize = (a: number) => `pu(${OUT + a}u)`;
-    for (const a of axes.slice(0, L)) {
-      lines.push(`let t${a} = linear_taps(o${a}, ${ratio(a)}, ${inSize(a)}, ${outSize(a)});`);
-    }
-    lines.push(
-      `let t${L} = linear_taps${last.fn}(${last.positions}, ${ratio(L)}, ${inSize(L)}, ${outSize(L)});`,
-    );
-    // The 2^(nd-1) rows of neighbours across the outer axes (corner bit a: upper or lower neighbour along
-    // axis a) and their weights, shared by the `vec` outputs; each then blends two taps along each row.
-    const corners = 1 << L;
-    for (let corner = 0; corner < corners; corner++) {
-      const upper = (a: number): boolean => ((corner >> (L - 1 - a)) & 1) === 1;
-      const w = axes.slice(0, L).map((a) => `t${a}.${upper(a) ? "w1" : "w0"}`).join(" * ") || "1.0";
-      lines.push(`let r${corner} = base + ${rowOffset(nd, IN, (a) => `t${a}.${upper(a) ? "i1" : "i0"}`)};`);
-      lines.push(`let wr${corner} = ${w};`);
-    }
-    for (let k = 0; k < vec; k++) {
-      const tap = (field: string) => `t${L}.${field}${last.comp(k)}`;
-      const terms = Array.from(
-        { length: corners },
-        (_, c) =>
-          `wr${c} * (${tap("w0")} * x[r${c} + ${tap("i0")}] + ${tap("w1")} * x[r${c} + ${tap("i1")}])`,
-      );
-      lines.push(`let v${k} = ${terms.join("\n    + ")};`);
-      values.push(`v${k}`);
-    }
+export const interpolateKernel: (kind: InterpolateKind, nd: number, vec: ResampleVec) => Kernel =
+  defineKernel(
+    "resample:interp",
+    (kind: InterpolateKind, nd: number, vec: ResampleVec): KernelSource => {
+      const { IN, OUT, RATIO, RCP, words } = interpolateParamLayout(nd);
+      const L = nd - 1;
+      const axes = AXES.slice(0, nd);
+      const inSize = (a: number) => `pu(${IN + a}u)`;
+      const ratio = (a: number) => `pf(${RATIO + a}u)`;
+      const last = lastAxis(vec, `o${L}`);
+      const lines: string[] = [];
+      const values: string[] = [];
+      if (kind === "nearest") {
+        for (const a of axes.slice(0, L)) {
+          lines.push(`let s${a} = nearest_src(o${a}, ${ratio(a)}, ${inSize(a)});`);
+        }
+        lines.push(`let row = base + ${rowOffset(nd, IN, (a) => `s${a}`)};`);
+        lines.push(`let s${L} = nearest_src${last.fn}(${last.positions}, ${ratio(L)}, ${inSize(L)});`);
+        for (let k = 0; k < vec; k++) values.push(`x[row + s${L}${last.comp(k)}]`);
+      } else {
+        const outSize = (a: number) => `pu(${OUT + a}u)`;
+        for (const a of axes.slice(0, L)) {
+          lines.push(`let t${a} = linear_taps(o${a}, ${ratio(a)}, ${inSize(a)}, ${outSize(a)});`);
+        }
+        lines.push(
+          `let t${L} = linear_taps${last.fn}(${last.positions}, ${ratio(L)}, ${inSize(L)}, ${outSize(L)});`,
+        );
+        // The 2^(nd-1) rows of neighbours across the outer axes (corner bit a: upper or lower neighbour along
+        // axis a) and their weights, shared by the `vec` outputs; each then blends two taps along each row.
+        const corners = 1 << L;
+        for (let corner = 0; corner < corners; corner++) {
+          const upper = (a: number): boolean => ((corner >> (L - 1 - a)) & 1) === 1;
+          const w = axes.slice(0, L).map((a) => `t${a}.${upper(a) ? "w1" : "w0"}`).join(" * ") || "1.0";
+          lines.push(
+            `let r${corner} = base + ${rowOffset(nd, IN, (a) => `t${a}.${upper(a) ? "i1" : "i0"}`)};`,
+          );
+          lines.push(`let wr${corner} = ${w};`);
+        }
+        for (let k = 0; k < vec; k++) {
+          const tap = (field: string) => `t${L}.${field}${last.comp(k)}`;
+          const terms = Array.from(
+            { length: corners },
+            (_, c) =>
+              `wr${c} * (${tap("w0")} * x[r${c} + ${tap("i0")}] + ${tap("w1")} * x[r${c} + ${tap("i1")}])`,
+          );
+          lines.push(`let v${k} = ${terms.join("\n    + ")};`);
+          values.push(`v${k}`);
+        }
+      }
+      const out = store(vec, "out", 2);
+      const code = /* wgsl */ `
+  ${paramsBlock(words)}
+  ${divHelper(true)}
+  ${tapFunctions(vec)}
+  @group(0) @binding(1) var<storage, read> x: array<f32>;
+  ${out.decl}
+  ${ENTRY}
+    ${locate(nd, vec, OUT, RCP, "o")}
+    let base = pu(2u) + plane * (${volume(nd, IN)});
+    ${lines.join("\n  ")}
+    ${out.write(values)}
   }
-  const out = store(vec, "out", 2);
-  const code = /* wgsl */ `
-${paramsBlock(words)}
-${divHelper(true)}
-${tapFunctions(vec)}
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-${out.decl}
-${ENTRY}
-  ${locate(nd, vec, OUT, RCP, "o")}
-  let base = pu(2u) + plane * (${volume(nd, IN)});
-  ${lines.join("\n  ")}
-  ${out.write(values)}
-}
-`;
-  return { key: `resample:interp:${kind}:${nd}:${vec}`, code, bindings: ["read", "write"] };
-}
+  `;
+      return { code, bindings: ["read", "write"] };
+    },
+  );
 
 /**
  * Interpolation backward: each thread computes the gradient of `vec` consecutive inputs along the last
@@ -222,53 +229,60 @@ ${ENTRY}
  * rcp(in[1..]) (f32 bits; the last of in/vec), rangeAt × nd]`. The table holds `[lo, hi)` per input index
  * of each axis from word `rangeAt[a]`. Bindings: g, ranges, dx.
  */
-export function interpolateGradKernel(kind: InterpolateKind, nd: number, vec: ResampleVec): Kernel {
-  const { IN, OUT, RATIO, RCP, RANGE, words } = interpolateParamLayout(nd);
-  const L = nd - 1;
-  const weight = (a: number, o: string, c: string): string =>
-    kind === "nearest"
-      ? ""
-      : ` * linear_weight(${o}, ${c}, pf(${RATIO + a}u), pu(${IN + a}u), pu(${OUT + a}u))`;
-  const range = (a: number, c: string, name: string) =>
-    `let lo${name} = tab[pu(${RANGE + a}u) + 2u * (${c})]; let hi${name} = tab[pu(${
-      RANGE + a
-    }u) + 2u * (${c}) + 1u];`;
-  // Loops over the outer axes are shared by the `vec` inputs; each has its own range along the last axis.
-  const heads = AXES.slice(0, L).map((a) => range(a, `c${a}`, `${a}`));
-  const lasts = Array.from({ length: vec }, (_, k) => range(L, `c${L} + ${k}u`, `${L}_${k}`));
-  let body = Array.from({ length: vec }, (_, k) =>
-    `for (var o = lo${L}_${k}; o < hi${L}_${k}; o = o + 1u) {
-      acc${k} = acc${k} + w${L} * g[row + o]${weight(L, "o", `c${L} + ${k}u`)};
-    }`).join("\n    ");
-  body = `let row = gbase + ${rowOffset(nd, OUT, (a) => `o${a}`)};
-    ${body}`;
-  for (let a = L - 1; a >= 0; a--) {
-    body = `for (var o${a} = lo${a}; o${a} < hi${a}; o${a} = o${a} + 1u) {
-    let w${a + 1} = w${a}${weight(a, `o${a}`, `c${a}`)};
+export const interpolateGradKernel: (kind: InterpolateKind, nd: number, vec: ResampleVec) => Kernel =
+  defineKernel(
+    "resample:interp_grad",
+    (kind: InterpolateKind, nd: number, vec: ResampleVec): KernelSource => {
+      const { IN, OUT, RATIO, RCP, RANGE, words } = interpolateParamLayout(nd);
+      const L = nd - 1;
+      const weight = (a: number, o: string, c: string): string =>
+        kind === "nearest"
+          ? ""
+          : ` * linear_weight(${o}, ${c}, pf(${RATIO + a}u), pu(${IN + a}u), pu(${OUT + a}u))`;
+      const range = (a: number, c: string, name: string) =>
+        `let lo${name} = tab[pu(${RANGE + a}u) + 2u * (${c})]; let hi${name} = tab[pu(${
+          RANGE + a
+        }u) + 2u * (${c}) + 1u];`;
+      // Loops over the outer axes are shared by the `vec` inputs; each has its own range along the last axis.
+      const heads = AXES.slice(0, L).map((a) => range(a, `c${a}`, `${a}`));
+      const lasts = Array.from({ length: vec }, (_, k) => range(L, `c${L} + ${k}u`, `${L}_${k}`));
+      let body = Array.from(
+        { length: vec },
+        (_, k) =>
+          `for (var o = lo${L}_${k}; o < hi${L}_${k}; o = o + 1u) {
+        acc${k} = acc${k} + w${L} * g[row + o]${weight(L, "o", `c${L} + ${k}u`)};
+      }`,
+      ).join("\n    ");
+      body = `let row = gbase + ${rowOffset(nd, OUT, (a) => `o${a}`)};
+      ${body}`;
+      for (let a = L - 1; a >= 0; a--) {
+        body = `for (var o${a} = lo${a}; o${a} < hi${a}; o${a} = o${a} + 1u) {
+      let w${a + 1} = w${a}${weight(a, `o${a}`, `c${a}`)};
+      ${body}
+    }`;
+      }
+      const accs = Array.from({ length: vec }, (_, k) => `var acc${k} = 0.0;`);
+      const out = store(vec, "dx", 3);
+      const code = /* wgsl */ `
+  ${paramsBlock(words)}
+  ${divHelper(true)}
+  ${tapFunctions(1)}
+  @group(0) @binding(1) var<storage, read> g: array<f32>;
+  @group(0) @binding(2) var<storage, read> tab: array<u32>;
+  ${out.decl}
+  ${ENTRY}
+    ${locate(nd, vec, IN, RCP, "c")}
+    ${[...heads, ...lasts].join("\n  ")}
+    let gbase = pu(2u) + plane * (${volume(nd, OUT)});
+    ${accs.join(" ")}
+    let w0 = 1.0;
     ${body}
-  }`;
+    ${out.write(Array.from({ length: vec }, (_, k) => `acc${k}`))}
   }
-  const accs = Array.from({ length: vec }, (_, k) => `var acc${k} = 0.0;`);
-  const out = store(vec, "dx", 3);
-  const code = /* wgsl */ `
-${paramsBlock(words)}
-${divHelper(true)}
-${tapFunctions(1)}
-@group(0) @binding(1) var<storage, read> g: array<f32>;
-@group(0) @binding(2) var<storage, read> tab: array<u32>;
-${out.decl}
-${ENTRY}
-  ${locate(nd, vec, IN, RCP, "c")}
-  ${[...heads, ...lasts].join("\n  ")}
-  let gbase = pu(2u) + plane * (${volume(nd, OUT)});
-  ${accs.join(" ")}
-  let w0 = 1.0;
-  ${body}
-  ${out.write(Array.from({ length: vec }, (_, k) => `acc${k}`))}
-}
-`;
-  return { key: `resample:interp_grad:${kind}:${nd}:${vec}`, code, bindings: ["read", "read", "write"] };
-}
+  `;
+      return { code, bindings: ["read", "read", "write"] };
+    },
+  );
 
 /** Word layout of the pooling parameter blocks (see {@linkcode avgPoolKernel}). */
 export function avgPoolParamLayout(
@@ -289,38 +303,41 @@ export function avgPoolParamLayout(
  * Parameter block: `[planes, groups per plane, xOffset, in × nd, out × nd, kernel × nd, stride × nd,
  * rcp(out[1..]) (f32 bits; the last of out/vec)]`. Bindings: x, out.
  */
-export function avgPoolKernel(nd: number, vec: ResampleVec): Kernel {
-  const { IN, OUT, K, S, RCP, words } = avgPoolParamLayout(nd);
-  const L = nd - 1;
-  const start = (a: number, o: string) => `${o} * pu(${S + a}u)`;
-  let body = Array.from({ length: vec }, (_, k) =>
-    `for (var kk = 0u; kk < pu(${K + L}u); kk = kk + 1u) {
-      acc${k} = acc${k} + x[row + ${start(L, `(o${L} + ${k}u)`)} + kk];
-    }`).join("\n    ");
-  body = `let row = base + ${rowOffset(nd, IN, (a) => `(${start(a, `o${a}`)} + k${a})`)};
-    ${body}`;
-  for (let a = L - 1; a >= 0; a--) {
-    body = `for (var k${a} = 0u; k${a} < pu(${K + a}u); k${a} = k${a} + 1u) {
+export const avgPoolKernel: (nd: number, vec: ResampleVec) => Kernel = defineKernel(
+  "resample:avgpool",
+  (nd: number, vec: ResampleVec): KernelSource => {
+    const { IN, OUT, K, S, RCP, words } = avgPoolParamLayout(nd);
+    const L = nd - 1;
+    const start = (a: number, o: string) => `${o} * pu(${S + a}u)`;
+    let body = Array.from({ length: vec }, (_, k) =>
+      `for (var kk = 0u; kk < pu(${K + L}u); kk = kk + 1u) {
+        acc${k} = acc${k} + x[row + ${start(L, `(o${L} + ${k}u)`)} + kk];
+      }`).join("\n    ");
+    body = `let row = base + ${rowOffset(nd, IN, (a) => `(${start(a, `o${a}`)} + k${a})`)};
+      ${body}`;
+    for (let a = L - 1; a >= 0; a--) {
+      body = `for (var k${a} = 0u; k${a} < pu(${K + a}u); k${a} = k${a} + 1u) {
+      ${body}
+    }`;
+    }
+    const out = store(vec, "out", 2);
+    const code = /* wgsl */ `
+  ${paramsBlock(words)}
+  ${divHelper(true)}
+  @group(0) @binding(1) var<storage, read> x: array<f32>;
+  ${out.decl}
+  ${ENTRY}
+    ${locate(nd, vec, OUT, RCP, "o")}
+    let base = pu(2u) + plane * (${volume(nd, IN)});
+    ${Array.from({ length: vec }, (_, k) => `var acc${k} = 0.0;`).join(" ")}
     ${body}
-  }`;
+    let count = f32(${volume(nd, K)});
+    ${out.write(Array.from({ length: vec }, (_, k) => `acc${k} / count`))}
   }
-  const out = store(vec, "out", 2);
-  const code = /* wgsl */ `
-${paramsBlock(words)}
-${divHelper(true)}
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-${out.decl}
-${ENTRY}
-  ${locate(nd, vec, OUT, RCP, "o")}
-  let base = pu(2u) + plane * (${volume(nd, IN)});
-  ${Array.from({ length: vec }, (_, k) => `var acc${k} = 0.0;`).join(" ")}
-  ${body}
-  let count = f32(${volume(nd, K)});
-  ${out.write(Array.from({ length: vec }, (_, k) => `acc${k} / count`))}
-}
-`;
-  return { key: `resample:avgpool:${nd}:${vec}`, code, bindings: ["read", "write"] };
-}
+  `;
+    return { code, bindings: ["read", "write"] };
+  },
+);
 
 /**
  * Average pooling backward: each input sums g/volume over the windows containing it, the outputs o with
@@ -330,43 +347,46 @@ ${ENTRY}
  * Parameter block: `[planes, groups per plane, gOffset, in × nd, out × nd, kernel × nd, stride × nd,
  * rcp(in[1..]) (f32 bits; the last of in/vec)]`. Bindings: g, dx.
  */
-export function avgPoolGradKernel(nd: number, vec: ResampleVec): Kernel {
-  const { IN, OUT, K, S, RCP, words } = avgPoolParamLayout(nd);
-  const L = nd - 1;
-  // Window starts are multiples of s: the first output covering i is ⌈(i + 1 − k)/s⌉, the last ⌊i/s⌋.
-  const range = (a: number, c: string, name: string) =>
-    `let lo${name} = select(0u, (${c} + pu(${S + a}u) - pu(${K + a}u)) / pu(${S + a}u), ${c} + 1u >= pu(${
-      K + a
-    }u));
-  let hi${name} = min(${c} / pu(${S + a}u) + 1u, pu(${OUT + a}u));`;
-  const heads = AXES.slice(0, L).map((a) => range(a, `c${a}`, `${a}`));
-  const lasts = Array.from({ length: vec }, (_, k) => range(L, `(c${L} + ${k}u)`, `${L}_${k}`));
-  let body = Array.from({ length: vec }, (_, k) =>
-    `for (var o = lo${L}_${k}; o < hi${L}_${k}; o = o + 1u) {
-      acc${k} = acc${k} + g[row + o];
-    }`).join("\n    ");
-  body = `let row = gbase + ${rowOffset(nd, OUT, (a) => `o${a}`)};
-    ${body}`;
-  for (let a = L - 1; a >= 0; a--) {
-    body = `for (var o${a} = lo${a}; o${a} < hi${a}; o${a} = o${a} + 1u) {
+export const avgPoolGradKernel: (nd: number, vec: ResampleVec) => Kernel = defineKernel(
+  "resample:avgpool_grad",
+  (nd: number, vec: ResampleVec): KernelSource => {
+    const { IN, OUT, K, S, RCP, words } = avgPoolParamLayout(nd);
+    const L = nd - 1;
+    // Window starts are multiples of s: the first output covering i is ⌈(i + 1 − k)/s⌉, the last ⌊i/s⌋.
+    const range = (a: number, c: string, name: string) =>
+      `let lo${name} = select(0u, (${c} + pu(${S + a}u) - pu(${K + a}u)) / pu(${S + a}u), ${c} + 1u >= pu(${
+        K + a
+      }u));
+    let hi${name} = min(${c} / pu(${S + a}u) + 1u, pu(${OUT + a}u));`;
+    const heads = AXES.slice(0, L).map((a) => range(a, `c${a}`, `${a}`));
+    const lasts = Array.from({ length: vec }, (_, k) => range(L, `(c${L} + ${k}u)`, `${L}_${k}`));
+    let body = Array.from({ length: vec }, (_, k) =>
+      `for (var o = lo${L}_${k}; o < hi${L}_${k}; o = o + 1u) {
+        acc${k} = acc${k} + g[row + o];
+      }`).join("\n    ");
+    body = `let row = gbase + ${rowOffset(nd, OUT, (a) => `o${a}`)};
+      ${body}`;
+    for (let a = L - 1; a >= 0; a--) {
+      body = `for (var o${a} = lo${a}; o${a} < hi${a}; o${a} = o${a} + 1u) {
+      ${body}
+    }`;
+    }
+    const out = store(vec, "dx", 2);
+    const code = /* wgsl */ `
+  ${paramsBlock(words)}
+  ${divHelper(true)}
+  @group(0) @binding(1) var<storage, read> g: array<f32>;
+  ${out.decl}
+  ${ENTRY}
+    ${locate(nd, vec, IN, RCP, "c")}
+    ${[...heads, ...lasts].join("\n  ")}
+    let gbase = pu(2u) + plane * (${volume(nd, OUT)});
+    ${Array.from({ length: vec }, (_, k) => `var acc${k} = 0.0;`).join(" ")}
     ${body}
-  }`;
+    let count = f32(${volume(nd, K)});
+    ${out.write(Array.from({ length: vec }, (_, k) => `acc${k} / count`))}
   }
-  const out = store(vec, "dx", 2);
-  const code = /* wgsl */ `
-${paramsBlock(words)}
-${divHelper(true)}
-@group(0) @binding(1) var<storage, read> g: array<f32>;
-${out.decl}
-${ENTRY}
-  ${locate(nd, vec, IN, RCP, "c")}
-  ${[...heads, ...lasts].join("\n  ")}
-  let gbase = pu(2u) + plane * (${volume(nd, OUT)});
-  ${Array.from({ length: vec }, (_, k) => `var acc${k} = 0.0;`).join(" ")}
-  ${body}
-  let count = f32(${volume(nd, K)});
-  ${out.write(Array.from({ length: vec }, (_, k) => `acc${k} / count`))}
-}
-`;
-  return { key: `resample:avgpool_grad:${nd}:${vec}`, code, bindings: ["read", "write"] };
-}
+  `;
+    return { code, bindings: ["read", "write"] };
+  },
+);

@@ -10,10 +10,15 @@
 /** How a kernel uses one storage binding. */
 export type BindingAccess = "read" | "write";
 
-/** A compiled-on-demand compute kernel. */
+/**
+ * A compiled-on-demand compute kernel. Made by a generator declared with `defineKernel` (program.ts), which
+ * derives the key from the generator's arguments.
+ */
 export interface Kernel {
-  /** Unique cache key: the kernel family plus everything baked into the code. */
+  /** Unique cache key: the kernel family plus everything baked into the code (see program.ts). */
   readonly key: string;
+  /** The kernel family, two fields such as `"conv3d:chunk"` or `"map:add"` (the profiler groups by it). */
+  readonly family: string;
   /** WGSL source. */
   readonly code: string;
   /** Access of storage bindings 1..n. */

@@ -13,6 +13,7 @@
  */
 
 import { type Kernel, LINEAR_INDEX, paramsBlock, WG } from "./types.ts";
+import { defineKernel, type KernelSource } from "./program.ts";
 
 /** How the source is sampled. */
 export type WarpMode = "linear" | "nearest";
@@ -23,7 +24,12 @@ export type WarpPadding = "fill" | "border";
 export const WARP_PARAM_WORDS = 25;
 
 /** The warp kernel for a sampling mode and padding rule. */
-export function warpKernel(mode: WarpMode, padding: WarpPadding): Kernel {
+export const warpKernel: (mode: WarpMode, padding: WarpPadding) => Kernel = defineKernel(
+  (mode) => `warp3d:${mode}`,
+  (mode: WarpMode, padding: WarpPadding): KernelSource => warpSource(mode, padding),
+);
+
+function warpSource(mode: WarpMode, padding: WarpPadding): KernelSource {
   const code = /* wgsl */ `
 ${paramsBlock(WARP_PARAM_WORDS)}
 ${LINEAR_INDEX}
@@ -105,5 +111,5 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   }
 }
 `;
-  return { key: `warp3d:${mode}:${padding}`, code, bindings: ["read", "read", "write"] };
+  return { code, bindings: ["read", "read", "write"] };
 }

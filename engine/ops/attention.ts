@@ -32,15 +32,6 @@ export interface AttentionOptions {
   scale?: number;
 }
 
-const kernels = new Map<string, Kernel>();
-
-function cached(k: Kernel): Kernel {
-  const hit = kernels.get(k.key);
-  if (hit) return hit;
-  kernels.set(k.key, k);
-  return k;
-}
-
 interface Problem {
   B: number;
   H: number;
@@ -172,7 +163,7 @@ function run(
   const [owned, streamed] = pass === "dkv" ? [p.Nk, p.Nq] : [p.Nq, p.Nk];
   const tiling = tilingFor(pass, p.dims, owned, streamed, heads);
   const blocks = Math.ceil(owned / (tiling.threads * tiling.rows));
-  const kernel = cached(make(p.dims, tiling));
+  const kernel = make(p.dims, tiling);
   dispatch(kernel, params(p, blocks, offsets), buffers, heads * blocks);
 }
 
@@ -228,7 +219,7 @@ function attentionBackward(
   const dsum = fromData(null, [B, H, Nq]);
   const buf = (t: Tensor): GPUBuffer => t.storage("attention backward").buffer;
   dispatch(
-    cached(attentionRowDotKernel(dims.dv)),
+    attentionRowDotKernel(dims.dv),
     new Uint32Array([rows, gc.offset, os.offset]),
     [buf(gc), buf(os), buf(dsum)],
     Math.ceil(rows / ROW_DOT_THREADS),

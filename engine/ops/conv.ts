@@ -251,16 +251,6 @@ interface Plan {
   tiling: ConvTiling | null;
 }
 
-const kernelCache = new Map<string, Kernel>();
-function cached(key: string, make: () => Kernel): Kernel {
-  let k = kernelCache.get(key);
-  if (!k) {
-    k = make();
-    kernelCache.set(key, k);
-  }
-  return k;
-}
-
 /** Records a dispatch of `count` workgroups; nothing for an empty grid (the runtime would run one). */
 function launch(kernel: Kernel, params: Uint32Array, buffers: GPUBuffer[], count: number): void {
   if (count > 0) dispatch(kernel, params, buffers, count);
@@ -294,14 +284,11 @@ function planConv(key: ConvShapeKey, outDims: Triple, coutG: number): Plan {
     if (name !== "small" && (spatial < 0.6 || channels < 0.5)) continue;
     const tiling = { ...base, stage: fit };
     return {
-      kernel: cached(
-        `${name}:${JSON.stringify(key)}:${JSON.stringify(tiling)}`,
-        () => convKernel(key, tiling),
-      ),
+      kernel: convKernel(key, tiling),
       tiling,
     };
   }
-  return { kernel: cached("naive", convNaiveKernel), tiling: null };
+  return { kernel: convNaiveKernel(), tiling: null };
 }
 
 // --- Chunk path (software adapters) ---------------------------------------------------------------------
@@ -389,10 +376,7 @@ function weightGradChunk(x: Tensor, gy: Tensor, g: Geometry, cfg: ConvWeightGrad
   });
   const [xChan, xPlane, xRowD, xRowH] = planes.strides;
   const dw = fromData(null, [g.cout, K]);
-  const kernel = cached(
-    `wgrad-chunk:${JSON.stringify(key)}:${JSON.stringify(cfg)}`,
-    () => convWeightGradChunkKernel(key, cfg),
-  );
+  const kernel = convWeightGradChunkKernel(key, cfg);
   const buffers = [
     planes.tensor.storage("conv3d").buffer,
     gy.storage("conv3d").buffer,
@@ -469,7 +453,7 @@ function inputPlanes(
   [q[PLANES.sw], q[PLANES.dw], q[PLANES.ow]] = [call.key.stride[2], call.key.dilation[2], ow];
   q[PLANES.xOff] = x.offset;
   launch(
-    cached("planes", convPlanesKernel),
+    convPlanesKernel(),
     q,
     [x.storage("conv3d").buffer, tensor.storage("conv3d").buffer],
     Math.ceil(count / PLANES_WG),
@@ -490,10 +474,7 @@ function runConvChunk(
   const planes = inputPlanes(x, call);
   const coP = Math.ceil(call.coutG / cfg.rows) * cfg.rows;
   const packed = packFor(coP);
-  const kernel = cached(
-    `chunk:${JSON.stringify(call.key)}:${JSON.stringify(cfg)}`,
-    () => convChunkKernel(call.key, cfg),
-  );
+  const kernel = convChunkKernel(call.key, cfg);
   const p = new Uint32Array(CHUNK_WORDS);
   const positions = od * oh * ow;
   [p[CHUNK.positions], p[CHUNK.oh], p[CHUNK.ow]] = [positions, oh, ow];
@@ -573,7 +554,7 @@ function packWeights(
   [i32[PACK.dStep], i32[PACK.hStep], i32[PACK.wStep]] = src.step;
   p[PACK.wOff] = w.offset;
   launch(
-    cached("pack", convPackKernel),
+    convPackKernel(),
     p,
     [w.storage("conv3d").buffer, packed.storage("conv3d").buffer],
     Math.ceil(count / PACK_WG),
@@ -598,7 +579,7 @@ function padVolume(x: Tensor, dims: Triple, origin: Triple): Tensor {
   [i32[PAD.d0], i32[PAD.h0], i32[PAD.w0]] = origin;
   p[PAD.xOff] = x.offset;
   launch(
-    cached("pad", convPadKernel),
+    convPadKernel(),
     p,
     [x.storage("conv3d").buffer, out.storage("conv3d").buffer],
     Math.ceil(rows / PAD_WG),
@@ -859,7 +840,7 @@ function weightGradNaive(x: Tensor, gy: Tensor, g: Geometry): Tensor {
   [p[WGRAD_NAIVE.dd], p[WGRAD_NAIVE.dh], p[WGRAD_NAIVE.dw]] = g.dil;
   p[WGRAD_NAIVE.xOff] = x.offset;
   p[WGRAD_NAIVE.gOff] = gy.offset;
-  const kernel = cached("wgrad:naive", convWeightGradNaiveKernel);
+  const kernel = convWeightGradNaiveKernel();
   launch(
     kernel,
     p,
@@ -923,10 +904,7 @@ function weightGradWhole(x: Tensor, gy: Tensor, g: Geometry): Tensor {
   p[WGRAD.xOff4] = 0;
   p[WGRAD.gOff4] = 0;
   p[WGRAD.outOff] = 0;
-  const kernel = cached(
-    `wgrad:${JSON.stringify(key)}:${JSON.stringify(tiling)}`,
-    () => convWeightGradKernel(key, tiling),
-  );
+  const kernel = convWeightGradKernel(key, tiling);
   launch(kernel, p, [
     xp.storage("conv3d").buffer,
     gp.storage("conv3d").buffer,

@@ -6,7 +6,6 @@
  */
 
 import {
-  MAP_HELPERS,
   MAP_SCALARS,
   mapKernel,
   mapParamWords,
@@ -20,19 +19,9 @@ import { broadcastShapes, broadcastStrides, coalesce, formatShape, sizeOf } from
 import { fromData, Tensor } from "../tensor.ts";
 import { bindPiece, splitStrided } from "./split.ts";
 
-const kernels = new Map<string, Kernel>();
-
 /** The strided map kernel of `rank` dimensions, or (rank 0) the contiguous vec4 one. */
 function kernelFor(name: string, expr: string, arity: number, rank: number): Kernel {
-  const key = `${name}:${arity}:${rank}`;
-  let kernel = kernels.get(key);
-  if (!kernel) {
-    kernel = rank === 0
-      ? mapVec4Kernel(name, expr, arity, MAP_HELPERS)
-      : mapKernel(name, expr, arity, rank, MAP_HELPERS);
-    kernels.set(key, kernel);
-  }
-  return kernel;
+  return rank === 0 ? mapVec4Kernel(name, expr, arity) : mapKernel(name, expr, arity, rank);
 }
 
 /** Knobs of the map kernels, for benchmarks. */
@@ -46,7 +35,7 @@ const MAX_ELEMENTS = 2 ** 32 - 1;
 
 /**
  * Writes `expr(inputs…, scalars…)` into `out`, which may be a strided view. Inputs broadcast to
- * `out.shape`. `name` must identify `expr` uniquely (it keys the kernel cache).
+ * `out.shape`. `name` labels the kernel (its family is `map:name`); kernels are cached by name and `expr`.
  */
 export function mapInto(
   out: Tensor,

@@ -26,7 +26,7 @@ import {
 } from "../../kernels/norm.ts";
 import { WG } from "../../kernels/types.ts";
 import { record } from "../autograd.ts";
-import { cachedKernel, dispatch, maxBindingBytes, windowElements } from "../runtime.ts";
+import { dispatch, maxBindingBytes, windowElements } from "../runtime.ts";
 import { formatShape, sizeOf } from "../shape.ts";
 import { fromData, Tensor } from "../tensor.ts";
 import { intoRows, rowsOf } from "./blocks.ts";
@@ -123,7 +123,7 @@ function rowStats(op: string, x: Tensor, layout: Layout, eps: number, vec: NormV
   floatBits(params, 5, eps);
   const partial = chunks > 1 ? fromData(null, [virtualRows, 2]) : stats;
   dispatch(
-    cachedKernel(normStatsKernel, tpr, vec, chunks === 1),
+    normStatsKernel(tpr, vec, chunks === 1),
     params,
     [x.storage(op).buffer, partial.storage(op).buffer],
     Math.ceil(virtualRows / (WG / tpr)),
@@ -132,7 +132,7 @@ function rowStats(op: string, x: Tensor, layout: Layout, eps: number, vec: NormV
     const combine = new Uint32Array([rows, rowLen, chunks, chunkLen * vec, 0]);
     floatBits(combine, 4, eps);
     dispatch(
-      cachedKernel(normStatsCombineKernel),
+      normStatsCombineKernel(),
       combine,
       [partial.storage(op).buffer, stats.storage(op).buffer],
       Math.ceil(rows / WG),
@@ -161,7 +161,7 @@ function normForward(
   const y = fromData(null, x.shape);
   const { head, variant, workgroups } = elementwisePlan(layout, vec, w, b, silu);
   dispatch(
-    cachedKernel(normApplyKernel, variant),
+    normApplyKernel(variant),
     new Uint32Array([...head, x.offset, w?.offset ?? 0, b?.offset ?? 0]),
     [x.storage(op).buffer, stats.storage(op).buffer, ...affineBuffers(op, w, b), y.storage(op).buffer],
     workgroups,
@@ -198,7 +198,7 @@ function normBackward(
   const part = fromData(null, [virtualPlanes, 2]);
   const offsets = [x.offset, g.offset, w?.offset ?? 0, b?.offset ?? 0];
   dispatch(
-    cachedKernel(normGradReduceKernel, tpr, variant),
+    normGradReduceKernel(tpr, variant),
     new Uint32Array([
       virtualPlanes,
       planeLoads,
@@ -224,7 +224,7 @@ function normBackward(
   const dwb = channel ? fromData(null, [2, layout.channels]) : null;
   const weighted = channel && w !== null;
   dispatch(
-    cachedKernel(normGradCombineKernel, { affine: layout.affine, weight: w !== null }),
+    normGradCombineKernel({ affine: layout.affine, weight: w !== null }),
     new Uint32Array([
       rows,
       layout.planes,
@@ -251,7 +251,7 @@ function normBackward(
 
   const dx = fromData(null, x.shape);
   dispatch(
-    cachedKernel(normGradApplyKernel, variant),
+    normGradApplyKernel(variant),
     new Uint32Array([...head, ...offsets]),
     [
       x.storage(op).buffer,
@@ -539,7 +539,7 @@ function normalizeOnly(op: string, x: Tensor, stats: Tensor, layout: Layout): Te
   const y = fromData(null, x.shape);
   const { head, variant, workgroups } = elementwisePlan(layout, pickVec(layout, [x], []), null, null, false);
   dispatch(
-    cachedKernel(normApplyKernel, variant),
+    normApplyKernel(variant),
     new Uint32Array([...head, x.offset, 0, 0]),
     [x.storage(op).buffer, stats.storage(op).buffer, y.storage(op).buffer],
     workgroups,

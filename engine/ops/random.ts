@@ -28,17 +28,6 @@ export interface RandomOptions {
   offset?: number;
 }
 
-const kernels = new Map<RandomDistribution, Kernel>();
-
-function kernelFor(dist: RandomDistribution): Kernel {
-  let kernel = kernels.get(dist);
-  if (!kernel) {
-    kernel = randomKernel(dist);
-    kernels.set(dist, kernel);
-  }
-  return kernel;
-}
-
 /** The low and high 32-bit words of an integer below 2⁵³. */
 function words(x: number): [number, number] {
   return [x >>> 0, Math.floor(x / 2 ** 32) >>> 0];
@@ -77,7 +66,7 @@ function draw(op: string, dist: RandomDistribution, shape: readonly number[], op
     const count = Math.min(perPiece, n - first);
     const params = randomParams(count, [...words(offset + first / 4), 0, 0], words(seed));
     const { binding } = bindRange(buffer, first, first + count);
-    dispatch(kernelFor(dist), params, [binding], Math.ceil(Math.ceil(count / 4) / WG));
+    dispatch(randomKernel(dist), params, [binding], Math.ceil(Math.ceil(count / 4) / WG));
   }
   return out;
 }

@@ -29,7 +29,7 @@ import {
 } from "../../kernels/resample.ts";
 import { WG } from "../../kernels/types.ts";
 import { record } from "../autograd.ts";
-import { cachedKernel, dispatch } from "../runtime.ts";
+import { dispatch } from "../runtime.ts";
 import { formatShape } from "../shape.ts";
 import { fromData, Tensor } from "../tensor.ts";
 import { byRows } from "./blocks.ts";
@@ -232,7 +232,7 @@ export function interpolate(x: Tensor, opts: InterpolateOptions): Tensor {
     const params = new Uint32Array(interpolateParamLayout(nd).words);
     params.set([count, fwd.groups, src.offset, ...inDims, ...outDims, ...ratios, ...fwd.rcps]);
     dispatch(
-      cachedKernel(interpolateKernel, kind, nd, fwd.vec),
+      interpolateKernel(kind, nd, fwd.vec),
       params,
       [src.storage(op).buffer, out.storage(op).buffer],
       fwd.grid,
@@ -249,7 +249,7 @@ export function interpolate(x: Tensor, opts: InterpolateOptions): Tensor {
       if (out.size === 0) return out;
       const bwd = layoutOf(op, count, inDims);
       dispatch(
-        cachedKernel(interpolateGradKernel, kind, nd, bwd.vec),
+        interpolateGradKernel(kind, nd, bwd.vec),
         new Uint32Array([
           count,
           bwd.groups,
@@ -304,7 +304,7 @@ function avgPool(op: string, nd: number, x: Tensor, kernel: unknown, stride: unk
     if (out.size === 0) return out;
     const fwd = layoutOf(op, count, outDims);
     dispatch(
-      cachedKernel(avgPoolKernel, nd, fwd.vec),
+      avgPoolKernel(nd, fwd.vec),
       new Uint32Array([count, fwd.groups, src.offset, ...inDims, ...outDims, ...k, ...s, ...fwd.rcps]),
       [src.storage(op).buffer, out.storage(op).buffer],
       fwd.grid,
@@ -320,7 +320,7 @@ function avgPool(op: string, nd: number, x: Tensor, kernel: unknown, stride: unk
       if (out.size === 0) return out;
       const bwd = layoutOf(op, count, inDims);
       dispatch(
-        cachedKernel(avgPoolGradKernel, nd, bwd.vec),
+        avgPoolGradKernel(nd, bwd.vec),
         new Uint32Array([count, bwd.groups, src.offset, ...inDims, ...outDims, ...k, ...s, ...bwd.rcps]),
         [src.storage(op).buffer, out.storage(op).buffer],
         bwd.grid,

@@ -9,7 +9,7 @@
 
 import { WARP_PARAM_WORDS, warpKernel, type WarpMode, type WarpPadding } from "../../kernels/warp.ts";
 import { WG } from "../../kernels/types.ts";
-import { cachedKernel, dispatch } from "../runtime.ts";
+import { dispatch } from "../runtime.ts";
 import { formatShape, sizeOf } from "../shape.ts";
 import { fromData, Tensor } from "../tensor.ts";
 import { contiguous } from "./map.ts";
@@ -77,7 +77,7 @@ export function warp3d(x: Tensor, opts: WarpOptions = {}): Tensor {
     out.storage("warp3d").buffer,
   ];
   dispatch(
-    cachedKernel(warpKernel, opts.mode ?? "linear", opts.padding ?? "fill"),
+    warpKernel(opts.mode ?? "linear", opts.padding ?? "fill"),
     params,
     buffers,
     Math.ceil(out.size / WG),
