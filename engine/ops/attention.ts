@@ -18,7 +18,6 @@ import {
   MAX_HEAD_DIM,
   ROW_DOT_THREADS,
 } from "../../kernels/attention.ts";
-import type { Kernel } from "../../kernels/types.ts";
 import { record } from "../autograd.ts";
 import { deviceInfo, limit } from "../device.ts";
 import { dispatch } from "../runtime.ts";

@@ -11,7 +11,7 @@
  */
 
 import { type RandomDistribution, randomKernel, randomParams } from "../../kernels/random.ts";
-import { type Kernel, WG } from "../../kernels/types.ts";
+import { WG } from "../../kernels/types.ts";
 import { limit } from "../device.ts";
 import { bindRange, dispatch, windowElements } from "../runtime.ts";
 import { checkShape, sizeOf } from "../shape.ts";
