@@ -14,8 +14,8 @@
  *   P = exp(S − L). Two kernels, no atomics.
  *
  * Head dims and tiling are baked into the code (everything unrolls over them); B·H, Nq, Nk live in the
- * parameter block `[Nq, Nk, scale (f32 bits), row blocks per head, qOff, kOff, vOff, gOff]` (element
- * offsets of q, k, v and dO; gOff is unused by the forward kernel). Matrices whose width is a multiple of 4
+ * uniforms ({@linkcode ATTENTION_UNIFORMS}: element offsets of q, k, v and dO; gOffset is unused by the
+ * forward kernel). Matrices whose width is a multiple of 4
  * are bound as `array<vec4<f32>>`, so their offsets must be multiples of 4.
  *
  * Why so many rows per invocation: on lavapipe, a load from workgroup or storage memory inside a loop is
@@ -26,11 +26,43 @@
  * @module
  */
 
-import { INF, type Kernel, LINEAR_INDEX, paramsBlock } from "./types.ts";
+import { INF, type Kernel, LINEAR_INDEX } from "./types.ts";
+import { type UniformLayout, uniforms } from "./uniforms.ts";
 import { defineKernel, type KernelSource } from "./program.ts";
 
-/** Words in the parameter block of the attention kernels. */
-export const ATTENTION_PARAM_WORDS = 8;
+const ATTENTION_FIELDS = {
+  /** Query and key rows per head, the score multiplier, workgroups per head. */
+  Nq: "u32",
+  Nk: "u32",
+  scale: "f32",
+  blocks: "u32",
+  /** Element offsets of q, k, v and of the output gradient (0 in the forward). */
+  qOffset: "u32",
+  kOffset: "u32",
+  vOffset: "u32",
+  gOffset: "u32",
+} as const;
+
+/** Uniform layout of the three main attention kernels. */
+export const ATTENTION_UNIFORMS: UniformLayout<typeof ATTENTION_FIELDS> = uniforms(
+  "attention",
+  ATTENTION_FIELDS,
+);
+
+const U = ATTENTION_UNIFORMS;
+
+const ROW_DOT_FIELDS = {
+  /** Rows, element offsets of the output gradient and of the output. */
+  rows: "u32",
+  gOffset: "u32",
+  oOffset: "u32",
+} as const;
+
+/** Uniform layout of {@linkcode attentionRowDotKernel}. */
+export const ROW_DOT_UNIFORMS: UniformLayout<typeof ROW_DOT_FIELDS> = uniforms(
+  "attention:rowdot",
+  ROW_DOT_FIELDS,
+);
 
 /** Largest head dimension the kernels are generated for. */
 export const MAX_HEAD_DIM = 256;
@@ -176,7 +208,7 @@ class Matrix {
 }
 
 const HEADER = /* wgsl */ `
-${paramsBlock(ATTENTION_PARAM_WORDS)}
+${U.wgsl}
 ${LINEAR_INDEX}
 ${INF}`;
 
@@ -187,7 +219,8 @@ const ENTRY =
 /** Parameters, this workgroup's head `bh`, and this invocation's first owned row. */
 function prologue(threads: number, rows: number): string {
   return /* wgsl */ `
-  let Nq = pu(0u); let Nk = pu(1u); let scale = pf(2u); let blocks = pu(3u);
+  let Nq = ${U.read("Nq")}; let Nk = ${U.read("Nk")}; let scale = ${U.read("scale")};
+  let blocks = ${U.read("blocks")};
   let w = linear_workgroup(wid, nwg);
   let bh = w / blocks;
   let first_row = (w % blocks) * ${threads * rows}u + li;`;
@@ -366,10 +399,12 @@ export const attentionForwardKernel: (dims: AttentionDims, tiling: AttentionTili
   var<workgroup> Vs: array<vec4<f32>, ${block * vecs(dv)}>;
   @compute @workgroup_size(${threads})
   ${ENTRY} {${prologue(threads, rows)}
-    let k_base = pu(5u) + bh * Nk * ${d}u;
-    let v_base = pu(6u) + bh * Nk * ${dv}u;
+    let k_base = ${U.read("kOffset")} + bh * Nk * ${d}u;
+    let v_base = ${U.read("vOffset")} + bh * Nk * ${dv}u;
     // Scores are (scale·q)·k.
-    ${loadRows("q", Q, `pu(4u) + bh * Nq * ${d}u`, "Nq", rows, threads, " * scale").join("\n  ")}
+    ${
+      loadRows("q", Q, `${U.read("qOffset")} + bh * Nq * ${d}u`, "Nq", rows, threads, " * scale").join("\n  ")
+    }
     ${R.map((r) => `var m${r} = f32_neg_inf(); var l${r} = 0.0;`).join("\n  ")}
     ${zeros("o", dv, rows).join("\n  ")}
     for (var kb = 0u; kb < Nk; kb += ${block}u) {
@@ -431,10 +466,14 @@ export const attentionBackwardQueryKernel: (dims: AttentionDims, tiling: Attenti
   var<workgroup> Vs: array<vec4<f32>, ${block * vecs(dv)}>;
   @compute @workgroup_size(${threads})
   ${ENTRY} {${prologue(threads, rows)}
-    let k_base = pu(5u) + bh * Nk * ${d}u;
-    let v_base = pu(6u) + bh * Nk * ${dv}u;
-    ${loadRows("q", Q, `pu(4u) + bh * Nq * ${d}u`, "Nq", rows, threads, " * scale").join("\n  ")}
-    ${loadRows("g", G, `pu(7u) + bh * Nq * ${dv}u`, "Nq", rows, threads).join("\n  ")}
+    let k_base = ${U.read("kOffset")} + bh * Nk * ${d}u;
+    let v_base = ${U.read("vOffset")} + bh * Nk * ${dv}u;
+    ${
+        loadRows("q", Q, `${U.read("qOffset")} + bh * Nq * ${d}u`, "Nq", rows, threads, " * scale").join(
+          "\n  ",
+        )
+      }
+    ${loadRows("g", G, `${U.read("gOffset")} + bh * Nq * ${dv}u`, "Nq", rows, threads).join("\n  ")}
     ${R.map((r) => `let row_at${r} = bh * Nq + min(${ownedRow(r, threads)}, Nq - 1u);`).join("\n  ")}
     ${R.map((r) => `let lse${r} = LSE[row_at${r}]; let dsum${r} = DSUM[row_at${r}];`).join("\n  ")}
     ${zeros("dq", d, rows).join("\n  ")}
@@ -506,10 +545,10 @@ export const attentionBackwardKeyKernel: (dims: AttentionDims, tiling: Attention
   var<workgroup> Ds: array<f32, ${block}>;
   @compute @workgroup_size(${threads})
   ${ENTRY} {${prologue(threads, rows)}
-    let q_base = pu(4u) + bh * Nq * ${d}u;
-    let g_base = pu(7u) + bh * Nq * ${dv}u;
-    ${loadRows("k", K, `pu(5u) + bh * Nk * ${d}u`, "Nk", rows, threads).join("\n  ")}
-    ${loadRows("v", V, `pu(6u) + bh * Nk * ${dv}u`, "Nk", rows, threads).join("\n  ")}
+    let q_base = ${U.read("qOffset")} + bh * Nq * ${d}u;
+    let g_base = ${U.read("gOffset")} + bh * Nq * ${dv}u;
+    ${loadRows("k", K, `${U.read("kOffset")} + bh * Nk * ${d}u`, "Nk", rows, threads).join("\n  ")}
+    ${loadRows("v", V, `${U.read("vOffset")} + bh * Nk * ${dv}u`, "Nk", rows, threads).join("\n  ")}
     ${zeros("dk", d, rows).join("\n  ")}
     ${zeros("dv", dv, rows).join("\n  ")}
     for (var qb = 0u; qb < Nq; qb += ${block}u) {
@@ -544,7 +583,7 @@ export const ROW_DOT_THREADS = 64;
 
 /**
  * D[row] = Σ_c dO[row, c] · O[row, c] over `rows` rows of `dv` values, one invocation per row (the
- * FlashAttention-2 backward preprocessing; linear cost). Parameter block: `[rows, gOff, oOff]`. Bindings:
+ * FlashAttention-2 backward preprocessing; linear cost). Parameters: {@linkcode ROW_DOT_UNIFORMS}. Bindings:
  * dO, O (read), D (write, contiguous from 0). Dispatch ⌈rows / 64⌉ workgroups (1-D, folded).
  */
 export const attentionRowDotKernel: (dv: number) => Kernel = defineKernel(
@@ -554,7 +593,7 @@ export const attentionRowDotKernel: (dv: number) => Kernel = defineKernel(
       throw new Error(`attentionRowDotKernel: dv = ${dv} must be an integer in [1, ${MAX_HEAD_DIM}].`);
     }
     const code = /* wgsl */ `
-  ${paramsBlock(3)}
+  ${ROW_DOT_UNIFORMS.wgsl}
   ${LINEAR_INDEX}
   @group(0) @binding(1) var<storage, read> G: array<f32>;
   @group(0) @binding(2) var<storage, read> O: array<f32>;
@@ -562,9 +601,9 @@ export const attentionRowDotKernel: (dv: number) => Kernel = defineKernel(
   @compute @workgroup_size(${ROW_DOT_THREADS})
   ${ENTRY} {
     let row = linear_workgroup(wid, nwg) * ${ROW_DOT_THREADS}u + li;
-    if (row >= pu(0u)) { return; }
-    let g = pu(1u) + row * ${dv}u;
-    let o = pu(2u) + row * ${dv}u;
+    if (row >= ${ROW_DOT_UNIFORMS.read("rows")}) { return; }
+    let g = ${ROW_DOT_UNIFORMS.read("gOffset")} + row * ${dv}u;
+    let o = ${ROW_DOT_UNIFORMS.read("oOffset")} + row * ${dv}u;
     var acc = 0.0;
     for (var c = 0u; c < ${dv}u; c++) { acc = fma(G[g + c], O[o + c], acc); }
     D[row] = acc;

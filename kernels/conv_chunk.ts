@@ -21,7 +21,8 @@
  */
 
 import type { ConvShapeKey } from "./conv.ts";
-import { type Kernel, LINEAR_INDEX, paramsBlock } from "./types.ts";
+import { type Kernel, LINEAR_INDEX } from "./types.ts";
+import { type UniformLayout, uniforms } from "./uniforms.ts";
 import { defineKernel, type KernelSource } from "./program.ts";
 
 /** Geometry of a {@linkcode convChunkKernel}. */
@@ -34,41 +35,40 @@ export interface ConvChunkConfig {
   readonly channels: number;
 }
 
-/** Word indices of the chunk kernel's parameter block. */
-export const CHUNK = {
+const CHUNK_FIELDS = {
   /** Output positions per batch item (od·oh·ow, a multiple of 4), output extents h and w. */
-  positions: 0,
-  oh: 1,
-  ow: 2,
+  positions: "u32",
+  oh: "u32",
+  ow: "u32",
   /** Input channels per group, output channels per group, padded output channels of the packed weights. */
-  cinG: 3,
-  coutG: 4,
-  coP: 5,
+  cinG: "u32",
+  coutG: "u32",
+  coP: "u32",
   /** Groups; input channels of the whole tensor. */
-  groups: 6,
-  cin: 7,
+  groups: "u32",
+  cin: "u32",
   /** First input channel (within the group) of this dispatch; 1 for the first dispatch (store, not add). */
-  ci0: 8,
-  first: 9,
+  ci0: "u32",
+  first: "u32",
   /** Planes in vec4s: per input channel, per kw plane, per padded d row, per padded h row. */
-  xChan: 10,
-  xPlane: 11,
-  xRowD: 12,
-  xRowH: 13,
+  xChan: "u32",
+  xPlane: "u32",
+  xRowD: "u32",
+  xRowH: "u32",
   /** Output in vec4s: offset, batch stride, channel stride. */
-  outOff4: 14,
-  oN4: 15,
-  oC4: 16,
+  outOff4: "u32",
+  oN4: "u32",
+  oC4: "u32",
   /** Bias element offset, 1 when there is a bias. */
-  biasOff: 17,
-  hasBias: 18,
+  biasOff: "u32",
+  hasBias: "u32",
   /** A runtime f32 zero and a never-set guard word (see the kernel). */
-  zero: 19,
-  guard: 20,
+  zero: "f32",
+  guard: "u32",
 } as const;
 
-/** Size of the chunk kernel's parameter block in u32 words. */
-export const CHUNK_WORDS = 21;
+/** Uniform layout of the chunk kernel's parameters. */
+export const CHUNK: UniformLayout<typeof CHUNK_FIELDS> = uniforms("conv3d:chunk", CHUNK_FIELDS);
 
 /**
  * One input-channel chunk of a convolution: `Out[n, g·coutG + co, p] (+)= Σ_{c < channels, tap}
@@ -96,15 +96,17 @@ export const convChunkKernel: (key: ConvShapeKey, cfg: ConvChunkConfig) => Kerne
     const quads = TM / 4; // vec4s of weights per k
     const staged = depth * quads;
     const L: string[] = [];
-    L.push(`let P = pu(${CHUNK.positions}u); let OH = pu(${CHUNK.oh}u); let OW = pu(${CHUNK.ow}u);`);
+    L.push(`let P = ${CHUNK.read("positions")}; let OH = ${CHUNK.read("oh")}; let OW = ${CHUNK.read("ow")};`);
     L.push(
-      `let cinG = pu(${CHUNK.cinG}u); let coutG = pu(${CHUNK.coutG}u); let coP4 = pu(${CHUNK.coP}u) / 4u;`,
+      `let cinG = ${CHUNK.read("cinG")}; let coutG = ${CHUNK.read("coutG")}; let coP4 = ${
+        CHUNK.read("coP")
+      } / 4u;`,
     );
-    L.push(`let ci0 = pu(${CHUNK.ci0}u); let first = pu(${CHUNK.first}u) != 0u;`);
+    L.push(`let ci0 = ${CHUNK.read("ci0")}; let first = ${CHUNK.read("first")} != 0u;`);
     // A runtime zero: accumulators start from a value with many uses, which keeps LLVM from scalarising the
     // FMA chains into the per-lane store loops (see matmul.ts).
-    L.push(`let zero = vec4<f32>(pf(${CHUNK.zero}u));`);
-    L.push(`let g = wid.z % pu(${CHUNK.groups}u); let n = wid.z / pu(${CHUNK.groups}u);`);
+    L.push(`let zero = vec4<f32>(${CHUNK.read("zero")});`);
+    L.push(`let g = wid.z % ${CHUNK.read("groups")}; let n = wid.z / ${CHUNK.read("groups")};`);
     L.push(`let row0 = wid.y * ${TM}u;`);
     // Stage the chunk's weights as [k][co/4] vec4s: element e = j·W + li is k = e / quads, quad e % quads.
     L.push(`let w_base = (g * cinG + ci0) * ${taps}u * coP4 + row0 / 4u;`);
@@ -120,10 +122,12 @@ export const convChunkKernel: (key: ConvShapeKey, cfg: ConvChunkConfig) => Kerne
     // This thread's 4 output positions and, for every k of the chunk, their 4 input values (one vec4).
     L.push(`let col = (wid.x * ${W}u + li) * 4u; let valid = col < P;`);
     L.push(`let od = col / (OH * OW); let oh = (col / OW) % OH; let ow4 = (col % OW) / 4u;`);
-    L.push(`let xChan = pu(${CHUNK.xChan}u); let xPlane = pu(${CHUNK.xPlane}u);`);
-    L.push(`let xRowD = pu(${CHUNK.xRowD}u); let xRowH = pu(${CHUNK.xRowH}u);`);
+    L.push(`let xChan = ${CHUNK.read("xChan")}; let xPlane = ${CHUNK.read("xPlane")};`);
+    L.push(`let xRowD = ${CHUNK.read("xRowD")}; let xRowH = ${CHUNK.read("xRowH")};`);
     L.push(
-      `let xb = (n * pu(${CHUNK.cin}u) + g * cinG + ci0) * xChan + od * ${SD}u * xRowD + oh * ${SH}u * xRowH + ow4;`,
+      `let xb = (n * ${
+        CHUNK.read("cin")
+      } + g * cinG + ci0) * xChan + od * ${SD}u * xRowD + oh * ${SH}u * xRowH + ow4;`,
     );
     for (let c = 0; c < CC; c++) {
       L.push(`let ok${c} = valid && ci0 + ${c}u < cinG;`);
@@ -138,8 +142,8 @@ export const convChunkKernel: (key: ConvShapeKey, cfg: ConvChunkConfig) => Kerne
       }
     }
     L.push(`var guard = zero;`);
-    L.push(`let out_n = pu(${CHUNK.outOff4}u) + n * pu(${CHUNK.oN4}u) + col / 4u;`);
-    L.push(`let oC4 = pu(${CHUNK.oC4}u); let has_bias = pu(${CHUNK.hasBias}u) != 0u;`);
+    L.push(`let out_n = ${CHUNK.read("outOff4")} + n * ${CHUNK.read("oN4")} + col / 4u;`);
+    L.push(`let oC4 = ${CHUNK.read("oC4")}; let has_bias = ${CHUNK.read("hasBias")} != 0u;`);
     // Four output channels at a time, interleaved so that four independent FMA chains are in flight.
     for (let m0 = 0; m0 < TM; m0 += 4) {
       for (let m = m0; m < m0 + 4; m++) L.push(`var c${m} = zero;`);
@@ -151,16 +155,18 @@ export const convChunkKernel: (key: ConvShapeKey, cfg: ConvChunkConfig) => Kerne
       for (let m = m0; m < m0 + 4; m++) {
         L.push(
           `if (valid && row0 + ${m}u < coutG) { let co = g * coutG + row0 + ${m}u; let i = out_n + co * oC4;` +
-            ` var prev = zero; if (first) { if (has_bias) { prev = vec4<f32>(Bias[pu(${CHUNK.biasOff}u) + co]); } }` +
+            ` var prev = zero; if (first) { if (has_bias) { prev = vec4<f32>(Bias[${
+              CHUNK.read("biasOff")
+            } + co]); } }` +
             ` else { prev = Out4[i]; } Out4[i] = prev + c${m}; }`,
           `guard = guard + c${m};`,
         );
       }
     }
     // Never true (the engine passes 0); gives every accumulator a second use, see `zero` above.
-    L.push(`if (pu(${CHUNK.guard}u) == 1u) { Out4[li] = guard; }`);
+    L.push(`if (${CHUNK.read("guard")} == 1u) { Out4[li] = guard; }`);
     const code = /* wgsl */ `
-  ${paramsBlock(CHUNK_WORDS)}
+  ${CHUNK.wgsl}
   @group(0) @binding(1) var<storage, read> X4: array<vec4<f32>>;
   @group(0) @binding(2) var<storage, read> Wp: array<vec4<f32>>;
   @group(0) @binding(3) var<storage, read> Bias: array<f32>;
@@ -178,32 +184,31 @@ export const convChunkKernel: (key: ConvShapeKey, cfg: ConvChunkConfig) => Kerne
   },
 );
 
-/** Word indices of the planes kernel's parameter block. */
-export const PLANES = {
+const PLANES_FIELDS = {
   /** Plane rows to write (rows × kw × pd × ph). */
-  count: 0,
+  count: "u32",
   /** Planes per channel (kernel w extent), padded d and h extents, vec4s per plane row. */
-  kw: 1,
-  pd: 2,
-  ph: 3,
-  row4: 4,
+  kw: "u32",
+  pd: "u32",
+  ph: "u32",
+  row4: "u32",
   /** Source extents. */
-  d: 5,
-  h: 6,
-  w: 7,
+  d: "u32",
+  h: "u32",
+  w: "u32",
   /** Source coordinate of padded index 0 along d, h, w (i32; negative = zero padding). */
-  d0: 8,
-  h0: 9,
-  w0: 10,
+  d0: "i32",
+  h0: "i32",
+  w0: "i32",
   /** Stride and dilation along w; valid elements per plane row; source element offset. */
-  sw: 11,
-  dw: 12,
-  ow: 13,
-  xOff: 14,
+  sw: "u32",
+  dw: "u32",
+  ow: "u32",
+  xOff: "u32",
 } as const;
 
-/** Size of the planes kernel's parameter block in u32 words. */
-export const PLANES_WORDS = 15;
+/** Uniform layout of the planes kernel's parameters. */
+export const PLANES: UniformLayout<typeof PLANES_FIELDS> = uniforms("conv3d:planes", PLANES_FIELDS);
 
 /** Threads per workgroup of the planes kernel. */
 export const PLANES_WG = 64;
@@ -219,27 +224,28 @@ export const convPlanesKernel: () => Kernel = defineKernel(
   "conv3d:planes",
   (): KernelSource => {
     const code = /* wgsl */ `
-  ${paramsBlock(PLANES_WORDS)}
+  ${PLANES.wgsl}
   ${LINEAR_INDEX}
   @group(0) @binding(1) var<storage, read> X: array<f32>;
   @group(0) @binding(2) var<storage, read_write> Xq: array<vec4<f32>>;
-  fn ip(i: u32) -> i32 { return bitcast<i32>(pu(i)); }
   @compute @workgroup_size(${PLANES_WG})
   fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) li: u32) {
     let t = linear_workgroup(wid, nwg) * ${PLANES_WG}u + li;
-    if (t >= pu(${PLANES.count}u)) { return; }
-    let R4 = pu(${PLANES.row4}u); let PH = pu(${PLANES.ph}u); let PD = pu(${PLANES.pd}u);
-    let KW = pu(${PLANES.kw}u);
-    let y = i32(t % PH) + ip(${PLANES.h0}u);
-    let z = i32((t / PH) % PD) + ip(${PLANES.d0}u);
+    if (t >= ${PLANES.read("count")}) { return; }
+    let R4 = ${PLANES.read("row4")}; let PH = ${PLANES.read("ph")}; let PD = ${PLANES.read("pd")};
+    let KW = ${PLANES.read("kw")};
+    let y = i32(t % PH) + ${PLANES.read("h0")};
+    let z = i32((t / PH) % PD) + ${PLANES.read("d0")};
     let j = (t / (PH * PD)) % KW;
     let row = t / (PH * PD * KW);
-    let D = i32(pu(${PLANES.d}u)); let H = i32(pu(${PLANES.h}u)); let W = i32(pu(${PLANES.w}u));
-    let OW = pu(${PLANES.ow}u); let SW = pu(${PLANES.sw}u);
+    let D = i32(${PLANES.read("d")}); let H = i32(${PLANES.read("h")}); let W = i32(${PLANES.read("w")});
+    let OW = ${PLANES.read("ow")}; let SW = ${PLANES.read("sw")};
     let inside = z >= 0 && z < D && y >= 0 && y < H;
-    let src = pu(${PLANES.xOff}u) + select(0u, ((row * u32(D) + u32(z)) * u32(H) + u32(y)) * u32(W), inside);
-    let x0 = i32(j * pu(${PLANES.dw}u)) + ip(${PLANES.w0}u);
+    let src = ${
+      PLANES.read("xOff")
+    } + select(0u, ((row * u32(D) + u32(z)) * u32(H) + u32(y)) * u32(W), inside);
+    let x0 = i32(j * ${PLANES.read("dw")}) + ${PLANES.read("w0")};
     for (var v = 0u; v < R4; v++) {
       var out = vec4<f32>(0.0);
       if (inside) {
@@ -267,39 +273,43 @@ export interface ConvWeightGradChunkConfig {
   readonly depth: number;
 }
 
-/** Word indices of the weight-gradient chunk kernel's parameter block (then `depth` row offsets). */
-export const WCHUNK = {
-  /** k-values (input channels × taps), output channels. */
-  K: 0,
-  cout: 1,
-  /** Planes in vec4s: batch item's offset, per input channel, per kw plane, per padded d row, per h row. */
-  xN: 2,
-  xChan: 3,
-  xPlane: 4,
-  xRowD: 5,
-  xRowH: 6,
-  /** gradOut in vec4s: offset of this batch item and chunk, channel stride. */
-  gOff4: 7,
-  gC4: 8,
-  /** Valid position groups in this chunk (≤ depth); 1 for the first dispatch (store, not add). */
-  valid: 9,
-  first: 10,
-  /** A runtime f32 zero and a never-set guard word (see `convChunkKernel`). */
-  zero: 11,
-  guard: 12,
-  /** Start of the table: the planes offset (vec4s) of each position group's (od·sd, oh·sh, ow/4) row. */
-  rows: 13,
-} as const;
+/** The fields of the weight-gradient chunk kernel's parameters for a chunk of `depth` position groups. */
+function weightGradChunkFields(depth: number) {
+  return {
+    /** k-values (input channels × taps), output channels. */
+    K: "u32",
+    cout: "u32",
+    /** Planes in vec4s: batch item's offset, per input channel, per kw plane, per padded d row, per h row. */
+    xN: "u32",
+    xChan: "u32",
+    xPlane: "u32",
+    xRowD: "u32",
+    xRowH: "u32",
+    /** gradOut in vec4s: offset of this batch item and chunk, channel stride. */
+    gOff4: "u32",
+    gC4: "u32",
+    /** Valid position groups in this chunk (≤ depth); 1 for the first dispatch (store, not add). */
+    valid: "u32",
+    first: "u32",
+    /** A runtime f32 zero and a never-set guard word (see `convChunkKernel`). */
+    zero: "f32",
+    guard: "u32",
+    /** The planes offset (vec4s) of each position group's (od·sd, oh·sh, ow/4) row. */
+    rows: ["u32", depth],
+  } as const;
+}
 
-/** Size of the weight-gradient chunk kernel's parameter block for a chunk of `depth` position groups. */
-export function weightGradChunkWords(depth: number): number {
-  return WCHUNK.rows + depth;
+/** Uniform layout of the weight-gradient chunk kernel's parameters for a chunk of `depth` position groups. */
+export function weightGradChunkUniforms(
+  depth: number,
+): UniformLayout<ReturnType<typeof weightGradChunkFields>> {
+  return uniforms("conv3d:wgrad-chunk", weightGradChunkFields(depth));
 }
 
 /**
  * One position chunk of a convolution's weight gradient (groups = 1): `dW[co, k] (+)= Σ_{j < valid}
  * Σ_{e < 4} gradOut[co, chunk position 4j + e] · planes[ci(k), kw(k), row_j + kd(k)·dd, + kh(k)·dh, e]` with
- * k = (ci, kd, kh, kw) and `row_j` the planes offset of position group j, passed in the parameter block
+ * k = (ci, kd, kh, kw) and `row_j` the planes offset of position group j, passed in the uniforms
  * (uniform loads at constant offsets are free on llvmpipe; computing it in the kernel would divide). The
  * chunk of gradOut ([rows][depth] vec4s) is staged in workgroup memory and read at constant addresses; each
  * thread loads one vec4 of planes per position group. The first dispatch stores, later ones add.
@@ -320,10 +330,11 @@ export const convWeightGradChunkKernel: (key: ConvShapeKey, cfg: ConvWeightGradC
       const [DD, DH] = key.dilation;
       const taps = KD * KH * KW;
       const staged = TM * D;
+      const U = weightGradChunkUniforms(D);
       const L: string[] = [];
-      L.push(`let K = pu(${WCHUNK.K}u); let cout = pu(${WCHUNK.cout}u); let valid = pu(${WCHUNK.valid}u);`);
-      L.push(`let first = pu(${WCHUNK.first}u) != 0u; let zero = vec4<f32>(pf(${WCHUNK.zero}u));`);
-      L.push(`let row0 = wid.y * ${TM}u; let gC4 = pu(${WCHUNK.gC4}u); let gOff4 = pu(${WCHUNK.gOff4}u);`);
+      L.push(`let K = ${U.read("K")}; let cout = ${U.read("cout")}; let valid = ${U.read("valid")};`);
+      L.push(`let first = ${U.read("first")} != 0u; let zero = vec4<f32>(${U.read("zero")});`);
+      L.push(`let row0 = wid.y * ${TM}u; let gC4 = ${U.read("gC4")}; let gOff4 = ${U.read("gOff4")};`);
       // Stage gradOut's chunk as [co][j] vec4s: element e = i·W + li is channel e / D, position group e % D.
       for (let i = 0; i * W < staged; i++) {
         const e = `${i * W}u + li`;
@@ -338,12 +349,12 @@ export const convWeightGradChunkKernel: (key: ConvShapeKey, cfg: ConvWeightGradC
       L.push(`let ci = k / ${taps}u; let tap = k % ${taps}u;`);
       L.push(`let kd = tap / ${KH * KW}u; let kh = (tap / ${KW}u) % ${KH}u; let kw = tap % ${KW}u;`);
       L.push(
-        `let tb = pu(${WCHUNK.xN}u) + ci * pu(${WCHUNK.xChan}u) + kw * pu(${WCHUNK.xPlane}u) + ` +
-          `kd * ${DD}u * pu(${WCHUNK.xRowD}u) + kh * ${DH}u * pu(${WCHUNK.xRowH}u);`,
+        `let tb = ${U.read("xN")} + ci * ${U.read("xChan")} + kw * ${U.read("xPlane")} + ` +
+          `kd * ${DD}u * ${U.read("xRowD")} + kh * ${DH}u * ${U.read("xRowH")};`,
       );
       for (let j = 0; j < D; j++) {
         L.push(
-          `let b${j} = select(zero, X4[select(0u, tb + pu(${WCHUNK.rows + j}u), kvalid && ${j}u < valid)],` +
+          `let b${j} = select(zero, X4[select(0u, tb + ${U.read("rows", j)}, kvalid && ${j}u < valid)],` +
             ` vec4<bool>(kvalid && ${j}u < valid));`,
         );
       }
@@ -361,9 +372,9 @@ export const convWeightGradChunkKernel: (key: ConvShapeKey, cfg: ConvWeightGradC
           );
         }
       }
-      L.push(`if (pu(${WCHUNK.guard}u) == 1u) { dW[li] = guard.x; }`);
+      L.push(`if (${U.read("guard")} == 1u) { dW[li] = guard.x; }`);
       const code = /* wgsl */ `
-  ${paramsBlock(weightGradChunkWords(D))}
+  ${U.wgsl}
   @group(0) @binding(1) var<storage, read> X4: array<vec4<f32>>;
   @group(0) @binding(2) var<storage, read> G4: array<vec4<f32>>;
   @group(0) @binding(3) var<storage, read_write> dW: array<f32>;

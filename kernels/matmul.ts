@@ -14,14 +14,35 @@
  *   4 columns of B once per chunk (vec4) and reuses them for all `rows` rows of the tile. See
  *   `bench/README.md` for the measurements behind this design.
  *
- * Parameter block of the tiled kernel: `[M, N, K, aOff, aBatch, aRow, aCol, bOff, bBatch, bRow, bCol]`.
- * Parameter block of the chunk kernel: see {@linkcode chunkParams}.
+ * Parameters: {@linkcode MATMUL_UNIFORMS} (tiled kernel) and {@linkcode chunkParams} (chunk kernel).
  *
  * @module
  */
 
-import { type Kernel, paramsBlock } from "./types.ts";
+import type { Kernel } from "./types.ts";
+import { type UniformLayout, uniforms } from "./uniforms.ts";
 import { defineKernel, type KernelSource } from "./program.ts";
+
+const MATMUL_FIELDS = {
+  /** Output rows and columns, the contracted extent. */
+  M: "u32",
+  N: "u32",
+  K: "u32",
+  /** A: element offset, batch stride (0 to broadcast), row and column strides; then the same for B. */
+  aOffset: "u32",
+  aBatch: "u32",
+  aRow: "u32",
+  aCol: "u32",
+  bOffset: "u32",
+  bBatch: "u32",
+  bRow: "u32",
+  bCol: "u32",
+} as const;
+
+/** Uniform layout of the tiled matmul kernel. */
+export const MATMUL_UNIFORMS: UniformLayout<typeof MATMUL_FIELDS> = uniforms("matmul:tiled64", MATMUL_FIELDS);
+
+const U = MATMUL_UNIFORMS;
 
 /** Output tile edge of the tiled matmul kernel (rows and columns per workgroup). */
 export const MATMUL_TILE = 64;
@@ -31,7 +52,7 @@ export const matmulKernel: () => Kernel = defineKernel(
   "matmul:tiled64",
   (): KernelSource => {
     const code = /* wgsl */ `
-  ${paramsBlock(11)}
+  ${U.wgsl}
   @group(0) @binding(1) var<storage, read> A: array<f32>;
   @group(0) @binding(2) var<storage, read> B: array<f32>;
   @group(0) @binding(3) var<storage, read_write> C: array<f32>;
@@ -41,9 +62,11 @@ export const matmulKernel: () => Kernel = defineKernel(
   @compute @workgroup_size(16, 16)
   fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
           @builtin(local_invocation_index) li: u32) {
-    let M = pu(0u); let N = pu(1u); let K = pu(2u);
-    let a_base = pu(3u) + wid.z * pu(4u); let a_row = pu(5u); let a_col = pu(6u);
-    let b_base = pu(7u) + wid.z * pu(8u); let b_row = pu(9u); let b_col = pu(10u);
+    let M = ${U.read("M")}; let N = ${U.read("N")}; let K = ${U.read("K")};
+    let a_base = ${U.read("aOffset")} + wid.z * ${U.read("aBatch")}; let a_row = ${U.read("aRow")};
+    let a_col = ${U.read("aCol")};
+    let b_base = ${U.read("bOffset")} + wid.z * ${U.read("bBatch")}; let b_row = ${U.read("bRow")};
+    let b_col = ${U.read("bCol")};
     let row0 = wid.y * 64u;
     let col0 = wid.x * 64u;
     var acc0 = vec4<f32>(0.0); var acc1 = vec4<f32>(0.0); var acc2 = vec4<f32>(0.0); var acc3 = vec4<f32>(0.0);
@@ -138,9 +161,6 @@ export function chunkColumns(cfg: ChunkConfig): number {
   return cfg.threads * 4;
 }
 
-/** Number of u32 words of the chunk kernel's parameter block. */
-export const CHUNK_PARAM_WORDS = 16;
-
 /** Layout of the operands of one chunk dispatch (element units; vec4-aligned as noted). */
 export interface ChunkOperands {
   M: number;
@@ -159,29 +179,50 @@ export interface ChunkOperands {
   cBatch: number;
 }
 
-/**
- * The parameter block of the dispatch for the K-chunk starting at `k0`: `[M, N, K, aOff, aBatch, aRow, bOff,
- * bBatch, bRow, cRow, cBatch, k0, accumulate, 0.0f, guard = 0, 0]`. The f32 zero and the guard word are
- * runtime values the compiler cannot see through (see the kernel).
- */
+const CHUNK_FIELDS = {
+  /** {@linkcode ChunkOperands}. */
+  M: "u32",
+  N: "u32",
+  K: "u32",
+  aOffset: "u32",
+  aBatch: "u32",
+  aRow: "u32",
+  bOffset: "u32",
+  bBatch: "u32",
+  bRow: "u32",
+  cRow: "u32",
+  cBatch: "u32",
+  /** First k of this chunk; 1 to add into C (every chunk but the first). */
+  k0: "u32",
+  accumulate: "u32",
+  /** A runtime f32 zero and a never-set guard word: values the compiler cannot see through (see the kernel). */
+  zero: "f32",
+  guard: "u32",
+} as const;
+
+/** Uniform layout of the chunk kernel. */
+export const CHUNK_UNIFORMS: UniformLayout<typeof CHUNK_FIELDS> = uniforms("matmul:chunk", CHUNK_FIELDS);
+
+/** The parameters of the dispatch for the K-chunk starting at `k0`. */
 export function chunkParams(op: ChunkOperands, k0: number): Uint32Array {
-  const p = new Uint32Array(CHUNK_PARAM_WORDS);
-  p.set([
-    op.M,
-    op.N,
-    op.K,
-    op.aOffset,
-    op.aBatch,
-    op.aRow,
-    op.bOffset,
-    op.bBatch,
-    op.bRow,
-    op.cRow,
-    op.cBatch,
-  ]);
-  p[11] = k0;
-  p[12] = k0 > 0 ? 1 : 0;
-  return p;
+  const { M, N, K, aOffset, aBatch, aRow, bOffset, bBatch, bRow, cRow, cBatch } = op;
+  return CHUNK_UNIFORMS.pack({
+    M,
+    N,
+    K,
+    aOffset,
+    aBatch,
+    aRow,
+    bOffset,
+    bBatch,
+    bRow,
+    cRow,
+    cBatch,
+    k0,
+    accumulate: k0 > 0 ? 1 : 0,
+    zero: 0,
+    guard: 0,
+  });
 }
 
 /**
@@ -200,15 +241,17 @@ export const matmulChunkKernel: (cfg: ChunkConfig) => Kernel = defineKernel(
     const q = KC / 4; // vec4s per staged A row
     const staged = TM * q; // vec4s in the A tile
     const L: string[] = [];
-    L.push(`let M = pu(0u); let N = pu(1u); let K = pu(2u);`);
-    L.push(`let a_base = pu(3u) + wid.z * pu(4u); let a_row = pu(5u);`);
-    L.push(`let b_base = pu(6u) + wid.z * pu(7u); let b_row = pu(8u);`);
+    const C = CHUNK_UNIFORMS;
+    L.push(`let M = ${C.read("M")}; let N = ${C.read("N")}; let K = ${C.read("K")};`);
+    L.push(`let a_base = ${C.read("aOffset")} + wid.z * ${C.read("aBatch")}; let a_row = ${C.read("aRow")};`);
+    L.push(`let b_base = ${C.read("bOffset")} + wid.z * ${C.read("bBatch")}; let b_row = ${C.read("bRow")};`);
     L.push(
-      `let c_row = pu(9u); let c_base = wid.z * pu(10u); let k0 = pu(11u); let accumulate = pu(12u) != 0u;`,
+      `let c_row = ${C.read("cRow")}; let c_base = wid.z * ${C.read("cBatch")}; let k0 = ${C.read("k0")};`,
     );
+    L.push(`let accumulate = ${C.read("accumulate")} != 0u;`);
     // A runtime zero: accumulators start from a value with many uses, which keeps LLVM from scalarising the
     // whole FMA chain into the per-lane store loops (InstCombine does that to single-use chains).
-    L.push(`let zero = vec4<f32>(pf(13u));`);
+    L.push(`let zero = vec4<f32>(${C.read("zero")});`);
     L.push(`let row0 = wid.y * ${TM}u; let col0 = wid.x * ${W * 4}u;`);
     L.push(`let lane4 = vec4<u32>(0u, 1u, 2u, 3u);`);
     // Stage the A tile [TM][KC] as vec4s along k: element e = j·W + li → row e / q, k-quad e % q.
@@ -251,9 +294,9 @@ export const matmulChunkKernel: (cfg: ChunkConfig) => Kernel = defineKernel(
       }
     }
     // Never true (the engine passes 0); gives every accumulator a second use, see `zero` above.
-    L.push(`if (pu(14u) == 1u) { C4[li] = guard; }`);
+    L.push(`if (${C.read("guard")} == 1u) { C4[li] = guard; }`);
     const code = /* wgsl */ `
-  ${paramsBlock(CHUNK_PARAM_WORDS)}
+  ${C.wgsl}
   @group(0) @binding(1) var<storage, read> A4: array<vec4<f32>>;
   @group(0) @binding(2) var<storage, read> B4: array<vec4<f32>>;
   @group(0) @binding(3) var<storage, read_write> C4: array<vec4<f32>>;

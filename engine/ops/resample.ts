@@ -21,10 +21,11 @@
 import {
   avgPoolGradKernel,
   avgPoolKernel,
+  avgPoolUniforms,
   interpolateGradKernel,
   interpolateKernel,
   type InterpolateKind,
-  interpolateParamLayout,
+  interpolateUniforms,
   type ResampleVec,
 } from "../../kernels/resample.ts";
 import { WG } from "../../kernels/types.ts";
@@ -128,10 +129,6 @@ function ratioOf(axis: Axis): number {
   return Math.fround(axis.scale !== undefined ? 1 / axis.scale : axis.inSize / axis.outSize);
 }
 
-function floatBits(v: number): number {
-  return new Uint32Array(new Float32Array([v]).buffer)[0];
-}
-
 /** The input indices output `o` of `axis` reads: ATen's taps, in float32 (as the kernels compute them). */
 function tapsOf(kind: InterpolateKind, axis: Axis, ratio: number): (o: number) => number[] {
   const { inSize, outSize } = axis;
@@ -202,7 +199,7 @@ function layoutOf(
   return {
     vec,
     groups,
-    rcps: dims.slice(1).map((d) => floatBits(1 / d)),
+    rcps: dims.slice(1).map((d) => 1 / d),
     grid: [blocks, planeRows, Math.ceil(planes / planeRows)],
   };
 }
@@ -220,7 +217,7 @@ export function interpolate(x: Tensor, opts: InterpolateOptions): Tensor {
   const planes = x.shape[0] * x.shape[1];
   const inDims = axes.map((a) => a.inSize);
   const outDims = axes.map((a) => a.outSize);
-  const ratios = axes.map((a) => floatBits(ratioOf(a)));
+  const ratios = axes.map(ratioOf);
   const xc = contiguous(x);
   const inLen = inDims.reduce((a, b) => a * b, 1);
   const outLen = outDims.reduce((a, b) => a * b, 1);
@@ -229,8 +226,16 @@ export function interpolate(x: Tensor, opts: InterpolateOptions): Tensor {
     const out = fromData(null, [count, ...outDims]);
     if (out.size === 0) return out;
     const fwd = layoutOf(op, count, outDims);
-    const params = new Uint32Array(interpolateParamLayout(nd).words);
-    params.set([count, fwd.groups, src.offset, ...inDims, ...outDims, ...ratios, ...fwd.rcps]);
+    const params = interpolateUniforms(nd, false).pack({
+      planes: count,
+      groups: fwd.groups,
+      offset: src.offset,
+      inSize: inDims,
+      outSize: outDims,
+      ratio: ratios,
+      rcp: fwd.rcps,
+      rangeAt: [],
+    });
     dispatch(
       interpolateKernel(kind, nd, fwd.vec),
       params,
@@ -250,16 +255,16 @@ export function interpolate(x: Tensor, opts: InterpolateOptions): Tensor {
       const bwd = layoutOf(op, count, inDims);
       dispatch(
         interpolateGradKernel(kind, nd, bwd.vec),
-        new Uint32Array([
-          count,
-          bwd.groups,
-          src.offset,
-          ...inDims,
-          ...outDims,
-          ...ratios,
-          ...bwd.rcps,
-          ...rangeAt,
-        ]),
+        interpolateUniforms(nd, true).pack({
+          planes: count,
+          groups: bwd.groups,
+          offset: src.offset,
+          inSize: inDims,
+          outSize: outDims,
+          ratio: ratios,
+          rcp: bwd.rcps,
+          rangeAt,
+        }),
         [src.storage(op).buffer, table.storage(op).buffer, out.storage(op).buffer],
         bwd.grid,
       );
@@ -305,7 +310,16 @@ function avgPool(op: string, nd: number, x: Tensor, kernel: unknown, stride: unk
     const fwd = layoutOf(op, count, outDims);
     dispatch(
       avgPoolKernel(nd, fwd.vec),
-      new Uint32Array([count, fwd.groups, src.offset, ...inDims, ...outDims, ...k, ...s, ...fwd.rcps]),
+      avgPoolUniforms(nd, false).pack({
+        planes: count,
+        groups: fwd.groups,
+        offset: src.offset,
+        inSize: inDims,
+        outSize: outDims,
+        kernel: k,
+        stride: s,
+        rcp: fwd.rcps,
+      }),
       [src.storage(op).buffer, out.storage(op).buffer],
       fwd.grid,
     );
@@ -321,7 +335,16 @@ function avgPool(op: string, nd: number, x: Tensor, kernel: unknown, stride: unk
       const bwd = layoutOf(op, count, inDims);
       dispatch(
         avgPoolGradKernel(nd, bwd.vec),
-        new Uint32Array([count, bwd.groups, src.offset, ...inDims, ...outDims, ...k, ...s, ...bwd.rcps]),
+        avgPoolUniforms(nd, true).pack({
+          planes: count,
+          groups: bwd.groups,
+          offset: src.offset,
+          inSize: inDims,
+          outSize: outDims,
+          kernel: k,
+          stride: s,
+          rcp: bwd.rcps,
+        }),
         [src.storage(op).buffer, out.storage(op).buffer],
         bwd.grid,
       );
