@@ -336,6 +336,10 @@ function chunkConfigFor(call: ConvCall): ConvChunkConfig | null {
 function weightGradChunkConfigFor(g: Geometry): ConvWeightGradChunkConfig | null {
   if (convSettings.path === "direct" || g.groups !== 1 || g.outDims[2] % 4 !== 0) return null;
   const taps = g.kernel[0] * g.kernel[1] * g.kernel[2];
+  // Pointwise kernels stay on the direct kernel: with one tap and K a multiple of 64 the chunk kernel ran
+  // 25–400× slower on lavapipe (64→32 at 16³: 1.8 s against 41 ms, bench/conv_paths.ts --batch 2; cause
+  // not found), and the direct kernel is fast at every pointwise shape of the U-Nets.
+  if (convSettings.path === "auto" && taps === 1) return null;
   const macs = g.n * g.cout * g.cin * taps * sizeOf(g.outDims);
   // `auto` once picked it for strided convolutions only: a whole training step of the default model was
   // slower with it at stride 1 although each convolution was faster. With the planes copy it starts with now
