@@ -4,7 +4,8 @@
  * coalesces dimensions it is usually 1–3) so the index arithmetic unrolls.
  *
  * Parameter block (u32 words): `[n, outOffset, inOffset × arity, shape × rank, outStrides × rank,
- * inStrides × arity × rank, scalars (f32 bits) × 4]`.
+ * inStrides × arity × rank, scalars (f32 bits) × 4, first]`; `first` is the element index of the dispatch's
+ * first element when an op runs a large index space in pieces (expressions of `i` see the whole space's index).
  *
  * @module
  */
@@ -18,13 +19,14 @@ const INPUT_NAMES = ["a", "b", "c"];
 
 /** Word count of the parameter block of a map kernel. */
 export function mapParamWords(arity: number, rank: number): number {
-  return 2 + arity + rank + rank + arity * rank + MAP_SCALARS;
+  return 2 + arity + rank + rank + arity * rank + MAP_SCALARS + 1;
 }
 
 /**
  * A kernel computing `out[i] = expr(a[i], b[i], c[i], s0..s3)` over a strided index space of `rank`
  * dimensions. `expr` is a WGSL f32 expression over the inputs `a`, `b`, `c` (first `arity` of them) and
- * the scalars `s0`..`s3`. `helpers` is extra WGSL (functions the expression calls).
+ * the scalars `s0`..`s3`, and may use the element's index `i` (u32, counted over the whole index space, also
+ * when it runs in pieces). `helpers` is extra WGSL (functions the expression calls).
  */
 export function mapKernel(name: string, expr: string, arity: number, rank: number, helpers = ""): Kernel {
   const words = mapParamWords(arity, rank);
@@ -32,12 +34,13 @@ export function mapKernel(name: string, expr: string, arity: number, rank: numbe
   const outStrideAt = shapeAt + rank;
   const inStrideAt = outStrideAt + rank;
   const scalarAt = inStrideAt + arity * rank;
+  const firstAt = scalarAt + MAP_SCALARS;
   const inputs = INPUT_NAMES.slice(0, arity);
   const bindings = inputs.map((n, k) =>
     `@group(0) @binding(${k + 1}) var<storage, read> in_${n}: array<f32>;`
   ).join("\n");
   const lines: string[] = [];
-  lines.push(`var rem = i;`, `var io = pu(1u);`);
+  lines.push(`let i = pu(${firstAt}u) + t;`, `var rem = t;`, `var io = pu(1u);`);
   inputs.forEach((n, k) => lines.push(`var i${n} = pu(${2 + k}u);`));
   for (let d = rank - 1; d >= 0; d--) {
     if (d === 0) lines.push(`{ let c = rem;`);
@@ -60,8 +63,8 @@ ${helpers}
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {
-  let i = linear_workgroup(wid, nwg) * ${WG}u + li;
-  if (i >= pu(0u)) { return; }
+  let t = linear_workgroup(wid, nwg) * ${WG}u + li;
+  if (t >= pu(0u)) { return; }
   ${lines.join("\n  ")}
   out[io] = ${expr};
 }

@@ -101,6 +101,7 @@ export function mapInto(
     for (const s of c.strides[0]) params[at++] = s;
     for (let k = 0; k < arity; k++) for (const s of c.strides[k + 1]) params[at++] = s;
     scalars.forEach((s, i) => (f32[at + i] = s));
+    params[at + MAP_SCALARS] = piece.first;
     const [outBinding, ...inBindings] = bound.bindings;
     dispatch(kernel, params, [...inBindings, outBinding], Math.ceil(params[0] / WG));
   }
