@@ -16,7 +16,7 @@
 
 import type { Kernel } from "../kernels/types.ts";
 import { gpu, limit } from "./device.ts";
-import { afterSubmit } from "./pool.ts";
+import { afterSubmit, setSubmitHook } from "./pool.ts";
 import { passTimestamps, profiling, resolveTimestamps } from "./profile.ts";
 
 const ARENA_BYTES = 1 << 18;
@@ -308,7 +308,10 @@ export function upload(buffer: GPUBuffer, byteOffset: number, data: ArrayBufferV
 
 /** Submits everything recorded so far. */
 export function flush(): void {
-  if (!encoder) return;
+  if (!encoder) {
+    afterSubmit(); // nothing recorded: released buffers are already free to reuse
+    return;
+  }
   const dev = device();
   if (pass) {
     pass.end();
@@ -326,6 +329,9 @@ export function flush(): void {
   stats.submits++;
   afterSubmit();
 }
+
+// The pool submits the recorded work when that lets it reuse a released buffer instead of creating one.
+setSubmitHook(flush);
 
 async function throwPendingErrors(): Promise<void> {
   if (pendingChecks.length === 0) return;
