@@ -24,6 +24,7 @@ import { loadSafetensorsFile, saveSafetensors } from "../io/safetensors.ts";
 import { ControlNet, type ControlNetOptions } from "../models/controlnet.ts";
 import type { DiffusionModelUNet } from "../models/unet.ts";
 import {
+  encoderDownsamplings,
   epsFromPrediction,
   modulate,
   type Modulation,
@@ -34,7 +35,8 @@ import {
 import type { Conditioning, Denoiser } from "../samplers/sample.ts";
 import { DDPMScheduler, type Scheduler } from "../samplers/scheduler.ts";
 import type { Generator } from "./generate.ts";
-import { type LoadedModel, unetGenerator } from "./model.ts";
+import { latentBatches } from "./latent.ts";
+import { disposeModel, type LoadedModel, unetGenerator } from "./model.ts";
 import type { Batch, ControlInput, DiffusionNetwork } from "./train.ts";
 
 /** The kinds of control module. */
@@ -142,6 +144,12 @@ export async function createControl(
     throw new Error(`createControl: unknown kind "${kind}"; accepted: ${CONTROL_KINDS.join(", ")}.`);
   }
   const stages = [16, 32, 96, 256].slice(0, down + 1);
+  if (stages.length !== down + 1) {
+    throw new Error(
+      `createControl: ControlNet's condition embedding halves the grid at most 3 times (MONAI's stages ` +
+        `16, 32, 96, 256); ${down} halvings were asked for.`,
+    );
+  }
   const module = ControlNet.fromUNet(base, {
     conditioningEmbeddingInChannels: conditionChannels.reduce((a, b) => a + b, 0),
     conditioningEmbeddingNumChannels: stages,
@@ -153,6 +161,56 @@ export async function createControl(
     numClassEmbeds: module.config.numClassEmbeds ?? undefined,
   };
   return { module, info: { kind, options, conditions, conditionChannels, baseHash } };
+}
+
+/** Where a model's control module works: the grid its U-Net sees and the grid of the conditions. */
+export interface ControlGeometry {
+  /** [nx, ny, nz] of the U-Net's input: the image grid, or a latent model's latent grid. */
+  modelGrid: [number, number, number];
+  /** [nx, ny, nz] of the conditions: the image grid of the volumes the model generates. */
+  conditionGrid: [number, number, number];
+  /** Halvings from the condition grid to the model grid (0 in image space; log2 of the autoencoder's factor). */
+  downsamplings: number;
+}
+
+/**
+ * The grids of a control module for `model`. In image space the conditions sit on the model's own grid; on a
+ * latent model they stay on the image grid (as in the paper) and the module's condition path halves them
+ * down to the latent grid, which needs the image grid to be the latent grid × 2^levels along every axis.
+ */
+export function controlGeometry(model: Pick<LoadedModel, "info" | "latent">): ControlGeometry {
+  const image = [...model.info.volume.shape] as [number, number, number];
+  if (!model.latent) return { modelGrid: image, conditionGrid: image, downsamplings: 0 };
+  const [, d, h, w] = model.latent.latentShape;
+  const latent: [number, number, number] = [w, h, d];
+  let downsamplings: number;
+  try {
+    downsamplings = encoderDownsamplings(image, latent);
+  } catch {
+    throw new Error(
+      `this latent model's images (${image.join("×")}) are not its latent grid ${
+        latent.join("×")
+      } times one power of two along every axis; control modules take conditions on the image grid and ` +
+        "halve them down to the latent grid, so they need that (an image size divisible by the autoencoder's factor).",
+    );
+  }
+  return { modelGrid: latent, conditionGrid: image, downsamplings };
+}
+
+/**
+ * The training batches of a control module on `model`: image-space batches (images and their conditions)
+ * as they are, or for a latent model with each image encoded to s·z by the frozen autoencoder under `noGrad`
+ * (pipelines/latent.ts, with the scale factor the model was trained with), the conditions left on the image
+ * grid.
+ */
+export function controlBatches(
+  model: Pick<LoadedModel, "latent">,
+  images: (step: number, micro: number) => Batch | Promise<Batch>,
+  seed: number,
+): (step: number, micro: number) => Batch | Promise<Batch> {
+  const latent = model.latent;
+  if (!latent) return images;
+  return latentBatches(latent.autoencoder, images, { seed, scaleFactor: latent.scaleFactor });
 }
 
 const FORMAT = "voxgen-control";
@@ -367,15 +425,16 @@ export interface ConditionVolume {
 
 /**
  * The tensor [1, C, nz, ny, nx] of condition `index` of `control` from a volume on the grid of the model's
- * volumes (`modelShape` [nx, ny, nz], times the module's condition factor). A 3-D volume is one channel, or,
- * for a "tissue" condition, a label map (1 CSF, 2 grey, 3 white) made one-hot. Anything else is refused with
- * what is accepted.
+ * U-Net (`modelShape` [nx, ny, nz]: the image grid, or a latent model's latent grid) times the module's
+ * condition factor. A 3-D volume is one channel, or, for a "tissue" condition, a label map (1 CSF, 2 grey,
+ * 3 white) made one-hot. Anything else is refused with what is accepted.
  */
 export function conditionTensor(
   control: Control,
   index: number,
   volume: ConditionVolume,
   modelShape: readonly number[],
+  latent = false,
 ): Tensor {
   const name = control.info.conditions[index];
   const channels = control.info.conditionChannels[index];
@@ -390,9 +449,9 @@ export function conditionTensor(
       `condition "${name}" (${volume.source}) is ${
         volume.shape.join("×")
       }; this control module takes it on ` +
-        `the grid ${grid.join("×")} (the model's ${modelShape.join("×")} volumes${
-          factor > 1 ? ` × ${factor}` : ""
-        }): resample it to that grid first.`,
+        `the grid ${grid.join("×")} (the model's ${modelShape.join("×")} ${
+          latent ? "latent grid" : "volumes"
+        }${factor > 1 ? ` × ${factor}` : ""}): resample it to that grid first.`,
     );
   }
   const given = volume.shape[3] ?? 1;
@@ -427,14 +486,24 @@ export interface ControlRequest {
  * wrapped (see {@linkcode controlledDenoiser}); it frees the module and the conditions with the model.
  */
 export async function controlledGenerator(model: LoadedModel, request: ControlRequest): Promise<Generator> {
-  // Control modules are trained on the image grid of a plain U-Net: refuse models they cannot wrap.
-  if (model.latent || (model.info.conditioning?.conditionChannels ?? 0) > 0) {
-    throw new Error(
-      `control modules apply to plain image-space U-Net models; this one ${
-        model.latent ? "is a latent diffusion model" : "takes condition channels"
-      }.`,
-    );
+  // The controlled denoiser feeds the U-Net x_t alone: a model whose input also carries condition channels
+  // would need them concatenated (and a module trained with them); refuse it.
+  const channels = model.info.conditioning?.conditionChannels ?? 0;
+  let geometry: ControlGeometry;
+  try {
+    if (channels > 0) {
+      throw new Error(
+        `control modules do not apply to models that take condition channels (this one takes ${channels}); ` +
+          "they steer U-Nets whose input is x_t alone (unconditional, class or prompt conditioned, image or " +
+          "latent space).",
+      );
+    }
+    geometry = controlGeometry(model);
+  } catch (error) {
+    disposeModel(model);
+    throw error;
   }
+  // A latent model's generator samples latents and decodes them at the end; the control wraps the denoiser.
   const plain = unetGenerator(model);
   const owned: Tensor[] = [];
   let control: Control | null = null;
@@ -449,7 +518,7 @@ export async function controlledGenerator(model: LoadedModel, request: ControlRe
     }
     const tensors = request.conditions.map((v, i) => {
       if (!v) return null;
-      const t = conditionTensor(control!, i, v, model.info.volume.shape);
+      const t = conditionTensor(control!, i, v, geometry.modelGrid, model.latent !== undefined);
       owned.push(t);
       return t;
     });
