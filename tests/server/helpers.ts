@@ -17,6 +17,7 @@ import { randn } from "../../engine/ops/random.ts";
 import { AutoencoderKL, type AutoencoderKLOptions } from "../../models/autoencoder.ts";
 import { DiffusionModelUNet, type DiffusionModelUNetOptions } from "../../models/unet.ts";
 import { saveLatentModelFile } from "../../pipelines/latent_modelfile.ts";
+import { createControl, saveControlFile } from "../../pipelines/control.ts";
 import { TokenTable, type TokenVocabulary } from "../../models/tokens.ts";
 import { loadModelFile, type ModelInfo, modelWeights, saveModelFile } from "../../pipelines/modelfile.ts";
 
@@ -128,6 +129,34 @@ export async function makeTinyLatentModel(path: string): Promise<void> {
   });
   unet.dispose();
   autoencoder.dispose();
+}
+
+/** Writes a VCM control file for the model at `modelPath` with non-zero output layers (so it visibly steers). */
+export async function makeTinyControl(modelPath: string, out: string): Promise<void> {
+  const model = await loadModelFile(modelPath);
+  const control = await createControl("vcm", model.unet, {
+    conditions: ["mask"],
+    conditionChannels: [1],
+    vcm: {
+      encoderChannels: [4],
+      encoderGroups: 4,
+      unet: { channels: [8, 8], attentionLevels: [false, false], numResBlocks: 1, normNumGroups: 4 },
+      hiddenChannels: 8,
+      headChannels: 8,
+    },
+  });
+  // Non-zero output layers, so that the control visibly changes the sample.
+  noGrad(() => {
+    for (const [name, t] of control.module.namedParameters()) {
+      if (!/^(mlp_gamma|mlp_beta|time_unet\.out\.2)\./.test(name)) continue;
+      const w = randn(t.shape, { seed: t.size });
+      copyInto(t, w);
+      w.dispose();
+    }
+  });
+  await saveControlFile(out, control);
+  control.module.dispose();
+  model.unet.dispose();
 }
 
 /** The token table of {@linkcode makeTinyTokenModel}: <t1> (2 vectors) and <flair> (1), contexts of 4. */
