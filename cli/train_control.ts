@@ -20,6 +20,7 @@ import {
   type ControlKind,
   controlTrainingNetwork,
   createControl,
+  nullConditioning,
   saveControlFile,
 } from "../pipelines/control.ts";
 import {
@@ -39,7 +40,9 @@ const HELP = `Usage: deno task train-control --kind vcm|controlnet --base MODEL 
   --kind KIND          vcm | controlnet
   --base FILE          the frozen voxgen model file (e.g. models/default/brain32.safetensors), or a latent
                        model file: then the images are encoded by its frozen autoencoder and the module
-                       steers the latent U-Net, its conditions staying on the image grid
+                       steers the latent U-Net, its conditions staying on the image grid. A prompt or
+                       class-conditional base predicts under its null prompt / null class while the module
+                       learns (models with condition channels are refused)
   --data MANIFEST      JSON {"image": FILE, "labels": FILE}: an image and its tissue map (0 background,
                        1 CSF, 2 grey, 3 white); default the MNI template and its tissue map in ../shared/data
   --conditions LIST    comma-separated, in order: ${CONDITION_KINDS.join(", ")} (default ventricles)
@@ -143,8 +146,11 @@ export async function main(args: string[]): Promise<void> {
   const model = await loadModelFile(values.base, { allowLatent: true });
   const { unet: base, info } = model;
   let geometry;
+  let baseConditioning;
   try {
     geometry = controlGeometry(model);
+    // A conditional base predicts under its null condition while the module learns (the pairs carry none).
+    baseConditioning = nullConditioning(model);
   } catch (error) {
     disposeModel(model);
     throw error;
@@ -204,7 +210,7 @@ export async function main(args: string[]): Promise<void> {
     );
     control.module.train();
     const result = await train(
-      controlTrainingNetwork(base, scheduler, control, { lambda }),
+      controlTrainingNetwork(base, scheduler, control, { lambda, baseConditioning }),
       scheduler,
       data,
       {

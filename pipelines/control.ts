@@ -16,7 +16,7 @@ import { noGrad } from "../engine/autograd.ts";
 import { scope } from "../engine/memory.ts";
 import { abs, add, mseLoss, mul } from "../engine/ops/elementwise.ts";
 import { mean } from "../engine/ops/reduce.ts";
-import { tensor } from "../engine/ops/create.ts";
+import { full, tensor } from "../engine/ops/create.ts";
 import { concat } from "../engine/ops/view.ts";
 import { formatShape } from "../engine/shape.ts";
 import type { Tensor } from "../engine/tensor.ts";
@@ -374,6 +374,17 @@ export function controlledDenoiser(
     );
 }
 
+/** Options of {@linkcode controlTrainingNetwork}. */
+export interface ControlTrainingOptions {
+  /** Weight of mean|γ| + mean|β| in VCM's loss (default 1: the paper's λ = 1/(b·c·h·w·d)). */
+  lambda?: number;
+  /**
+   * What the frozen base is conditioned on while the module trains, for a batch of `batch` (tensors made here
+   * are freed with the step): for a conditional base its null condition (see {@linkcode nullConditioning}).
+   */
+  baseConditioning?: (batch: number) => Conditioning;
+}
+
 /**
  * The network `train` sees: only the control module's parameters, the frozen base inside. VCM trains with its
  * own loss (`trainingLoss`, ε space); ControlNet with train's usual loss on the controlled prediction.
@@ -382,16 +393,29 @@ export function controlTrainingNetwork(
   base: DiffusionModelUNet,
   scheduler: Scheduler,
   control: Control,
-  opts: { lambda?: number } = {},
+  opts: ControlTrainingOptions = {},
 ): DiffusionNetwork {
   const lambda = opts.lambda ?? 1;
+  const baseConditioning = opts.baseConditioning ?? (() => ({}));
   const needControl = (batch: { control?: ControlInput }) => {
     if (!batch.control) throw new Error("control training: the batch carries no conditions.");
     return batch.control;
   };
   const network: DiffusionNetwork = {
     namedParameters: () => control.module.namedParameters(),
-    forward: (x, t, cond = {}) => controlledPrediction(base, scheduler, control, x, t, needControl(cond)),
+    forward: (x, t, cond = {}) =>
+      scope(() =>
+        controlledPrediction(
+          base,
+          scheduler,
+          control,
+          x,
+          t,
+          needControl(cond),
+          1,
+          baseConditioning(x.shape[0]),
+        )
+      ),
   };
   const vcm = control.module;
   if (vcm instanceof VCM) {
@@ -400,8 +424,9 @@ export function controlTrainingNetwork(
       checkConditions(control, xt, input.conditions);
       return scope(() => {
         const alphaBar = t.map((s) => scheduler.alphaBar(s));
+        const cond = baseConditioning(xt.shape[0]);
         const eps = noGrad(() =>
-          epsFromPrediction(scheduler.predictionType, base.forward(xt, t), xt, alphaBar)
+          epsFromPrediction(scheduler.predictionType, base.forward(xt, t, cond), xt, alphaBar)
         );
         const m = vcm.forward(xt, eps, batched(input.conditions, xt.shape[0]), t, { keep: input.keep });
         const fit = mseLoss(modulate(eps, m), noise);
@@ -411,6 +436,37 @@ export function controlTrainingNetwork(
     };
   }
   return network;
+}
+
+/**
+ * The null condition a control module trains a conditional base under (the paired data has no prompts or
+ * classes): the empty prompt of a token model, the null class of a class-conditional model trained with
+ * condition dropout. Undefined for an unconditional base. Refused: a class model without a null class, and
+ * models whose input carries condition channels (see {@linkcode controlledGenerator}).
+ */
+export function nullConditioning(
+  model: Pick<LoadedModel, "unet" | "info" | "tokens">,
+): ((batch: number) => Conditioning) | undefined {
+  const channels = model.info.conditioning?.conditionChannels ?? 0;
+  if (channels > 0) {
+    throw new Error(
+      `control modules do not apply to models that take condition channels (this one takes ${channels}).`,
+    );
+  }
+  const classes = model.unet.config.numClassEmbeds;
+  const nullClass = model.info.conditioning?.nullClass;
+  if (classes !== null && nullClass === undefined) {
+    throw new Error(
+      `the base is class-conditional (${classes} classes) but learned no null class (it was trained without ` +
+        "condition dropout); control modules train under the null condition, so they cannot be trained on it.",
+    );
+  }
+  const tokens = model.tokens;
+  if (!tokens && classes === null) return undefined;
+  return (batch) => ({
+    ...(tokens ? { context: tokens.encode([]) } : {}),
+    ...(classes !== null ? { classLabels: full([batch], nullClass!) } : {}),
+  });
 }
 
 /** A condition volume on the CPU, as read from a NIfTI file. */
@@ -483,9 +539,15 @@ export interface ControlRequest {
 
 /**
  * A model steered by a control module, ready for `generate`: the model's own generator with its denoiser
- * wrapped (see {@linkcode controlledDenoiser}); it frees the module and the conditions with the model.
+ * wrapped (see {@linkcode controlledDenoiser}); it frees the module, the conditions and `owned` (e.g. the
+ * vectors of textual-inversion embeddings attached to the model's tokens) with the model. Prompts, guidance
+ * and class labels reach the frozen U-Net (and a ControlNet) as in uncontrolled sampling.
  */
-export async function controlledGenerator(model: LoadedModel, request: ControlRequest): Promise<Generator> {
+export async function controlledGenerator(
+  model: LoadedModel,
+  request: ControlRequest,
+  owned: Tensor[] = [],
+): Promise<Generator> {
   // The controlled denoiser feeds the U-Net x_t alone: a model whose input also carries condition channels
   // would need them concatenated (and a module trained with them); refuse it.
   const channels = model.info.conditioning?.conditionChannels ?? 0;
@@ -501,11 +563,12 @@ export async function controlledGenerator(model: LoadedModel, request: ControlRe
     geometry = controlGeometry(model);
   } catch (error) {
     disposeModel(model);
+    for (const t of owned) t.dispose();
     throw error;
   }
   // A latent model's generator samples latents and decodes them at the end; the control wraps the denoiser.
-  const plain = unetGenerator(model);
-  const owned: Tensor[] = [];
+  const plain = unetGenerator(model, owned);
+  const conditionTensors: Tensor[] = [];
   let control: Control | null = null;
   try {
     control = await loadControlFile(request.file, model.unet);
@@ -519,7 +582,7 @@ export async function controlledGenerator(model: LoadedModel, request: ControlRe
     const tensors = request.conditions.map((v, i) => {
       if (!v) return null;
       const t = conditionTensor(control!, i, v, geometry.modelGrid, model.latent !== undefined);
-      owned.push(t);
+      conditionTensors.push(t);
       return t;
     });
     const scheduler = new DDPMScheduler(model.info.scheduler);
@@ -531,13 +594,13 @@ export async function controlledGenerator(model: LoadedModel, request: ControlRe
       dispose: () => {
         plain.dispose();
         module.dispose();
-        for (const t of owned) t.dispose();
+        for (const t of conditionTensors) t.dispose();
       },
     };
   } catch (error) {
     plain.dispose();
     control?.module.dispose();
-    for (const t of owned) t.dispose();
+    for (const t of conditionTensors) t.dispose();
     throw error;
   }
 }
