@@ -66,8 +66,8 @@ const HELP = `Usage: deno task sample [options]
   --png FILE        preview image (default: the output name with .png)
   --control-model FILE
                     a control module written by \`deno task train-control\` for this model (VCM or ControlNet)
-  --control FILE    its condition volume (NIfTI on the model's grid, in the model's intensity range for
-                    image conditions); repeat once per condition of the module, in its order ("none": absent,
+  --control FILE    its condition volume (NIfTI on the grid of the volumes the model generates — for a latent
+                    model too —, in the model's intensity range for image conditions); repeat once per condition of the module, in its order ("none": absent,
                     VCM only)
   --control-scale S strength of the control (default 1)
 `;
