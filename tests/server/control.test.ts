@@ -9,6 +9,7 @@ import { deepStrictEqual, equal, match, notDeepStrictEqual, ok } from "node:asse
 import { encodeNifti, readNifti } from "../../io/nifti.ts";
 import {
   makeTinyControl,
+  makeTinyLatentModel,
   makeTinyModel,
   type ServerProcess,
   startServer,
@@ -125,6 +126,41 @@ Deno.test({
       await Deno.remove(dir, { recursive: true });
     }
     ok(true);
+  },
+});
+
+Deno.test({
+  name: "server: a latent model samples under a control module whose condition is on the image grid",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "voxgen-server-control-latent-" });
+    for (const sub of ["models", "controls"]) await Deno.mkdir(`${dir}/${sub}`);
+    await makeTinyModel(`${dir}/default.safetensors`);
+    await makeTinyLatentModel(`${dir}/models/latent.safetensors`);
+    await makeTinyControl(`${dir}/models/latent.safetensors`, `${dir}/controls/lvcm.safetensors`);
+    const server = await startServer(["--data-dir", dir, "--default-model", `${dir}/default.safetensors`]);
+    try {
+      const put = await fetch(`${server.url}/v1/conditions/mask`, {
+        method: "PUT",
+        body: new Blob([encodeNifti({ data: ball(8), shape: [8, 8, 8] }) as Uint8Array<ArrayBuffer>]),
+      });
+      equal(put.status, 201);
+      const base = { model: "latent", steps: 3, seed: 5 };
+      const volumes = [];
+      for (const body of [base, { ...base, control: { name: "lvcm", conditions: ["mask"] } }]) {
+        const job = await waitForJob(server.url, (await submit(server.url, body)).body.id as string);
+        equal(job.status, "done", JSON.stringify(job));
+        const res = await fetch(`${server.url}/v1/jobs/${job.id}/result`);
+        const volume = await readNifti(new Uint8Array(await res.arrayBuffer()));
+        deepStrictEqual(volume.shape, [8, 8, 8], "decoded to the image grid");
+        volumes.push(volume.data);
+      }
+      notDeepStrictEqual(volumes[1], volumes[0]);
+    } finally {
+      await server.stop();
+      await Deno.remove(dir, { recursive: true });
+    }
   },
 });
 

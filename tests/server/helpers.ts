@@ -17,9 +17,15 @@ import { randn } from "../../engine/ops/random.ts";
 import { AutoencoderKL, type AutoencoderKLOptions } from "../../models/autoencoder.ts";
 import { DiffusionModelUNet, type DiffusionModelUNetOptions } from "../../models/unet.ts";
 import { saveLatentModelFile } from "../../pipelines/latent_modelfile.ts";
-import { createControl, saveControlFile } from "../../pipelines/control.ts";
+import { controlGeometry, createControl, saveControlFile } from "../../pipelines/control.ts";
 import { TokenTable, type TokenVocabulary } from "../../models/tokens.ts";
-import { loadModelFile, type ModelInfo, modelWeights, saveModelFile } from "../../pipelines/modelfile.ts";
+import {
+  disposeModel,
+  loadModelFile,
+  type ModelInfo,
+  modelWeights,
+  saveModelFile,
+} from "../../pipelines/modelfile.ts";
 
 const MAIN = new URL("../../server/main.ts", import.meta.url).pathname;
 const CONFIG = new URL("../../deno.json", import.meta.url).pathname;
@@ -131,12 +137,16 @@ export async function makeTinyLatentModel(path: string): Promise<void> {
   autoencoder.dispose();
 }
 
-/** Writes a VCM control file for the model at `modelPath` with non-zero output layers (so it visibly steers). */
+/**
+ * Writes a VCM control file for the model at `modelPath` (image-space or latent: its condition takes the
+ * image grid) with non-zero output layers (so it visibly steers).
+ */
 export async function makeTinyControl(modelPath: string, out: string): Promise<void> {
-  const model = await loadModelFile(modelPath);
+  const model = await loadModelFile(modelPath, { allowLatent: true });
   const control = await createControl("vcm", model.unet, {
     conditions: ["mask"],
     conditionChannels: [1],
+    downsamplings: controlGeometry(model).downsamplings,
     vcm: {
       encoderChannels: [4],
       encoderGroups: 4,
@@ -156,7 +166,7 @@ export async function makeTinyControl(modelPath: string, out: string): Promise<v
   });
   await saveControlFile(out, control);
   control.module.dispose();
-  model.unet.dispose();
+  disposeModel(model);
 }
 
 /** The token table of {@linkcode makeTinyTokenModel}: <t1> (2 vectors) and <flair> (1), contexts of 4. */
