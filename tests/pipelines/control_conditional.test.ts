@@ -19,6 +19,9 @@ import {
   saveControlFile,
 } from "../../pipelines/control.ts";
 import { train } from "../../pipelines/train.ts";
+import { readNifti, writeNifti } from "../../io/nifti.ts";
+import { main as sample } from "../../cli/sample.ts";
+import { capture } from "../cli/helpers.ts";
 import { DDPMScheduler } from "../../samplers/scheduler.ts";
 import { generate, type GenerationRequest } from "../../pipelines/generate.ts";
 import { loadGenerator, loadModelWithEmbeddings } from "../../pipelines/generators.ts";
@@ -188,6 +191,45 @@ gpuTest("nullConditioning: the empty prompt, the null class; refused without a n
   for (const m of [plain, classes, withNull]) disposeModel(m);
   await Deno.remove(dir, { recursive: true });
 });
+
+gpuTest(
+  "sample --control-model with --embedding and a guided prompt: a zero VCM gives the plain sample",
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: "voxgen-control-cond-" });
+    const modelPath = `${dir}/tokens.safetensors`;
+    await makeTinyTokenModel(modelPath);
+    await makeTinyEmbedding(modelPath, `${dir}/new.ti.safetensors`, "<new>", 1);
+    const [zero] = await controlFiles("vcm", modelPath, dir);
+    await writeNifti(`${dir}/mask.nii.gz`, { data: CONDITION.data, shape: [8, 8, 8] });
+    const common = [
+      "--model",
+      modelPath,
+      "--steps",
+      "2",
+      "--embedding",
+      `${dir}/new.ti.safetensors`,
+      "--prompt",
+      "<new>",
+      "--cfg",
+      "2",
+    ];
+    await capture(() => sample([...common, "--out", `${dir}/plain.nii.gz`]));
+    const { stdout } = await capture(() =>
+      sample([
+        ...common,
+        "--control-model",
+        zero,
+        "--control",
+        `${dir}/mask.nii.gz`,
+        "--out",
+        `${dir}/c.nii.gz`,
+      ])
+    );
+    ok(stdout.includes(`wrote ${dir}/c.nii.gz`), stdout);
+    deepStrictEqual((await readNifti(`${dir}/c.nii.gz`)).data, (await readNifti(`${dir}/plain.nii.gz`)).data);
+    await Deno.remove(dir, { recursive: true });
+  },
+);
 
 gpuTest("control modules refuse models whose input carries condition channels", async () => {
   const dir = await Deno.makeTempDir({ prefix: "voxgen-control-cond-" });
