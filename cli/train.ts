@@ -1,6 +1,8 @@
 /**
  * `deno task train`: trains a 3-D DDPM U-Net on NIfTI volumes with GPU augmentation (or, with `--slots`, a
- * 2-D cDPM slice model on slices of them), then writes a voxgen model file (EMA weights + everything `sample` needs), sample previews, loss.csv and loss.png.
+ * 2-D cDPM slice model on slices of them; with `--independent-slices`, that model without slice attention;
+ * with `--slab`, the 3-D U-Net on z-slabs of them), then writes a voxgen model file (EMA weights + everything
+ * `sample` needs), sample previews, loss.csv and loss.png.
  *
  * @module
  */
