@@ -185,6 +185,7 @@ export function studyMarkdown(rows: readonly StudyRow[]): string {
       );
     }
   }
+  if (lines.length === 2) lines.push("(no view's slices are large enough for MS-SSIM on these grids)");
   lines.push(
     "",
     "| set | grid | ρ_z (stacking axis) | ρ_y | ρ_x | s / volume | parameters |",
