@@ -215,7 +215,7 @@ async function runPrefixed(args: string[], prefix: string): Promise<{ code: numb
 }
 
 /** The rows of a run's loss.csv as numbers (none when the file is missing, e.g. a deleted run folder). */
-async function lossRows(lossCsv: string): Promise<number[][]> {
+export async function lossRows(lossCsv: string): Promise<number[][]> {
   let text: string;
   try {
     text = await Deno.readTextFile(lossCsv);
@@ -231,7 +231,9 @@ async function lossRows(lossCsv: string): Promise<number[][]> {
  * of each session and restarts when a run resumes). The first step of every session is left out: it
  * includes compiling the shaders.
  */
-function stepTimes(rows: readonly number[][]): { mean: number | null; timed: number; first: number | null } {
+export function stepTimes(
+  rows: readonly number[][],
+): { mean: number | null; timed: number; first: number | null } {
   const deltas: number[] = [];
   for (let i = 1; i < rows.length; i++) {
     const [step, , , seconds] = rows[i];
@@ -246,7 +248,7 @@ function stepTimes(rows: readonly number[][]): { mean: number | null; timed: num
 }
 
 /** Mean loss of the last (up to) 10 steps in loss.csv. */
-function finalLoss(rows: readonly number[][]): number | null {
+export function finalLoss(rows: readonly number[][]): number | null {
   const tail = rows.map((r) => r[1]).slice(-10);
   return tail.length > 0 ? tail.reduce((a, b) => a + b, 0) / tail.length : null;
 }

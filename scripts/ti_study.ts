@@ -40,10 +40,13 @@ import {
   alignedTable,
   bytesText,
   fileSize,
+  finalLoss,
+  lossRows,
   readJson,
   same,
   sha256File,
   shellQuote,
+  stepTimes,
   writeJson,
 } from "./adapter_study.ts";
 import { conceptSamples } from "./evaluate_concepts.ts";
@@ -151,6 +154,10 @@ interface SweepRow {
   file?: string;
   fileBytes?: number;
   inversionSeconds?: number;
+  /** Mean seconds per inversion step (first step of each session left out, as in the adapter study). */
+  secondsPerStep?: number | null;
+  /** Mean training loss of the last 10 steps up to `steps`. */
+  finalLoss?: number | null;
   metrics?: SetScores;
 }
 
@@ -622,6 +629,10 @@ export async function main(args: string[]): Promise<number> {
           row.file = file;
           row.fileBytes = (await fileSize(file))!;
           row.inversionSeconds = inversionFiles.get(inv.id)?.seconds;
+          const losses = (await lossRows(`${out}/inversions/${inv.id}/run/loss.csv`))
+            .filter((r) => r[0] <= e.steps);
+          row.secondsPerStep = stepTimes(losses).mean;
+          row.finalLoss = finalLoss(losses);
           row.metrics = await scored(
             e.id,
             evalKey("<flair>", e.guidance),
@@ -863,45 +874,39 @@ function markdownReport(
     "cases",
     "steps",
     "cfg",
+    "s/step",
+    "final loss",
     "MMD Gaussian ↓",
     "MMD linear ↓",
     "MS-SSIM mean ↑",
     "MS-SSIM nearest ↑",
   ];
+  const scores = (m: SetScores | undefined, error?: string) =>
+    m
+      ? [num(m.mmdGaussian), num(m.mmdLinear), num(m.msSsimMean), num(m.msSsimNearest)]
+      : [`failed: ${(error ?? "").replaceAll("|", "\\|").split("\n")[0]}`, "", "", ""];
   const lines = [header, header.map(() => "---")];
   for (const [label, m] of Object.entries(baselines)) {
-    if ("error" in m) lines.push([label, "baseline", "–", "–", "–", "–", `failed: ${m.error}`, "", "", ""]);
-    else {lines.push([
-        label,
-        "baseline",
-        "–",
-        "–",
-        "–",
-        "–",
-        num(m.mmdGaussian),
-        num(m.mmdLinear),
-        num(m.msSsimMean),
-        num(m.msSsimNearest),
-      ]);}
+    const failed = "error" in m;
+    lines.push([
+      label,
+      "baseline",
+      ...Array(6).fill("–"),
+      ...scores(failed ? undefined : m, failed ? m.error : undefined),
+    ]);
   }
   for (const r of rows) {
-    const cells = [
+    lines.push([
       r.id,
       r.sweeps.join(", "),
       String(r.vectors),
       String(r.cases),
       String(r.steps),
       String(r.guidance),
-    ];
-    if (!r.metrics) {
-      lines.push([...cells, `failed: ${(r.error ?? "").replaceAll("|", "\\|").split("\n")[0]}`, "", "", ""]);
-    } else {lines.push([
-        ...cells,
-        num(r.metrics.mmdGaussian),
-        num(r.metrics.mmdLinear),
-        num(r.metrics.msSsimMean),
-        num(r.metrics.msSsimNearest),
-      ]);}
+      r.secondsPerStep == null ? "–" : r.secondsPerStep.toFixed(2),
+      r.finalLoss == null ? "–" : r.finalLoss.toFixed(4),
+      ...scores(r.metrics, r.error),
+    ]);
   }
   parts.push(alignedTable(lines));
   for (const s of skipped) parts.push(`Not run: ${s.id}: ${s.reason}.`);
