@@ -206,6 +206,22 @@ export function composePrompt(w: number, name = "<flair>"): string {
   return `<t1>:${weightText(w)} AND ${name}:${weightText(1 - w)}`;
 }
 
+/** The composability verdicts: does each measured quantity move monotonically, the expected way, in w? */
+function composeChecks(rows: readonly ComposeRow[]): Record<string, Monotonicity> {
+  const sorted = [...rows].sort((a, b) => a.w - b.w);
+  return {
+    "mixCoefficient increases with w": checkMonotone(sorted.map((r) => r.mixCoefficient), "increasing"),
+    "MS-SSIM(FLAIR) − MS-SSIM(T1) decreases with w": checkMonotone(
+      sorted.map((r) => r.msSsimFlair - r.msSsimT1),
+      "decreasing",
+    ),
+    "MMD(FLAIR) − MMD(T1) increases with w": checkMonotone(
+      sorted.map((r) => r.mmdFlair - r.mmdT1),
+      "increasing",
+    ),
+  };
+}
+
 /** Runs the study with `args`; returns the exit code (1 when some part failed). */
 export async function main(args: string[]): Promise<number> {
   const { values } = parseArgs({
@@ -700,20 +716,11 @@ export async function main(args: string[]): Promise<number> {
           releaseCachedMemory();
         }
         const sorted = [...rows].sort((a, b) => a.w - b.w);
-        const checks: Record<string, Monotonicity> = {
-          "mixCoefficient increases with w": checkMonotone(sorted.map((r) => r.mixCoefficient), "increasing"),
-          "MS-SSIM(FLAIR) − MS-SSIM(T1) decreases with w": checkMonotone(
-            sorted.map((r) => r.msSsimFlair - r.msSsimT1),
-            "decreasing",
-          ),
-          "MMD(FLAIR) − MMD(T1) increases with w": checkMonotone(
-            sorted.map((r) => r.mmdFlair - r.mmdT1),
-            "increasing",
-          ),
-        };
-        composability = { guidance: centerCfg, embedding: file, rows: sorted, checks };
+        composability = { guidance: centerCfg, embedding: file, rows: sorted };
         await writeJson(path, { key, result: composability });
       }
+      // The verdicts are computed from the stored rows, so a rerun applies the current checks.
+      composability.checks = composeChecks(composability.rows as ComposeRow[]);
     } catch (error) {
       composability = { error: (error as Error).message };
       failures.push(`composability: ${(error as Error).message}`);
@@ -942,7 +949,7 @@ function markdownReport(
             : `NOT monotone (against at steps ${
               m.violations.map((i) => `${c.rows[i].w}→${c.rows[i + 1].w}`).join(", ")
             })`
-        }`
+        }; change from w = ${c.rows[0].w} to w = ${c.rows.at(-1)!.w}: ${num(m.change)}`
       ).join("\n"),
     );
   } else if (composability) {
@@ -989,7 +996,7 @@ function markdownReport(
       h,
       h.map(() => "---"),
       ...sizes.embeddings.map(([id, b]) => [`embedding ${id}`, bytesText(b)]),
-      ...sizes.adapters.map(([kind, b]) => [`adapter ${kind} (adapter study, other base)`, bytesText(b)]),
+      ...sizes.adapters.map(([kind, b]) => [`${kind} (adapter study, on brain32)`, bytesText(b)]),
       ["base model", bytesText(sizes.base)],
     ]),
   );

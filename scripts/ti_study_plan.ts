@@ -194,6 +194,8 @@ export interface Monotonicity {
   monotone: boolean;
   /** Indices i where values[i] → values[i + 1] goes the other way. */
   violations: number[];
+  /** Last value − first value: how far the series moves overall (a monotone series may barely move). */
+  change: number;
 }
 
 /** Checks that `values` never decrease ("increasing") or never increase ("decreasing"). */
@@ -209,7 +211,8 @@ export function checkMonotone(
   for (let i = 0; i + 1 < values.length; i++) {
     if (sign * (values[i + 1] - values[i]) < 0) violations.push(i);
   }
-  return { monotone: violations.length === 0, violations };
+  const change = values.length > 0 ? values[values.length - 1] - values[0] : 0;
+  return { monotone: violations.length === 0, violations, change };
 }
 
 /**

@@ -99,13 +99,19 @@ Deno.test("checkpointAction: reuse, run (resume), refuse another configuration o
 });
 
 Deno.test("checkMonotone: ties allowed, violations located, non-finite refused", () => {
-  deepStrictEqual(checkMonotone([0, 0.2, 0.2, 0.9], "increasing"), { monotone: true, violations: [] });
-  deepStrictEqual(checkMonotone([0, 0.3, 0.1, 0.5, 0.4], "increasing"), {
+  // Values exact in binary, so the overall change is exact too.
+  deepStrictEqual(checkMonotone([0, 0.25, 0.25, 1], "increasing"), {
+    monotone: true,
+    violations: [],
+    change: 1,
+  });
+  deepStrictEqual(checkMonotone([0, 0.5, 0.25, 1, 0.75], "increasing"), {
     monotone: false,
     violations: [1, 3],
+    change: 0.75,
   });
-  deepStrictEqual(checkMonotone([3, 2, 2, -1], "decreasing"), { monotone: true, violations: [] });
-  deepStrictEqual(checkMonotone([3, 4], "decreasing"), { monotone: false, violations: [0] });
+  deepStrictEqual(checkMonotone([3, 2, 2, -1], "decreasing"), { monotone: true, violations: [], change: -4 });
+  deepStrictEqual(checkMonotone([3, 4], "decreasing"), { monotone: false, violations: [0], change: 1 });
   throws(() => checkMonotone([0, NaN], "increasing"), /must be finite/);
 });
 
