@@ -21,13 +21,18 @@ export function bucketSize(bytes: number): number {
 }
 
 const free = new Map<number, GPUBuffer[]>();
+/** Buffers currently holding f16 elements (kernels bound to them get f16 storage; see kernels/half.ts). */
+const halfBuffers = new WeakSet<GPUBuffer>();
 let pendingRelease: GPUBuffer[] = [];
 let liveBytes = 0;
 let peakBytes = 0;
 let pooledBytes = 0;
 
-/** Takes a buffer of at least `bytes` from the pool, creating one when none is free. */
-export function acquireBuffer(bytes: number): GPUBuffer {
+/**
+ * Takes a buffer of at least `bytes` from the pool, creating one when none is free. `half` marks it as
+ * holding f16 elements until it is released.
+ */
+export function acquireBuffer(bytes: number, half = false): GPUBuffer {
   const size = bucketSize(bytes);
   const list = free.get(size);
   let buffer = list?.pop();
@@ -36,6 +41,8 @@ export function acquireBuffer(bytes: number): GPUBuffer {
   } else {
     buffer = createBuffer(size);
   }
+  if (half) halfBuffers.add(buffer);
+  else halfBuffers.delete(buffer);
   liveBytes += size;
   if (liveBytes > peakBytes) peakBytes = liveBytes;
   return buffer;
@@ -60,6 +67,16 @@ function createBuffer(size: number): GPUBuffer {
       throw new Error(`GPU out of memory allocating ${size} bytes (${liveBytes} bytes live): ${error}`);
     }
   }
+}
+
+/** True when `buffer` was acquired for f16 elements: 2 bytes per element instead of 4. */
+export function isHalfBuffer(buffer: GPUBuffer): boolean {
+  return halfBuffers.has(buffer);
+}
+
+/** Bytes per element of the floats `buffer` holds (2 for f16, else 4). */
+export function elementBytes(buffer: GPUBuffer): number {
+  return halfBuffers.has(buffer) ? 2 : 4;
 }
 
 /** Returns a buffer to the pool; it is handed out again only after the next submit. */
