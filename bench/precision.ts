@@ -101,12 +101,21 @@ for (const size of sizes) {
   const rows = Object.fromEntries(
     PRECISIONS.map((p) => [p, { size, precision: p, wall: [], cpu: [], peakMiB: 0 } as ForwardRow]),
   ) as Record<P, ForwardRow>;
-  const forward = (p: P) => () => V.scope(() => V.noGrad(() => models[p].unet.forward(x, 500))).dispose();
+  // Cached pool buffers are returned to the driver after each forward: big sizes of both precisions in one
+  // process would otherwise hold both pools (the peak counts buffers in use only, either way).
+  const forward = (p: P) => () => {
+    V.scope(() => V.noGrad(() => models[p].unet.forward(x, 500))).dispose();
+  };
+  const measuredForward = async (p: P) => {
+    const m = await measured(forward(p));
+    V.releaseCachedMemory();
+    return m;
+  };
   // Warm-up (compiles each precision's pipelines), then alternating rounds.
-  for (const p of PRECISIONS) rows[p].peakMiB = (await measured(forward(p))).peak / MiB;
+  for (const p of PRECISIONS) rows[p].peakMiB = (await measuredForward(p)).peak / MiB;
   for (let r = 0; r < reps; r++) {
     for (const p of PRECISIONS) {
-      const m = await measured(forward(p));
+      const m = await measuredForward(p);
       rows[p].wall.push(m.wall);
       rows[p].cpu.push(m.cpu);
     }

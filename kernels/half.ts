@@ -121,8 +121,8 @@ export function halfStorage(kernel: Kernel, halfBindings: readonly number[]): Ke
   );
   const body = rewrite(declaredHalf, half, kernel.key);
   return {
+    ...kernel,
     key: `${kernel.key}|f16:${[...halfBindings].sort((a, b) => a - b).join(",")}`,
     code: `enable f16;\n${body}`,
-    bindings: kernel.bindings,
   };
 }

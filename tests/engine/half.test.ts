@@ -19,6 +19,7 @@ import { conv3d, convSettings } from "../../engine/ops/conv.ts";
 import { poolStats, resetPeak } from "../../engine/pool.ts";
 import { copyInto } from "../../engine/ops/map.ts";
 import { DiffusionModelUNet } from "../../models/unet.ts";
+import { timestepEmbedding } from "../../nn/embedding.ts";
 import { assertClose } from "../helpers/check.ts";
 import { disposeAll, fromRef, gpuTest, toRef } from "../helpers/gpu.ts";
 
@@ -244,6 +245,21 @@ gpuTest("precision: parsing, and the refusal on an adapter without shader-f16 na
   assert(problem.includes(`"shader-f16"`) && problem.includes("test adapter"), problem);
   throws(() => V.checkPrecision("f16", noF16), /shader\-f16/);
 });
+
+gpuTest(
+  "timestep embeddings of a timestep tensor stay f32 inside an f16 forward (arguments reach 1000 rad)",
+  async () => {
+    const t = V.tensor([999, 17], [2]);
+    const f32 = timestepEmbedding(t, 32);
+    const f16 = V.withPrecision("f16", () => timestepEmbedding(t, 32));
+    try {
+      assertEquals(f16.dtype, "float32");
+      assertEquals([...await f16.toArray()], [...await f32.toArray()]);
+    } finally {
+      disposeAll(t, f32, f16);
+    }
+  },
+);
 
 /** A tiny default-architecture U-Net (attention at the last level) with every parameter non-zero. */
 async function tinyUNet(): Promise<DiffusionModelUNet> {
