@@ -146,6 +146,7 @@ for (let i = 0; i < forwardRows.length; i += 2) {
 interface SampleRun {
   volumes: GeneratedVolumes;
   wall: number;
+  cpu: number;
   peakMiB: number;
 }
 
@@ -154,7 +155,7 @@ if (samples > 0) {
   const run = async (p: P): Promise<SampleRun> => {
     const generator = unetGenerator(models[p]);
     const m = await measured(() => generate(generator, { sampler: "ddim", steps, seed: 0, batch: samples }));
-    return { volumes: m.value, wall: m.wall, peakMiB: m.peak / MiB };
+    return { volumes: m.value, wall: m.wall, cpu: m.cpu, peakMiB: m.peak / MiB };
   };
   // One batch from seed 0: the same noise for both runs.
   const runs = { f32: await run("f32"), f16: await run("f16") };
@@ -183,14 +184,17 @@ if (samples > 0) {
   console.log(
     `\n### Samples: ${samples} volumes ${nx}×${ny}×${nz}, DDIM ${steps} steps, one batch from seed 0\n`,
   );
-  console.log("| precision | wall s | peak memory MiB |");
-  console.log("| --- | ---: | ---: |");
-  for (const p of PRECISIONS) console.log(`| ${p} | ${fmt(runs[p].wall, 1)} | ${fmt(runs[p].peakMiB, 1)} |`);
+  console.log("| precision | wall s | CPU s | peak memory MiB |");
+  console.log("| --- | ---: | ---: | ---: |");
+  for (const p of PRECISIONS) {
+    const r = runs[p];
+    console.log(`| ${p} | ${fmt(r.wall, 1)} | ${fmt(r.cpu, 1)} | ${fmt(r.peakMiB, 1)} |`);
+  }
   console.log("\n| sample | MS-SSIM f16 vs f32 | max voxel difference (range [−1, 1]) |");
   console.log("| ---: | ---: | ---: |");
-  for (const s of perSample) console.log(`| ${s.index} | ${fmt(s.msSsim, 4)} | ${fmt(s.maxAbsDiff, 4)} |`);
+  for (const s of perSample) console.log(`| ${s.index} | ${fmt(s.msSsim, 7)} | ${fmt(s.maxAbsDiff, 4)} |`);
   console.log(
-    `\nmean MS-SSIM f16 vs f32: ${fmt(mean(perSample.map((s) => s.msSsim)), 4)}; ` +
+    `\nmean MS-SSIM f16 vs f32: ${fmt(mean(perSample.map((s) => s.msSsim)), 7)}; ` +
       (across.length
         ? `between f32 samples of neighbouring batch items (different noise): ${fmt(mean(across), 4)}`
         : ""),
@@ -201,7 +205,9 @@ if (samples > 0) {
     shape: [nx, ny, nz],
     perSample,
     acrossSamplesF32: across,
-    runs: Object.fromEntries(PRECISIONS.map((p) => [p, { wall: runs[p].wall, peakMiB: runs[p].peakMiB }])),
+    runs: Object.fromEntries(
+      PRECISIONS.map((p) => [p, { wall: runs[p].wall, cpu: runs[p].cpu, peakMiB: runs[p].peakMiB }]),
+    ),
   };
 }
 console.log(`\nload average at end: ${load()}`);
