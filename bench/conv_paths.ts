@@ -5,8 +5,8 @@
  * `/wN`: the direct weight-gradient kernel aiming at N workgroups (`convSettings.weightGradWorkgroups`).
  *
  * Run: `XDG_RUNTIME_DIR=/tmp deno run -A bench/conv_paths.ts --shapes 16x1x32k3,48x16x32k1 [--rounds 5]
- *   [--variants auto,chunk] [--pass fwd|train]`
- * A shape is `CINxCOUTxSIZEkK` (stride 1, padding K/2, batch 1); `pass train` times forward + both gradients.
+ *   [--variants auto,chunk] [--pass fwd|train] [--batch 1]`
+ * A shape is `CINxCOUTxSIZEkK` (stride 1, padding K/2, batch `--batch`, default 1); `pass train` times forward + both gradients.
  *
  * @module
  */
@@ -23,6 +23,7 @@ const { values } = parseArgs({
     variants: { type: "string", default: "auto,chunk" },
     pass: { type: "string", default: "fwd" },
     reps: { type: "string", default: "3" },
+    batch: { type: "string", default: "1" },
   },
 });
 await V.ready();
@@ -44,7 +45,7 @@ for (const spec of values.shapes!.split(",")) {
   const m = /^(\d+)x(\d+)x(\d+)k(\d+)$/.exec(spec);
   if (!m) throw new Error(`shape ${spec}: expected CINxCOUTxSIZEkK`);
   const [cin, cout, size, k] = m.slice(1).map(Number);
-  const x = V.randn([1, cin, size, size, size], { seed: 1 });
+  const x = V.randn([Number(values.batch), cin, size, size, size], { seed: 1 });
   const w = V.randn([cout, cin, k, k, k], { seed: 2 });
   const b = V.randn([cout], { seed: 3 });
   const train = values.pass === "train";

@@ -94,11 +94,27 @@ function rewrite(code: string, half: Map<string, string>, key: string): string {
 /**
  * `kernel` with its storage bindings `halfBindings` (1-based binding numbers, as in
  * {@linkcode Kernel.bindings}: binding k is `bindings[k - 1]`) holding f16 instead of f32 elements. The
- * WGSL gains `enable f16;` (the device needs the `shader-f16` feature) and the key a suffix naming the f16
- * bindings, so both variants can be cached side by side. Throws when a named binding is not an f32 array.
+ * WGSL gains `enable f16;` (the device needs the `shader-f16` feature) and the key the suffix
+ * `|f16:<bindings>`: the base key covers what the generator baked in, the suffix the storage types, so f32
+ * and f16 pipelines are cached side by side. Generated once per key. Throws when a named binding is not an
+ * f32 array.
  */
 export function halfStorage(kernel: Kernel, halfBindings: readonly number[]): Kernel {
   if (halfBindings.length === 0) return kernel;
+  const key = `${kernel.key}|f16:${[...halfBindings].sort((a, b) => a - b).join(",")}`;
+  let variant = variants.get(key);
+  if (!variant) {
+    variant = { ...kernel, key, code: `enable f16;\n${halfCode(kernel, halfBindings)}` };
+    variants.set(key, variant);
+  }
+  return variant;
+}
+
+/** Every f16 variant generated so far, by key (like kernels/program.ts, the rewrite runs once per key). */
+const variants = new Map<string, Kernel>();
+
+/** The WGSL of `kernel` with f16 storage for `halfBindings` (without the `enable` directive). */
+function halfCode(kernel: Kernel, halfBindings: readonly number[]): string {
   const declared = floatBindings(kernel.code);
   const half = new Map<string, string>();
   for (const b of halfBindings) {
@@ -119,10 +135,5 @@ export function halfStorage(kernel: Kernel, halfBindings: readonly number[]): Ke
           `array<${element.replace("f32", "f16")}>`
         : whole,
   );
-  const body = rewrite(declaredHalf, half, kernel.key);
-  return {
-    ...kernel,
-    key: `${kernel.key}|f16:${[...halfBindings].sort((a, b) => a - b).join(",")}`,
-    code: `enable f16;\n${body}`,
-  };
+  return rewrite(declaredHalf, half, kernel.key);
 }

@@ -30,7 +30,6 @@
 
 import {
   CONV,
-  CONV_WORDS,
   convGradTile,
   type ConvGradTiling,
   convKernel,
@@ -45,22 +44,16 @@ import {
   inputSpan,
   NAIVE,
   NAIVE_WG,
-  NAIVE_WORDS,
   PACK,
   PACK_WG,
-  PACK_WORDS,
   PAD,
   PAD_WG,
-  PAD_WORDS,
   type Triple,
   WGRAD,
   WGRAD_NAIVE,
-  WGRAD_NAIVE_WORDS,
-  WGRAD_WORDS,
 } from "../../kernels/conv.ts";
 import {
   CHUNK,
-  CHUNK_WORDS,
   type ConvChunkConfig,
   convChunkKernel,
   convPlanesKernel,
@@ -68,9 +61,7 @@ import {
   convWeightGradChunkKernel,
   PLANES,
   PLANES_WG,
-  PLANES_WORDS,
-  WCHUNK,
-  weightGradChunkWords,
+  weightGradChunkUniforms,
 } from "../../kernels/conv_chunk.ts";
 import type { Kernel } from "../../kernels/types.ts";
 import { record } from "../autograd.ts";
@@ -251,16 +242,6 @@ interface Plan {
   tiling: ConvTiling | null;
 }
 
-const kernelCache = new Map<string, Kernel>();
-function cached(key: string, make: () => Kernel): Kernel {
-  let k = kernelCache.get(key);
-  if (!k) {
-    k = make();
-    kernelCache.set(key, k);
-  }
-  return k;
-}
-
 /** Records a dispatch of `count` workgroups; nothing for an empty grid (the runtime would run one). */
 function launch(kernel: Kernel, params: Uint32Array, buffers: GPUBuffer[], count: number): void {
   if (count > 0) dispatch(kernel, params, buffers, count);
@@ -294,14 +275,11 @@ function planConv(key: ConvShapeKey, outDims: Triple, coutG: number): Plan {
     if (name !== "small" && (spatial < 0.6 || channels < 0.5)) continue;
     const tiling = { ...base, stage: fit };
     return {
-      kernel: cached(
-        `${name}:${JSON.stringify(key)}:${JSON.stringify(tiling)}`,
-        () => convKernel(key, tiling),
-      ),
+      kernel: convKernel(key, tiling),
       tiling,
     };
   }
-  return { kernel: cached("naive", convNaiveKernel), tiling: null };
+  return { kernel: convNaiveKernel(), tiling: null };
 }
 
 // --- Chunk path (software adapters) ---------------------------------------------------------------------
@@ -358,6 +336,10 @@ function chunkConfigFor(call: ConvCall): ConvChunkConfig | null {
 function weightGradChunkConfigFor(g: Geometry): ConvWeightGradChunkConfig | null {
   if (convSettings.path === "direct" || g.groups !== 1 || g.outDims[2] % 4 !== 0) return null;
   const taps = g.kernel[0] * g.kernel[1] * g.kernel[2];
+  // Pointwise kernels stay on the direct kernel: with one tap and K a multiple of 64 the chunk kernel ran
+  // 25–400× slower on lavapipe (64→32 at 16³: 1.8 s against 41 ms, bench/conv_paths.ts --batch 2; cause
+  // not found), and the direct kernel is fast at every pointwise shape of the U-Nets.
+  if (convSettings.path === "auto" && taps === 1) return null;
   const macs = g.n * g.cout * g.cin * taps * sizeOf(g.outDims);
   // `auto` once picked it for strided convolutions only: a whole training step of the default model was
   // slower with it at stride 1 although each convolution was faster. With the planes copy it starts with now
@@ -389,38 +371,41 @@ function weightGradChunk(x: Tensor, gy: Tensor, g: Geometry, cfg: ConvWeightGrad
   });
   const [xChan, xPlane, xRowD, xRowH] = planes.strides;
   const dw = fromData(null, [g.cout, K]);
-  const kernel = cached(
-    `wgrad-chunk:${JSON.stringify(key)}:${JSON.stringify(cfg)}`,
-    () => convWeightGradChunkKernel(key, cfg),
-  );
+  const kernel = convWeightGradChunkKernel(key, cfg);
   const buffers = [
     planes.tensor.storage("conv3d").buffer,
     gy.storage("conv3d").buffer,
     dw.storage("conv3d").buffer,
   ];
   const grid: [number, number, number] = [Math.ceil(K / cfg.threads), Math.ceil(g.cout / cfg.rows), 1];
-  const words = weightGradChunkWords(cfg.depth);
+  const layout = weightGradChunkUniforms(cfg.depth);
   for (let n = 0; n < g.n; n++) {
     for (let p0 = 0; p0 < positions; p0 += 4 * cfg.depth) {
-      const p = new Uint32Array(words);
-      [p[WCHUNK.K], p[WCHUNK.cout]] = [K, g.cout];
-      [p[WCHUNK.xN], p[WCHUNK.xChan], p[WCHUNK.xPlane], p[WCHUNK.xRowD], p[WCHUNK.xRowH]] = [
-        n * g.cin * xChan,
-        xChan,
-        xPlane,
-        xRowD,
-        xRowH,
-      ];
-      [p[WCHUNK.gOff4], p[WCHUNK.gC4]] = [(gy.offset + n * g.cout * positions + p0) / 4, positions / 4];
       const valid = Math.min(cfg.depth, (positions - p0) / 4);
-      [p[WCHUNK.valid], p[WCHUNK.first]] = [valid, n === 0 && p0 === 0 ? 1 : 0];
       // Each position group's row in the planes: computed here once rather than divided out per thread.
+      const rows = new Array<number>(cfg.depth).fill(0);
       for (let j = 0; j < valid; j++) {
         const q = p0 + 4 * j;
         const od = Math.floor(q / (OH * OW));
         const oh = Math.floor(q / OW) % OH;
-        p[WCHUNK.rows + j] = od * g.stride[0] * xRowD + oh * g.stride[1] * xRowH + (q % OW) / 4;
+        rows[j] = od * g.stride[0] * xRowD + oh * g.stride[1] * xRowH + (q % OW) / 4;
       }
+      const p = layout.pack({
+        K,
+        cout: g.cout,
+        xN: n * g.cin * xChan,
+        xChan,
+        xPlane,
+        xRowD,
+        xRowH,
+        gOff4: (gy.offset + n * g.cout * positions + p0) / 4,
+        gC4: positions / 4,
+        valid,
+        first: n === 0 && p0 === 0 ? 1 : 0,
+        zero: 0,
+        guard: 0,
+        rows,
+      });
       dispatch(kernel, p, buffers, grid);
     }
   }
@@ -460,16 +445,25 @@ function inputPlanes(
   }
   const count = call.n * call.cin * kw * pd * ph;
   const tensor = fromData(null, [count * row4 * 4]);
-  const q = new Uint32Array(PLANES_WORDS);
-  const qi = new Int32Array(q.buffer);
-  q[PLANES.count] = count;
-  [q[PLANES.kw], q[PLANES.pd], q[PLANES.ph], q[PLANES.row4]] = [kw, pd, ph, row4];
-  [q[PLANES.d], q[PLANES.h], q[PLANES.w]] = call.inDims;
-  [qi[PLANES.d0], qi[PLANES.h0], qi[PLANES.w0]] = [-call.pad[0], -call.pad[1], -call.pad[2]];
-  [q[PLANES.sw], q[PLANES.dw], q[PLANES.ow]] = [call.key.stride[2], call.key.dilation[2], ow];
-  q[PLANES.xOff] = x.offset;
+  const q = PLANES.pack({
+    count,
+    kw,
+    pd,
+    ph,
+    row4,
+    d: call.inDims[0],
+    h: call.inDims[1],
+    w: call.inDims[2],
+    d0: -call.pad[0],
+    h0: -call.pad[1],
+    w0: -call.pad[2],
+    sw: call.key.stride[2],
+    dw: call.key.dilation[2],
+    ow,
+    xOff: x.offset,
+  });
   launch(
-    cached("planes", convPlanesKernel),
+    convPlanesKernel(),
     q,
     [x.storage("conv3d").buffer, tensor.storage("conv3d").buffer],
     Math.ceil(count / PLANES_WG),
@@ -490,22 +484,30 @@ function runConvChunk(
   const planes = inputPlanes(x, call);
   const coP = Math.ceil(call.coutG / cfg.rows) * cfg.rows;
   const packed = packFor(coP);
-  const kernel = cached(
-    `chunk:${JSON.stringify(call.key)}:${JSON.stringify(cfg)}`,
-    () => convChunkKernel(call.key, cfg),
-  );
-  const p = new Uint32Array(CHUNK_WORDS);
+  const kernel = convChunkKernel(call.key, cfg);
   const positions = od * oh * ow;
-  [p[CHUNK.positions], p[CHUNK.oh], p[CHUNK.ow]] = [positions, oh, ow];
-  [p[CHUNK.cinG], p[CHUNK.coutG], p[CHUNK.coP]] = [call.cinG, call.coutG, coP];
-  [p[CHUNK.groups], p[CHUNK.cin]] = [call.groups, call.cin];
-  [p[CHUNK.xChan], p[CHUNK.xPlane], p[CHUNK.xRowD], p[CHUNK.xRowH]] = planes.strides;
-  [p[CHUNK.outOff4], p[CHUNK.oN4], p[CHUNK.oC4]] = [
-    call.outOff / 4,
-    call.outStrides[0] / 4,
-    call.outStrides[1] / 4,
-  ];
-  [p[CHUNK.biasOff], p[CHUNK.hasBias]] = [bias ? bias.offset : 0, bias ? 1 : 0];
+  const [xChan, xPlane, xRowD, xRowH] = planes.strides;
+  const p = {
+    positions,
+    oh,
+    ow,
+    cinG: call.cinG,
+    coutG: call.coutG,
+    coP,
+    groups: call.groups,
+    cin: call.cin,
+    xChan,
+    xPlane,
+    xRowD,
+    xRowH,
+    outOff4: call.outOff / 4,
+    oN4: call.outStrides[0] / 4,
+    oC4: call.outStrides[1] / 4,
+    biasOff: bias ? bias.offset : 0,
+    hasBias: bias ? 1 : 0,
+    zero: 0,
+    guard: 0,
+  };
   const buffers = [
     planes.tensor.storage("conv3d").buffer,
     packed.storage("conv3d").buffer,
@@ -518,10 +520,7 @@ function runConvChunk(
     call.n * call.groups,
   ];
   for (let ci0 = 0; ci0 < call.cinG; ci0 += cfg.channels) {
-    const params = p.slice();
-    params[CHUNK.ci0] = ci0;
-    params[CHUNK.first] = ci0 === 0 ? 1 : 0;
-    dispatch(kernel, params, buffers, grid);
+    dispatch(kernel, CHUNK.pack({ ...p, ci0, first: ci0 === 0 ? 1 : 0 }), buffers, grid);
   }
   planes.tensor.dispose();
   packed.dispose();
@@ -556,24 +555,30 @@ function packWeights(
   const taps = kd * kh * kw;
   const count = call.groups * call.cinG * taps * coP;
   const packed = fromData(null, [count]);
-  const p = new Uint32Array(PACK_WORDS);
-  const i32 = new Int32Array(p.buffer);
-  p[PACK.count] = count;
-  p[PACK.cin] = call.cinG;
-  p[PACK.taps] = taps;
-  p[PACK.kh] = kh;
-  p[PACK.kw] = kw;
-  p[PACK.coP] = coP;
-  p[PACK.cout] = call.coutG;
-  p[PACK.sG] = src.sG;
-  p[PACK.sCi] = src.sCi;
-  p[PACK.sCo] = src.sCo;
-  [p[PACK.sKd], p[PACK.sKh], p[PACK.sKw]] = src.sK;
-  [i32[PACK.dStart], i32[PACK.hStart], i32[PACK.wStart]] = src.start;
-  [i32[PACK.dStep], i32[PACK.hStep], i32[PACK.wStep]] = src.step;
-  p[PACK.wOff] = w.offset;
+  const p = PACK.pack({
+    count,
+    cin: call.cinG,
+    taps,
+    kh,
+    kw,
+    coP,
+    cout: call.coutG,
+    sG: src.sG,
+    sCi: src.sCi,
+    sCo: src.sCo,
+    sKd: src.sK[0],
+    sKh: src.sK[1],
+    sKw: src.sK[2],
+    dStart: src.start[0],
+    dStep: src.step[0],
+    hStart: src.start[1],
+    hStep: src.step[1],
+    wStart: src.start[2],
+    wStep: src.step[2],
+    wOff: w.offset,
+  });
   launch(
-    cached("pack", convPackKernel),
+    convPackKernel(),
     p,
     [w.storage("conv3d").buffer, packed.storage("conv3d").buffer],
     Math.ceil(count / PACK_WG),
@@ -590,15 +595,21 @@ function padVolume(x: Tensor, dims: Triple, origin: Triple): Tensor {
   const pw4 = Math.ceil(dims[2] / 4);
   const rows = n * c * dims[0] * dims[1];
   const out = fromData(null, [rows * pw4 * 4]);
-  const p = new Uint32Array(PAD_WORDS);
-  const i32 = new Int32Array(p.buffer);
-  p[PAD.rows] = rows;
-  [p[PAD.pd], p[PAD.ph], p[PAD.pw4]] = [dims[0], dims[1], pw4];
-  [p[PAD.d], p[PAD.h], p[PAD.w]] = [d, h, w];
-  [i32[PAD.d0], i32[PAD.h0], i32[PAD.w0]] = origin;
-  p[PAD.xOff] = x.offset;
+  const p = PAD.pack({
+    rows,
+    pd: dims[0],
+    ph: dims[1],
+    pw4,
+    d,
+    h,
+    w,
+    d0: origin[0],
+    h0: origin[1],
+    w0: origin[2],
+    xOff: x.offset,
+  });
   launch(
-    cached("pad", convPadKernel),
+    convPadKernel(),
     p,
     [x.storage("conv3d").buffer, out.storage("conv3d").buffer],
     Math.ceil(rows / PAD_WG),
@@ -627,25 +638,47 @@ function runConv(
   const biasBuffer = (bias ?? packed).storage("conv3d").buffer;
   const outBuffer = out.storage("conv3d").buffer;
   if (!tile) {
-    const p = new Uint32Array(NAIVE_WORDS);
-    const i32 = new Int32Array(p.buffer);
-    p[NAIVE.cin] = call.cin;
-    [p[NAIVE.d], p[NAIVE.h], p[NAIVE.w]] = call.inDims;
-    p[NAIVE.cinG] = call.cinG;
-    p[NAIVE.coutG] = call.coutG;
-    p[NAIVE.coP] = coP;
-    [i32[NAIVE.padD], i32[NAIVE.padH], i32[NAIVE.padW]] = call.pad;
-    [p[NAIVE.od], p[NAIVE.oh], p[NAIVE.ow]] = call.outDims;
-    p[NAIVE.batch] = call.n;
-    p[NAIVE.groups] = call.groups;
-    [p[NAIVE.kd], p[NAIVE.kh], p[NAIVE.kw]] = call.key.kernel;
-    [p[NAIVE.sd], p[NAIVE.sh], p[NAIVE.sw]] = call.key.stride;
-    [p[NAIVE.dd], p[NAIVE.dh], p[NAIVE.dw]] = call.key.dilation;
-    p[NAIVE.xOff] = x.offset;
-    p[NAIVE.outOff] = call.outOff;
-    p[NAIVE.biasOff] = bias ? bias.offset : 0;
-    p[NAIVE.hasBias] = bias ? 1 : 0;
-    [p[NAIVE.oN], p[NAIVE.oC], p[NAIVE.oD], p[NAIVE.oH], p[NAIVE.oW]] = call.outStrides;
+    const [d, h, w] = call.inDims;
+    const [od, oh, ow] = call.outDims;
+    const [kd, kh, kw] = call.key.kernel;
+    const [sd, sh, sw] = call.key.stride;
+    const [dd, dh, dw] = call.key.dilation;
+    const [oN, oC, oD, oH, oW] = call.outStrides;
+    const p = NAIVE.pack({
+      cin: call.cin,
+      d,
+      h,
+      w,
+      cinG: call.cinG,
+      coutG: call.coutG,
+      coP,
+      padD: call.pad[0],
+      padH: call.pad[1],
+      padW: call.pad[2],
+      od,
+      oh,
+      ow,
+      batch: call.n,
+      groups: call.groups,
+      kd,
+      kh,
+      kw,
+      sd,
+      sh,
+      sw,
+      dd,
+      dh,
+      dw,
+      xOff: x.offset,
+      outOff: call.outOff,
+      biasOff: bias ? bias.offset : 0,
+      hasBias: bias ? 1 : 0,
+      oN,
+      oC,
+      oD,
+      oH,
+      oW,
+    });
     const threads = call.n * call.groups * call.coutG * sizeOf(call.outDims);
     launch(plan.kernel, p, [
       x.storage("conv3d").buffer,
@@ -661,21 +694,33 @@ function runConv(
   const padded = [0, 1, 2].map((a) => (tiles[a] - 1) * tile.out[a] * call.key.stride[a] + tile.in[a]);
   padded[2] = (tiles[2] - 1) * tile.out[2] * call.key.stride[2] + 4 * tile.rowVec4s;
   const xp = padVolume(x, padded as unknown as Triple, [-call.pad[0], -call.pad[1], -call.pad[2]]);
-  const p = new Uint32Array(CONV_WORDS);
-  p[CONV.cin] = call.cin;
-  [p[CONV.pd], p[CONV.ph], p[CONV.pw4]] = [padded[0], padded[1], padded[2] / 4];
-  p[CONV.cinG] = call.cinG;
-  p[CONV.coutG] = call.coutG;
-  p[CONV.coP] = coP;
-  [p[CONV.od], p[CONV.oh], p[CONV.ow]] = call.outDims;
-  [p[CONV.tilesD], p[CONV.tilesH], p[CONV.tilesW]] = tiles;
-  p[CONV.coTiles] = coTiles;
-  p[CONV.groups] = call.groups;
-  p[CONV.xOff4] = 0;
-  p[CONV.outOff] = call.outOff;
-  p[CONV.biasOff] = bias ? bias.offset : 0;
-  p[CONV.hasBias] = bias ? 1 : 0;
-  [p[CONV.oN], p[CONV.oC], p[CONV.oD], p[CONV.oH], p[CONV.oW]] = call.outStrides;
+  const [oN, oC, oD, oH, oW] = call.outStrides;
+  const p = CONV.pack({
+    cin: call.cin,
+    pd: padded[0],
+    ph: padded[1],
+    pw4: padded[2] / 4,
+    cinG: call.cinG,
+    coutG: call.coutG,
+    coP,
+    od: call.outDims[0],
+    oh: call.outDims[1],
+    ow: call.outDims[2],
+    tilesD: tiles[0],
+    tilesH: tiles[1],
+    tilesW: tiles[2],
+    coTiles,
+    groups: call.groups,
+    xOff4: 0,
+    outOff: call.outOff,
+    biasOff: bias ? bias.offset : 0,
+    hasBias: bias ? 1 : 0,
+    oN,
+    oC,
+    oD,
+    oH,
+    oW,
+  });
   const workgroups = tiles[0] * tiles[1] * tiles[2] * coTiles * call.groups * call.n;
   launch(plan.kernel, p, [
     xp.storage("conv3d").buffer,
@@ -844,22 +889,38 @@ function planWeightGrad(
 /** The fallback weight gradient (x, gy contiguous). */
 function weightGradNaive(x: Tensor, gy: Tensor, g: Geometry): Tensor {
   const dw = fromData(null, [g.cout, g.cinG, ...g.kernel]);
-  const p = new Uint32Array(WGRAD_NAIVE_WORDS);
-  const i32 = new Int32Array(p.buffer);
-  p[WGRAD_NAIVE.cin] = g.cin;
-  [p[WGRAD_NAIVE.d], p[WGRAD_NAIVE.h], p[WGRAD_NAIVE.w]] = g.inDims;
-  p[WGRAD_NAIVE.cinG] = g.cinG;
-  p[WGRAD_NAIVE.coutG] = g.coutG;
-  p[WGRAD_NAIVE.cout] = g.cout;
-  [i32[WGRAD_NAIVE.padD], i32[WGRAD_NAIVE.padH], i32[WGRAD_NAIVE.padW]] = g.pad;
-  [p[WGRAD_NAIVE.od], p[WGRAD_NAIVE.oh], p[WGRAD_NAIVE.ow]] = g.outDims;
-  p[WGRAD_NAIVE.batch] = g.n;
-  [p[WGRAD_NAIVE.kd], p[WGRAD_NAIVE.kh], p[WGRAD_NAIVE.kw]] = g.kernel;
-  [p[WGRAD_NAIVE.sd], p[WGRAD_NAIVE.sh], p[WGRAD_NAIVE.sw]] = g.stride;
-  [p[WGRAD_NAIVE.dd], p[WGRAD_NAIVE.dh], p[WGRAD_NAIVE.dw]] = g.dil;
-  p[WGRAD_NAIVE.xOff] = x.offset;
-  p[WGRAD_NAIVE.gOff] = gy.offset;
-  const kernel = cached("wgrad:naive", convWeightGradNaiveKernel);
+  const [d, h, w] = g.inDims;
+  const [od, oh, ow] = g.outDims;
+  const [kd, kh, kw] = g.kernel;
+  const [sd, sh, sw] = g.stride;
+  const p = WGRAD_NAIVE.pack({
+    cin: g.cin,
+    d,
+    h,
+    w,
+    cinG: g.cinG,
+    coutG: g.coutG,
+    cout: g.cout,
+    padD: g.pad[0],
+    padH: g.pad[1],
+    padW: g.pad[2],
+    od,
+    oh,
+    ow,
+    batch: g.n,
+    kd,
+    kh,
+    kw,
+    sd,
+    sh,
+    sw,
+    dd: g.dil[0],
+    dh: g.dil[1],
+    dw: g.dil[2],
+    xOff: x.offset,
+    gOff: gy.offset,
+  });
+  const kernel = convWeightGradNaiveKernel();
   launch(
     kernel,
     p,
@@ -905,28 +966,30 @@ function weightGradWhole(x: Tensor, gy: Tensor, g: Geometry): Tensor {
   const xp = padVolume(x, xDims, [-g.pad[0], -g.pad[1], -g.pad[2]]);
   const gp = padVolume(gy, [OD, blocksH * tiling.rows, blocksW * tiling.cols], [0, 0, 0]);
   const partial = fromData(null, [g.cout * g.cinG * taps, used]);
-  const p = new Uint32Array(WGRAD_WORDS);
-  p[WGRAD.cin] = g.cin;
-  [p[WGRAD.pd], p[WGRAD.ph], p[WGRAD.pw4]] = [xDims[0], xDims[1], xDims[2] / 4];
-  p[WGRAD.cinG] = g.cinG;
-  p[WGRAD.coutG] = g.coutG;
-  p[WGRAD.cout] = g.cout;
-  [p[WGRAD.od], p[WGRAD.gh], p[WGRAD.gw4]] = [OD, blocksH * tiling.rows, (blocksW * tiling.cols) / 4];
-  p[WGRAD.blocksH] = blocksH;
-  p[WGRAD.blocksW] = blocksW;
-  p[WGRAD.blocks] = blocks;
-  p[WGRAD.perSplit] = perSplit;
-  p[WGRAD.coTiles] = coTiles;
-  p[WGRAD.ciTiles] = ciTiles;
-  p[WGRAD.groups] = g.groups;
-  p[WGRAD.splits] = used;
-  p[WGRAD.xOff4] = 0;
-  p[WGRAD.gOff4] = 0;
-  p[WGRAD.outOff] = 0;
-  const kernel = cached(
-    `wgrad:${JSON.stringify(key)}:${JSON.stringify(tiling)}`,
-    () => convWeightGradKernel(key, tiling),
-  );
+  const p = WGRAD.pack({
+    cin: g.cin,
+    pd: xDims[0],
+    ph: xDims[1],
+    pw4: xDims[2] / 4,
+    cinG: g.cinG,
+    coutG: g.coutG,
+    cout: g.cout,
+    od: OD,
+    gh: blocksH * tiling.rows,
+    gw4: (blocksW * tiling.cols) / 4,
+    blocksH,
+    blocksW,
+    blocks,
+    perSplit,
+    coTiles,
+    ciTiles,
+    groups: g.groups,
+    splits: used,
+    xOff4: 0,
+    gOff4: 0,
+    outOff: 0,
+  });
+  const kernel = convWeightGradKernel(key, tiling);
   launch(kernel, p, [
     xp.storage("conv3d").buffer,
     gp.storage("conv3d").buffer,

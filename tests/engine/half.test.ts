@@ -64,6 +64,7 @@ async function checkHalf(
 Deno.test("halfStorage rewrites declarations, loads and stores of the chosen bindings only", () => {
   const kernel = {
     key: "t",
+    family: "test:t",
     code: `
 @group(0) @binding(0) var<uniform> P: vec4<u32>;
 @group(0) @binding(1) var<storage, read> A: array<vec4<f32>>;
@@ -93,8 +94,14 @@ Deno.test("halfStorage refuses what it cannot narrow: in-place updates and non-f
   const code = `@group(0) @binding(1) var<storage, read_write> Acc: array<f32>;
 @group(0) @binding(2) var<storage, read> T: array<u32>;
 fn main() { Acc[0] += 1.0; }`;
-  throws(() => halfStorage({ key: "k", code, bindings: ["write", "read"] }, [1]), /in\ place/);
-  throws(() => halfStorage({ key: "k", code, bindings: ["write", "read"] }, [2]), /not\ an\ f32/);
+  throws(
+    () => halfStorage({ key: "k", family: "test:k", code, bindings: ["write", "read"] }, [1]),
+    /in\ place/,
+  );
+  throws(
+    () => halfStorage({ key: "k", family: "test:k", code, bindings: ["write", "read"] }, [2]),
+    /not\ an\ f32/,
+  );
 });
 
 Deno.test("f16Round: the binary16 grid, ties to even, subnormals and overflow", () => {
