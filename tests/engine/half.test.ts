@@ -17,6 +17,7 @@ import * as V from "../../mod.ts";
 import { halfStorage } from "../../kernels/half.ts";
 import { conv3d, convSettings } from "../../engine/ops/conv.ts";
 import { poolStats, resetPeak } from "../../engine/pool.ts";
+import { runtimeSettings } from "../../engine/runtime.ts";
 import { copyInto } from "../../engine/ops/map.ts";
 import { DiffusionModelUNet } from "../../models/unet.ts";
 import { timestepEmbedding } from "../../nn/embedding.ts";
@@ -242,6 +243,52 @@ gpuTest("f16 matmul, attention and interpolation against the reference", async (
     [R.randomRef([1, 3, 4, 4, 4], 16)],
   );
 });
+
+gpuTest(
+  "f16 tensors larger than a (forced small) binding: the ops split them into windows of 2-byte elements",
+  async () => {
+    // The shapes and limits of split.test.ts: the ops split by element counts, so the same pieces arise, and
+    // each window's byte offsets and element shifts are computed for 2-byte elements.
+    const KiB = 1024;
+    const saved = { ...convSettings };
+    try {
+      runtimeSettings.maxBindingBytes = 4 * KiB;
+      await checkHalf(
+        "add (broadcast, windows)",
+        ([x, y]) => V.add(x, y),
+        ([x, y]) => R.add(x, y),
+        [R.randomRef([3, 5, 40, 40], 1), R.randomRef([5, 1, 40], 2)],
+      );
+      await checkHalf(
+        "interpolate nearest ×2 (blocks of planes)",
+        ([x]) => V.interpolate(x, { scaleFactor: 2, mode: "nearest" }),
+        ([x]) => R.interpolate(x, { scaleFactor: 2, mode: "nearest" }),
+        [R.randomRef([2, 3, 4, 4, 4], 31)],
+      );
+      runtimeSettings.maxBindingBytes = 2 * KiB;
+      await checkHalf(
+        "groupNormSilu (blocks of groups)",
+        ([x, w, b]) => V.groupNormSilu(x, 2, w, b),
+        ([x, w, b]) => R.silu(R.groupNorm(x, 2, w, b, 1e-5)),
+        [R.randomRef([2, 4, 4, 6, 6], 21), R.randomRef([4], 22), R.randomRef([4], 23)],
+      );
+      runtimeSettings.maxBindingBytes = 64 * KiB;
+      for (const path of ["direct", "chunk"] as const) {
+        convSettings.path = path;
+        await checkHalf(
+          `conv3d (channel blocks, ${path})`,
+          ([x, w, b]) => conv3d(x, w, { bias: b, padding: 1 }),
+          ([x, w, b]) => R.conv3d(x, w, b, { padding: [1, 1, 1] }),
+          [R.randomRef([2, 6, 6, 8, 16], 40), R.randomRef([5, 6, 3, 3, 3], 41), R.randomRef([5], 42)],
+          3,
+        );
+      }
+    } finally {
+      runtimeSettings.maxBindingBytes = 0;
+      Object.assign(convSettings, saved);
+    }
+  },
+);
 
 gpuTest("precision: parsing, and the refusal on an adapter without shader-f16 names the problem", () => {
   assertEquals(V.parsePrecision("f16"), "f16");
