@@ -226,6 +226,7 @@ export class Tensor {
    */
   async toArray(): Promise<Float32Array> {
     const storage = this.storage("toArray");
+    if (this.size === 0) return new Float32Array(0);
     if (this.isContiguous && this.dtype === "float16") {
       // Reads start and end on 4-byte boundaries; the f16 elements are widened on the CPU.
       const start = Math.floor(this.offset / 2) * 4;
