@@ -5,7 +5,8 @@
  * - **Forward** at each `--sizes` (the U-Net is fully convolutional, so the trained weights run at any size
  *   whose levels halve evenly): wall and process CPU seconds of one denoising forward (noGrad, eval), and its
  *   peak GPU memory above what was live before (weights and input), from the engine's buffer pool. The two
- *   precisions alternate round by round, so both see the same machine load.
+ *   precisions alternate round by round, so both see the same machine load. `--reps 0` times only the first
+ *   forward of each (for large sizes, where compiling is a small part of it).
  * - **Samples** (`--samples N`, 0 to skip): N volumes at the model's size, DDIM with `--steps`, one batch
  *   from seed 0, once with each precision (the same noise); per seed the MS-SSIM between the f16 and the f32 sample (3 scales, 5-voxel
  *   Gaussian window, data range 2: scripts/study_metrics.ts's settings for 32³ grids) and the largest voxel
@@ -95,6 +96,7 @@ interface ForwardRow {
   peakMiB: number;
 }
 
+const fmt = (v: number, d = 2) => v.toFixed(d);
 const forwardRows: ForwardRow[] = [];
 for (const size of sizes) {
   const x = V.randn([1, models.f32.unet.config.inChannels, size, size, size], { seed: 7 });
@@ -111,13 +113,27 @@ for (const size of sizes) {
     V.releaseCachedMemory();
     return m;
   };
-  // Warm-up (compiles each precision's pipelines), then alternating rounds.
-  for (const p of PRECISIONS) rows[p].peakMiB = (await measuredForward(p)).peak / MiB;
+  // Warm-up (compiles each precision's pipelines), then alternating rounds. With --reps 0 the warm-up
+  // times are reported (they include compiling, small beside a large volume's forward).
+  const report = (p: P, m: { wall: number; cpu: number; peak: number }, what: string) =>
+    console.log(
+      `  ${size}³ ${p} ${what}: wall ${fmt(m.wall)} s, CPU ${fmt(m.cpu)} s, peak ${fmt(m.peak / MiB, 1)} MiB`,
+    );
+  for (const p of PRECISIONS) {
+    const m = await measuredForward(p);
+    rows[p].peakMiB = m.peak / MiB;
+    report(p, m, "warm-up");
+    if (reps === 0) {
+      rows[p].wall.push(m.wall);
+      rows[p].cpu.push(m.cpu);
+    }
+  }
   for (let r = 0; r < reps; r++) {
     for (const p of PRECISIONS) {
       const m = await measuredForward(p);
       rows[p].wall.push(m.wall);
       rows[p].cpu.push(m.cpu);
+      report(p, m, `round ${r + 1}`);
     }
   }
   x.dispose();
@@ -125,8 +141,13 @@ for (const size of sizes) {
   console.log(`forward ${size}³ done; load average ${load()}`);
 }
 
-const fmt = (v: number, d = 2) => v.toFixed(d);
-console.log(`\n### Forward (batch 1, ${reps} alternating rounds; median)\n`);
+console.log(
+  `\n### Forward (batch 1, ${
+    reps > 0
+      ? `${reps} alternating rounds; median`
+      : "the first forward of each precision, compiling included"
+  })\n`,
+);
 console.log(
   "| size | precision | wall s | CPU s | peak memory MiB | f16 / f32 time (CPU) | f16 / f32 memory |",
 );
