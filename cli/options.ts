@@ -7,7 +7,7 @@
 
 import { ResumeMismatchError, type RunSetting } from "../pipelines/train.ts";
 
-export { numberList, numberOption } from "../io/options.ts";
+export { numberList, numberOption, precisionOption } from "../io/options.ts";
 
 /** Flags of the training settings every command shares (train's own settings). */
 const TRAIN_FLAGS: Record<string, string> = {

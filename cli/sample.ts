@@ -9,6 +9,7 @@
 import { parseArgs } from "node:util";
 import { type AdapterSet, type AdapterSpec, mergeAdapterFiles } from "../adapters/mod.ts";
 import { ready } from "../engine/device.ts";
+import { checkPrecision } from "../engine/precision.ts";
 import type { DiffusionModelUNet } from "../models/unet.ts";
 import { generate } from "../pipelines/generate.ts";
 import { loadGenerator, loadModelWithEmbeddings } from "../pipelines/generators.ts";
@@ -16,7 +17,7 @@ import { DEFAULT_MODEL } from "../pipelines/modelfile.ts";
 import { controlledGenerator } from "../pipelines/control.ts";
 import { writeVolumeFiles } from "../pipelines/output.ts";
 import { findSampler, SAMPLER_REGISTRY, unknownSamplerMessage } from "../samplers/registry.ts";
-import { numberOption } from "./options.ts";
+import { numberOption, precisionOption } from "./options.ts";
 import { Progress } from "../io/progress.ts";
 import { readNifti } from "../io/nifti.ts";
 import { parsePrompt } from "../models/prompt.ts";
@@ -70,6 +71,9 @@ const HELP = `Usage: deno task sample [options]
                     model too —, in the model's intensity range for image conditions); repeat once per condition of the module, in its order ("none": absent,
                     VCM only)
   --control-scale S strength of the control (default 1)
+  --precision f32|f16
+                    storage of the U-Net's weights and activations (default f32). f16 halves the
+                    memory of sampling (arithmetic stays f32); needs an adapter with shader-f16
 `;
 
 /** Parses `FILE` or `FILE:WEIGHT` (the part after the last colon is the weight when it is a number). */
@@ -143,6 +147,7 @@ export async function main(args: string[]): Promise<void> {
       "control-model": { type: "string" },
       control: { type: "string", multiple: true },
       "control-scale": { type: "string" },
+      precision: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
     strict: true,
@@ -222,6 +227,7 @@ export async function main(args: string[]): Promise<void> {
       "--control-model needs its condition volumes: --control COND.nii.gz (once per condition).",
     );
   }
+  const precision = precisionOption("precision", values.precision);
   const controlScale = numberOption("control-scale", values["control-scale"], 1, -100, 100);
   const conditions = await Promise.all((values.control ?? []).map(async (path) => {
     if (path === "none") return null;
@@ -231,11 +237,13 @@ export async function main(args: string[]): Promise<void> {
     return { data: nii.data, shape: nii.shape, source: path };
   }));
   const device = await ready();
+  checkPrecision(precision);
   const model = controlModel
     ? await loadModelWithEmbeddings(modelPath, {
       adapters,
       embeddings: values.embedding,
       onAdapter: logAdapter,
+      precision,
     })
       .then(({ model, vectors }) =>
         controlledGenerator(model, { file: controlModel, conditions, scale: controlScale }, vectors)
@@ -244,11 +252,12 @@ export async function main(args: string[]): Promise<void> {
       adapters,
       embeddings: values.embedding,
       onAdapter: logAdapter,
+      precision,
       depth: values.depth === undefined ? undefined : numberOption("depth", values.depth, 1, 1, 4096, true),
     });
   try {
     console.error(
-      `model ${modelPath}: ${model.parameterCount.toLocaleString()} parameters; ${device.adapter}`,
+      `model ${modelPath}: ${model.parameterCount.toLocaleString()} parameters (${precision}); ${device.adapter}`,
     );
     // A staged model (slice model) reports its steps over all stages.
     let progress: Progress | null = null;

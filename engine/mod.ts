@@ -33,5 +33,14 @@ export { avgPool2d, avgPool3d, interpolate, type InterpolateOptions } from "./op
 export { rand, randn, type RandomOptions } from "./ops/random.ts";
 export { type ContractionPlan, type ContractionStep, einsum, einsumPath } from "./ops/einsum.ts";
 export { checkpoint } from "./ops/checkpoint.ts";
+export { cast, castInPlace, type FloatDType } from "./ops/cast.ts";
+export {
+  checkPrecision,
+  parsePrecision,
+  type Precision,
+  precisionProblem,
+  PRECISIONS,
+  withPrecision,
+} from "./precision.ts";
 export { warp3d, type WarpMode, type WarpOptions, type WarpPadding } from "./ops/warp.ts";
 export { AdamW, type AdamWOptions } from "./optim.ts";

@@ -44,6 +44,8 @@ export const poolSettings: {
 /** Free buffers by size, oldest first within a size; `cached` holds all of them in release order. */
 const free = new Map<number, GPUBuffer[]>();
 const cached = new Set<GPUBuffer>();
+/** Buffers currently holding f16 elements (kernels bound to them get f16 storage; see kernels/half.ts). */
+const halfBuffers = new WeakSet<GPUBuffer>();
 let pendingRelease: GPUBuffer[] = [];
 /** Released buffers waiting for a submit, by size. */
 const pendingBySize = new Map<number, number>();
@@ -90,8 +92,11 @@ function takeFree(size: number): GPUBuffer | undefined {
   return buffer;
 }
 
-/** Takes a buffer of at least `bytes` from the pool, creating one when none is free. */
-export function acquireBuffer(bytes: number): GPUBuffer {
+/**
+ * Takes a buffer of at least `bytes` from the pool, creating one when none is free. `half` marks it as
+ * holding f16 elements until it is released.
+ */
+export function acquireBuffer(bytes: number, half = false): GPUBuffer {
   const size = bucketSize(bytes);
   let buffer = takeFree(size);
   if (!buffer && size >= poolSettings.submitForReuseBytes && (pendingBySize.get(size) ?? 0) > 0) {
@@ -102,6 +107,8 @@ export function acquireBuffer(bytes: number): GPUBuffer {
     evictTo(cacheCap() - size);
     buffer = createBuffer(size);
   }
+  if (half) halfBuffers.add(buffer);
+  else halfBuffers.delete(buffer);
   liveBytes += size;
   if (liveBytes > peakBytes) peakBytes = liveBytes;
   if (liveBytes > maxLiveBytes) maxLiveBytes = liveBytes;
@@ -131,6 +138,16 @@ function createBuffer(size: number): GPUBuffer {
   heldBytes += size;
   if (heldBytes > peakHeldBytes) peakHeldBytes = heldBytes;
   return buffer;
+}
+
+/** True when `buffer` was acquired for f16 elements: 2 bytes per element instead of 4. */
+export function isHalfBuffer(buffer: GPUBuffer): boolean {
+  return halfBuffers.has(buffer);
+}
+
+/** Bytes per element of the floats `buffer` holds (2 for f16, else 4). */
+export function elementBytes(buffer: GPUBuffer): number {
+  return halfBuffers.has(buffer) ? 2 : 4;
 }
 
 /** Returns a buffer to the pool; it is handed out again only after the next submit. */

@@ -15,8 +15,9 @@
  */
 
 import type { Kernel } from "../kernels/types.ts";
+import { halfStorage } from "../kernels/half.ts";
 import { gpu, limit } from "./device.ts";
-import { afterSubmit, setSubmitHook } from "./pool.ts";
+import { afterSubmit, elementBytes, isHalfBuffer, setSubmitHook } from "./pool.ts";
 import { passTimestamps, profiling, resolveTimestamps } from "./profile.ts";
 
 const ARENA_BYTES = 1 << 18;
@@ -178,10 +179,10 @@ export type BufferWindow = { buffer: GPUBuffer; offset: number; size: number };
 export type Binding = GPUBuffer | BufferWindow;
 
 /**
- * The binding of elements [first, end) of `buffer` (4-byte elements): the whole buffer when it fits a
- * binding, else a window starting at or before `first` on the storage-offset alignment. `shift` is the
- * element index of the binding's start, to be subtracted from the element offsets the kernel gets.
- * Throws when the range does not fit one binding.
+ * The binding of elements [first, end) of `buffer` (4-byte elements, 2-byte for f16 buffers): the whole
+ * buffer when it fits a binding, else a window starting at or before `first` on the storage-offset
+ * alignment. `shift` is the element index of the binding's start, to be subtracted from the element offsets
+ * the kernel gets. Throws when the range does not fit one binding.
  */
 export function bindRange(
   buffer: GPUBuffer,
@@ -191,15 +192,16 @@ export function bindRange(
   const max = maxBindingBytes();
   if (buffer.size <= max) return { binding: buffer, shift: 0 };
   const align = limit("minStorageBufferOffsetAlignment");
-  const start = Math.floor((first * 4) / align) * align;
-  const stop = Math.min(buffer.size, Math.max(start + 4, Math.ceil((end * 4) / 4) * 4));
+  const bytes = elementBytes(buffer);
+  const start = Math.floor((first * bytes) / align) * align;
+  const stop = Math.min(buffer.size, Math.max(start + 4, Math.ceil((end * bytes) / 4) * 4));
   if (stop - start > max) {
     throw new Error(
       `elements [${first}, ${end}) span ${stop - start} bytes, more than one storage binding ` +
         `(${max} bytes) can hold.`,
     );
   }
-  return { binding: { buffer, offset: start, size: stop - start }, shift: start / 4 };
+  return { binding: { buffer, offset: start, size: stop - start }, shift: start / bytes };
 }
 
 /** Elements a window can hold for a range starting anywhere (the largest binding less the alignment). */
@@ -208,17 +210,31 @@ export function windowElements(): number {
 }
 
 /**
+ * `kernel` with f16 storage for the bindings whose buffers hold f16 elements (kernels/half.ts), or `kernel`
+ * itself when none does. Every kernel thereby reads and writes tensors of either float type.
+ */
+function forStorage(kernel: Kernel, buffers: readonly Binding[]): Kernel {
+  const half: number[] = [];
+  buffers.forEach((b, i) => {
+    if (isHalfBuffer(b instanceof GPUBuffer ? b : b.buffer)) half.push(i + 1);
+  });
+  return halfStorage(kernel, half);
+}
+
+/**
  * Records one dispatch of `kernel`. `params` fills the uniform block (binding 0); `buffers` bind to
  * 1..n (whole buffers, or windows from {@linkcode bindRange}). `workgroups` is either a 1-D count (folded
  * into 2-D/3-D when over the per-dimension limit; the kernel must use `linear_workgroup`) or an explicit
- * grid. A whole buffer larger than the largest binding is an error: the op must split its work.
+ * grid. A whole buffer larger than the largest binding is an error: the op must split its work. Buffers
+ * holding f16 elements are bound as f16 storage (the kernel's f16 variant runs; see kernels/half.ts).
  */
 export function dispatch(
-  kernel: Kernel,
+  f32Kernel: Kernel,
   params: Uint32Array,
   buffers: readonly Binding[],
   workgroups: number | [number, number, number],
 ): void {
+  const kernel = forStorage(f32Kernel, buffers);
   if (buffers.length !== kernel.bindings.length) {
     throw new Error(
       `dispatch(${kernel.key}): ${buffers.length} buffers for ${kernel.bindings.length} bindings`,

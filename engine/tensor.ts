@@ -8,10 +8,24 @@
 import { acquireBuffer, releaseBuffer } from "./pool.ts";
 import { readBuffer, upload } from "./runtime.ts";
 import { contiguousStrides, formatShape, sizeOf } from "./shape.ts";
+import { currentFloatDType } from "./precision.ts";
 import type { GradNode } from "./autograd.ts";
 
-/** Element type of a tensor. voxgen computes in f32; int32 is used for indices and labels. */
-export type DType = "float32" | "int32";
+/**
+ * Element type of a tensor. voxgen computes in f32; int32 is used for indices and labels; float16 is a
+ * storage format (kernels widen it to f32 on load, see kernels/half.ts) for inference at half the memory.
+ */
+export type DType = "float32" | "float16" | "int32";
+
+/** Bytes per element of `dtype`. */
+export function dtypeBytes(dtype: DType): number {
+  return dtype === "float16" ? 2 : 4;
+}
+
+/** True for the floating-point types (float32, float16). */
+export function isFloat(dtype: DType): boolean {
+  return dtype !== "int32";
+}
 
 /** A reference-counted GPU buffer shared by a tensor and its views. */
 export class Storage {
@@ -21,10 +35,10 @@ export class Storage {
   readonly bytes: number;
   #refs = 1;
 
-  /** Allocates `bytes` from the buffer pool. */
-  constructor(bytes: number) {
+  /** Allocates `bytes` from the buffer pool; `half` when it will hold f16 elements. */
+  constructor(bytes: number, half = false) {
     this.bytes = bytes;
-    this.buffer = acquireBuffer(Math.max(bytes, 4));
+    this.buffer = acquireBuffer(Math.max(bytes, 4), half);
   }
 
   /** Adds a reference. */
@@ -117,8 +131,7 @@ export class Tensor {
   readonly strides: readonly number[];
   /** Element offset of the first element in the storage. */
   readonly offset: number;
-  /** Element type. */
-  readonly dtype: DType;
+  #dtype: DType;
   #requiresGrad: boolean;
   /** Autograd record of the op that produced this tensor (null for leaves and constants). */
   node: GradNode | null;
@@ -131,13 +144,33 @@ export class Tensor {
     this.shape = Object.freeze([...init.shape]);
     this.strides = Object.freeze(init.strides ? [...init.strides] : contiguousStrides(init.shape));
     this.offset = init.offset ?? 0;
-    this.dtype = init.dtype ?? "float32";
+    this.#dtype = init.dtype ?? "float32";
     this.#requiresGrad = init.requiresGrad ?? false;
     this.node = init.node ?? null;
     this.node?.retain();
     this.#storage = init.storage;
     this.#internal = init.internal ?? false;
     if (!this.#internal) track(this);
+  }
+
+  /** Element type. */
+  get dtype(): DType {
+    return this.#dtype;
+  }
+
+  /**
+   * Engine internal: makes this tensor use `storage` (dense, same shape) holding `dtype` elements, releasing
+   * its old storage. Converts parameters in place (`castInPlace`), so that every layer holding the tensor
+   * sees the new type.
+   */
+  replaceStorage(storage: Storage, dtype: DType): void {
+    const old = this.storage("replaceStorage");
+    if (this.offset !== 0 || !this.isContiguous) {
+      throw new Error(`replaceStorage: ${this} is a view; only dense tensors can change storage.`);
+    }
+    this.#storage = storage;
+    this.#dtype = dtype;
+    old.release();
   }
 
   /** Whether gradients flow to this tensor. Leaves get it from the user; op results inherit it. */
@@ -193,6 +226,14 @@ export class Tensor {
    */
   async toArray(): Promise<Float32Array> {
     const storage = this.storage("toArray");
+    if (this.size === 0) return new Float32Array(0);
+    if (this.isContiguous && this.dtype === "float16") {
+      // Reads start and end on 4-byte boundaries; the f16 elements are widened on the CPU.
+      const start = Math.floor(this.offset / 2) * 4;
+      const end = Math.ceil((this.offset + this.size) / 2) * 4;
+      const bytes = await readBuffer(storage.buffer, start, end - start);
+      return Float32Array.from(new Float16Array(bytes, this.offset * 2 - start, this.size));
+    }
     if (this.isContiguous) {
       const bytes = await readBuffer(storage.buffer, this.offset * 4, this.size * 4);
       return new Float32Array(bytes);
@@ -247,13 +288,29 @@ export class Tensor {
   }
 }
 
-/** Creates a tensor over a fresh buffer, uploading `data` when given (engine internal). */
+/**
+ * Creates a tensor over a fresh buffer, uploading `data` when given (engine internal). Without `dtype`, the
+ * tensor is float32, or float16 inside `withPrecision("f16", …)`: ops allocate their outputs here, so that
+ * outputs computed in f16 precision are stored as f16. Float data for a float16 tensor is rounded to f16.
+ */
 export function fromData(data: Float32Array | Int32Array | null, shape: readonly number[], opts: {
   requiresGrad?: boolean;
   dtype?: DType;
 } = {}): Tensor {
   const size = sizeOf(shape);
-  const storage = new Storage(size * 4);
-  if (data && size > 0) upload(storage.buffer, 0, data);
-  return new Tensor({ shape, storage, dtype: opts.dtype, requiresGrad: opts.requiresGrad });
+  const dtype = opts.dtype ?? currentFloatDType();
+  const half = dtype === "float16";
+  const storage = new Storage(size * dtypeBytes(dtype), half);
+  if (data && size > 0) {
+    if (half && data instanceof Int32Array) throw new Error("fromData: int32 data for a float16 tensor.");
+    // writeBuffer moves whole 4-byte words: an odd count of f16 elements gets one element of padding.
+    let words: ArrayBufferView = data;
+    if (half) {
+      const halves = new Float16Array(Math.ceil(size / 2) * 2);
+      halves.set(data);
+      words = halves;
+    }
+    upload(storage.buffer, 0, words);
+  }
+  return new Tensor({ shape, storage, dtype, requiresGrad: opts.requiresGrad });
 }

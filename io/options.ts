@@ -5,6 +5,17 @@
  * @module
  */
 
+import { parsePrecision, type Precision } from "../engine/precision.ts";
+
+/** Parses a precision option ("f32", the default, or "f16"), with a clear error naming the option. */
+export function precisionOption(option: string, value: string | undefined): Precision {
+  try {
+    return parsePrecision(value ?? "f32");
+  } catch (error) {
+    throw new Error(`--${option}: ${(error as Error).message}`);
+  }
+}
+
 /** Parses "a,b,c" into numbers, with a clear error naming the option. */
 export function numberList(option: string, value: string): number[] {
   const list = value.split(",").map((v) => Number(v.trim()));

@@ -10,7 +10,9 @@
  */
 
 import { scope } from "../engine/memory.ts";
+import { cast } from "../engine/ops/cast.ts";
 import { add, silu } from "../engine/ops/elementwise.ts";
+import { withPrecision } from "../engine/precision.ts";
 import { formatShape } from "../engine/shape.ts";
 import { Tensor } from "../engine/tensor.ts";
 import { DownBlock, type LevelAttention, MidBlock, ResnetBlock, UpBlock } from "../nn/blocks.ts";
@@ -525,33 +527,37 @@ export class DiffusionModelUNet extends Module {
   /**
    * Predicts the model output (noise, velocity or sample, as trained) for x [B, inChannels, …spatial] at
    * `timesteps` (one per sample, or one for all). Intermediates are freed; only the output is returned.
+   * After `toPrecision("f16")` the activations are stored as f16 too and the output is converted back, so
+   * the output is float32 either way.
    */
   forward(x: Tensor, timesteps: Timesteps, opts: UNetForwardOptions = {}): Tensor {
     const batch = checkUNetInputs("DiffusionModelUNet", this.config, x, timesteps, opts);
     const { context } = opts;
-    return scope(() => {
-      const emb = this.#embedding(batch, timesteps, opts.classLabels);
-      let h = liveChild<Layer>(this, "conv_in").forward(x);
-      let skips: Tensor[] = [h];
-      for (const block of liveChild<ModuleList<DownBlock>>(this, "down_blocks").items) {
-        const out = block.forward(h, emb, context);
-        h = out.h;
-        skips.push(...out.states);
-      }
-      const extra = opts.downBlockAdditionalResiduals;
-      if (extra) skips = skips.map((s, i) => add(s, extra[i]));
-      h = liveChild<MidBlock>(this, "middle_block").forward(h, emb, context);
-      if (opts.midBlockAdditionalResidual) h = add(h, opts.midBlockAdditionalResidual);
-      for (const block of liveChild<ModuleList<UpBlock>>(this, "up_blocks").items) {
-        const used = skips.splice(skips.length - block.numResBlocks);
-        const next = block.forward(h, used, emb, context);
-        // Free each level's inputs as soon as they are consumed (peak memory of big volumes).
-        h.dispose();
-        for (const s of used) s.dispose();
-        h = next;
-      }
-      return liveChild<OutputHead>(this, "out").forward(h);
-    });
+    return withPrecision(this.precision, () =>
+      scope(() => {
+        const emb = this.#embedding(batch, timesteps, opts.classLabels);
+        let h = liveChild<Layer>(this, "conv_in").forward(x);
+        let skips: Tensor[] = [h];
+        for (const block of liveChild<ModuleList<DownBlock>>(this, "down_blocks").items) {
+          const out = block.forward(h, emb, context);
+          h = out.h;
+          skips.push(...out.states);
+        }
+        const extra = opts.downBlockAdditionalResiduals;
+        if (extra) skips = skips.map((s, i) => add(s, extra[i]));
+        h = liveChild<MidBlock>(this, "middle_block").forward(h, emb, context);
+        if (opts.midBlockAdditionalResidual) h = add(h, opts.midBlockAdditionalResidual);
+        for (const block of liveChild<ModuleList<UpBlock>>(this, "up_blocks").items) {
+          const used = skips.splice(skips.length - block.numResBlocks);
+          const next = block.forward(h, used, emb, context);
+          // Free each level's inputs as soon as they are consumed (peak memory of big volumes).
+          h.dispose();
+          for (const s of used) s.dispose();
+          h = next;
+        }
+        const out = liveChild<OutputHead>(this, "out").forward(h);
+        return out.dtype === "float32" ? out : cast(out, "float32");
+      }));
   }
 }
 

@@ -10,6 +10,7 @@ import { equal } from "../engine/ops/elementwise.ts";
 import { map } from "../engine/ops/map.ts";
 import { matmul } from "../engine/ops/matmul.ts";
 import { reshape } from "../engine/ops/view.ts";
+import { withPrecision } from "../engine/precision.ts";
 import { formatShape } from "../engine/shape.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { seededRandom } from "./init.ts";
@@ -85,18 +86,21 @@ export function timestepEmbedding(timesteps: Timesteps, dim: number, maxPeriod =
     kindRow[i] = 0;
     kindRow[half + i] = 1;
   }
-  const column = reshape(t, [t.shape[0], 1]);
-  const f = tensor(freqRow, [1, dim]);
-  const kind = tensor(kindRow, [1, dim]);
-  const out = map(
-    "timestep_embedding",
-    `select(select(cos(${REDUCED}), sin(${REDUCED}), c == 1.0), 0.0, c == 2.0)`,
-    [column, f, kind],
-  );
-  column.dispose();
-  f.dispose();
-  kind.dispose();
-  return out;
+  // f32 tables and output also inside an f16 forward: t·freq reaches 1000 radians, where f16's spacing is 0.5.
+  return withPrecision("f32", () => {
+    const column = reshape(t, [t.shape[0], 1]);
+    const f = tensor(freqRow, [1, dim]);
+    const kind = tensor(kindRow, [1, dim]);
+    const out = map(
+      "timestep_embedding",
+      `select(select(cos(${REDUCED}), sin(${REDUCED}), c == 1.0), 0.0, c == 2.0)`,
+      [column, f, kind],
+    );
+    column.dispose();
+    f.dispose();
+    kind.dispose();
+    return out;
+  });
 }
 
 /** Options of {@linkcode Embedding}. */

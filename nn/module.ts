@@ -7,7 +7,9 @@
  */
 
 import { noGrad } from "../engine/autograd.ts";
+import { castInPlace } from "../engine/ops/cast.ts";
 import { copyInto } from "../engine/ops/map.ts";
+import { checkPrecision, type Precision } from "../engine/precision.ts";
 import { formatShape } from "../engine/shape.ts";
 import { keep } from "../engine/memory.ts";
 import type { Tensor } from "../engine/tensor.ts";
@@ -37,6 +39,7 @@ export class Module {
   #params = new Map<string, Tensor>();
   #children = new Map<string, Module>();
   #training = true;
+  #precision: Precision = "f32";
 
   /** Registers a parameter (a leaf tensor that requires gradients) under `name`. Returns it. */
   protected param(name: string, t: Tensor): Tensor {
@@ -187,6 +190,25 @@ export class Module {
   /** Sets evaluation mode. Returns `this`. */
   eval(): this {
     return this.train(false);
+  }
+
+  /** Storage precision of the parameters: "f32", or "f16" after `toPrecision("f16")`. */
+  get precision(): Precision {
+    return this.#precision;
+  }
+
+  /**
+   * Converts every parameter in place to `precision` ("f16": half the memory; needs the adapter feature
+   * `shader-f16`) and records it on this module and its sub-modules. Models whose forward supports it (the
+   * U-Net) then store their activations in the same precision and compute in f32. For inference: training
+   * (the optimizer) accepts f32 parameters only. Returns `this`.
+   */
+  toPrecision(precision: Precision): this {
+    checkPrecision(precision);
+    const dtype = precision === "f16" ? "float16" : "float32";
+    for (const t of this.parameters()) castInPlace(t, dtype);
+    for (const [, m] of this.namedModules()) m.#precision = precision;
+    return this;
   }
 
   /** Frees every parameter's GPU memory. */

@@ -8,6 +8,7 @@
 
 import { type AdapterSpec, mergeAdapterFiles } from "../adapters/io.ts";
 import type { AdapterSet } from "../adapters/inject.ts";
+import type { Precision } from "../engine/precision.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { attachEmbedding, baseModelHash, loadEmbeddingFile } from "./embedding.ts";
 import type { Generator } from "./generate.ts";
@@ -27,6 +28,13 @@ export interface LoadGeneratorOptions {
   onAdapter?: (spec: AdapterSpec, set: AdapterSet) => void;
   /** Slices per volume of a slice model (default: its training depth); other models refuse it. */
   depth?: number;
+  /**
+   * Storage precision of the U-Net's weights and activations (default "f32"). "f16" halves the memory of
+   * sampling and keeps f32 arithmetic (`Module.toPrecision`); it needs the adapter feature `shader-f16`.
+   * Adapters are merged and embeddings attached before the conversion. Slice models refuse it; a latent
+   * model's decoder stays f32.
+   */
+  precision?: Precision;
 }
 
 /** Loads a model file, merges its adapters, and returns it ready for `generate`. */
@@ -34,6 +42,11 @@ export async function loadGenerator(path: string, opts: LoadGeneratorOptions = {
   if (await isSliceModelFile(path)) {
     if (opts.adapters?.length || opts.embeddings?.length) {
       throw new Error(`${path} is a slice model (cDPM): adapters and embeddings do not apply to it.`);
+    }
+    if ((opts.precision ?? "f32") !== "f32") {
+      throw new Error(
+        `${path} is a slice model (cDPM): it samples in f32 only (precision f16 is for U-Net models).`,
+      );
     }
     return sliceGenerator(await loadSliceModelFile(path), opts.depth);
   }
@@ -103,6 +116,7 @@ async function loadModelParts(
       }
     }
     await mergeAdapterFiles(model.unet, opts.adapters ?? [], opts.onAdapter);
+    if (opts.precision) model.unet.toPrecision(opts.precision);
   } catch (error) {
     disposeModel(model);
     for (const t of vectors) t.dispose();

@@ -67,6 +67,7 @@ const REQUEST_FIELDS = [
   "inpaint",
   "condition",
   "control",
+  "precision",
 ];
 const CONTROL_FIELDS = ["name", "conditions", "scale"];
 /** Largest condition volume upload (a 128³ float32 volume with 4 channels is 32 MiB). */
@@ -628,6 +629,13 @@ export async function validateRequest(
   if (b.control !== undefined) request.control = await parseControl(b.control, limits.catalog);
   // Only when asked for, so the stored request of an ordinary job stays as it was.
   if (b.priority !== undefined) request.priority = integer(b, "priority", 0, 0, MAX_PRIORITY);
+  if (b.precision !== undefined) {
+    const precision = optional(b, "precision", "string", "f32") as string;
+    if (precision !== "f32" && precision !== "f16") {
+      throw new ApiError(422, "invalid_value", `precision "${precision}" is not one of f32, f16.`);
+    }
+    request.precision = precision;
+  }
   return request;
 }
 

@@ -65,6 +65,11 @@ export interface SampleRequest {
   condition?: string;
   /** Inpainting: the kept image and the mask. */
   inpaint?: InpaintChoice;
+  /**
+   * Storage precision of the U-Net's weights and activations, "f32" (absent) or "f16" (half the GPU memory,
+   * f32 arithmetic; needs a GPU with `shader-f16`).
+   */
+  precision?: "f32" | "f16";
 }
 
 /**

@@ -166,9 +166,11 @@ async function inpaintInputs(choice: InpaintChoice, model: Generator): Promise<G
 
 /**
  * The job's model: the cached base model when it has no adapters, embeddings or control, otherwise a fresh
- * copy with them merged or added and the control module wrapped around it.
+ * copy with them merged or added and the control module wrapped around it; in the precision the request
+ * asks for (the cached model is per precision).
  */
 async function acquireModel(job: WorkerJob): Promise<Generator> {
+  const precision = job.request.precision ?? "f32";
   if (job.control) {
     const { path, conditions, scale } = job.control;
     const volumes = await Promise.all(conditions.map(async (c) => {
@@ -179,14 +181,19 @@ async function acquireModel(job: WorkerJob): Promise<Generator> {
     const { model, vectors } = await loadModelWithEmbeddings(job.modelPath, {
       adapters: job.adapters,
       embeddings: job.embeddings,
+      precision,
     });
     return await controlledGenerator(model, { file: path, conditions: volumes, scale }, vectors);
   }
   const stat = await Deno.stat(job.modelPath);
-  const key = `${job.modelPath}:${stat.mtime?.getTime()}:${stat.size}`;
+  const key = `${job.modelPath}:${stat.mtime?.getTime()}:${stat.size}:${precision}`;
   const plain = job.adapters.length === 0 && (job.embeddings ?? []).length === 0;
   if (plain && cached?.key === key) return cached.model;
-  const model = await loadGenerator(job.modelPath, { adapters: job.adapters, embeddings: job.embeddings });
+  const model = await loadGenerator(job.modelPath, {
+    adapters: job.adapters,
+    embeddings: job.embeddings,
+    precision,
+  });
   if (!plain) return model;
   cached?.model.dispose();
   cached = { key, model };

@@ -46,8 +46,8 @@ function validate(q: unknown, k: unknown, v: unknown, opts: AttentionOptions): P
   for (const [name, t] of [["q", q], ["k", k], ["v", v]] as const) {
     if (!(t instanceof Tensor)) throw new Error(`attention: ${name} must be a Tensor (${expect}).`);
     t.storage("attention");
-    if (t.dtype !== "float32") {
-      throw new Error(`attention: ${name} has dtype ${t.dtype}; only float32 is supported.`);
+    if (t.dtype === "int32") {
+      throw new Error(`attention: ${name} has dtype ${t.dtype}; only float32 and float16 are supported.`);
     }
   }
   const [qt, kt, vt] = [q, k, v] as Tensor[];
@@ -187,7 +187,7 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
   const kc = kernelLayout(k, dims.d);
   const vc = kernelLayout(v, dims.dv);
   const out = fromData(null, [B, H, Nq, dims.dv]);
-  const lse = fromData(null, [B, H, Nq]);
+  const lse = fromData(null, [B, H, Nq], { dtype: "float32" });
   run("forward", attentionForwardKernel, p, { q: qc.offset, k: kc.offset, v: vc.offset }, [
     qc.storage("attention").buffer,
     kc.storage("attention").buffer,

@@ -121,7 +121,9 @@ export function contiguous(x: Tensor): Tensor {
     storage.retain();
     return new Tensor({ shape: x.shape, storage, offset: x.offset, dtype: x.dtype });
   }
-  return map("copy", "a", [x]);
+  const out = fromData(null, x.shape, { dtype: x.dtype });
+  mapInto(out, "copy", "a", [x]);
+  return out;
 }
 
 /** Copies `src` into the view `dst` (shapes must match, `src` may broadcast). */

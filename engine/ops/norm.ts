@@ -137,7 +137,7 @@ function rowStats(op: string, x: Tensor, layout: Layout, eps: number, vec: NormV
   const rows = layout.planes / layout.planesPerRow;
   const rowLen = layout.planesPerRow * layout.planeLen;
   const { chunks, chunkLen, tpr } = chunking(rowLen / vec);
-  const stats = fromData(null, [rows, 2]);
+  const stats = fromData(null, [rows, 2], { dtype: "float32" }); // f32 also when x is f16
   const virtualRows = rows * chunks;
   const params = NORM_STATS_UNIFORMS.pack({
     rows: virtualRows,
@@ -147,7 +147,7 @@ function rowStats(op: string, x: Tensor, layout: Layout, eps: number, vec: NormV
     inOffset: x.offset,
     eps,
   });
-  const partial = chunks > 1 ? fromData(null, [virtualRows, 2]) : stats;
+  const partial = chunks > 1 ? fromData(null, [virtualRows, 2], { dtype: "float32" }) : stats;
   dispatch(
     normStatsKernel(tpr, vec, chunks === 1),
     params,
@@ -307,7 +307,7 @@ function checkTensor(op: string, t: unknown, what: string): Tensor {
     throw new Error(`${op}: ${what} must be a Tensor, got ${t === null ? "null" : typeof t}.`);
   }
   t.storage(op);
-  if (t.dtype !== "float32") throw new Error(`${op}: ${what} must be float32, got ${t.dtype}.`);
+  if (t.dtype === "int32") throw new Error(`${op}: ${what} must be float32 or float16, got ${t.dtype}.`);
   return t;
 }
 
@@ -460,7 +460,7 @@ function splitForward(
 ): { y: Tensor; stats: Tensor } {
   const rowLen = layout.planesPerRow * layout.planeLen;
   const y = fromData(null, x.shape);
-  const stats = fromData(null, [layout.planes / layout.planesPerRow, 2]);
+  const stats = fromData(null, [layout.planes / layout.planesPerRow, 2], { dtype: "float32" });
   for (const piece of pieces) {
     const part = pieceLayout(layout, piece, w, b);
     const xp = rowsOf(x, piece.first, piece.rows, rowLen);

@@ -37,7 +37,7 @@ function reducePiece(
   const chunks = splitRows ? Math.ceil(n / CHUNK) : 1;
   const chunkLen = splitRows ? CHUNK : n;
   const virtualRows = rows * chunks;
-  const dst = splitRows ? fromData(null, [virtualRows]) : out;
+  const dst = splitRows ? fromData(null, [virtualRows], { dtype: "float32" }) : out;
   const tpr = threadsPerRow(chunkLen);
   const input = bindRange(src.storage(op).buffer, first, first + rows * n);
   const output = bindRange(
@@ -76,7 +76,7 @@ function reduceRows(op: ReduceOp, src: Tensor, rows: number, n: number, scale: n
   if (n > max) {
     const parts = Math.ceil(n / max);
     const len = Math.ceil(n / parts);
-    const partial = fromData(null, [rows * parts]);
+    const partial = fromData(null, [rows * parts], { dtype: "float32" });
     for (let r = 0; r < rows; r++) {
       for (let j = 0; j < parts; j++) {
         const cols = Math.min(len, n - j * len);

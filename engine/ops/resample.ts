@@ -53,7 +53,7 @@ function checkInput(op: string, x: unknown): Tensor {
     throw new Error(`${op}: x must be a Tensor, got ${x === null ? "null" : typeof x}.`);
   }
   x.storage(op);
-  if (x.dtype !== "float32") throw new Error(`${op}: x must be float32, got ${x.dtype}.`);
+  if (x.dtype === "int32") throw new Error(`${op}: x must be float32 or float16, got ${x.dtype}.`);
   return x;
 }
 

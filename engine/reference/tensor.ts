@@ -114,6 +114,30 @@ export function roundToF32(x: RefTensor): RefTensor {
   return { shape: [...x.shape], data };
 }
 
+/**
+ * `v` rounded to the nearest IEEE binary16 value, ties to even; magnitudes that round above the largest
+ * finite value (65504) become ±Infinity, as IEEE round-to-nearest does. Computed in float64 from the
+ * format's definition (11 significant bits; exponent at least −14, below which the spacing stays 2^−24).
+ */
+export function f16Round(v: number): number {
+  if (!Number.isFinite(v) || v === 0) return v;
+  const a = Math.abs(v);
+  let e = Math.max(Math.floor(Math.log2(a)), -14);
+  if (e > -14 && 2 ** e > a) e--; // log2 rounded up just below a power of two
+  if (2 ** (e + 1) <= a) e++;
+  const quantum = 2 ** (e - 10);
+  const m = a / quantum;
+  const f = Math.floor(m);
+  const r = m - f > 0.5 || (m - f === 0.5 && f % 2 === 1) ? f + 1 : f;
+  const rounded = r * quantum;
+  return Math.sign(v) * (rounded > 65504 ? Infinity : rounded);
+}
+
+/** Rounds every element to IEEE binary16 ({@linkcode f16Round}): the values an f16 tensor can hold. */
+export function roundToF16(x: RefTensor): RefTensor {
+  return { shape: [...x.shape], data: x.data.map(f16Round) };
+}
+
 /** The elements as a Float32Array (for upload to the GPU). */
 export function toF32(x: RefTensor): Float32Array {
   return Float32Array.from(x.data);

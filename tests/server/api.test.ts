@@ -233,6 +233,8 @@ serverTest("sampling server API (token auth, queue of 10)", async (t) => {
         ["guidance 100", { body: '{"guidanceScale": 100}' }, 422, "out_of_range"],
         ["guidance on an unconditional model", { body: '{"guidanceScale": 3}' }, 422, "invalid_value"],
         ["unknown sampler", { body: '{"sampler": "plms"}' }, 422, "invalid_value"],
+        ["unknown precision", { body: '{"precision": "bf16"}' }, 422, "invalid_value"],
+        ["precision as a number", { body: '{"precision": 16}' }, 400, "invalid_type"],
         ["conditional model", { body: '{"model": "conditional"}' }, 422, "conditional_model"],
         ["unusable model file", { body: '{"model": "broken"}' }, 422, "invalid_model"],
         [

@@ -125,7 +125,7 @@ export function inputPlanes(
   if (identity) {
     const storage = x.storage("conv3d");
     storage.retain();
-    return { tensor: new Tensor({ shape: [x.size], storage }), strides };
+    return { tensor: new Tensor({ shape: [x.size], storage, dtype: x.dtype }), strides };
   }
   const count = call.n * call.cin * kw * pd * ph;
   const tensor = fromData(null, [count * row4 * 4]);

@@ -74,7 +74,7 @@ export function perAxis(
 export function checkTensor(op: string, name: string, t: unknown): Tensor {
   if (!(t instanceof Tensor)) throw new Error(`${op}: ${name} must be a Tensor.`);
   t.storage(op);
-  if (t.dtype !== "float32") throw new Error(`${op}: ${name} must be float32, got ${t.dtype}.`);
+  if (t.dtype === "int32") throw new Error(`${op}: ${name} must be float32 or float16, got ${t.dtype}.`);
   return t;
 }
 
