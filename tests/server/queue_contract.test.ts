@@ -46,6 +46,8 @@ async function readAll(body: ReadableStream<Uint8Array> | Uint8Array): Promise<U
 
 async function contract(t: Deno.TestContext, fx: Fixture): Promise<void> {
   const q = () => fx.queue;
+  let restartedAt = "";
+  let doneSinceRestart = 0;
 
   await t.step("a job runs to done with progress, and its result files are served", async () => {
     const job = await q().submit(request(1, 3));
@@ -113,7 +115,13 @@ async function contract(t: Deno.TestContext, fx: Fixture): Promise<void> {
     const waiting = [await q().submit(request(8)), await q().submit(request(9))];
     await q().cancel(long.id, 30_000);
     await fx.restart();
-    for (const job of waiting) equal((await finalState(q(), job.id)).status, "done");
+    // Jobs finished before this were counted by the queue that was closed (it may finish one while closing).
+    restartedAt = new Date().toISOString();
+    for (const job of waiting) {
+      const finished = await finalState(q(), job.id);
+      equal(finished.status, "done");
+      if (finished.finishedAt! >= restartedAt) doneSinceRestart++;
+    }
     const listed = (await q().list(3)).map((j) => j.id);
     deepStrictEqual(listed.slice(0, 2), [waiting[1].id, waiting[0].id], "newest first");
   });
@@ -124,7 +132,7 @@ async function contract(t: Deno.TestContext, fx: Fixture): Promise<void> {
     ok(health.device?.adapter);
     const m = await q().metrics();
     // Since the (last) start: the local queue counts in memory, Redis keeps them across restarts.
-    ok(m.completed >= 2, JSON.stringify(m));
+    ok(m.completed >= Math.max(1, doneSinceRestart), `${doneSinceRestart}: ${JSON.stringify(m)}`);
     equal(m.secondsBuckets.reduce((a, b) => a + b, 0), m.completed);
     ok(m.secondsSum > 0);
     deepStrictEqual([m.depth, m.running, m.workers], [0, 0, 1]);
