@@ -4,20 +4,28 @@
  * - one autoencoder training step at S³ (encode, posterior sample, decode, L1 + KL, backward to every
  *   parameter; the discriminator's step with `--discriminator`);
  * - latent sampling of one volume: `--steps` U-Net forwards on the latent (S/f)³ and the final decode;
- * - pixel-space sampling with the same U-Net on the image S³ (`--pixel`), measured in the same run.
+ * - pixel-space sampling with the same U-Net on the image S³ (`--pixel`), measured in the same run;
+ * - with `--checkpointing`, the training step also with gradient checkpointing of the residual blocks
+ *   (`ae.gradientCheckpointing()`), the two alternating (`--reps` rounds).
+ *
+ * Besides the peak of live bytes, each line gives the process CPU time, the pool's peak of held bytes (live +
+ * cached + awaiting reuse) and the process's peak RSS (on lavapipe GPU buffers live in host memory).
  *
  * Networks are randomly initialised (cost does not depend on the weights). The first call of each kind
  * compiles its pipelines and is reported separately.
  *
  * Run: `XDG_RUNTIME_DIR=/tmp deno run -A bench/autoencoder.ts [--size 64] [--ae-channels 8,16,16]
- *   [--unet-channels 32,64,64] [--steps 5] [--pixel] [--discriminator] [--only train|sample]`
+ *   [--unet-channels 32,64,64] [--steps 5] [--pixel] [--discriminator] [--only train|sample]
+ *   [--checkpointing] [--reps 1]`
  *
  * @module
  */
 
 import { parseArgs } from "node:util";
 import * as V from "../mod.ts";
-import { resetPeak } from "../engine/pool.ts";
+import process from "node:process";
+import { poolStats, resetPeak } from "../engine/pool.ts";
+import { hostMemory, resetPeakRss } from "./host_memory.ts";
 import { AutoencoderKL } from "../models/autoencoder.ts";
 import { PatchDiscriminator } from "../models/discriminator.ts";
 import { DiffusionModelUNet } from "../models/unet.ts";
@@ -33,6 +41,8 @@ const { values } = parseArgs({
     pixel: { type: "boolean" },
     discriminator: { type: "boolean" },
     only: { type: "string" },
+    checkpointing: { type: "boolean" },
+    reps: { type: "string", default: "1" },
   },
 });
 const size = Number(values.size);
@@ -60,14 +70,42 @@ console.log(
   }`,
 );
 
-/** Runs `fn` (which awaits its result), returning seconds and the peak bytes above the live bytes before. */
-async function measure(fn: () => Promise<void>): Promise<{ seconds: number; peak: number }> {
+/** What {@linkcode measure} reports. */
+interface Cost {
+  /** Wall seconds. */
+  seconds: number;
+  /** Process CPU seconds. */
+  cpu: number;
+  /** Peak live bytes above the live bytes before. */
+  peak: number;
+  /** Peak of the pool's held bytes (live + cached + awaiting reuse). */
+  held: number;
+  /** Peak resident set of the process. */
+  rss: number;
+}
+
+/** Runs `fn` (which awaits its result), returning its {@linkcode Cost}. */
+async function measure(fn: () => Promise<void>): Promise<Cost> {
   const before = V.memory().liveBytes;
   resetPeak();
+  resetPeakRss();
+  const c0 = process.cpuUsage();
   const start = performance.now();
   await fn();
-  return { seconds: (performance.now() - start) / 1000, peak: V.memory().peakBytes - before };
+  const c = process.cpuUsage(c0);
+  return {
+    seconds: (performance.now() - start) / 1000,
+    cpu: (c.user + c.system) / 1e6,
+    peak: V.memory().peakBytes - before,
+    held: poolStats().peakHeldBytes,
+    rss: hostMemory().peakRss,
+  };
 }
+
+/** " 12.3 s wall, 4.5 s CPU; peak 67 MiB above …; pool peak 89 MiB, RSS peak 1011 MiB". */
+const costText = (c: Cost, above: string) =>
+  `${c.seconds.toFixed(1)} s wall, ${c.cpu.toFixed(1)} s CPU; peak ${mib(c.peak)} MiB above ${above}; pool ` +
+  `peak ${mib(c.held)} MiB, process RSS peak ${mib(c.rss)} MiB`;
 
 if (values.only !== "sample") {
   const x = V.randn([1, 1, size, size, size], { seed: 1 });
@@ -91,14 +129,21 @@ if (values.only !== "sample") {
     await grads[0].toArray();
     for (const g of grads) g.dispose();
   };
-  const first = await measure(step);
-  const second = await measure(step);
-  console.log(
-    `autoencoder training step${disc ? " (+ discriminator)" : ""}: first ${first.seconds.toFixed(1)} s ` +
-      `(compiles), then ${second.seconds.toFixed(1)} s; peak ${
-        mib(second.peak)
-      } MiB above parameters and input`,
-  );
+  const variants = values.checkpointing ? [false, true] : [false];
+  const what = (ckpt: boolean) =>
+    `autoencoder training step${disc ? " (+ discriminator)" : ""}${ckpt ? ", checkpointed" : ""}`;
+  for (const ckpt of variants) {
+    ae.gradientCheckpointing(ckpt);
+    const first = await measure(step);
+    console.log(`${what(ckpt)}, first (compiles): ${costText(first, "parameters and input")}`);
+  }
+  for (let r = 0; r < Number(values.reps); r++) {
+    for (const ckpt of variants) {
+      ae.gradientCheckpointing(ckpt);
+      console.log(`${what(ckpt)}: ${costText(await measure(step), "parameters and input")}`);
+    }
+  }
+  ae.gradientCheckpointing(false);
   x.dispose();
   disc?.dispose();
 }
@@ -139,10 +184,7 @@ if (values.only !== "train") {
   await run(latentUnet, [1, ...latent], true); // compiles
   const l = await run(latentUnet, [1, ...latent], true);
   console.log(
-    `latent sampling, ${steps} U-Net steps on ${latent.join("×")} + decode: ${
-      l.seconds.toFixed(1)
-    } s; peak ` +
-      `${mib(l.peak)} MiB above the parameters`,
+    `latent sampling, ${steps} U-Net steps on ${latent.join("×")} + decode: ${costText(l, "the parameters")}`,
   );
   latentUnet.dispose();
   if (values.pixel) {
@@ -151,9 +193,8 @@ if (values.only !== "train") {
     const p = await run(pixelUnet, [1, 1, size, size, size], false);
     console.log(
       `pixel-space sampling, ${steps} steps of the same U-Net on 1×${size}³: ${
-        p.seconds.toFixed(1)
-      } s; peak ` +
-        `${mib(p.peak)} MiB above the parameters`,
+        costText(p, "the parameters")
+      }`,
     );
     pixelUnet.dispose();
   }

@@ -36,9 +36,10 @@ import process from "node:process";
 import * as V from "../mod.ts";
 import { DiffusionModelUNet, type DiffusionModelUNetOptions } from "../models/unet.ts";
 import { canProfile, type ProfileEntry, startProfile, stopProfile } from "../engine/profile.ts";
-import { resetPeak } from "../engine/pool.ts";
+import { poolStats, resetPeak } from "../engine/pool.ts";
 import { convSettings } from "../engine/ops/conv.ts";
 import { median } from "./timing.ts";
+import { hostMemory, resetPeakRss } from "./host_memory.ts";
 
 const { values } = parseArgs({
   options: {
@@ -255,14 +256,22 @@ async function contenderRun(c: Contender, work: string): Promise<{ wall: number;
 // Warm-up (compiles the pipelines), which also gives the peak memory of each kind of work: the high-water
 // mark of the bytes held by tensors (the pool's free buffers are not counted).
 const peaks: Record<string, number> = {};
+const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(0)} MiB`;
 for (const w of works) {
   resetPeak();
+  resetPeakRss();
   const before = V.memory();
   const t = await timed(run[w]);
   peaks[w] = V.memory().peakBytes - before.liveBytes;
+  const pool = poolStats();
+  const host = hostMemory();
   console.log(
-    `warm-up ${w}: ${t.wall.toFixed(2)} s (includes compiling); peak memory above live ` +
-      `${(peaks[w] / 2 ** 20).toFixed(0)} MiB`,
+    `warm-up ${w}: ${t.wall.toFixed(2)} s (includes compiling), CPU ${
+      t.cpu.toFixed(1)
+    } s; peak memory above ` +
+      `live ${mib(peaks[w])} (live ${mib(pool.liveBytes)}); pool: held ${mib(pool.heldBytes)}, peak held ` +
+      `${mib(pool.peakHeldBytes)}, cached ${mib(pool.pooledBytes)}; process RSS ${mib(host.rss)}, peak ` +
+      `${mib(host.peakRss)}`,
   );
 }
 if (values.serve) {

@@ -54,6 +54,8 @@ Training
   --seed N             seed (default 0)
   --init FILE          start from these autoencoder weights (safetensors state dict, MONAI names)
   --checkpoint-every N checkpoint, validation and preview every N steps (default 250)
+  --gradient-checkpointing  recompute each residual block's activations in backward instead of keeping
+                       them: less memory for large volumes, same gradients, about one more forward per step
 Output
   --out DIR            run folder: checkpoint/, loss.csv, loss.png, validation.csv, preview_<step>.png (input
                        above its reconstruction), autoencoder.safetensors; rerunning continues from its
@@ -91,6 +93,7 @@ export async function main(args: string[]): Promise<void> {
       seed: { type: "string" },
       init: { type: "string" },
       "checkpoint-every": { type: "string" },
+      "gradient-checkpointing": { type: "boolean" },
       description: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
@@ -151,6 +154,9 @@ export async function main(args: string[]): Promise<void> {
   }
   const tensors = volumes.map(volumeTensor);
   const ae = new AutoencoderKL(aeOptions);
+  // Not a run setting (nor stored in the file): it changes memory and time, not the gradients, so a resumed
+  // run may switch it.
+  if (values["gradient-checkpointing"]) ae.gradientCheckpointing(true);
   if (values.init) {
     const init = await loadSafetensors(values.init);
     ae.loadStateDict(init);

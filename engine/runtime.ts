@@ -17,7 +17,7 @@
 import type { Kernel } from "../kernels/types.ts";
 import { halfStorage } from "../kernels/half.ts";
 import { gpu, limit } from "./device.ts";
-import { afterSubmit, elementBytes, isHalfBuffer } from "./pool.ts";
+import { afterSubmit, elementBytes, isHalfBuffer, setSubmitHook } from "./pool.ts";
 import { passTimestamps, profiling, resolveTimestamps } from "./profile.ts";
 
 const ARENA_BYTES = 1 << 18;
@@ -324,7 +324,10 @@ export function upload(buffer: GPUBuffer, byteOffset: number, data: ArrayBufferV
 
 /** Submits everything recorded so far. */
 export function flush(): void {
-  if (!encoder) return;
+  if (!encoder) {
+    afterSubmit(); // nothing recorded: released buffers are already free to reuse
+    return;
+  }
   const dev = device();
   if (pass) {
     pass.end();
@@ -342,6 +345,9 @@ export function flush(): void {
   stats.submits++;
   afterSubmit();
 }
+
+// The pool submits the recorded work when that lets it reuse a released buffer instead of creating one.
+setSubmitHook(flush);
 
 async function throwPendingErrors(): Promise<void> {
   if (pendingChecks.length === 0) return;

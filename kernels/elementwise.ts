@@ -62,6 +62,11 @@ function mapFields(arity: number, rank: number) {
     inStrides: ["u32", arity * rank],
     /** `s0`..`s3` of the expression. */
     scalars: ["f32", MAP_SCALARS],
+    /**
+     * Index of the dispatch's first element in the whole index space: an op over more than one binding runs
+     * in pieces, and expressions of `i` must see the whole space's index.
+     */
+    first: "u32",
   } as const;
 }
 
@@ -73,7 +78,8 @@ export function mapUniforms(arity: number, rank: number): UniformLayout<ReturnTy
 /**
  * A kernel computing `out[i] = expr(a[i], b[i], c[i], s0..s3)` over a strided index space of `rank`
  * dimensions. `expr` is a WGSL f32 expression over the inputs `a`, `b`, `c` (first `arity` of them) and
- * the scalars `s0`..`s3`. The expression may call the functions of {@linkcode MAP_HELPERS}.
+ * the scalars `s0`..`s3`, and may use the element's index `i` (u32, counted over the whole index space, also
+ * when the op runs in pieces). The expression may call the functions of {@linkcode MAP_HELPERS}.
  */
 export const mapKernel: (name: string, expr: string, arity: number, rank: number) => Kernel = defineKernel(
   (name) => `map:${name}`,
@@ -84,7 +90,7 @@ export const mapKernel: (name: string, expr: string, arity: number, rank: number
       `@group(0) @binding(${k + 1}) var<storage, read> in_${n}: array<f32>;`
     ).join("\n");
     const lines: string[] = [];
-    lines.push(`var rem = i;`, `var io = ${U.read("outOffset")};`);
+    lines.push(`let i = ${U.read("first")} + t;`, `var rem = t;`, `var io = ${U.read("outOffset")};`);
     inputs.forEach((n, k) => lines.push(`var i${n} = ${U.read("inOffsets", k)};`));
     for (let d = rank - 1; d >= 0; d--) {
       if (d === 0) lines.push(`{ let c = rem;`);
@@ -107,8 +113,8 @@ export const mapKernel: (name: string, expr: string, arity: number, rank: number
   @compute @workgroup_size(${WG})
   fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) li: u32) {
-    let i = linear_workgroup(wid, nwg) * ${WG}u + li;
-    if (i >= ${U.read("n")}) { return; }
+    let t = linear_workgroup(wid, nwg) * ${WG}u + li;
+    if (t >= ${U.read("n")}) { return; }
     ${lines.join("\n  ")}
     out[io] = ${expr};
   }

@@ -61,7 +61,11 @@ export interface AutoencoderKLOptions {
   useCombinedLinear?: boolean;
   /** MONAI's flash-attention switch; voxgen's attention is always fused, so this changes nothing. */
   useFlashAttention?: boolean;
-  /** MONAI's activation checkpointing; not implemented in voxgen (only false is accepted). */
+  /**
+   * MONAI's activation checkpointing: turns on {@linkcode AutoencoderKL.gradientCheckpointing} (voxgen
+   * checkpoints each residual block rather than the whole encoder and decoder; values and gradients are the
+   * same). Not stored in the model's config: it is a training choice.
+   */
   useCheckpoint?: boolean;
   /** Seed of the initial weights (default 0). */
   seed?: number;
@@ -143,9 +147,6 @@ export function resolveAutoencoderOptions(opts: AutoencoderKLOptions): ResolvedA
   }
   const normEps = opts.normEps ?? 1e-6;
   if (!(normEps > 0)) fail(`normEps must be positive, got ${normEps}.`);
-  if (opts.useCheckpoint) {
-    fail("useCheckpoint (activation checkpointing) is not implemented; build the model without it.");
-  }
   return {
     spatialDims,
     inChannels,
@@ -375,6 +376,17 @@ export class AutoencoderKL extends Module {
     this.child("quant_conv_mu", new Convolution(sd, lc, lc, { kernelSize: 1, seed: seed() }));
     this.child("quant_conv_log_sigma", new Convolution(sd, lc, lc, { kernelSize: 1, seed: seed() }));
     this.child("post_quant_conv", new Convolution(sd, lc, lc, { kernelSize: 1, seed: seed() }));
+    if (options.useCheckpoint) this.gradientCheckpointing(true);
+  }
+
+  /**
+   * Turns gradient checkpointing of every residual block (encoder and decoder) on or off: training then
+   * keeps each block's input instead of its activations and recomputes them in backward, for about one more
+   * forward of the blocks per step. Values and gradients do not change. Returns the model.
+   */
+  gradientCheckpointing(on = true): this {
+    for (const [, m] of this.namedModules()) if (m instanceof AEKLResBlock) m.checkpointing = on;
+    return this;
   }
 
   /** How many times the encoder halves each spatial axis: 2^(levels − 1). */

@@ -15,6 +15,7 @@
  */
 
 import { scope } from "../engine/memory.ts";
+import { checkpoint } from "../engine/ops/checkpoint.ts";
 import { add } from "../engine/ops/elementwise.ts";
 import { matmul } from "../engine/ops/matmul.ts";
 import { pad, permute, reshape } from "../engine/ops/view.ts";
@@ -69,6 +70,16 @@ export class AEKLResBlock extends Module {
         } must have ${this.spatialDims} spatial axes and ${this.inChannels} channels.`,
       );
     }
+    return this.checkpointing ? checkpoint((xs) => this.#body(xs), [x], this.parameters()) : this.#body(x);
+  }
+
+  /**
+   * Gradient checkpointing: when true, training keeps only this block's input and recomputes its
+   * activations in backward (less memory, about one more forward of the block per step).
+   */
+  checkpointing = false;
+
+  #body(x: Tensor): Tensor {
     return scope(() => {
       const a = liveChild<GroupNorm>(this, "norm1").forwardSilu(x);
       const b = liveChild<Convolution>(this, "conv1").forward(a);

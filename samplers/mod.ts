@@ -36,6 +36,7 @@ export {
   sample,
   type SampleOptions,
   type SampleProgress,
+  sampleSettings,
   type WeightedCondition,
 } from "./sample.ts";
 export {

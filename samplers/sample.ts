@@ -78,9 +78,22 @@ export interface SampleOptions {
   signal?: AbortSignal;
 }
 
+/** Knobs of the sampling loop. */
+export const sampleSettings: {
+  /**
+   * Steps recorded ahead of the last one the GPU has finished (default 1). With 1, the next step is recorded
+   * while the GPU runs the current one, so the GPU does not wait for the CPU between steps; 0 waits for every
+   * step before recording the next (a GPU round trip per step). Progress reports and cancellation lag the
+   * recording by this many steps.
+   */
+  stepsAhead: number;
+} = { stepsAhead: 1 };
+
 /**
- * Runs the reverse diffusion chain and returns the sample (the caller disposes it). After every step it
- * waits for the GPU, so `onProgress` reports real progress and an abort signal stops between steps.
+ * Runs the reverse diffusion chain and returns the sample (the caller disposes it). Steps are submitted
+ * without waiting for the GPU in between; `onProgress` reports a step once the GPU has finished it, and an
+ * abort signal stops recording between steps (work already submitted, at most
+ * {@linkcode sampleSettings}`.stepsAhead` steps, still runs).
  */
 export async function sample(model: Denoiser, scheduler: Scheduler, opts: SampleOptions): Promise<Tensor> {
   if ((opts.known === undefined) !== (opts.mask === undefined)) {
@@ -119,9 +132,23 @@ export async function sample(model: Denoiser, scheduler: Scheduler, opts: Sample
     })
   );
   const total = scheduler.timesteps.length;
+  // Steps submitted and not yet seen finished: their completion promises, oldest first.
+  const inFlight: Array<{ done: Promise<void>; step: number; timestep: number }> = [];
+  const settle = async (keep: number) => {
+    while (inFlight.length > keep) {
+      const { done, step, timestep } = inFlight.shift()!;
+      await done;
+      opts.onProgress?.({ step, total, timestep });
+    }
+  };
+  const abandon = async () => {
+    x.dispose();
+    // Let submitted steps finish (errors included) so that none rejects unobserved.
+    await Promise.allSettled(inFlight.map((f) => f.done));
+  };
   for (const [i, t] of scheduler.timesteps.entries()) {
     if (opts.signal?.aborted) {
-      x.dispose();
+      await abandon();
       throw new Error("sampling was cancelled");
     }
     let next: Tensor;
@@ -141,13 +168,27 @@ export async function sample(model: Denoiser, scheduler: Scheduler, opts: Sample
         })
       );
     } catch (error) {
-      x.dispose();
+      await abandon();
       throw error;
     }
     x.dispose();
     x = next;
-    await sync();
-    opts.onProgress?.({ step: i + 1, total, timestep: t });
+    // The step's work is submitted (leaving its scope flushed it); its completion is awaited later.
+    const done = sync();
+    done.catch(() => {}); // observed by settle or abandon; this only keeps it from counting as unhandled
+    inFlight.push({ done, step: i + 1, timestep: t });
+    try {
+      await settle(Math.max(0, Math.floor(sampleSettings.stepsAhead)));
+    } catch (error) {
+      await abandon();
+      throw error;
+    }
+  }
+  try {
+    await settle(0);
+  } catch (error) {
+    await abandon();
+    throw error;
   }
   return x;
 }

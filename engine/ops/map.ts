@@ -92,6 +92,7 @@ export function mapInto(
       outStrides: c.strides[0],
       inStrides: c.strides.slice(1).flat(),
       scalars: allScalars,
+      first: piece.first,
     });
     const [outBinding, ...inBindings] = bound.bindings;
     dispatch(kernel, params, [...inBindings, outBinding], Math.ceil(count / WG));

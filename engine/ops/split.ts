@@ -14,6 +14,11 @@ export interface StridedPiece {
   shape: number[];
   /** Element offset of each operand's first element. */
   offsets: number[];
+  /**
+   * Row-major index of the piece's first element in the whole index space. Pieces are cut along the outermost
+   * dimension longer than one, so each covers the consecutive indices [first, first + size).
+   */
+  first: number;
 }
 
 /** [lowest, highest] element index operand `k` touches over `shape`. */
@@ -41,14 +46,16 @@ export function splitStrided(
   maxElements = windowElements(),
 ): StridedPiece[] {
   const pieces: StridedPiece[] = [];
-  const visit = (sub: number[], offs: number[]) => {
+  // Row-major strides of the index space itself, for each piece's first index.
+  const inner = shape.map((_, d) => shape.slice(d + 1).reduce((p, n) => p * n, 1));
+  const visit = (sub: number[], offs: number[], first: number) => {
     const spans = offs.map((o, k) => {
       const [lo, hi] = range(sub, strides[k], o);
       return hi - lo + 1;
     });
     const worst = Math.max(...spans);
     if (worst <= maxElements) {
-      pieces.push({ shape: sub, offsets: offs });
+      pieces.push({ shape: sub, offsets: offs, first });
       return;
     }
     const d = sub.findIndex((n) => n > 1);
@@ -59,10 +66,10 @@ export function splitStrided(
     for (let start = 0; start < sub[d]; start += len) {
       const part = [...sub];
       part[d] = Math.min(len, sub[d] - start);
-      visit(part, offs.map((o, k) => o + start * strides[k][d]));
+      visit(part, offs.map((o, k) => o + start * strides[k][d]), first + start * inner[d]);
     }
   };
-  visit([...shape], [...offsets]);
+  visit([...shape], [...offsets], 0);
   return pieces;
 }
 

@@ -7,6 +7,7 @@
 import * as R from "../../engine/reference/mod.ts";
 import * as V from "../../mod.ts";
 import { conv3d, convSettings } from "../../engine/ops/conv.ts";
+import { mapInto } from "../../engine/ops/map.ts";
 import { runtimeSettings } from "../../engine/runtime.ts";
 import { assertClose } from "../helpers/check.ts";
 import { checkOp } from "../helpers/opcheck.ts";
@@ -56,6 +57,38 @@ gpuTest(
     });
   },
 );
+
+gpuTest("split: expressions of the element index count over the whole space, not per piece", async () => {
+  // 3000 elements (12 KiB) against 1 KiB bindings: arange runs in ≥ 12 pieces. Exact: integers below 2^24.
+  // Then a transposed (strided) target of rank 3, cut along its outer dimensions: `i` is the row-major index
+  // over the view's shape.
+  await withLimit(1 * KiB, async () => {
+    const a = V.arange(3000);
+    const b = V.arange(5, 5 + 2 * 3000, 2);
+    const base = V.zeros([20, 15, 4]);
+    const t = V.permute(base, [2, 1, 0]);
+    mapInto(t, "index", "f32(i)", []);
+    try {
+      const got3 = await base.toArray();
+      for (let x = 0; x < 20; x++) {
+        for (let y = 0; y < 15; y++) {
+          for (let z = 0; z < 4; z++) {
+            const v = got3[(x * 15 + y) * 4 + z];
+            if (v !== (z * 15 + y) * 20 + x) throw new Error(`index map at view [${z}, ${y}, ${x}]: ${v}`);
+          }
+        }
+      }
+      const got = await a.toArray();
+      const bad = got.findIndex((v, i) => v !== i);
+      if (bad >= 0) throw new Error(`arange(3000)[${bad}] = ${got[bad]}`);
+      const gotB = await b.toArray();
+      const badB = gotB.findIndex((v, i) => v !== 5 + 2 * i);
+      if (badB >= 0) throw new Error(`arange(5, 6005, 2)[${badB}] = ${gotB[badB]}`);
+    } finally {
+      disposeAll(a, b, t, base);
+    }
+  });
+});
 
 gpuTest("split: reductions over rows and over rows longer than a binding match the reference", async () => {
   await withLimit(4 * KiB, async () => {

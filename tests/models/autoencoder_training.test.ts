@@ -133,6 +133,7 @@ gpuTest(
           "0",
           "--lr",
           "1e-3",
+          "--gradient-checkpointing",
         ])
       );
       ok(stdout.includes("autoencoder.safetensors"), stdout);

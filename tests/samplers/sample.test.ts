@@ -1,9 +1,9 @@
 import * as V from "../../mod.ts";
-import { type Conditioning, type Denoiser, sample } from "../../samplers/sample.ts";
+import { type Conditioning, type Denoiser, sample, sampleSettings } from "../../samplers/sample.ts";
 import { DDIMScheduler, DDPMScheduler, EulerAncestralScheduler } from "../../samplers/scheduler.ts";
 import { assertClose } from "../helpers/check.ts";
 import { disposeAll, gpuTest } from "../helpers/gpu.ts";
-import { deepStrictEqual, notDeepStrictEqual } from "node:assert";
+import { deepStrictEqual, notDeepStrictEqual, rejects } from "node:assert";
 
 /** A toy denoiser: ε̂ = 0.1·x + k, where k is the context's single value (0 when unconditional). */
 function toy(kOf: (c: Conditioning) => number): Denoiser {
@@ -109,3 +109,54 @@ gpuTest("memory after every sampling step equals memory after the first", async 
   await x.toArray();
   x.dispose();
 });
+
+gpuTest(
+  "steps recorded ahead: same sample, progress in order once finished, cancellation within the lag",
+  async () => {
+    const run = async (stepsAhead: number) => {
+      sampleSettings.stepsAhead = stepsAhead;
+      try {
+        const steps: number[] = [];
+        let recorded = 0;
+        const model: Denoiser = (x) => {
+          recorded++;
+          return V.mul(x, 0.1);
+        };
+        const x = await sample(model, new DDIMScheduler(), {
+          shape,
+          steps: 6,
+          seed: 3,
+          onProgress: (p) => {
+            steps.push(p.step);
+            // A reported step has been recorded, and at most `stepsAhead` more.
+            if (recorded < p.step || recorded > p.step + stepsAhead) {
+              throw new Error(`step ${p.step} reported with ${recorded} recorded (ahead ${stepsAhead})`);
+            }
+          },
+        });
+        const v = [...await x.toArray()];
+        x.dispose();
+        deepStrictEqual(steps, [1, 2, 3, 4, 5, 6]);
+        // Cancelled when step 2 is reported: nothing past step 2 + stepsAhead is recorded.
+        const controller = new AbortController();
+        recorded = 0;
+        await rejects(
+          sample(model, new DDIMScheduler(), {
+            shape,
+            steps: 6,
+            signal: controller.signal,
+            onProgress: (p) => p.step === 2 && controller.abort(),
+          }),
+          /cancelled/,
+        );
+        if (recorded > 2 + stepsAhead) throw new Error(`${recorded} steps recorded after cancelling at 2`);
+        return v;
+      } finally {
+        sampleSettings.stepsAhead = 1;
+      }
+    };
+    const waiting = await run(0);
+    deepStrictEqual(await run(1), waiting);
+    deepStrictEqual(await run(3), waiting);
+  },
+);
