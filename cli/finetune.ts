@@ -28,7 +28,7 @@ import { listNiftiFiles, loadVolume, volumeTensor } from "../pipelines/dataset.t
 import { loadModelFile, saveModelFile } from "../pipelines/modelfile.ts";
 import { type RunSetting, train } from "../pipelines/train.ts";
 import { DDPMScheduler } from "../samplers/scheduler.ts";
-import { explainResumeMismatch, numberOption } from "./options.ts";
+import { explainResumeMismatch, numberOption, portablePath } from "./options.ts";
 
 /** What `--adapter` accepts: an adapter kind, or "full" for fine-tuning every parameter. */
 export const FINETUNE_KINDS: readonly string[] = [...ADAPTER_KINDS, "full"];
@@ -179,7 +179,7 @@ export async function main(args: string[]): Promise<void> {
       // The default alpha follows --rank: stored as the rule, so a new rank is one change, not two.
       alpha: full ? null : alpha ?? "default for the rank",
       joint: values.joint ?? false,
-      data: await Promise.all(files.map((f) => Deno.realPath(f))),
+      data: await Promise.all(files.map((f) => portablePath(f))),
       "no-augment": values["no-augment"] ?? false,
       size: shape,
       range,

@@ -18,7 +18,7 @@ import { invertConcept } from "../pipelines/invert.ts";
 import { isManifestPath, readManifest } from "../pipelines/manifest.ts";
 import { loadModelFile } from "../pipelines/modelfile.ts";
 import { DDPMScheduler } from "../samplers/scheduler.ts";
-import { explainResumeMismatch, numberOption } from "./options.ts";
+import { explainResumeMismatch, numberOption, portablePath } from "./options.ts";
 
 const HELP = `Usage: deno task invert --base MODEL --data <files|dir|glob|manifest.json> --name NAME [options]
 
@@ -129,7 +129,7 @@ export async function main(args: string[]): Promise<void> {
     const augment: AugmentOptions | null = values["no-augment"] ? null : { range };
     const settings = {
       base: hash,
-      data: await Promise.all(files.map((f) => Deno.realPath(f))),
+      data: await Promise.all(files.map((f) => portablePath(f))),
       "no-augment": values["no-augment"] ?? false,
     };
     const { vectors: learned, result } = await invertConcept(

@@ -5,6 +5,7 @@
  * @module
  */
 
+import { relative } from "node:path";
 import { ResumeMismatchError, type RunSetting } from "../pipelines/train.ts";
 
 export { numberList, numberOption, precisionOption } from "../io/options.ts";
@@ -35,4 +36,13 @@ export function explainResumeMismatch(
     ...flags,
   };
   return new Error(error.explain(names, elsewhere));
+}
+
+/**
+ * How a run records a file it reads: its real path relative to the working directory (the repository, for
+ * `deno task`), e.g. `../shared/data/MNI152_2009_template.nii.gz`, so that a checkpoint resumes in a checkout
+ * at another place.
+ */
+export async function portablePath(path: string): Promise<string> {
+  return relative(Deno.cwd(), await Deno.realPath(path)) || ".";
 }

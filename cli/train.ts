@@ -29,7 +29,7 @@ import { SliceDiffusionUNet, type SliceUNetOptions } from "../models/slice_unet.
 import { TokenTable, type TokenVocabulary } from "../models/tokens.ts";
 import { DDPMScheduler, type PredictionType, type SchedulerOptions } from "../samplers/scheduler.ts";
 import type { ScheduleName } from "../samplers/schedule.ts";
-import { explainResumeMismatch, numberList, numberOption } from "./options.ts";
+import { explainResumeMismatch, numberList, numberOption, portablePath } from "./options.ts";
 
 const HELP = `Usage: deno task train --data <files|dir|glob> --out DIR [options]
 
@@ -322,7 +322,7 @@ export async function main(args: string[]): Promise<void> {
     : images;
   // With train's own (lr, EMA, seed, schedule…), what a resumed run must share with its checkpoint.
   const settings: Record<string, RunSetting> = {
-    data: await Promise.all(files.map((f) => Deno.realPath(f))),
+    data: await Promise.all(files.map((f) => portablePath(f))),
     size,
     "no-augment": values["no-augment"] ?? false,
     channels,
@@ -330,14 +330,14 @@ export async function main(args: string[]): Promise<void> {
     "res-blocks": unetOptions.numResBlocks!,
     groups: unetOptions.normNumGroups!,
     "head-channels": unetOptions.numHeadChannels!,
-    init: values.init ? await Deno.realPath(values.init) : null,
+    init: values.init ? await portablePath(values.init) : null,
     batch,
     ...(manifest
       ? {
         prompts: manifest.items.map((i) => i.tokens.join(" ")),
         classes: manifest.items.map((i) => i.classLabel ?? -1),
         conditions: await Promise.all(
-          manifest.items.map((i) => i.condition ? Deno.realPath(i.condition) : ""),
+          manifest.items.map((i) => i.condition ? portablePath(i.condition) : ""),
         ),
         "uncond-prob": conditioning!.uncondProb,
         vectors: conditioning!.vocabulary?.concepts[0]?.vectors ?? null,
@@ -345,9 +345,7 @@ export async function main(args: string[]): Promise<void> {
         "token-dim": conditioning!.vocabulary?.dim ?? null,
       }
       : {}),
-    ...(ae
-      ? { autoencoder: await Deno.realPath(values.autoencoder!), scaleFactor: latent!.scaleFactor }
-      : {}),
+    ...(ae ? { autoencoder: await portablePath(values.autoencoder!), scaleFactor: latent!.scaleFactor } : {}),
     // Only slice models record it, so 3-D checkpoints made before the option still resume.
     ...(slots && !independent ? { slots } : {}),
     ...(independent ? { "independent-slices": independent } : {}),

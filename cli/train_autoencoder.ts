@@ -19,7 +19,7 @@ import { listNiftiFiles, loadVolume, type Volume, volumeTensor } from "../pipeli
 import { saveAutoencoderFile } from "../pipelines/latent_modelfile.ts";
 import type { RunSetting } from "../pipelines/train.ts";
 import { trainAutoencoder } from "../pipelines/train_autoencoder.ts";
-import { explainResumeMismatch, numberList, numberOption } from "./options.ts";
+import { explainResumeMismatch, numberList, numberOption, portablePath } from "./options.ts";
 
 const HELP = `Usage: deno task train-autoencoder --data <files|dir|glob> --out DIR [options]
 
@@ -186,7 +186,7 @@ export async function main(args: string[]): Promise<void> {
     return noGrad(() => augment(source, (seed * 2654435761 + 2 ** 31 + i) >>> 0, augmentOptions ?? {}).image);
   });
   const settings: Record<string, RunSetting> = {
-    data: await Promise.all(files.map((f) => Deno.realPath(f))),
+    data: await Promise.all(files.map((f) => portablePath(f))),
     size,
     "no-augment": values["no-augment"] ?? false,
     validation: validationCount,
@@ -199,7 +199,7 @@ export async function main(args: string[]): Promise<void> {
     convtranspose: values.convtranspose ?? false,
     "disc-channels": disc ? discChannels : null,
     "disc-layers": disc ? discLayers : null,
-    init: values.init ? await Deno.realPath(values.init) : null,
+    init: values.init ? await portablePath(values.init) : null,
     batch,
   };
   const lr = numberOption("lr", values.lr, 1e-4, 0, 1);

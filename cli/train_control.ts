@@ -33,7 +33,7 @@ import {
 import { disposeModel, loadModelFile } from "../pipelines/modelfile.ts";
 import { type RunSetting, train } from "../pipelines/train.ts";
 import { DDPMScheduler } from "../samplers/scheduler.ts";
-import { explainResumeMismatch, numberOption } from "./options.ts";
+import { explainResumeMismatch, numberOption, portablePath } from "./options.ts";
 
 const HELP = `Usage: deno task train-control --kind vcm|controlnet --base MODEL --out FILE [options]
 
@@ -182,8 +182,8 @@ export async function main(args: string[]): Promise<void> {
     const settings: Record<string, RunSetting> = {
       kind,
       base: control.info.baseHash,
-      image: await Deno.realPath(manifest.image),
-      labels: await Deno.realPath(manifest.labels),
+      image: await portablePath(manifest.image),
+      labels: await portablePath(manifest.labels),
       conditions,
       pool,
       sliceEvery,

@@ -7,6 +7,7 @@
  * @module
  */
 
+import { isAbsolute, relative } from "node:path";
 import { grad, noGrad } from "../engine/autograd.ts";
 import { keep, scope } from "../engine/memory.ts";
 import { add, div, mseLoss, mul, square, sub } from "../engine/ops/elementwise.ts";
@@ -224,9 +225,22 @@ export function changedSettings(
   now: Record<string, RunSetting>,
 ): SettingChange[] {
   const names = [...new Set([...Object.keys(before), ...Object.keys(now)])];
+  const same = (a: RunSetting, b: RunSetting) =>
+    JSON.stringify(portableSetting(a)) === JSON.stringify(portableSetting(b));
   return names
-    .filter((name) => JSON.stringify(before[name]) !== JSON.stringify(now[name]))
+    .filter((name) => !same(before[name], now[name]))
     .map((name) => ({ name, checkpoint: before[name], now: now[name] }));
+}
+
+/**
+ * `value` with absolute file paths made relative to the working directory: runs record their files relative
+ * to the repository they run in (so a checkout elsewhere resumes), and checkpoints written before that
+ * recorded absolute paths, which must compare equal to the same files given relatively.
+ */
+function portableSetting(value: RunSetting): RunSetting {
+  const portable = <T>(v: T): T =>
+    (typeof v === "string" && isAbsolute(v) ? relative(Deno.cwd(), v) || "." : v) as T;
+  return Array.isArray(value) ? value.map(portable) : portable(value);
 }
 
 /**

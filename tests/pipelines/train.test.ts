@@ -1,5 +1,12 @@
 import * as V from "../../mod.ts";
-import { emaDecayAt, learningRate, ResumeMismatchError, train } from "../../pipelines/train.ts";
+import {
+  changedSettings,
+  emaDecayAt,
+  learningRate,
+  ResumeMismatchError,
+  train,
+} from "../../pipelines/train.ts";
+import { portablePath } from "../../cli/options.ts";
 import { loadSafetensors } from "../../io/safetensors.ts";
 import { Module } from "../../nn/module.ts";
 import { DDPMScheduler } from "../../samplers/scheduler.ts";
@@ -301,3 +308,25 @@ gpuTest(
     await Deno.remove(dir, { recursive: true });
   },
 );
+
+Deno.test("runs record files relative to the working directory; absolute paths of older checkpoints still match", async () => {
+  const cwd = Deno.cwd();
+  const file = await Deno.makeTempFile({ dir: cwd, suffix: ".nii.gz" });
+  try {
+    const name = file.slice(file.lastIndexOf("/") + 1);
+    deepStrictEqual(await portablePath(file), name);
+    deepStrictEqual(await portablePath(`./${name}`), name);
+    // A checkpoint written with absolute paths resumes with the same files given relatively …
+    deepStrictEqual(
+      changedSettings({ data: [`${cwd}/${name}`], init: null }, { data: [name], init: null }),
+      [],
+    );
+    deepStrictEqual(changedSettings({ data: `${cwd}/../x/a.nii` }, { data: "../x/a.nii" }), []);
+    // … and other files are still a change.
+    deepStrictEqual(changedSettings({ data: [`${cwd}/other.nii`] }, { data: [name] }), [
+      { name: "data", checkpoint: [`${cwd}/other.nii`], now: [name] },
+    ]);
+  } finally {
+    await Deno.remove(file);
+  }
+});
