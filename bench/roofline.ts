@@ -5,6 +5,7 @@
  * @module
  */
 
+import { defineKernel, type KernelSource } from "../kernels/program.ts";
 import { type Kernel, LINEAR_INDEX, paramsBlock } from "../kernels/types.ts";
 import { gpu } from "../engine/device.ts";
 import { dispatch } from "../engine/runtime.ts";
@@ -22,6 +23,10 @@ const FMA_WG = 64;
  * parameter block, so the compiler cannot fold the chains.
  */
 export function fmaPeakKernel(chains = FMA_CHAINS, unroll = FMA_UNROLL): Kernel {
+  return fmaPeakProgram(chains, unroll);
+}
+
+const fmaPeakProgram = defineKernel("bench:fma", (chains: number, unroll: number): KernelSource => {
   const decl = [...Array(chains).keys()].map((i) => `var a${i} = vec4<f32>(f32(gid.x) * 1e-7 + ${i}.0);`);
   const step = [...Array(chains).keys()].map((i) => `a${i} = fma(a${i}, m, c);`).join(" ");
   const body = Array(unroll).fill(`    ${step}`).join("\n");
@@ -43,8 +48,8 @@ ${body}
   out[linear_workgroup(wid, nwg) * ${FMA_WG}u + li] = ${total};
 }
 `;
-  return { key: `bench:fma:${chains}x${unroll}`, code, bindings: ["write"] };
-}
+  return { code, bindings: ["write"] };
+});
 
 /** A recorded FMA-peak workload: `run()` records one dispatch of `flops` floating-point operations. */
 export interface Workload {
@@ -72,7 +77,7 @@ export function fmaPeak(workgroups = 1024, iters = 256, chains = FMA_CHAINS, unr
 }
 
 /** A vec4 copy kernel over `n` vec4s (grid folded past 65535 workgroups). */
-export function copyKernel(): Kernel {
+export const copyKernel: () => Kernel = defineKernel("bench:copy4", (): KernelSource => {
   const code = /* wgsl */ `
 ${paramsBlock(1)}
 ${LINEAR_INDEX}
@@ -85,8 +90,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   if (i < pu(0u)) { dst[i] = src[i]; }
 }
 `;
-  return { key: "bench:copy4", code, bindings: ["read", "write"] };
-}
+  return { code, bindings: ["read", "write"] };
+});
 
 /** The copy workload over `bytes` bytes (read + write counted). */
 export function copyBandwidth(bytes = 64 << 20): Workload {

@@ -6,7 +6,8 @@
  * element-wise, copies and packing; see engine/profile.ts).
  *
  * Architectures (`--arch`): `default` (the default model's: channels 16/32/32, attention at the last level with
- * 16 head channels, one res block, 8 groups) and `seed004` (Basile et al.: channels 128/128/256, attention at
+ * 16 head channels, one res block, 8 groups), `cond` (the same with cross-attention on a 16 × 64 context, as the
+ * conditional demo model) and `seed004` (Basile et al.: channels 128/128/256, attention at
  * the deepest level with 256 head channels, 2 res blocks; 47.5 M parameters).
  *
  * With `--torch`, the same work of MONAI's own DiffusionModelUNet on PyTorch CPU is timed in the same run
@@ -61,7 +62,11 @@ const reps = Number(values.reps);
 type Work = "forward" | "train" | "train-ckpt";
 const works = values.work!.split(",") as Work[];
 
-const ARCHS: Record<string, { voxgen: DiffusionModelUNetOptions; monai: string }> = {
+/** Architectures; `context` [tokens, width] adds a cross-attention context (random, seeded) to every call. */
+const ARCHS: Record<
+  string,
+  { voxgen: DiffusionModelUNetOptions; monai: string; context?: [number, number] }
+> = {
   default: {
     voxgen: {
       spatialDims: 3,
@@ -76,6 +81,25 @@ const ARCHS: Record<string, { voxgen: DiffusionModelUNetOptions; monai: string }
     },
     monai: "channels=(16, 32, 32), attention_levels=(False, False, True), num_head_channels=16, " +
       "num_res_blocks=1, norm_num_groups=8",
+  },
+  // The conditional demo model's (brain32c): the default plus cross-attention on a 16 × 64 token context.
+  cond: {
+    voxgen: {
+      spatialDims: 3,
+      inChannels: 1,
+      outChannels: 1,
+      channels: [16, 32, 32],
+      attentionLevels: [false, false, true],
+      numHeadChannels: 16,
+      numResBlocks: 1,
+      normNumGroups: 8,
+      withConditioning: true,
+      crossAttentionDim: 64,
+      seed: 1,
+    },
+    monai: "channels=(16, 32, 32), attention_levels=(False, False, True), num_head_channels=16, " +
+      "num_res_blocks=1, norm_num_groups=8, with_conditioning=True, cross_attention_dim=64",
+    context: [16, 64],
   },
   seed004: {
     voxgen: {
@@ -108,17 +132,18 @@ console.log(
 const x = V.randn([batch, 1, size, size, size], { seed: 7 });
 const target = V.randn([batch, 1, size, size, size], { seed: 8 });
 const timesteps = Array.from({ length: batch }, (_, i) => 500 + i);
+const context = arch.context ? V.randn([batch, ...arch.context], { seed: 9 }) : undefined;
 const optimizer = new V.AdamW(unet.parameters(), { lr: 1e-5 });
 
 function voxgenForward(): void {
   unet.eval();
-  V.scope(() => V.noGrad(() => unet.forward(x, timesteps)));
+  V.scope(() => V.noGrad(() => unet.forward(x, timesteps, { context })));
 }
 
 function voxgenTrain(): void {
   unet.train();
   const grads = V.scope(() => {
-    const loss = V.mseLoss(unet.forward(x, timesteps), target);
+    const loss = V.mseLoss(unet.forward(x, timesteps, { context }), target);
     return V.grad(loss, unet.parameters());
   });
   optimizer.step(grads);
@@ -164,15 +189,16 @@ net = DiffusionModelUNet(spatial_dims=3, in_channels=1, out_channels=1, ${arch.m
 x = torch.randn(${batch}, 1, ${size}, ${size}, ${size})
 y = torch.randn(${batch}, 1, ${size}, ${size}, ${size})
 t = torch.tensor([500 + i for i in range(${batch})])
+ctx = ${arch.context ? `torch.randn(${batch}, ${arch.context.join(", ")})` : "None"}
 opt = torch.optim.AdamW(net.parameters(), lr=1e-5)
 def forward():
     net.eval()
     with torch.no_grad():
-        net(x, t)
+        net(x, t, context=ctx)
 def train():
     net.train()
     opt.zero_grad()
-    torch.nn.functional.mse_loss(net(x, t), y).backward()
+    torch.nn.functional.mse_loss(net(x, t, context=ctx), y).backward()
     opt.step()
 work = {"forward": forward, "train": train}
 for w in ${JSON.stringify(works.filter((w) => w !== "train-ckpt"))}:

@@ -11,7 +11,7 @@ import { type AdapterSet, type AdapterSpec, mergeAdapterFiles } from "../adapter
 import { ready } from "../engine/device.ts";
 import type { DiffusionModelUNet } from "../models/unet.ts";
 import { generate } from "../pipelines/generate.ts";
-import { loadGenerator, loadModelWithAdapters } from "../pipelines/generators.ts";
+import { loadGenerator, loadModelWithEmbeddings } from "../pipelines/generators.ts";
 import { DEFAULT_MODEL } from "../pipelines/modelfile.ts";
 import { controlledGenerator } from "../pipelines/control.ts";
 import { writeVolumeFiles } from "../pipelines/output.ts";
@@ -66,8 +66,8 @@ const HELP = `Usage: deno task sample [options]
   --png FILE        preview image (default: the output name with .png)
   --control-model FILE
                     a control module written by \`deno task train-control\` for this model (VCM or ControlNet)
-  --control FILE    its condition volume (NIfTI on the model's grid, in the model's intensity range for
-                    image conditions); repeat once per condition of the module, in its order ("none": absent,
+  --control FILE    its condition volume (NIfTI on the grid of the volumes the model generates — for a latent
+                    model too —, in the model's intensity range for image conditions); repeat once per condition of the module, in its order ("none": absent,
                     VCM only)
   --control-scale S strength of the control (default 1)
 `;
@@ -212,9 +212,9 @@ export async function main(args: string[]): Promise<void> {
   if (!controlModel && (values.control?.length || values["control-scale"] !== undefined)) {
     throw new Error("--control and --control-scale need --control-model (the control module to apply).");
   }
-  if (controlModel && (values.depth !== undefined || values.embedding?.length)) {
+  if (controlModel && values.depth !== undefined) {
     throw new Error(
-      "--control-model applies to whole-volume U-Net models: it cannot be combined with --depth or --embedding.",
+      "--control-model applies to whole-volume U-Net models: it cannot be combined with --depth.",
     );
   }
   if (controlModel && !values.control?.length) {
@@ -232,11 +232,14 @@ export async function main(args: string[]): Promise<void> {
   }));
   const device = await ready();
   const model = controlModel
-    ? await controlledGenerator(await loadModelWithAdapters(modelPath, { adapters, onAdapter: logAdapter }), {
-      file: controlModel,
-      conditions,
-      scale: controlScale,
+    ? await loadModelWithEmbeddings(modelPath, {
+      adapters,
+      embeddings: values.embedding,
+      onAdapter: logAdapter,
     })
+      .then(({ model, vectors }) =>
+        controlledGenerator(model, { file: controlModel, conditions, scale: controlScale }, vectors)
+      )
     : await loadGenerator(modelPath, {
       adapters,
       embeddings: values.embedding,

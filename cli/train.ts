@@ -1,6 +1,8 @@
 /**
  * `deno task train`: trains a 3-D DDPM U-Net on NIfTI volumes with GPU augmentation (or, with `--slots`, a
- * 2-D cDPM slice model on slices of them), then writes a voxgen model file (EMA weights + everything `sample` needs), sample previews, loss.csv and loss.png.
+ * 2-D cDPM slice model on slices of them; with `--independent-slices`, that model without slice attention;
+ * with `--slab`, the 3-D U-Net on z-slabs of them), then writes a voxgen model file (EMA weights + everything
+ * `sample` needs), sample previews, loss.csv and loss.png.
  *
  * @module
  */
@@ -22,6 +24,7 @@ import { type ModelInfo, saveModelFile, TOKEN_PREFIX } from "../pipelines/modelf
 import { type RunSetting, train } from "../pipelines/train.ts";
 import { sliceBatches } from "../pipelines/slice_data.ts";
 import { saveSliceModelFile } from "../pipelines/slice_model.ts";
+import { slabBatches } from "../pipelines/slabs.ts";
 import { SliceDiffusionUNet, type SliceUNetOptions } from "../models/slice_unet.ts";
 import { TokenTable, type TokenVocabulary } from "../models/tokens.ts";
 import { DDPMScheduler, type PredictionType, type SchedulerOptions } from "../samplers/scheduler.ts";
@@ -38,6 +41,9 @@ Data
                        each image's grid, values as they are) an extra input channel
   --size N             cubic training grid N³ (default 32), fitted to the foreground of each volume
   --no-augment         train on the volumes as they are (default: flips, affine, elastic, bias, intensity)
+  --slab N             train the 3-D U-Net on random slabs of N consecutive slices along z of each (augmented)
+                       volume; the model then generates slabs of size × size × N voxels (the cDPM study's
+                       "3-D on slabs" model)
   --autoencoder FILE   latent diffusion: train on s·z of this frozen autoencoder (deno task train-autoencoder;
                        s = 1/std of the first batch's latents); the model file then holds both networks
 Model
@@ -48,6 +54,10 @@ Model
   --head-channels N    channels per attention head (default 16)
   --slots N            train a 2-D slice model (cDPM) on N slices per example (condition + target, slices
                        along z) instead of a 3-D model; \`sample\` builds volumes from it stage by stage
+  --independent-slices N
+                       train the same 2-D slice model without slice attention on N random slices per volume,
+                       each alone with its index (the cDPM study's "2-D independent" baseline); \`sample\`
+                       generates every slice of a volume independently, in one batch
 Conditioning (with a manifest)
   --uncond-prob X      condition dropout: each sample's prompt/class/condition volume is replaced by the null
                        one (empty prompt, null class, zeros) with this
@@ -86,6 +96,7 @@ export async function main(args: string[]): Promise<void> {
       out: { type: "string" },
       size: { type: "string" },
       "no-augment": { type: "boolean" },
+      slab: { type: "string" },
       autoencoder: { type: "string" },
       channels: { type: "string", default: "16,32,32" },
       attention: { type: "string", default: "0,0,1" },
@@ -93,6 +104,7 @@ export async function main(args: string[]): Promise<void> {
       groups: { type: "string" },
       "head-channels": { type: "string" },
       slots: { type: "string" },
+      "independent-slices": { type: "string" },
       schedule: { type: "string", default: "scaled_linear_beta" },
       "beta-start": { type: "string" },
       "beta-end": { type: "string" },
@@ -145,6 +157,18 @@ export async function main(args: string[]): Promise<void> {
           : "."),
     );
   }
+  const slab = values.slab === undefined ? null : numberOption("slab", values.slab, size, 1, size, true);
+  if (slab !== null && (ae || values.slots !== undefined || values["independent-slices"] !== undefined)) {
+    ae?.dispose();
+    throw new Error(
+      "--slab trains a 3-D image model: it does not combine with --autoencoder or slice models.",
+    );
+  }
+  if (slab !== null && slab % 2 ** (channels.length - 1) !== 0) {
+    throw new Error(
+      `--slab ${slab} must be divisible by 2^${channels.length - 1} for ${channels.length} U-Net levels.`,
+    );
+  }
   const steps = numberOption("steps", values.steps, 2000, 1, 1e7, true);
   const lr = numberOption("lr", values.lr, 2e-4, 0, 1);
   const previews = numberOption("previews", values.previews, 2, 0, 64, true);
@@ -181,6 +205,9 @@ export async function main(args: string[]): Promise<void> {
         "give NIfTI files, folders or globs as --data.",
     );
   }
+  if (manifest && slab !== null) {
+    throw new Error("--slab trains unconditional models: give NIfTI files as --data.");
+  }
   const conditioning = manifest ? conditioningOf(manifest, values) : null;
   if (conditioning?.vocabulary) {
     unetOptions.withConditioning = true;
@@ -190,11 +217,18 @@ export async function main(args: string[]): Promise<void> {
   // Condition volumes are extra input channels after the image's.
   const conditionChannels = manifest?.hasConditions ? 1 : 0;
   unetOptions.inChannels = unetOptions.inChannels! + conditionChannels;
-  const slots = values.slots === undefined ? null : numberOption("slots", values.slots, 8, 2, 64, true);
+  const independent = values["independent-slices"] === undefined
+    ? null
+    : numberOption("independent-slices", values["independent-slices"], 8, 1, size, true);
+  if (independent && values.slots !== undefined) {
+    throw new Error("--slots and --independent-slices are two kinds of slice model: give one.");
+  }
+  const slots = independent ??
+    (values.slots === undefined ? null : numberOption("slots", values.slots, 8, 2, 64, true));
   if (slots && (manifest || ae)) {
     ae?.dispose();
     throw new Error(
-      "--slots: slice models train unconditional image models (no manifest, no --autoencoder).",
+      "--slots, --independent-slices: slice models train unconditional image models (no manifest, no --autoencoder).",
     );
   }
   const sliceOptions: SliceUNetOptions = {
@@ -204,6 +238,7 @@ export async function main(args: string[]): Promise<void> {
     numResBlocks: unetOptions.numResBlocks as number,
     normNumGroups: unetOptions.normNumGroups,
     numHeadChannels: unetOptions.numHeadChannels as number,
+    ...(independent ? { sliceAttention: false } : {}),
     seed,
   };
 
@@ -272,9 +307,11 @@ export async function main(args: string[]): Promise<void> {
     );
   }
   const data = slots
-    ? sliceBatches(images, slots, seed)
+    ? sliceBatches(images, slots, seed, { independent: independent !== null })
     : latent
     ? latent.data
+    : slab !== null
+    ? slabBatches(images, slab, seed)
     : manifest && conditioning
     ? conditionalBatches(images, manifest.items, {
       tokens,
@@ -312,7 +349,9 @@ export async function main(args: string[]): Promise<void> {
       ? { autoencoder: await Deno.realPath(values.autoencoder!), scaleFactor: latent!.scaleFactor }
       : {}),
     // Only slice models record it, so 3-D checkpoints made before the option still resume.
-    ...(slots ? { slots } : {}),
+    ...(slots && !independent ? { slots } : {}),
+    ...(independent ? { "independent-slices": independent } : {}),
+    ...(slab !== null ? { slab } : {}),
   };
   const result = await train(sliceNet ?? network, scheduler, data, {
     steps,
@@ -351,7 +390,8 @@ export async function main(args: string[]): Promise<void> {
   const info: ModelInfo = {
     unet: unetOptions,
     scheduler: schedulerOptions,
-    volume: { shape: [size, size, size], affine: volumes[0].affine, range: [-1, 1] },
+    // A slab model generates slabs (of the volumes' grid, at no particular height).
+    volume: { shape: [size, size, slab ?? size], affine: volumes[0].affine, range: [-1, 1] },
     ...(conditioning?.vocabulary ? { tokens: conditioning.vocabulary } : {}),
     ...(conditioning
       ? {
@@ -366,16 +406,22 @@ export async function main(args: string[]): Promise<void> {
       `${latent ? "latent " : ""}DDPM trained by voxgen on ${
           files.map((f) => f.split("/").pop()).join(", ")
         } (${augmentOptions ? "augmented" : "as is"}), ` +
-        `${result.step} steps, batch ${batch}, ${size}³`,
+        `${result.step} steps, batch ${batch}, ${size}³${slab !== null ? `, slabs of ${slab} slices` : ""}`,
   };
   if (slots) {
     await saveSliceModelFile(modelPath, weights, {
       network: sliceOptions,
-      slots,
+      // Trained one slot per example; it generates all the slices of a volume at once.
+      slots: independent ? 1 : slots,
       scheduler: schedulerOptions,
       volume: info.volume,
       description: values.description ??
-        info.description!.replace(/^DDPM/, `cDPM slice model (${slots} slots)`),
+        info.description!.replace(
+          /^DDPM/,
+          independent
+            ? `2-D independent slice model (no slice attention, ${independent} slices per volume)`
+            : `cDPM slice model (${slots} slots)`,
+        ),
     });
   } else if (ae && latent) {
     await saveLatentModelFile(modelPath, weights, ae.stateDict(), {

@@ -15,9 +15,12 @@ import { copyInto } from "../engine/ops/map.ts";
 import { loadSafetensors } from "../io/safetensors.ts";
 import {
   CONTROL_KINDS,
+  controlBatches,
+  controlGeometry,
   type ControlKind,
   controlTrainingNetwork,
   createControl,
+  nullConditioning,
   saveControlFile,
 } from "../pipelines/control.ts";
 import {
@@ -27,7 +30,7 @@ import {
   pairedBatches,
   parseConditionKinds,
 } from "../pipelines/control_data.ts";
-import { loadModelFile } from "../pipelines/modelfile.ts";
+import { disposeModel, loadModelFile } from "../pipelines/modelfile.ts";
 import { type RunSetting, train } from "../pipelines/train.ts";
 import { DDPMScheduler } from "../samplers/scheduler.ts";
 import { explainResumeMismatch, numberOption } from "./options.ts";
@@ -35,7 +38,11 @@ import { explainResumeMismatch, numberOption } from "./options.ts";
 const HELP = `Usage: deno task train-control --kind vcm|controlnet --base MODEL --out FILE [options]
 
   --kind KIND          vcm | controlnet
-  --base FILE          the frozen voxgen model file (e.g. models/default/brain32.safetensors)
+  --base FILE          the frozen voxgen model file (e.g. models/default/brain32.safetensors), or a latent
+                       model file: then the images are encoded by its frozen autoencoder and the module
+                       steers the latent U-Net, its conditions staying on the image grid. A prompt or
+                       class-conditional base predicts under its null prompt / null class while the module
+                       learns (models with condition channels are refused)
   --data MANIFEST      JSON {"image": FILE, "labels": FILE}: an image and its tissue map (0 background,
                        1 CSF, 2 grey, 3 white); default the MNI template and its tissue map in ../shared/data
   --conditions LIST    comma-separated, in order: ${CONDITION_KINDS.join(", ")} (default ventricles)
@@ -135,20 +142,41 @@ export async function main(args: string[]): Promise<void> {
   const runDir = (values["run-dir"] ?? `${out.slice(0, -".safetensors".length)}.run`).replace(/\/$/, "");
 
   const device = await ready();
-  const { unet: base, info } = await loadModelFile(values.base);
+  // A latent model's U-Net is steered on its latents; the pairs and their conditions stay on the image grid.
+  const model = await loadModelFile(values.base, { allowLatent: true });
+  const { unet: base, info } = model;
+  let geometry;
+  let baseConditioning;
+  try {
+    geometry = controlGeometry(model);
+    // A conditional base predicts under its null condition while the module learns (the pairs carry none).
+    baseConditioning = nullConditioning(model);
+  } catch (error) {
+    disposeModel(model);
+    throw error;
+  }
   const pair = await loadTemplatePair(manifest.image, manifest.labels, info.volume.shape, info.volume.range);
   const control = await createControl(kind, base, {
     conditions,
     conditionChannels: conditions.map((c) => CONDITION_CHANNELS[c]),
+    downsamplings: geometry.downsamplings,
     preset,
     releaseHead: values["release-head"],
     encoder: values["resize-condition"] ? "resize" : undefined,
     seed,
+  }).catch((error) => {
+    disposeModel(model);
+    pair.image.dispose();
+    pair.labels.dispose();
+    throw error;
   });
   try {
     const count = control.module.numParameters();
+    const where = model.latent
+      ? `${info.volume.shape.join("×")} images, ${geometry.modelGrid.join("×")} latents`
+      : info.volume.shape.join("×");
     console.error(
-      `${kind} on ${values.base} (${info.volume.shape.join("×")}), conditions ${conditions.join(", ")}: ` +
+      `${kind} on ${values.base} (${where}), conditions ${conditions.join(", ")}: ` +
         `${count.toLocaleString("en-US")} trainable parameters; ${device.adapter}; run folder ${runDir}`,
     );
     const settings: Record<string, RunSetting> = {
@@ -168,17 +196,21 @@ export async function main(args: string[]): Promise<void> {
       minLr: values["min-lr"] === undefined ? "lr/10" : minLr,
     };
     const scheduler = new DDPMScheduler(info.scheduler);
-    const data = pairedBatches(pair, {
-      batch,
+    const data = controlBatches(
+      model,
+      pairedBatches(pair, {
+        batch,
+        seed,
+        conditions,
+        augment: { range: info.volume.range },
+        pool,
+        sliceEvery,
+      }),
       seed,
-      conditions,
-      augment: { range: info.volume.range },
-      pool,
-      sliceEvery,
-    });
+    );
     control.module.train();
     const result = await train(
-      controlTrainingNetwork(base, scheduler, control, { lambda }),
+      controlTrainingNetwork(base, scheduler, control, { lambda, baseConditioning }),
       scheduler,
       data,
       {
@@ -228,7 +260,7 @@ export async function main(args: string[]): Promise<void> {
     console.log(`wrote ${out}`);
   } finally {
     control.module.dispose();
-    base.dispose();
+    disposeModel(model);
     pair.image.dispose();
     pair.labels.dispose();
   }

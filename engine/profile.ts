@@ -1,7 +1,7 @@
 /**
  * Per-dispatch GPU timing with `timestamp-query`, for benchmarks. While a profile is running the runtime
  * gives every dispatch its own compute pass whose beginning and end write timestamps; each dispatch is
- * attributed to the kernel family (the first two fields of its key) and to the outermost label an op set with
+ * attributed to the kernel family (e.g. "conv3d:chunk", the first two fields of its key) and to the outermost label an op set with
  * {@linkcode profileLabel} (e.g. "conv3d fwd 32→32 64³"). Outside a profile the only cost is one variable
  * write per labelled op.
  *
@@ -17,7 +17,7 @@ import { gpu } from "./device.ts";
 export interface ProfileEntry {
   /** The op's label (empty when no op set one). */
   label: string;
-  /** The kernel family (the first two fields of the kernel's cache key, e.g. "map:add", "conv3d:chunk"). */
+  /** The kernel family (`Kernel.family`, the first two fields of its cache key, e.g. "map:add", "conv3d:chunk"). */
   kernel: string;
   /** Dispatches. */
   count: number;
@@ -61,16 +61,16 @@ export function startProfile(): void {
 }
 
 /**
- * The timestamp writes for the pass of the next dispatch of `kernelKey`, or null when the current query
+ * The timestamp writes for the pass of the next dispatch of a kernel of `family`, or null when the current query
  * set is full (the runtime then submits, which resolves it, and asks again).
  */
-export function passTimestamps(kernelKey: string): GPUComputePassTimestampWrites | null {
+export function passTimestamps(family: string): GPUComputePassTimestampWrites | null {
   if (!current) {
     current = { set: gpu().createQuerySet({ type: "timestamp", count: QUERIES_PER_SET }), names: [] };
   }
   const at = current.names.length * 2;
   if (at + 2 > QUERIES_PER_SET) return null;
-  current.names.push(`${label}\u0000${kernelKey.split(":").slice(0, 2).join(":")}`);
+  current.names.push(`${label}\u0000${family}`);
   return { querySet: current.set, beginningOfPassWriteIndex: at, endOfPassWriteIndex: at + 1 };
 }
 

@@ -1,5 +1,5 @@
 /**
- * Command recording and submission: pipeline cache, a uniform arena for kernel parameters, batching of
+ * Command recording and submission: the cache of compiled pipelines, a uniform arena for kernel parameters, batching of
  * dispatches into few submits, workgroup-grid folding, and readback.
  *
  * Storage bindings are whole buffers or windows of one (`bindRange`): ops whose tensors exceed the device's
@@ -26,8 +26,11 @@ const MAX_WORKGROUPS_PER_DIM = 65535;
 interface Compiled {
   pipeline: GPUComputePipeline;
   layout: GPUBindGroupLayout;
+  /** The WGSL it was compiled from (a second kernel under the same key must have the same). */
+  code: string;
 }
 
+/** The one cache of compiled pipelines, by kernel key (kernels/program.ts derives the keys). */
 const pipelines = new Map<string, Compiled>();
 let cacheDevice: GPUDevice | null = null;
 
@@ -58,7 +61,15 @@ function device(): GPUDevice {
 
 function compile(dev: GPUDevice, kernel: Kernel): Compiled {
   const cached = pipelines.get(kernel.key);
-  if (cached) return cached;
+  if (cached) {
+    if (cached.code !== kernel.code) {
+      throw new Error(
+        `two different WGSL kernels share the key "${kernel.key}": a kernel's key must cover everything ` +
+          "baked into its code (declare generators with defineKernel, kernels/program.ts).",
+      );
+    }
+    return cached;
+  }
   dev.pushErrorScope("validation");
   const module = dev.createShaderModule({ label: kernel.key, code: kernel.code });
   const entries: GPUBindGroupLayoutEntry[] = [
@@ -84,7 +95,7 @@ function compile(dev: GPUDevice, kernel: Kernel): Compiled {
       return await describeCompileError(kernel, module, error.message);
     }),
   );
-  const compiled = { pipeline, layout };
+  const compiled = { pipeline, layout, code: kernel.code };
   pipelines.set(kernel.key, compiled);
   stats.pipelines++;
   return compiled;
@@ -110,22 +121,6 @@ async function describeCompileError(
     // getCompilationInfo is optional in some runtimes; the scope message is still useful.
   }
   return `WGSL kernel "${kernel.key}" failed to compile:\n${detail}`;
-}
-
-const generated = new Map<string, Kernel>();
-
-/**
- * `make(...args)`, generated once per distinct arguments: WGSL generation is string work that would
- * otherwise run on every dispatch. The function's name plus the JSON of its arguments is the key.
- */
-export function cachedKernel<A extends unknown[]>(make: (...args: A) => Kernel, ...args: A): Kernel {
-  const key = `${make.name}:${JSON.stringify(args)}`;
-  let kernel = generated.get(key);
-  if (!kernel) {
-    kernel = make(...args);
-    generated.set(key, kernel);
-  }
-  return kernel;
 }
 
 /** Splits a 1-D count of workgroups into a grid within the per-dimension limit. */
@@ -234,7 +229,7 @@ export function dispatch(
     const bytes = b.size;
     if (bytes > max) {
       throw new Error(
-        `${kernel.key.split(":").slice(0, 2).join(":")}: binding ${i + 1} would bind ${bytes} bytes, more ` +
+        `${kernel.family}: binding ${i + 1} would bind ${bytes} bytes, more ` +
           `than the largest storage binding (${max} bytes, the device's maxStorageBufferBindingSize or ` +
           `runtimeSettings.maxBindingBytes); this op cannot split a tensor that large.`,
       );
@@ -251,10 +246,10 @@ export function dispatch(
   // set is resolved by a submit first (before this dispatch takes its uniform slot).
   let writes: GPUComputePassTimestampWrites | null = null;
   if (profiling()) {
-    writes = passTimestamps(kernel.key);
+    writes = passTimestamps(kernel.family);
     if (!writes) {
       flush();
-      writes = passTimestamps(kernel.key)!;
+      writes = passTimestamps(kernel.family)!;
     }
   }
   const slot = uniformSlot(dev, params);

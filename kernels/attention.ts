@@ -14,8 +14,8 @@
  *   P = exp(S − L). Two kernels, no atomics.
  *
  * Head dims and tiling are baked into the code (everything unrolls over them); B·H, Nq, Nk live in the
- * parameter block `[Nq, Nk, scale (f32 bits), row blocks per head, qOff, kOff, vOff, gOff]` (element
- * offsets of q, k, v and dO; gOff is unused by the forward kernel). Matrices whose width is a multiple of 4
+ * uniforms ({@linkcode ATTENTION_UNIFORMS}: element offsets of q, k, v and dO; gOffset is unused by the
+ * forward kernel). Matrices whose width is a multiple of 4
  * are bound as `array<vec4<f32>>`, so their offsets must be multiples of 4.
  *
  * Why so many rows per invocation: on lavapipe, a load from workgroup or storage memory inside a loop is
@@ -26,10 +26,43 @@
  * @module
  */
 
-import { INF, type Kernel, LINEAR_INDEX, paramsBlock } from "./types.ts";
+import { INF, type Kernel, LINEAR_INDEX } from "./types.ts";
+import { type UniformLayout, uniforms } from "./uniforms.ts";
+import { defineKernel, type KernelSource } from "./program.ts";
 
-/** Words in the parameter block of the attention kernels. */
-export const ATTENTION_PARAM_WORDS = 8;
+const ATTENTION_FIELDS = {
+  /** Query and key rows per head, the score multiplier, workgroups per head. */
+  Nq: "u32",
+  Nk: "u32",
+  scale: "f32",
+  blocks: "u32",
+  /** Element offsets of q, k, v and of the output gradient (0 in the forward). */
+  qOffset: "u32",
+  kOffset: "u32",
+  vOffset: "u32",
+  gOffset: "u32",
+} as const;
+
+/** Uniform layout of the three main attention kernels. */
+export const ATTENTION_UNIFORMS: UniformLayout<typeof ATTENTION_FIELDS> = uniforms(
+  "attention",
+  ATTENTION_FIELDS,
+);
+
+const U = ATTENTION_UNIFORMS;
+
+const ROW_DOT_FIELDS = {
+  /** Rows, element offsets of the output gradient and of the output. */
+  rows: "u32",
+  gOffset: "u32",
+  oOffset: "u32",
+} as const;
+
+/** Uniform layout of {@linkcode attentionRowDotKernel}. */
+export const ROW_DOT_UNIFORMS: UniformLayout<typeof ROW_DOT_FIELDS> = uniforms(
+  "attention:rowdot",
+  ROW_DOT_FIELDS,
+);
 
 /** Largest head dimension the kernels are generated for. */
 export const MAX_HEAD_DIM = 256;
@@ -128,14 +161,6 @@ function checkConfig(name: string, dims: AttentionDims, tiling: AttentionTiling)
   }
 }
 
-function kernelKey(
-  pass: string,
-  { d, dv }: AttentionDims,
-  { threads, rows, block }: AttentionTiling,
-): string {
-  return `attention:${pass}:d${d}:dv${dv}:t${threads}:r${rows}:b${block}`;
-}
-
 // --- WGSL building blocks --------------------------------------------------------------------------------
 
 /**
@@ -183,7 +208,7 @@ class Matrix {
 }
 
 const HEADER = /* wgsl */ `
-${paramsBlock(ATTENTION_PARAM_WORDS)}
+${U.wgsl}
 ${LINEAR_INDEX}
 ${INF}`;
 
@@ -194,7 +219,8 @@ const ENTRY =
 /** Parameters, this workgroup's head `bh`, and this invocation's first owned row. */
 function prologue(threads: number, rows: number): string {
   return /* wgsl */ `
-  let Nq = pu(0u); let Nk = pu(1u); let scale = pf(2u); let blocks = pu(3u);
+  let Nq = ${U.read("Nq")}; let Nk = ${U.read("Nk")}; let scale = ${U.read("scale")};
+  let blocks = ${U.read("blocks")};
   let w = linear_workgroup(wid, nwg);
   let bh = w / blocks;
   let first_row = (w % blocks) * ${threads * rows}u + li;`;
@@ -340,230 +366,249 @@ function liveFlags(first: string, limit: string, block: number): string[] {
  * Forward pass. Bindings: q, k, v (read), out `[BH, Nq, dv]`, lse `[BH, Nq]` (write, contiguous from 0).
  * Row blocks per head = ⌈Nq / (threads · rows)⌉; dispatch B·H·blocks workgroups (1-D, folded).
  */
-export function attentionForwardKernel(dims: AttentionDims, tiling: AttentionTiling): Kernel {
-  checkConfig("attentionForwardKernel", dims, tiling);
-  const { d, dv } = dims;
-  const { threads, rows, block } = tiling;
-  const [Q, K, V, O] = [new Matrix("Q", d), new Matrix("K", d), new Matrix("V", dv), new Matrix("O", dv)];
-  const R = range(rows);
-  const J = range(block);
-  const softmax = R.flatMap((r) => [
-    // Online softmax: the new running max, the factor rescaling everything summed so far, this block's weights.
-    ...J.map((j) => `let s${r}_${j}m = select(f32_neg_inf(), s${r}_${j}s, live${j});`),
-    `let m_new${r} = max(m${r}, ${J.map((j) => `s${r}_${j}m`).reduce((a, b) => `max(${a}, ${b})`)});`,
-    `let alpha${r} = exp(m${r} - m_new${r});`,
-    `m${r} = m_new${r};`,
-    ...J.map((j) => `let p${r}_${j} = exp(s${r}_${j}m - m_new${r});`),
-    `l${r} = fma(l${r}, alpha${r}, ${J.map((j) => `p${r}_${j}`).join(" + ")});`,
-    ...range(vecs(dv)).map((k) => `o${r}_${k} *= alpha${r};`),
-  ]);
-  const lse = R.map((r) => {
-    const row = ownedRow(r, threads);
-    return `if (${row} < Nq) { LSE[bh * Nq + ${row}] = m${r} + log(l${r}); }`;
-  });
-  const code = /* wgsl */ `${HEADER}
-${Q.decl(1, "read")}
-${K.decl(2, "read")}
-${V.decl(3, "read")}
-${O.decl(4, "read_write")}
-@group(0) @binding(5) var<storage, read_write> LSE: array<f32>;
-var<workgroup> Ks: array<vec4<f32>, ${block * vecs(d)}>;
-var<workgroup> Vs: array<vec4<f32>, ${block * vecs(dv)}>;
-@compute @workgroup_size(${threads})
-${ENTRY} {${prologue(threads, rows)}
-  let k_base = pu(5u) + bh * Nk * ${d}u;
-  let v_base = pu(6u) + bh * Nk * ${dv}u;
-  // Scores are (scale·q)·k.
-  ${loadRows("q", Q, `pu(4u) + bh * Nq * ${d}u`, "Nq", rows, threads, " * scale").join("\n  ")}
-  ${R.map((r) => `var m${r} = f32_neg_inf(); var l${r} = 0.0;`).join("\n  ")}
-  ${zeros("o", dv, rows).join("\n  ")}
-  for (var kb = 0u; kb < Nk; kb += ${block}u) {
-    workgroupBarrier(); // everyone is done with the previous block
-    ${stage("Ks", K, "k_base", "kb", "Nk", block, threads)}
-    ${stage("Vs", V, "v_base", "kb", "Nk", block, threads)}
-    workgroupBarrier();
-    ${dots("s", "q", "Ks", d, rows, block).join("\n    ")}
-    ${liveFlags("kb", "Nk", block).join("\n    ")}
-    ${softmax.join("\n    ")}
-    ${accumulate("o", "p", "Vs", dv, rows, block).join("\n    ")}
+export const attentionForwardKernel: (dims: AttentionDims, tiling: AttentionTiling) => Kernel = defineKernel(
+  "attention:forward",
+  (dims: AttentionDims, tiling: AttentionTiling): KernelSource => {
+    checkConfig("attentionForwardKernel", dims, tiling);
+    const { d, dv } = dims;
+    const { threads, rows, block } = tiling;
+    const [Q, K, V, O] = [new Matrix("Q", d), new Matrix("K", d), new Matrix("V", dv), new Matrix("O", dv)];
+    const R = range(rows);
+    const J = range(block);
+    const softmax = R.flatMap((r) => [
+      // Online softmax: the new running max, the factor rescaling everything summed so far, this block's weights.
+      ...J.map((j) => `let s${r}_${j}m = select(f32_neg_inf(), s${r}_${j}s, live${j});`),
+      `let m_new${r} = max(m${r}, ${J.map((j) => `s${r}_${j}m`).reduce((a, b) => `max(${a}, ${b})`)});`,
+      `let alpha${r} = exp(m${r} - m_new${r});`,
+      `m${r} = m_new${r};`,
+      ...J.map((j) => `let p${r}_${j} = exp(s${r}_${j}m - m_new${r});`),
+      `l${r} = fma(l${r}, alpha${r}, ${J.map((j) => `p${r}_${j}`).join(" + ")});`,
+      ...range(vecs(dv)).map((k) => `o${r}_${k} *= alpha${r};`),
+    ]);
+    const lse = R.map((r) => {
+      const row = ownedRow(r, threads);
+      return `if (${row} < Nq) { LSE[bh * Nq + ${row}] = m${r} + log(l${r}); }`;
+    });
+    const code = /* wgsl */ `${HEADER}
+  ${Q.decl(1, "read")}
+  ${K.decl(2, "read")}
+  ${V.decl(3, "read")}
+  ${O.decl(4, "read_write")}
+  @group(0) @binding(5) var<storage, read_write> LSE: array<f32>;
+  var<workgroup> Ks: array<vec4<f32>, ${block * vecs(d)}>;
+  var<workgroup> Vs: array<vec4<f32>, ${block * vecs(dv)}>;
+  @compute @workgroup_size(${threads})
+  ${ENTRY} {${prologue(threads, rows)}
+    let k_base = ${U.read("kOffset")} + bh * Nk * ${d}u;
+    let v_base = ${U.read("vOffset")} + bh * Nk * ${dv}u;
+    // Scores are (scale·q)·k.
+    ${
+      loadRows("q", Q, `${U.read("qOffset")} + bh * Nq * ${d}u`, "Nq", rows, threads, " * scale").join("\n  ")
+    }
+    ${R.map((r) => `var m${r} = f32_neg_inf(); var l${r} = 0.0;`).join("\n  ")}
+    ${zeros("o", dv, rows).join("\n  ")}
+    for (var kb = 0u; kb < Nk; kb += ${block}u) {
+      workgroupBarrier(); // everyone is done with the previous block
+      ${stage("Ks", K, "k_base", "kb", "Nk", block, threads)}
+      ${stage("Vs", V, "v_base", "kb", "Nk", block, threads)}
+      workgroupBarrier();
+      ${dots("s", "q", "Ks", d, rows, block).join("\n    ")}
+      ${liveFlags("kb", "Nk", block).join("\n    ")}
+      ${softmax.join("\n    ")}
+      ${accumulate("o", "p", "Vs", dv, rows, block).join("\n    ")}
+    }
+    ${storeRows("o", O, `bh * Nq * ${dv}u`, "Nq", rows, threads, (r) => `(1.0 / l${r})`).join("\n  ")}
+    ${lse.join("\n  ")}
   }
-  ${storeRows("o", O, `bh * Nq * ${dv}u`, "Nq", rows, threads, (r) => `(1.0 / l${r})`).join("\n  ")}
-  ${lse.join("\n  ")}
-}
-`;
-  return {
-    key: kernelKey("forward", dims, tiling),
-    code,
-    bindings: ["read", "read", "read", "write", "write"],
-  };
-}
+  `;
+    return {
+      code,
+      bindings: ["read", "read", "read", "write", "write"],
+    };
+  },
+);
 
 /**
  * Backward, query side: dQ = scale · Σ_j dS_ij k_j with dS = P ⊙ (dO·vᵀ − D) and P = exp(S − L).
  * Bindings: q, k, v, dO, lse `[BH, Nq]`, D `[BH, Nq]` (read), dq `[BH, Nq, d]` (write, contiguous from 0).
  * Row blocks per head = ⌈Nq / (threads · rows)⌉.
  */
-export function attentionBackwardQueryKernel(dims: AttentionDims, tiling: AttentionTiling): Kernel {
-  checkConfig("attentionBackwardQueryKernel", dims, tiling);
-  const { d, dv } = dims;
-  const { threads, rows, block } = tiling;
-  const [Q, K, V, G, DQ] = [
-    new Matrix("Q", d),
-    new Matrix("K", d),
-    new Matrix("V", dv),
-    new Matrix("G", dv),
-    new Matrix("DQ", d),
-  ];
-  const R = range(rows);
-  const J = range(block);
-  const ds = R.flatMap((r) =>
-    J.map((j) =>
-      `let ds${r}_${j} = select(0.0, exp(s${r}_${j}s - lse${r}), live${j}) * (dp${r}_${j}s - dsum${r});`
-    )
-  );
-  const code = /* wgsl */ `${HEADER}
-${Q.decl(1, "read")}
-${K.decl(2, "read")}
-${V.decl(3, "read")}
-${G.decl(4, "read")}
-@group(0) @binding(5) var<storage, read> LSE: array<f32>;
-@group(0) @binding(6) var<storage, read> DSUM: array<f32>;
-${DQ.decl(7, "read_write")}
-var<workgroup> Ks: array<vec4<f32>, ${block * vecs(d)}>;
-var<workgroup> Vs: array<vec4<f32>, ${block * vecs(dv)}>;
-@compute @workgroup_size(${threads})
-${ENTRY} {${prologue(threads, rows)}
-  let k_base = pu(5u) + bh * Nk * ${d}u;
-  let v_base = pu(6u) + bh * Nk * ${dv}u;
-  ${loadRows("q", Q, `pu(4u) + bh * Nq * ${d}u`, "Nq", rows, threads, " * scale").join("\n  ")}
-  ${loadRows("g", G, `pu(7u) + bh * Nq * ${dv}u`, "Nq", rows, threads).join("\n  ")}
-  ${R.map((r) => `let row_at${r} = bh * Nq + min(${ownedRow(r, threads)}, Nq - 1u);`).join("\n  ")}
-  ${R.map((r) => `let lse${r} = LSE[row_at${r}]; let dsum${r} = DSUM[row_at${r}];`).join("\n  ")}
-  ${zeros("dq", d, rows).join("\n  ")}
-  for (var kb = 0u; kb < Nk; kb += ${block}u) {
-    workgroupBarrier();
-    ${stage("Ks", K, "k_base", "kb", "Nk", block, threads)}
-    ${stage("Vs", V, "v_base", "kb", "Nk", block, threads)}
-    workgroupBarrier();
-    ${dots("s", "q", "Ks", d, rows, block).join("\n    ")}
-    ${dots("dp", "g", "Vs", dv, rows, block).join("\n    ")}
-    ${liveFlags("kb", "Nk", block).join("\n    ")}
-    ${ds.join("\n    ")}
-    ${accumulate("dq", "ds", "Ks", d, rows, block).join("\n    ")}
+export const attentionBackwardQueryKernel: (dims: AttentionDims, tiling: AttentionTiling) => Kernel =
+  defineKernel(
+    "attention:dq",
+    (dims: AttentionDims, tiling: AttentionTiling): KernelSource => {
+      checkConfig("attentionBackwardQueryKernel", dims, tiling);
+      const { d, dv } = dims;
+      const { threads, rows, block } = tiling;
+      const [Q, K, V, G, DQ] = [
+        new Matrix("Q", d),
+        new Matrix("K", d),
+        new Matrix("V", dv),
+        new Matrix("G", dv),
+        new Matrix("DQ", d),
+      ];
+      const R = range(rows);
+      const J = range(block);
+      const ds = R.flatMap((r) =>
+        J.map((j) =>
+          `let ds${r}_${j} = select(0.0, exp(s${r}_${j}s - lse${r}), live${j}) * (dp${r}_${j}s - dsum${r});`
+        )
+      );
+      const code = /* wgsl */ `${HEADER}
+  ${Q.decl(1, "read")}
+  ${K.decl(2, "read")}
+  ${V.decl(3, "read")}
+  ${G.decl(4, "read")}
+  @group(0) @binding(5) var<storage, read> LSE: array<f32>;
+  @group(0) @binding(6) var<storage, read> DSUM: array<f32>;
+  ${DQ.decl(7, "read_write")}
+  var<workgroup> Ks: array<vec4<f32>, ${block * vecs(d)}>;
+  var<workgroup> Vs: array<vec4<f32>, ${block * vecs(dv)}>;
+  @compute @workgroup_size(${threads})
+  ${ENTRY} {${prologue(threads, rows)}
+    let k_base = ${U.read("kOffset")} + bh * Nk * ${d}u;
+    let v_base = ${U.read("vOffset")} + bh * Nk * ${dv}u;
+    ${
+        loadRows("q", Q, `${U.read("qOffset")} + bh * Nq * ${d}u`, "Nq", rows, threads, " * scale").join(
+          "\n  ",
+        )
+      }
+    ${loadRows("g", G, `${U.read("gOffset")} + bh * Nq * ${dv}u`, "Nq", rows, threads).join("\n  ")}
+    ${R.map((r) => `let row_at${r} = bh * Nq + min(${ownedRow(r, threads)}, Nq - 1u);`).join("\n  ")}
+    ${R.map((r) => `let lse${r} = LSE[row_at${r}]; let dsum${r} = DSUM[row_at${r}];`).join("\n  ")}
+    ${zeros("dq", d, rows).join("\n  ")}
+    for (var kb = 0u; kb < Nk; kb += ${block}u) {
+      workgroupBarrier();
+      ${stage("Ks", K, "k_base", "kb", "Nk", block, threads)}
+      ${stage("Vs", V, "v_base", "kb", "Nk", block, threads)}
+      workgroupBarrier();
+      ${dots("s", "q", "Ks", d, rows, block).join("\n    ")}
+      ${dots("dp", "g", "Vs", dv, rows, block).join("\n    ")}
+      ${liveFlags("kb", "Nk", block).join("\n    ")}
+      ${ds.join("\n    ")}
+      ${accumulate("dq", "ds", "Ks", d, rows, block).join("\n    ")}
+    }
+    ${storeRows("dq", DQ, `bh * Nq * ${d}u`, "Nq", rows, threads, () => "scale").join("\n  ")}
   }
-  ${storeRows("dq", DQ, `bh * Nq * ${d}u`, "Nq", rows, threads, () => "scale").join("\n  ")}
-}
-`;
-  return {
-    key: kernelKey("dq", dims, tiling),
-    code,
-    bindings: ["read", "read", "read", "read", "read", "read", "write"],
-  };
-}
+  `;
+      return {
+        code,
+        bindings: ["read", "read", "read", "read", "read", "read", "write"],
+      };
+    },
+  );
 
 /**
  * Backward, key side: dV = Σ_i P_ij dO_i and dK = scale · Σ_i dS_ij q_i, each invocation owning key rows
  * and streaming blocks of query rows with their L and D. Bindings: q, k, v, dO, lse, D (read), dk
  * `[BH, Nk, d]`, dv `[BH, Nk, dv]` (write, contiguous from 0). Row blocks per head = ⌈Nk / (threads · rows)⌉.
  */
-export function attentionBackwardKeyKernel(dims: AttentionDims, tiling: AttentionTiling): Kernel {
-  checkConfig("attentionBackwardKeyKernel", dims, tiling);
-  const { d, dv } = dims;
-  const { threads, rows, block } = tiling;
-  const [Q, K, V, G, DK, DV] = [
-    new Matrix("Q", d),
-    new Matrix("K", d),
-    new Matrix("V", dv),
-    new Matrix("G", dv),
-    new Matrix("DK", d),
-    new Matrix("DV", dv),
-  ];
-  const R = range(rows);
-  const J = range(block);
-  const weights = [
-    // One workgroup load per staged row, shared by all owned rows.
-    ...J.map((j) => `let lse_${j} = Ls[${j}]; let dsum_${j} = Ds[${j}];`),
-    ...R.flatMap((r) => J.map((j) => `let p${r}_${j} = select(0.0, exp(s${r}_${j}s - lse_${j}), live${j});`)),
-  ];
-  const dScores = R.flatMap((r) =>
-    J.map((j) => `let ds${r}_${j} = p${r}_${j} * (dp${r}_${j}s - dsum_${j});`)
-  );
-  const code = /* wgsl */ `${HEADER}
-${Q.decl(1, "read")}
-${K.decl(2, "read")}
-${V.decl(3, "read")}
-${G.decl(4, "read")}
-@group(0) @binding(5) var<storage, read> LSE: array<f32>;
-@group(0) @binding(6) var<storage, read> DSUM: array<f32>;
-${DK.decl(7, "read_write")}
-${DV.decl(8, "read_write")}
-var<workgroup> Qs: array<vec4<f32>, ${block * vecs(d)}>;
-var<workgroup> Gs: array<vec4<f32>, ${block * vecs(dv)}>;
-var<workgroup> Ls: array<f32, ${block}>;
-var<workgroup> Ds: array<f32, ${block}>;
-@compute @workgroup_size(${threads})
-${ENTRY} {${prologue(threads, rows)}
-  let q_base = pu(4u) + bh * Nq * ${d}u;
-  let g_base = pu(7u) + bh * Nq * ${dv}u;
-  ${loadRows("k", K, `pu(5u) + bh * Nk * ${d}u`, "Nk", rows, threads).join("\n  ")}
-  ${loadRows("v", V, `pu(6u) + bh * Nk * ${dv}u`, "Nk", rows, threads).join("\n  ")}
-  ${zeros("dk", d, rows).join("\n  ")}
-  ${zeros("dv", dv, rows).join("\n  ")}
-  for (var qb = 0u; qb < Nq; qb += ${block}u) {
-    workgroupBarrier();
-    // Staged queries are pre-scaled: s = k·(scale·q), and dK = Σ dS·(scale·q) needs no final scaling.
-    ${stage("Qs", Q, "q_base", "qb", "Nq", block, threads, " * scale")}
-    ${stage("Gs", G, "g_base", "qb", "Nq", block, threads)}
-    ${stageScalars("Ls", "LSE", "bh * Nq", "qb", "Nq", block, threads)}
-    ${stageScalars("Ds", "DSUM", "bh * Nq", "qb", "Nq", block, threads)}
-    workgroupBarrier();
-    ${dots("s", "k", "Qs", d, rows, block).join("\n    ")}
-    ${liveFlags("qb", "Nq", block).join("\n    ")}
-    ${weights.join("\n    ")}
-    ${accumulate("dv", "p", "Gs", dv, rows, block).join("\n    ")}
-    ${dots("dp", "v", "Gs", dv, rows, block).join("\n    ")}
-    ${dScores.join("\n    ")}
-    ${accumulate("dk", "ds", "Qs", d, rows, block).join("\n    ")}
+export const attentionBackwardKeyKernel: (dims: AttentionDims, tiling: AttentionTiling) => Kernel =
+  defineKernel(
+    "attention:dkv",
+    (dims: AttentionDims, tiling: AttentionTiling): KernelSource => {
+      checkConfig("attentionBackwardKeyKernel", dims, tiling);
+      const { d, dv } = dims;
+      const { threads, rows, block } = tiling;
+      const [Q, K, V, G, DK, DV] = [
+        new Matrix("Q", d),
+        new Matrix("K", d),
+        new Matrix("V", dv),
+        new Matrix("G", dv),
+        new Matrix("DK", d),
+        new Matrix("DV", dv),
+      ];
+      const R = range(rows);
+      const J = range(block);
+      const weights = [
+        // One workgroup load per staged row, shared by all owned rows.
+        ...J.map((j) => `let lse_${j} = Ls[${j}]; let dsum_${j} = Ds[${j}];`),
+        ...R.flatMap((r) =>
+          J.map((j) => `let p${r}_${j} = select(0.0, exp(s${r}_${j}s - lse_${j}), live${j});`)
+        ),
+      ];
+      const dScores = R.flatMap((r) =>
+        J.map((j) => `let ds${r}_${j} = p${r}_${j} * (dp${r}_${j}s - dsum_${j});`)
+      );
+      const code = /* wgsl */ `${HEADER}
+  ${Q.decl(1, "read")}
+  ${K.decl(2, "read")}
+  ${V.decl(3, "read")}
+  ${G.decl(4, "read")}
+  @group(0) @binding(5) var<storage, read> LSE: array<f32>;
+  @group(0) @binding(6) var<storage, read> DSUM: array<f32>;
+  ${DK.decl(7, "read_write")}
+  ${DV.decl(8, "read_write")}
+  var<workgroup> Qs: array<vec4<f32>, ${block * vecs(d)}>;
+  var<workgroup> Gs: array<vec4<f32>, ${block * vecs(dv)}>;
+  var<workgroup> Ls: array<f32, ${block}>;
+  var<workgroup> Ds: array<f32, ${block}>;
+  @compute @workgroup_size(${threads})
+  ${ENTRY} {${prologue(threads, rows)}
+    let q_base = ${U.read("qOffset")} + bh * Nq * ${d}u;
+    let g_base = ${U.read("gOffset")} + bh * Nq * ${dv}u;
+    ${loadRows("k", K, `${U.read("kOffset")} + bh * Nk * ${d}u`, "Nk", rows, threads).join("\n  ")}
+    ${loadRows("v", V, `${U.read("vOffset")} + bh * Nk * ${dv}u`, "Nk", rows, threads).join("\n  ")}
+    ${zeros("dk", d, rows).join("\n  ")}
+    ${zeros("dv", dv, rows).join("\n  ")}
+    for (var qb = 0u; qb < Nq; qb += ${block}u) {
+      workgroupBarrier();
+      // Staged queries are pre-scaled: s = k·(scale·q), and dK = Σ dS·(scale·q) needs no final scaling.
+      ${stage("Qs", Q, "q_base", "qb", "Nq", block, threads, " * scale")}
+      ${stage("Gs", G, "g_base", "qb", "Nq", block, threads)}
+      ${stageScalars("Ls", "LSE", "bh * Nq", "qb", "Nq", block, threads)}
+      ${stageScalars("Ds", "DSUM", "bh * Nq", "qb", "Nq", block, threads)}
+      workgroupBarrier();
+      ${dots("s", "k", "Qs", d, rows, block).join("\n    ")}
+      ${liveFlags("qb", "Nq", block).join("\n    ")}
+      ${weights.join("\n    ")}
+      ${accumulate("dv", "p", "Gs", dv, rows, block).join("\n    ")}
+      ${dots("dp", "v", "Gs", dv, rows, block).join("\n    ")}
+      ${dScores.join("\n    ")}
+      ${accumulate("dk", "ds", "Qs", d, rows, block).join("\n    ")}
+    }
+    ${storeRows("dk", DK, `bh * Nk * ${d}u`, "Nk", rows, threads).join("\n  ")}
+    ${storeRows("dv", DV, `bh * Nk * ${dv}u`, "Nk", rows, threads).join("\n  ")}
   }
-  ${storeRows("dk", DK, `bh * Nk * ${d}u`, "Nk", rows, threads).join("\n  ")}
-  ${storeRows("dv", DV, `bh * Nk * ${dv}u`, "Nk", rows, threads).join("\n  ")}
-}
-`;
-  return {
-    key: kernelKey("dkv", dims, tiling),
-    code,
-    bindings: ["read", "read", "read", "read", "read", "read", "write", "write"],
-  };
-}
+  `;
+      return {
+        code,
+        bindings: ["read", "read", "read", "read", "read", "read", "write", "write"],
+      };
+    },
+  );
 
 /** Invocations per workgroup of {@linkcode attentionRowDotKernel}. */
 export const ROW_DOT_THREADS = 64;
 
 /**
  * D[row] = Σ_c dO[row, c] · O[row, c] over `rows` rows of `dv` values, one invocation per row (the
- * FlashAttention-2 backward preprocessing; linear cost). Parameter block: `[rows, gOff, oOff]`. Bindings:
+ * FlashAttention-2 backward preprocessing; linear cost). Parameters: {@linkcode ROW_DOT_UNIFORMS}. Bindings:
  * dO, O (read), D (write, contiguous from 0). Dispatch ⌈rows / 64⌉ workgroups (1-D, folded).
  */
-export function attentionRowDotKernel(dv: number): Kernel {
-  if (!Number.isInteger(dv) || dv < 1 || dv > MAX_HEAD_DIM) {
-    throw new Error(`attentionRowDotKernel: dv = ${dv} must be an integer in [1, ${MAX_HEAD_DIM}].`);
+export const attentionRowDotKernel: (dv: number) => Kernel = defineKernel(
+  "attention:rowdot",
+  (dv: number): KernelSource => {
+    if (!Number.isInteger(dv) || dv < 1 || dv > MAX_HEAD_DIM) {
+      throw new Error(`attentionRowDotKernel: dv = ${dv} must be an integer in [1, ${MAX_HEAD_DIM}].`);
+    }
+    const code = /* wgsl */ `
+  ${ROW_DOT_UNIFORMS.wgsl}
+  ${LINEAR_INDEX}
+  @group(0) @binding(1) var<storage, read> G: array<f32>;
+  @group(0) @binding(2) var<storage, read> O: array<f32>;
+  @group(0) @binding(3) var<storage, read_write> D: array<f32>;
+  @compute @workgroup_size(${ROW_DOT_THREADS})
+  ${ENTRY} {
+    let row = linear_workgroup(wid, nwg) * ${ROW_DOT_THREADS}u + li;
+    if (row >= ${ROW_DOT_UNIFORMS.read("rows")}) { return; }
+    let g = ${ROW_DOT_UNIFORMS.read("gOffset")} + row * ${dv}u;
+    let o = ${ROW_DOT_UNIFORMS.read("oOffset")} + row * ${dv}u;
+    var acc = 0.0;
+    for (var c = 0u; c < ${dv}u; c++) { acc = fma(G[g + c], O[o + c], acc); }
+    D[row] = acc;
   }
-  const code = /* wgsl */ `
-${paramsBlock(3)}
-${LINEAR_INDEX}
-@group(0) @binding(1) var<storage, read> G: array<f32>;
-@group(0) @binding(2) var<storage, read> O: array<f32>;
-@group(0) @binding(3) var<storage, read_write> D: array<f32>;
-@compute @workgroup_size(${ROW_DOT_THREADS})
-${ENTRY} {
-  let row = linear_workgroup(wid, nwg) * ${ROW_DOT_THREADS}u + li;
-  if (row >= pu(0u)) { return; }
-  let g = pu(1u) + row * ${dv}u;
-  let o = pu(2u) + row * ${dv}u;
-  var acc = 0.0;
-  for (var c = 0u; c < ${dv}u; c++) { acc = fma(G[g + c], O[o + c], acc); }
-  D[row] = acc;
-}
-`;
-  return { key: `attention:rowdot:dv${dv}`, code, bindings: ["read", "read", "write"] };
-}
+  `;
+    return { code, bindings: ["read", "read", "write"] };
+  },
+);

@@ -21,7 +21,9 @@
  */
 
 import type { ConvShapeKey } from "./conv.ts";
-import { type Kernel, LINEAR_INDEX, paramsBlock } from "./types.ts";
+import { type Kernel, LINEAR_INDEX } from "./types.ts";
+import { type UniformLayout, uniforms } from "./uniforms.ts";
+import { defineKernel, type KernelSource } from "./program.ts";
 
 /** Geometry of a {@linkcode convChunkKernel}. */
 export interface ConvChunkConfig {
@@ -33,41 +35,40 @@ export interface ConvChunkConfig {
   readonly channels: number;
 }
 
-/** Word indices of the chunk kernel's parameter block. */
-export const CHUNK = {
+const CHUNK_FIELDS = {
   /** Output positions per batch item (od·oh·ow, a multiple of 4), output extents h and w. */
-  positions: 0,
-  oh: 1,
-  ow: 2,
+  positions: "u32",
+  oh: "u32",
+  ow: "u32",
   /** Input channels per group, output channels per group, padded output channels of the packed weights. */
-  cinG: 3,
-  coutG: 4,
-  coP: 5,
+  cinG: "u32",
+  coutG: "u32",
+  coP: "u32",
   /** Groups; input channels of the whole tensor. */
-  groups: 6,
-  cin: 7,
+  groups: "u32",
+  cin: "u32",
   /** First input channel (within the group) of this dispatch; 1 for the first dispatch (store, not add). */
-  ci0: 8,
-  first: 9,
+  ci0: "u32",
+  first: "u32",
   /** Planes in vec4s: per input channel, per kw plane, per padded d row, per padded h row. */
-  xChan: 10,
-  xPlane: 11,
-  xRowD: 12,
-  xRowH: 13,
+  xChan: "u32",
+  xPlane: "u32",
+  xRowD: "u32",
+  xRowH: "u32",
   /** Output in vec4s: offset, batch stride, channel stride. */
-  outOff4: 14,
-  oN4: 15,
-  oC4: 16,
+  outOff4: "u32",
+  oN4: "u32",
+  oC4: "u32",
   /** Bias element offset, 1 when there is a bias. */
-  biasOff: 17,
-  hasBias: 18,
+  biasOff: "u32",
+  hasBias: "u32",
   /** A runtime f32 zero and a never-set guard word (see the kernel). */
-  zero: 19,
-  guard: 20,
+  zero: "f32",
+  guard: "u32",
 } as const;
 
-/** Size of the chunk kernel's parameter block in u32 words. */
-export const CHUNK_WORDS = 21;
+/** Uniform layout of the chunk kernel's parameters. */
+export const CHUNK: UniformLayout<typeof CHUNK_FIELDS> = uniforms("conv3d:chunk", CHUNK_FIELDS);
 
 /**
  * One input-channel chunk of a convolution: `Out[n, g·coutG + co, p] (+)= Σ_{c < channels, tap}
@@ -80,127 +81,134 @@ export const CHUNK_WORDS = 21;
  * Bindings: planes (vec4), packed weights (vec4), bias (any buffer when `hasBias` is 0), out (vec4).
  * Grid: `[ceil(positions / (4·threads)), coP / rows, n · groups]`.
  */
-export function convChunkKernel(key: ConvShapeKey, cfg: ConvChunkConfig): Kernel {
-  const { threads: W, rows: TM, channels: CC } = cfg;
-  if (W % 8 !== 0 || TM % 4 !== 0 || CC < 1) {
-    throw new Error(`convChunkKernel: bad config ${JSON.stringify(cfg)}`);
-  }
-  const [KD, KH, KW] = key.kernel;
-  const [SD, SH] = key.stride;
-  const [DD, DH] = key.dilation;
-  const taps = KD * KH * KW;
-  const depth = CC * taps; // k-values per dispatch
-  const quads = TM / 4; // vec4s of weights per k
-  const staged = depth * quads;
-  const L: string[] = [];
-  L.push(`let P = pu(${CHUNK.positions}u); let OH = pu(${CHUNK.oh}u); let OW = pu(${CHUNK.ow}u);`);
-  L.push(
-    `let cinG = pu(${CHUNK.cinG}u); let coutG = pu(${CHUNK.coutG}u); let coP4 = pu(${CHUNK.coP}u) / 4u;`,
-  );
-  L.push(`let ci0 = pu(${CHUNK.ci0}u); let first = pu(${CHUNK.first}u) != 0u;`);
-  // A runtime zero: accumulators start from a value with many uses, which keeps LLVM from scalarising the
-  // FMA chains into the per-lane store loops (see matmul.ts).
-  L.push(`let zero = vec4<f32>(pf(${CHUNK.zero}u));`);
-  L.push(`let g = wid.z % pu(${CHUNK.groups}u); let n = wid.z / pu(${CHUNK.groups}u);`);
-  L.push(`let row0 = wid.y * ${TM}u;`);
-  // Stage the chunk's weights as [k][co/4] vec4s: element e = j·W + li is k = e / quads, quad e % quads.
-  L.push(`let w_base = (g * cinG + ci0) * ${taps}u * coP4 + row0 / 4u;`);
-  for (let j = 0; j * W < staged; j++) {
-    const e = `${j * W}u + li`;
-    const bound = (j + 1) * W > staged ? `if (${e} < ${staged}u) ` : "";
+export const convChunkKernel: (key: ConvShapeKey, cfg: ConvChunkConfig) => Kernel = defineKernel(
+  "conv3d:chunk",
+  (key: ConvShapeKey, cfg: ConvChunkConfig): KernelSource => {
+    const { threads: W, rows: TM, channels: CC } = cfg;
+    if (W % 8 !== 0 || TM % 4 !== 0 || CC < 1) {
+      throw new Error(`convChunkKernel: bad config ${JSON.stringify(cfg)}`);
+    }
+    const [KD, KH, KW] = key.kernel;
+    const [SD, SH] = key.stride;
+    const [DD, DH] = key.dilation;
+    const taps = KD * KH * KW;
+    const depth = CC * taps; // k-values per dispatch
+    const quads = TM / 4; // vec4s of weights per k
+    const staged = depth * quads;
+    const L: string[] = [];
+    L.push(`let P = ${CHUNK.read("positions")}; let OH = ${CHUNK.read("oh")}; let OW = ${CHUNK.read("ow")};`);
     L.push(
-      `${bound}{ let e = ${e}; let k = e / ${quads}u; let ok = ci0 + k / ${taps}u < cinG;` +
-        ` Ws[e] = select(zero, Wp[select(0u, w_base + k * coP4 + e % ${quads}u, ok)], vec4<bool>(ok)); }`,
+      `let cinG = ${CHUNK.read("cinG")}; let coutG = ${CHUNK.read("coutG")}; let coP4 = ${
+        CHUNK.read("coP")
+      } / 4u;`,
     );
-  }
-  L.push(`workgroupBarrier();`);
-  // This thread's 4 output positions and, for every k of the chunk, their 4 input values (one vec4).
-  L.push(`let col = (wid.x * ${W}u + li) * 4u; let valid = col < P;`);
-  L.push(`let od = col / (OH * OW); let oh = (col / OW) % OH; let ow4 = (col % OW) / 4u;`);
-  L.push(`let xChan = pu(${CHUNK.xChan}u); let xPlane = pu(${CHUNK.xPlane}u);`);
-  L.push(`let xRowD = pu(${CHUNK.xRowD}u); let xRowH = pu(${CHUNK.xRowH}u);`);
-  L.push(
-    `let xb = (n * pu(${CHUNK.cin}u) + g * cinG + ci0) * xChan + od * ${SD}u * xRowD + oh * ${SH}u * xRowH + ow4;`,
-  );
-  for (let c = 0; c < CC; c++) {
-    L.push(`let ok${c} = valid && ci0 + ${c}u < cinG;`);
-    for (let kd = 0; kd < KD; kd++) {
-      for (let kh = 0; kh < KH; kh++) {
-        for (let kw = 0; kw < KW; kw++) {
-          const k = (c * KD + kd) * KH * KW + kh * KW + kw;
-          const at = `xb + ${c}u * xChan + ${kw}u * xPlane + ${kd * DD}u * xRowD + ${kh * DH}u * xRowH`;
-          L.push(`let b${k} = select(zero, X4[select(0u, ${at}, ok${c})], vec4<bool>(ok${c}));`);
+    L.push(`let ci0 = ${CHUNK.read("ci0")}; let first = ${CHUNK.read("first")} != 0u;`);
+    // A runtime zero: accumulators start from a value with many uses, which keeps LLVM from scalarising the
+    // FMA chains into the per-lane store loops (see matmul.ts).
+    L.push(`let zero = vec4<f32>(${CHUNK.read("zero")});`);
+    L.push(`let g = wid.z % ${CHUNK.read("groups")}; let n = wid.z / ${CHUNK.read("groups")};`);
+    L.push(`let row0 = wid.y * ${TM}u;`);
+    // Stage the chunk's weights as [k][co/4] vec4s: element e = j·W + li is k = e / quads, quad e % quads.
+    L.push(`let w_base = (g * cinG + ci0) * ${taps}u * coP4 + row0 / 4u;`);
+    for (let j = 0; j * W < staged; j++) {
+      const e = `${j * W}u + li`;
+      const bound = (j + 1) * W > staged ? `if (${e} < ${staged}u) ` : "";
+      L.push(
+        `${bound}{ let e = ${e}; let k = e / ${quads}u; let ok = ci0 + k / ${taps}u < cinG;` +
+          ` Ws[e] = select(zero, Wp[select(0u, w_base + k * coP4 + e % ${quads}u, ok)], vec4<bool>(ok)); }`,
+      );
+    }
+    L.push(`workgroupBarrier();`);
+    // This thread's 4 output positions and, for every k of the chunk, their 4 input values (one vec4).
+    L.push(`let col = (wid.x * ${W}u + li) * 4u; let valid = col < P;`);
+    L.push(`let od = col / (OH * OW); let oh = (col / OW) % OH; let ow4 = (col % OW) / 4u;`);
+    L.push(`let xChan = ${CHUNK.read("xChan")}; let xPlane = ${CHUNK.read("xPlane")};`);
+    L.push(`let xRowD = ${CHUNK.read("xRowD")}; let xRowH = ${CHUNK.read("xRowH")};`);
+    L.push(
+      `let xb = (n * ${
+        CHUNK.read("cin")
+      } + g * cinG + ci0) * xChan + od * ${SD}u * xRowD + oh * ${SH}u * xRowH + ow4;`,
+    );
+    for (let c = 0; c < CC; c++) {
+      L.push(`let ok${c} = valid && ci0 + ${c}u < cinG;`);
+      for (let kd = 0; kd < KD; kd++) {
+        for (let kh = 0; kh < KH; kh++) {
+          for (let kw = 0; kw < KW; kw++) {
+            const k = (c * KD + kd) * KH * KW + kh * KW + kw;
+            const at = `xb + ${c}u * xChan + ${kw}u * xPlane + ${kd * DD}u * xRowD + ${kh * DH}u * xRowH`;
+            L.push(`let b${k} = select(zero, X4[select(0u, ${at}, ok${c})], vec4<bool>(ok${c}));`);
+          }
         }
       }
     }
-  }
-  L.push(`var guard = zero;`);
-  L.push(`let out_n = pu(${CHUNK.outOff4}u) + n * pu(${CHUNK.oN4}u) + col / 4u;`);
-  L.push(`let oC4 = pu(${CHUNK.oC4}u); let has_bias = pu(${CHUNK.hasBias}u) != 0u;`);
-  // Four output channels at a time, interleaved so that four independent FMA chains are in flight.
-  for (let m0 = 0; m0 < TM; m0 += 4) {
-    for (let m = m0; m < m0 + 4; m++) L.push(`var c${m} = zero;`);
-    for (let k = 0; k < depth; k++) {
+    L.push(`var guard = zero;`);
+    L.push(`let out_n = ${CHUNK.read("outOff4")} + n * ${CHUNK.read("oN4")} + col / 4u;`);
+    L.push(`let oC4 = ${CHUNK.read("oC4")}; let has_bias = ${CHUNK.read("hasBias")} != 0u;`);
+    // Four output channels at a time, interleaved so that four independent FMA chains are in flight.
+    for (let m0 = 0; m0 < TM; m0 += 4) {
+      for (let m = m0; m < m0 + 4; m++) L.push(`var c${m} = zero;`);
+      for (let k = 0; k < depth; k++) {
+        for (let m = m0; m < m0 + 4; m++) {
+          L.push(`c${m} = fma(vec4<f32>(Ws[${k * quads + (m >> 2)}u][${m & 3}]), b${k}, c${m});`);
+        }
+      }
       for (let m = m0; m < m0 + 4; m++) {
-        L.push(`c${m} = fma(vec4<f32>(Ws[${k * quads + (m >> 2)}u][${m & 3}]), b${k}, c${m});`);
+        L.push(
+          `if (valid && row0 + ${m}u < coutG) { let co = g * coutG + row0 + ${m}u; let i = out_n + co * oC4;` +
+            ` var prev = zero; if (first) { if (has_bias) { prev = vec4<f32>(Bias[${
+              CHUNK.read("biasOff")
+            } + co]); } }` +
+            ` else { prev = Out4[i]; } Out4[i] = prev + c${m}; }`,
+          `guard = guard + c${m};`,
+        );
       }
     }
-    for (let m = m0; m < m0 + 4; m++) {
-      L.push(
-        `if (valid && row0 + ${m}u < coutG) { let co = g * coutG + row0 + ${m}u; let i = out_n + co * oC4;` +
-          ` var prev = zero; if (first) { if (has_bias) { prev = vec4<f32>(Bias[pu(${CHUNK.biasOff}u) + co]); } }` +
-          ` else { prev = Out4[i]; } Out4[i] = prev + c${m}; }`,
-        `guard = guard + c${m};`,
-      );
-    }
+    // Never true (the engine passes 0); gives every accumulator a second use, see `zero` above.
+    L.push(`if (${CHUNK.read("guard")} == 1u) { Out4[li] = guard; }`);
+    const code = /* wgsl */ `
+  ${CHUNK.wgsl}
+  @group(0) @binding(1) var<storage, read> X4: array<vec4<f32>>;
+  @group(0) @binding(2) var<storage, read> Wp: array<vec4<f32>>;
+  @group(0) @binding(3) var<storage, read> Bias: array<f32>;
+  @group(0) @binding(4) var<storage, read_write> Out4: array<vec4<f32>>;
+  var<workgroup> Ws: array<vec4<f32>, ${staged}>;
+  @compute @workgroup_size(${W})
+  fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    ${L.join("\n  ")}
   }
-  // Never true (the engine passes 0); gives every accumulator a second use, see `zero` above.
-  L.push(`if (pu(${CHUNK.guard}u) == 1u) { Out4[li] = guard; }`);
-  const code = /* wgsl */ `
-${paramsBlock(CHUNK_WORDS)}
-@group(0) @binding(1) var<storage, read> X4: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> Wp: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> Bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> Out4: array<vec4<f32>>;
-var<workgroup> Ws: array<vec4<f32>, ${staged}>;
-@compute @workgroup_size(${W})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  ${L.join("\n  ")}
-}
-`;
-  return {
-    key: `conv3d:chunk:k${key.kernel}:s${key.stride}:d${key.dilation}:${W}x${TM}x${CC}`,
-    code,
-    bindings: ["read", "read", "read", "write"],
-  };
-}
+  `;
+    return {
+      code,
+      bindings: ["read", "read", "read", "write"],
+    };
+  },
+);
 
-/** Word indices of the planes kernel's parameter block. */
-export const PLANES = {
+const PLANES_FIELDS = {
   /** Plane rows to write (rows × kw × pd × ph). */
-  count: 0,
+  count: "u32",
   /** Planes per channel (kernel w extent), padded d and h extents, vec4s per plane row. */
-  kw: 1,
-  pd: 2,
-  ph: 3,
-  row4: 4,
+  kw: "u32",
+  pd: "u32",
+  ph: "u32",
+  row4: "u32",
   /** Source extents. */
-  d: 5,
-  h: 6,
-  w: 7,
+  d: "u32",
+  h: "u32",
+  w: "u32",
   /** Source coordinate of padded index 0 along d, h, w (i32; negative = zero padding). */
-  d0: 8,
-  h0: 9,
-  w0: 10,
+  d0: "i32",
+  h0: "i32",
+  w0: "i32",
   /** Stride and dilation along w; valid elements per plane row; source element offset. */
-  sw: 11,
-  dw: 12,
-  ow: 13,
-  xOff: 14,
+  sw: "u32",
+  dw: "u32",
+  ow: "u32",
+  xOff: "u32",
 } as const;
 
-/** Size of the planes kernel's parameter block in u32 words. */
-export const PLANES_WORDS = 15;
+/** Uniform layout of the planes kernel's parameters. */
+export const PLANES: UniformLayout<typeof PLANES_FIELDS> = uniforms("conv3d:planes", PLANES_FIELDS);
 
 /** Threads per workgroup of the planes kernel. */
 export const PLANES_WG = 64;
@@ -212,44 +220,48 @@ export const PLANES_WG = 64;
  * (1-D grid, folded): the index arithmetic, integer divisions that a CPU adapter runs lane by lane, is done
  * once per row instead of once per vec4 (6× faster at 32 channels × 32³, 10× at 16 × 64³, same output).
  */
-export function convPlanesKernel(): Kernel {
-  const code = /* wgsl */ `
-${paramsBlock(PLANES_WORDS)}
-${LINEAR_INDEX}
-@group(0) @binding(1) var<storage, read> X: array<f32>;
-@group(0) @binding(2) var<storage, read_write> Xq: array<vec4<f32>>;
-fn ip(i: u32) -> i32 { return bitcast<i32>(pu(i)); }
-@compute @workgroup_size(${PLANES_WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
-  let t = linear_workgroup(wid, nwg) * ${PLANES_WG}u + li;
-  if (t >= pu(${PLANES.count}u)) { return; }
-  let R4 = pu(${PLANES.row4}u); let PH = pu(${PLANES.ph}u); let PD = pu(${PLANES.pd}u);
-  let KW = pu(${PLANES.kw}u);
-  let y = i32(t % PH) + ip(${PLANES.h0}u);
-  let z = i32((t / PH) % PD) + ip(${PLANES.d0}u);
-  let j = (t / (PH * PD)) % KW;
-  let row = t / (PH * PD * KW);
-  let D = i32(pu(${PLANES.d}u)); let H = i32(pu(${PLANES.h}u)); let W = i32(pu(${PLANES.w}u));
-  let OW = pu(${PLANES.ow}u); let SW = pu(${PLANES.sw}u);
-  let inside = z >= 0 && z < D && y >= 0 && y < H;
-  let src = pu(${PLANES.xOff}u) + select(0u, ((row * u32(D) + u32(z)) * u32(H) + u32(y)) * u32(W), inside);
-  let x0 = i32(j * pu(${PLANES.dw}u)) + ip(${PLANES.w0}u);
-  for (var v = 0u; v < R4; v++) {
-    var out = vec4<f32>(0.0);
-    if (inside) {
-      for (var e = 0u; e < 4u; e++) {
-        let i = v * 4u + e;
-        let x = i32(i * SW) + x0;
-        if (i < OW && x >= 0 && x < W) { out[e] = X[src + u32(x)]; }
+export const convPlanesKernel: () => Kernel = defineKernel(
+  "conv3d:planes",
+  (): KernelSource => {
+    const code = /* wgsl */ `
+  ${PLANES.wgsl}
+  ${LINEAR_INDEX}
+  @group(0) @binding(1) var<storage, read> X: array<f32>;
+  @group(0) @binding(2) var<storage, read_write> Xq: array<vec4<f32>>;
+  @compute @workgroup_size(${PLANES_WG})
+  fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) li: u32) {
+    let t = linear_workgroup(wid, nwg) * ${PLANES_WG}u + li;
+    if (t >= ${PLANES.read("count")}) { return; }
+    let R4 = ${PLANES.read("row4")}; let PH = ${PLANES.read("ph")}; let PD = ${PLANES.read("pd")};
+    let KW = ${PLANES.read("kw")};
+    let y = i32(t % PH) + ${PLANES.read("h0")};
+    let z = i32((t / PH) % PD) + ${PLANES.read("d0")};
+    let j = (t / (PH * PD)) % KW;
+    let row = t / (PH * PD * KW);
+    let D = i32(${PLANES.read("d")}); let H = i32(${PLANES.read("h")}); let W = i32(${PLANES.read("w")});
+    let OW = ${PLANES.read("ow")}; let SW = ${PLANES.read("sw")};
+    let inside = z >= 0 && z < D && y >= 0 && y < H;
+    let src = ${
+      PLANES.read("xOff")
+    } + select(0u, ((row * u32(D) + u32(z)) * u32(H) + u32(y)) * u32(W), inside);
+    let x0 = i32(j * ${PLANES.read("dw")}) + ${PLANES.read("w0")};
+    for (var v = 0u; v < R4; v++) {
+      var out = vec4<f32>(0.0);
+      if (inside) {
+        for (var e = 0u; e < 4u; e++) {
+          let i = v * 4u + e;
+          let x = i32(i * SW) + x0;
+          if (i < OW && x >= 0 && x < W) { out[e] = X[src + u32(x)]; }
+        }
       }
+      Xq[t * R4 + v] = out;
     }
-    Xq[t * R4 + v] = out;
   }
-}
-`;
-  return { key: "conv3d:planes", code, bindings: ["read", "write"] };
-}
+  `;
+    return { code, bindings: ["read", "write"] };
+  },
+);
 
 /** Geometry of a {@linkcode convWeightGradChunkKernel}. */
 export interface ConvWeightGradChunkConfig {
@@ -261,39 +273,43 @@ export interface ConvWeightGradChunkConfig {
   readonly depth: number;
 }
 
-/** Word indices of the weight-gradient chunk kernel's parameter block (then `depth` row offsets). */
-export const WCHUNK = {
-  /** k-values (input channels × taps), output channels. */
-  K: 0,
-  cout: 1,
-  /** Planes in vec4s: batch item's offset, per input channel, per kw plane, per padded d row, per h row. */
-  xN: 2,
-  xChan: 3,
-  xPlane: 4,
-  xRowD: 5,
-  xRowH: 6,
-  /** gradOut in vec4s: offset of this batch item and chunk, channel stride. */
-  gOff4: 7,
-  gC4: 8,
-  /** Valid position groups in this chunk (≤ depth); 1 for the first dispatch (store, not add). */
-  valid: 9,
-  first: 10,
-  /** A runtime f32 zero and a never-set guard word (see `convChunkKernel`). */
-  zero: 11,
-  guard: 12,
-  /** Start of the table: the planes offset (vec4s) of each position group's (od·sd, oh·sh, ow/4) row. */
-  rows: 13,
-} as const;
+/** The fields of the weight-gradient chunk kernel's parameters for a chunk of `depth` position groups. */
+function weightGradChunkFields(depth: number) {
+  return {
+    /** k-values (input channels × taps), output channels. */
+    K: "u32",
+    cout: "u32",
+    /** Planes in vec4s: batch item's offset, per input channel, per kw plane, per padded d row, per h row. */
+    xN: "u32",
+    xChan: "u32",
+    xPlane: "u32",
+    xRowD: "u32",
+    xRowH: "u32",
+    /** gradOut in vec4s: offset of this batch item and chunk, channel stride. */
+    gOff4: "u32",
+    gC4: "u32",
+    /** Valid position groups in this chunk (≤ depth); 1 for the first dispatch (store, not add). */
+    valid: "u32",
+    first: "u32",
+    /** A runtime f32 zero and a never-set guard word (see `convChunkKernel`). */
+    zero: "f32",
+    guard: "u32",
+    /** The planes offset (vec4s) of each position group's (od·sd, oh·sh, ow/4) row. */
+    rows: ["u32", depth],
+  } as const;
+}
 
-/** Size of the weight-gradient chunk kernel's parameter block for a chunk of `depth` position groups. */
-export function weightGradChunkWords(depth: number): number {
-  return WCHUNK.rows + depth;
+/** Uniform layout of the weight-gradient chunk kernel's parameters for a chunk of `depth` position groups. */
+export function weightGradChunkUniforms(
+  depth: number,
+): UniformLayout<ReturnType<typeof weightGradChunkFields>> {
+  return uniforms("conv3d:wgrad-chunk", weightGradChunkFields(depth));
 }
 
 /**
  * One position chunk of a convolution's weight gradient (groups = 1): `dW[co, k] (+)= Σ_{j < valid}
  * Σ_{e < 4} gradOut[co, chunk position 4j + e] · planes[ci(k), kw(k), row_j + kd(k)·dd, + kh(k)·dh, e]` with
- * k = (ci, kd, kh, kw) and `row_j` the planes offset of position group j, passed in the parameter block
+ * k = (ci, kd, kh, kw) and `row_j` the planes offset of position group j, passed in the uniforms
  * (uniform loads at constant offsets are free on llvmpipe; computing it in the kernel would divide). The
  * chunk of gradOut ([rows][depth] vec4s) is staged in workgroup memory and read at constant addresses; each
  * thread loads one vec4 of planes per position group. The first dispatch stores, later ones add.
@@ -302,71 +318,75 @@ export function weightGradChunkWords(depth: number): number {
  * contiguous [cout][positions]), dW (f32, [cout][K]). Grid: `[ceil(K / threads), ceil(cout / rows), 1]`,
  * one dispatch per (batch item, chunk).
  */
-export function convWeightGradChunkKernel(key: ConvShapeKey, cfg: ConvWeightGradChunkConfig): Kernel {
-  const { threads: W, rows: TM, depth: D } = cfg;
-  if (W % 8 !== 0 || TM % 4 !== 0 || D < 1) {
-    throw new Error(`convWeightGradChunkKernel: bad config ${JSON.stringify(cfg)}`);
-  }
-  const [KD, KH, KW] = key.kernel;
-  const [DD, DH] = key.dilation;
-  const taps = KD * KH * KW;
-  const staged = TM * D;
-  const L: string[] = [];
-  L.push(`let K = pu(${WCHUNK.K}u); let cout = pu(${WCHUNK.cout}u); let valid = pu(${WCHUNK.valid}u);`);
-  L.push(`let first = pu(${WCHUNK.first}u) != 0u; let zero = vec4<f32>(pf(${WCHUNK.zero}u));`);
-  L.push(`let row0 = wid.y * ${TM}u; let gC4 = pu(${WCHUNK.gC4}u); let gOff4 = pu(${WCHUNK.gOff4}u);`);
-  // Stage gradOut's chunk as [co][j] vec4s: element e = i·W + li is channel e / D, position group e % D.
-  for (let i = 0; i * W < staged; i++) {
-    const e = `${i * W}u + li`;
-    const bound = (i + 1) * W > staged ? `if (${e} < ${staged}u) ` : "";
-    L.push(
-      `${bound}{ let e = ${e}; let co = row0 + e / ${D}u; let ok = co < cout && e % ${D}u < valid;` +
-        ` Gs[e] = select(zero, G4[select(0u, gOff4 + co * gC4 + e % ${D}u, ok)], vec4<bool>(ok)); }`,
-    );
-  }
-  L.push(`workgroupBarrier();`);
-  L.push(`let k = wid.x * ${W}u + li; let kvalid = k < K;`);
-  L.push(`let ci = k / ${taps}u; let tap = k % ${taps}u;`);
-  L.push(`let kd = tap / ${KH * KW}u; let kh = (tap / ${KW}u) % ${KH}u; let kw = tap % ${KW}u;`);
-  L.push(
-    `let tb = pu(${WCHUNK.xN}u) + ci * pu(${WCHUNK.xChan}u) + kw * pu(${WCHUNK.xPlane}u) + ` +
-      `kd * ${DD}u * pu(${WCHUNK.xRowD}u) + kh * ${DH}u * pu(${WCHUNK.xRowH}u);`,
-  );
-  for (let j = 0; j < D; j++) {
-    L.push(
-      `let b${j} = select(zero, X4[select(0u, tb + pu(${WCHUNK.rows + j}u), kvalid && ${j}u < valid)],` +
-        ` vec4<bool>(kvalid && ${j}u < valid));`,
-    );
-  }
-  L.push(`var guard = zero;`);
-  for (let m0 = 0; m0 < TM; m0 += 4) {
-    for (let m = m0; m < m0 + 4; m++) L.push(`var c${m} = zero;`);
-    for (let j = 0; j < D; j++) {
-      for (let m = m0; m < m0 + 4; m++) L.push(`c${m} = fma(Gs[${m * D + j}u], b${j}, c${m});`);
-    }
-    for (let m = m0; m < m0 + 4; m++) {
+export const convWeightGradChunkKernel: (key: ConvShapeKey, cfg: ConvWeightGradChunkConfig) => Kernel =
+  defineKernel(
+    "conv3d:wgrad-chunk",
+    (key: ConvShapeKey, cfg: ConvWeightGradChunkConfig): KernelSource => {
+      const { threads: W, rows: TM, depth: D } = cfg;
+      if (W % 8 !== 0 || TM % 4 !== 0 || D < 1) {
+        throw new Error(`convWeightGradChunkKernel: bad config ${JSON.stringify(cfg)}`);
+      }
+      const [KD, KH, KW] = key.kernel;
+      const [DD, DH] = key.dilation;
+      const taps = KD * KH * KW;
+      const staged = TM * D;
+      const U = weightGradChunkUniforms(D);
+      const L: string[] = [];
+      L.push(`let K = ${U.read("K")}; let cout = ${U.read("cout")}; let valid = ${U.read("valid")};`);
+      L.push(`let first = ${U.read("first")} != 0u; let zero = vec4<f32>(${U.read("zero")});`);
+      L.push(`let row0 = wid.y * ${TM}u; let gC4 = ${U.read("gC4")}; let gOff4 = ${U.read("gOff4")};`);
+      // Stage gradOut's chunk as [co][j] vec4s: element e = i·W + li is channel e / D, position group e % D.
+      for (let i = 0; i * W < staged; i++) {
+        const e = `${i * W}u + li`;
+        const bound = (i + 1) * W > staged ? `if (${e} < ${staged}u) ` : "";
+        L.push(
+          `${bound}{ let e = ${e}; let co = row0 + e / ${D}u; let ok = co < cout && e % ${D}u < valid;` +
+            ` Gs[e] = select(zero, G4[select(0u, gOff4 + co * gC4 + e % ${D}u, ok)], vec4<bool>(ok)); }`,
+        );
+      }
+      L.push(`workgroupBarrier();`);
+      L.push(`let k = wid.x * ${W}u + li; let kvalid = k < K;`);
+      L.push(`let ci = k / ${taps}u; let tap = k % ${taps}u;`);
+      L.push(`let kd = tap / ${KH * KW}u; let kh = (tap / ${KW}u) % ${KH}u; let kw = tap % ${KW}u;`);
       L.push(
-        `if (kvalid && row0 + ${m}u < cout) { let i = (row0 + ${m}u) * K + k;` +
-          ` var prev = 0.0; if (!first) { prev = dW[i]; } dW[i] = prev + dot(c${m}, vec4<f32>(1.0)); }`,
-        `guard = guard + c${m};`,
+        `let tb = ${U.read("xN")} + ci * ${U.read("xChan")} + kw * ${U.read("xPlane")} + ` +
+          `kd * ${DD}u * ${U.read("xRowD")} + kh * ${DH}u * ${U.read("xRowH")};`,
       );
-    }
+      for (let j = 0; j < D; j++) {
+        L.push(
+          `let b${j} = select(zero, X4[select(0u, tb + ${U.read("rows", j)}, kvalid && ${j}u < valid)],` +
+            ` vec4<bool>(kvalid && ${j}u < valid));`,
+        );
+      }
+      L.push(`var guard = zero;`);
+      for (let m0 = 0; m0 < TM; m0 += 4) {
+        for (let m = m0; m < m0 + 4; m++) L.push(`var c${m} = zero;`);
+        for (let j = 0; j < D; j++) {
+          for (let m = m0; m < m0 + 4; m++) L.push(`c${m} = fma(Gs[${m * D + j}u], b${j}, c${m});`);
+        }
+        for (let m = m0; m < m0 + 4; m++) {
+          L.push(
+            `if (kvalid && row0 + ${m}u < cout) { let i = (row0 + ${m}u) * K + k;` +
+              ` var prev = 0.0; if (!first) { prev = dW[i]; } dW[i] = prev + dot(c${m}, vec4<f32>(1.0)); }`,
+            `guard = guard + c${m};`,
+          );
+        }
+      }
+      L.push(`if (${U.read("guard")} == 1u) { dW[li] = guard.x; }`);
+      const code = /* wgsl */ `
+  ${U.wgsl}
+  @group(0) @binding(1) var<storage, read> X4: array<vec4<f32>>;
+  @group(0) @binding(2) var<storage, read> G4: array<vec4<f32>>;
+  @group(0) @binding(3) var<storage, read_write> dW: array<f32>;
+  var<workgroup> Gs: array<vec4<f32>, ${staged}>;
+  @compute @workgroup_size(${W})
+  fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    ${L.join("\n  ")}
   }
-  L.push(`if (pu(${WCHUNK.guard}u) == 1u) { dW[li] = guard.x; }`);
-  const code = /* wgsl */ `
-${paramsBlock(weightGradChunkWords(D))}
-@group(0) @binding(1) var<storage, read> X4: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> G4: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> dW: array<f32>;
-var<workgroup> Gs: array<vec4<f32>, ${staged}>;
-@compute @workgroup_size(${W})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  ${L.join("\n  ")}
-}
-`;
-  return {
-    key: `conv3d:wgrad-chunk:k${key.kernel}:d${key.dilation}:${W}x${TM}x${D}`,
-    code,
-    bindings: ["read", "read", "write"],
-  };
-}
+  `;
+      return {
+        code,
+        bindings: ["read", "read", "write"],
+      };
+    },
+  );

@@ -3,123 +3,19 @@
  * NumPy broadcasting and arbitrary input/output strides (views). The rank is baked in (after the engine
  * coalesces dimensions it is usually 1–3) so the index arithmetic unrolls.
  *
- * Parameter block (u32 words): `[n, outOffset, inOffset × arity, shape × rank, outStrides × rank,
- * inStrides × arity × rank, scalars (f32 bits) × 4, first]`; `first` is the element index of the dispatch's
- * first element when an op runs a large index space in pieces (expressions of `i` see the whole space's index).
+ * Parameters: see {@linkcode mapUniforms} and {@linkcode mapVec4Uniforms}.
  *
  * @module
  */
 
-import { INF, type Kernel, LINEAR_INDEX, paramsBlock, WG } from "./types.ts";
+import { INF, type Kernel, LINEAR_INDEX, WG } from "./types.ts";
+import { type UniformLayout, uniforms } from "./uniforms.ts";
+import { defineKernel, type KernelSource } from "./program.ts";
 
 /** Number of f32 scalar parameters every map kernel has (`s0`..`s3` in expressions). */
 export const MAP_SCALARS = 4;
 
 const INPUT_NAMES = ["a", "b", "c"];
-
-/** Word count of the parameter block of a map kernel. */
-export function mapParamWords(arity: number, rank: number): number {
-  return 2 + arity + rank + rank + arity * rank + MAP_SCALARS + 1;
-}
-
-/**
- * A kernel computing `out[i] = expr(a[i], b[i], c[i], s0..s3)` over a strided index space of `rank`
- * dimensions. `expr` is a WGSL f32 expression over the inputs `a`, `b`, `c` (first `arity` of them) and
- * the scalars `s0`..`s3`, and may use the element's index `i` (u32, counted over the whole index space, also
- * when it runs in pieces). `helpers` is extra WGSL (functions the expression calls).
- */
-export function mapKernel(name: string, expr: string, arity: number, rank: number, helpers = ""): Kernel {
-  const words = mapParamWords(arity, rank);
-  const shapeAt = 2 + arity;
-  const outStrideAt = shapeAt + rank;
-  const inStrideAt = outStrideAt + rank;
-  const scalarAt = inStrideAt + arity * rank;
-  const firstAt = scalarAt + MAP_SCALARS;
-  const inputs = INPUT_NAMES.slice(0, arity);
-  const bindings = inputs.map((n, k) =>
-    `@group(0) @binding(${k + 1}) var<storage, read> in_${n}: array<f32>;`
-  ).join("\n");
-  const lines: string[] = [];
-  lines.push(`let i = pu(${firstAt}u) + t;`, `var rem = t;`, `var io = pu(1u);`);
-  inputs.forEach((n, k) => lines.push(`var i${n} = pu(${2 + k}u);`));
-  for (let d = rank - 1; d >= 0; d--) {
-    if (d === 0) lines.push(`{ let c = rem;`);
-    else lines.push(`{ let s = pu(${shapeAt + d}u); let c = rem % s; rem = rem / s;`);
-    lines.push(`  io += c * pu(${outStrideAt + d}u);`);
-    inputs.forEach((n, k) => lines.push(`  i${n} += c * pu(${inStrideAt + k * rank + d}u);`));
-    lines.push(`}`);
-  }
-  inputs.forEach((n) => lines.push(`let ${n} = in_${n}[i${n}];`));
-  for (let s = 0; s < MAP_SCALARS; s++) {
-    if (expr.includes(`s${s}`)) lines.push(`let s${s} = pf(${scalarAt + s}u);`);
-  }
-  const code = /* wgsl */ `
-${paramsBlock(words)}
-${LINEAR_INDEX}
-${INF}
-${bindings}
-@group(0) @binding(${arity + 1}) var<storage, read_write> out: array<f32>;
-${helpers}
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
-  let t = linear_workgroup(wid, nwg) * ${WG}u + li;
-  if (t >= pu(0u)) { return; }
-  ${lines.join("\n  ")}
-  out[io] = ${expr};
-}
-`;
-  return {
-    key: `map:${name}:${arity}:${rank}`,
-    code,
-    bindings: [...inputs.map(() => "read" as const), "write"],
-  };
-}
-
-/** Parameter words of a {@linkcode mapVec4Kernel}: `[vec4s, outOffset4, inOffset4 × arity, scalars × 4]`. */
-export function mapVec4ParamWords(arity: number): number {
-  return 2 + arity + MAP_SCALARS;
-}
-
-/**
- * The map kernel for contiguous operands of the same shape whose offsets and length are whole vec4s: each
- * thread loads one vec4 of every input and stores one vec4 (on lavapipe a load costs a per-lane loop, and a
- * vec4 about twice an f32 for four times the data). `expr` is the same scalar expression as for
- * {@linkcode mapKernel}, evaluated per component.
- */
-export function mapVec4Kernel(name: string, expr: string, arity: number, helpers = ""): Kernel {
-  const inputs = INPUT_NAMES.slice(0, arity);
-  const scalarAt = 2 + arity;
-  const bindings = inputs.map((n, k) =>
-    `@group(0) @binding(${k + 1}) var<storage, read> in_${n}: array<vec4<f32>>;`
-  ).join("\n");
-  const component = (c: string) => expr.replace(/\b([abc])\b/g, (v) => inputs.includes(v) ? `${v}.${c}` : v);
-  const scalars = Array.from({ length: MAP_SCALARS }, (_, s) => s)
-    .filter((s) => expr.includes(`s${s}`))
-    .map((s) => `let s${s} = pf(${scalarAt + s}u);`).join("\n  ");
-  const code = /* wgsl */ `
-${paramsBlock(mapVec4ParamWords(arity))}
-${LINEAR_INDEX}
-${INF}
-${bindings}
-@group(0) @binding(${arity + 1}) var<storage, read_write> out: array<vec4<f32>>;
-${helpers}
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
-  let i = linear_workgroup(wid, nwg) * ${WG}u + li;
-  if (i >= pu(0u)) { return; }
-  ${inputs.map((n, k) => `let ${n} = in_${n}[pu(${2 + k}u) + i];`).join("\n  ")}
-  ${scalars}
-  out[pu(1u) + i] = vec4<f32>(${["x", "y", "z", "w"].map(component).join(", ")});
-}
-`;
-  return {
-    key: `map:${name}:${arity}:vec4`,
-    code,
-    bindings: [...inputs.map(() => "read" as const), "write"],
-  };
-}
 
 /** WGSL helper functions available to map expressions. */
 export const MAP_HELPERS = /* wgsl */ `
@@ -153,3 +49,137 @@ fn pow_f(x: f32, y: f32) -> f32 {
   return bitcast<f32>(nan_bits);
 }
 `;
+
+function mapFields(arity: number, rank: number) {
+  return {
+    /** Elements, output element offset, input element offsets. */
+    n: "u32",
+    outOffset: "u32",
+    inOffsets: ["u32", arity],
+    /** The (coalesced) index space and the element strides of the output and of each input in it. */
+    shape: ["u32", rank],
+    outStrides: ["u32", rank],
+    inStrides: ["u32", arity * rank],
+    /** `s0`..`s3` of the expression. */
+    scalars: ["f32", MAP_SCALARS],
+    /**
+     * Index of the dispatch's first element in the whole index space: an op over more than one binding runs
+     * in pieces, and expressions of `i` must see the whole space's index.
+     */
+    first: "u32",
+  } as const;
+}
+
+/** Uniform layout of a {@linkcode mapKernel} of `arity` inputs over `rank` dimensions. */
+export function mapUniforms(arity: number, rank: number): UniformLayout<ReturnType<typeof mapFields>> {
+  return uniforms("map", mapFields(arity, rank));
+}
+
+/**
+ * A kernel computing `out[i] = expr(a[i], b[i], c[i], s0..s3)` over a strided index space of `rank`
+ * dimensions. `expr` is a WGSL f32 expression over the inputs `a`, `b`, `c` (first `arity` of them) and
+ * the scalars `s0`..`s3`, and may use the element's index `i` (u32, counted over the whole index space, also
+ * when the op runs in pieces). The expression may call the functions of {@linkcode MAP_HELPERS}.
+ */
+export const mapKernel: (name: string, expr: string, arity: number, rank: number) => Kernel = defineKernel(
+  (name) => `map:${name}`,
+  (_name: string, expr: string, arity: number, rank: number): KernelSource => {
+    const U = mapUniforms(arity, rank);
+    const inputs = INPUT_NAMES.slice(0, arity);
+    const bindings = inputs.map((n, k) =>
+      `@group(0) @binding(${k + 1}) var<storage, read> in_${n}: array<f32>;`
+    ).join("\n");
+    const lines: string[] = [];
+    lines.push(`let i = ${U.read("first")} + t;`, `var rem = t;`, `var io = ${U.read("outOffset")};`);
+    inputs.forEach((n, k) => lines.push(`var i${n} = ${U.read("inOffsets", k)};`));
+    for (let d = rank - 1; d >= 0; d--) {
+      if (d === 0) lines.push(`{ let c = rem;`);
+      else lines.push(`{ let s = ${U.read("shape", d)}; let c = rem % s; rem = rem / s;`);
+      lines.push(`  io += c * ${U.read("outStrides", d)};`);
+      inputs.forEach((n, k) => lines.push(`  i${n} += c * ${U.read("inStrides", k * rank + d)};`));
+      lines.push(`}`);
+    }
+    inputs.forEach((n) => lines.push(`let ${n} = in_${n}[i${n}];`));
+    for (let s = 0; s < MAP_SCALARS; s++) {
+      if (expr.includes(`s${s}`)) lines.push(`let s${s} = ${U.read("scalars", s)};`);
+    }
+    const code = /* wgsl */ `
+  ${U.wgsl}
+  ${LINEAR_INDEX}
+  ${INF}
+  ${bindings}
+  @group(0) @binding(${arity + 1}) var<storage, read_write> out: array<f32>;
+  ${MAP_HELPERS}
+  @compute @workgroup_size(${WG})
+  fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) li: u32) {
+    let t = linear_workgroup(wid, nwg) * ${WG}u + li;
+    if (t >= ${U.read("n")}) { return; }
+    ${lines.join("\n  ")}
+    out[io] = ${expr};
+  }
+  `;
+    return {
+      code,
+      bindings: [...inputs.map(() => "read" as const), "write"],
+    };
+  },
+);
+
+function mapVec4Fields(arity: number) {
+  return {
+    /** vec4s, output and input offsets in vec4s, `s0`..`s3` of the expression. */
+    vec4s: "u32",
+    outOffset4: "u32",
+    inOffsets4: ["u32", arity],
+    scalars: ["f32", MAP_SCALARS],
+  } as const;
+}
+
+/** Uniform layout of a {@linkcode mapVec4Kernel} of `arity` inputs. */
+export function mapVec4Uniforms(arity: number): UniformLayout<ReturnType<typeof mapVec4Fields>> {
+  return uniforms("map", mapVec4Fields(arity));
+}
+
+/**
+ * The map kernel for contiguous operands of the same shape whose offsets and length are whole vec4s: each
+ * thread loads one vec4 of every input and stores one vec4 (on lavapipe a load costs a per-lane loop, and a
+ * vec4 about twice an f32 for four times the data). `expr` is the same scalar expression as for
+ * {@linkcode mapKernel}, evaluated per component.
+ */
+export const mapVec4Kernel: (name: string, expr: string, arity: number) => Kernel = defineKernel(
+  (name) => `map:${name}`,
+  (_name: string, expr: string, arity: number): KernelSource => {
+    const inputs = INPUT_NAMES.slice(0, arity);
+    const U = mapVec4Uniforms(arity);
+    const bindings = inputs.map((n, k) =>
+      `@group(0) @binding(${k + 1}) var<storage, read> in_${n}: array<vec4<f32>>;`
+    ).join("\n");
+    const component = (c: string) =>
+      expr.replace(/\b([abc])\b/g, (v) => inputs.includes(v) ? `${v}.${c}` : v);
+    const scalars = Array.from({ length: MAP_SCALARS }, (_, s) => s)
+      .filter((s) => expr.includes(`s${s}`))
+      .map((s) => `let s${s} = ${U.read("scalars", s)};`).join("\n  ");
+    const code = /* wgsl */ `
+  ${U.wgsl}
+  ${LINEAR_INDEX}
+  ${INF}
+  ${bindings}
+  @group(0) @binding(${arity + 1}) var<storage, read_write> out: array<vec4<f32>>;
+  ${MAP_HELPERS}
+  @compute @workgroup_size(${WG})
+  fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) li: u32) {
+    let i = linear_workgroup(wid, nwg) * ${WG}u + li;
+    if (i >= ${U.read("vec4s")}) { return; }
+    ${inputs.map((n, k) => `let ${n} = in_${n}[${U.read("inOffsets4", k)} + i];`).join("\n  ")}
+    ${scalars}
+    out[${U.read("outOffset4")} + i] = vec4<f32>(${["x", "y", "z", "w"].map(component).join(", ")});
+  }
+  `;
+    return {
+      code,
+      bindings: [...inputs.map(() => "read" as const), "write"],
+    };
+  },
+);

@@ -27,7 +27,9 @@
  * @module
  */
 
-import { type Kernel, LINEAR_INDEX, paramsBlock, WG } from "./types.ts";
+import { type Kernel, LINEAR_INDEX, WG } from "./types.ts";
+import { type UniformLayout, uniforms } from "./uniforms.ts";
+import { defineKernel, type KernelSource } from "./program.ts";
 
 /** Lanes per load of the normalisation kernels: scalar or vec4. */
 export type NormVec = 1 | 4;
@@ -60,13 +62,6 @@ export interface NormVariant {
  * short planes (layer norm), which would leave most of a workgroup idle in the 2-D grid.
  */
 export type NormGrid = "planes" | "flat";
-
-/** Cache key of a variant; `layout` adds the thread layout (not used by the reduction kernel). */
-function variantKey(v: NormVariant, layout = true): string {
-  const affine = `${v.weight ? "w" : ""}${v.bias ? "b" : ""}`;
-  const key = `${v.vec}:${v.affine}:${affine}:${v.silu ? "silu" : "id"}`;
-  return layout ? `${key}:${v.grid}:${v.fastDiv ? "fdiv" : "idiv"}` : key;
-}
 
 /** Numerators below this may use the float-reciprocal division of {@linkcode divHelper}. */
 export const FAST_DIV_LIMIT = 1 << 24;
@@ -170,6 +165,114 @@ fn seg_merge(s: Stat, li: u32, lane: u32) -> Stat {
 }`;
 }
 
+const STATS_FIELDS = {
+  /** Rows × chunks, row length and chunk length in loads, chunks per row. */
+  rows: "u32",
+  len: "u32",
+  chunks: "u32",
+  chunkLen: "u32",
+  /** Element offset of the input; eps of the variance. */
+  inOffset: "u32",
+  eps: "f32",
+} as const;
+
+/** Uniform layout of {@linkcode normStatsKernel}. */
+export const NORM_STATS_UNIFORMS: UniformLayout<typeof STATS_FIELDS> = uniforms("norm:stats", STATS_FIELDS);
+
+const STATS_COMBINE_FIELDS = {
+  /** Rows, row length, chunks per row and chunk length in floats; eps of the variance. */
+  rows: "u32",
+  len: "u32",
+  chunks: "u32",
+  chunkLen: "u32",
+  eps: "f32",
+} as const;
+
+/** Uniform layout of {@linkcode normStatsCombineKernel}. */
+export const NORM_STATS_COMBINE_UNIFORMS: UniformLayout<typeof STATS_COMBINE_FIELDS> = uniforms(
+  "norm:stats_combine",
+  STATS_COMBINE_FIELDS,
+);
+
+/**
+ * The fields the element-wise kernels share (see `locate`): loads, planes, loads per plane, planes per
+ * statistics row, channels, and the f32 reciprocals of the three divisors.
+ */
+const HEAD_FIELDS = {
+  loads: "u32",
+  planes: "u32",
+  planeLoads: "u32",
+  planesPerRow: "u32",
+  channels: "u32",
+  rcpPlaneLoads: "f32",
+  rcpPlanesPerRow: "f32",
+  rcpChannels: "f32",
+} as const;
+
+const APPLY_FIELDS = {
+  ...HEAD_FIELDS,
+  /** Element offsets of x, weight and bias. */
+  xOffset: "u32",
+  wOffset: "u32",
+  bOffset: "u32",
+} as const;
+
+/** Uniform layout of {@linkcode normApplyKernel}. */
+export const NORM_APPLY_UNIFORMS: UniformLayout<typeof APPLY_FIELDS> = uniforms("norm:apply", APPLY_FIELDS);
+
+const GRAD_REDUCE_FIELDS = {
+  /** Planes × chunks, loads per plane, chunks per plane, loads per chunk, planes per row, channels. */
+  virtualPlanes: "u32",
+  planeLoads: "u32",
+  chunks: "u32",
+  chunkLen: "u32",
+  planesPerRow: "u32",
+  channels: "u32",
+  /** Element offsets of x, the output gradient, weight and bias. */
+  xOffset: "u32",
+  gOffset: "u32",
+  wOffset: "u32",
+  bOffset: "u32",
+} as const;
+
+/** Uniform layout of {@linkcode normGradReduceKernel}. */
+export const NORM_GRAD_REDUCE_UNIFORMS: UniformLayout<typeof GRAD_REDUCE_FIELDS> = uniforms(
+  "norm:grad_reduce",
+  GRAD_REDUCE_FIELDS,
+);
+
+const GRAD_COMBINE_FIELDS = {
+  /** Rows, planes, chunks per plane, planes per row, channels, floats per row, element offset of the weight. */
+  rows: "u32",
+  planes: "u32",
+  chunks: "u32",
+  planesPerRow: "u32",
+  channels: "u32",
+  rowLen: "u32",
+  wOffset: "u32",
+} as const;
+
+/** Uniform layout of {@linkcode normGradCombineKernel}. */
+export const NORM_GRAD_COMBINE_UNIFORMS: UniformLayout<typeof GRAD_COMBINE_FIELDS> = uniforms(
+  "norm:grad_combine",
+  GRAD_COMBINE_FIELDS,
+);
+
+const GRAD_APPLY_FIELDS = {
+  ...HEAD_FIELDS,
+  /** Element offsets of x, the output gradient, weight and bias. */
+  xOffset: "u32",
+  gOffset: "u32",
+  wOffset: "u32",
+  bOffset: "u32",
+} as const;
+
+/** Uniform layout of {@linkcode normGradApplyKernel}. */
+export const NORM_GRAD_APPLY_UNIFORMS: UniformLayout<typeof GRAD_APPLY_FIELDS> = uniforms(
+  "norm:grad_apply",
+  GRAD_APPLY_FIELDS,
+);
+
 /**
  * Statistics of each chunk of each row of a contiguous `[rows, len]` input in one pass: every thread runs
  * Welford's update over its loads (vec4 loads are four interleaved streams), then the threads' summaries
@@ -178,90 +281,96 @@ fn seg_merge(s: Stat, li: u32, lane: u32) -> Stat {
  * `final` (one chunk per row) it writes `[mean, 1/√(M2/len + eps)]` per row; otherwise `[mean, M2]` per
  * chunk for {@linkcode normStatsCombineKernel}.
  *
- * Parameter block (lengths in loads of `vec` floats, `inOffset` in floats):
- * `[virtualRows, len, chunks, chunkLen, inOffset, eps (f32 bits)]`.
+ * Parameters: {@linkcode NORM_STATS_UNIFORMS} (lengths in loads of `vec` floats, `inOffset` in floats).
  */
-export function normStatsKernel(tpr: number, vec: NormVec, final: boolean): Kernel {
-  const rowsPerWg = WG / tpr;
-  const T = vecType(vec);
-  const lanes = vec === 4
-    ? "merge(merge(Stat(k, mean.x, m2.x), Stat(k, mean.y, m2.y)), merge(Stat(k, mean.z, m2.z), Stat(k, mean.w, m2.w)))"
-    : "Stat(k, mean, m2)";
-  const code = /* wgsl */ `
-${paramsBlock(6)}
-${LINEAR_INDEX}
-@group(0) @binding(1) var<storage, read> src: array<${T}>;
-@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
-${STAT}
-${segmentMerge(tpr)}
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
-  let lane = li % ${tpr}u;
-  let v = linear_workgroup(wid, nwg) * ${rowsPerWg}u + li / ${tpr}u;
-  let valid = v < pu(0u);
-  let len = pu(1u);
-  let chunks = pu(2u);
-  let start = (v % chunks) * pu(3u);
-  // Threads past the last row get an empty range and still take part in the barriers.
-  let end = select(start, min(len, start + pu(3u)), valid);
-  let base = pu(4u) / ${vec}u + (v / chunks) * len;
-  var k = 0.0;
-  var mean = ${T}(0.0);
-  var m2 = ${T}(0.0);
-  for (var j = start + lane; j < end; j = j + ${tpr}u) {
-    let x = src[base + j];
-    k = k + 1.0;
-    let d = x - mean;
-    mean = mean + d * (1.0 / k);
-    m2 = m2 + d * (x - mean);
+export const normStatsKernel: (tpr: number, vec: NormVec, final: boolean) => Kernel = defineKernel(
+  "norm:stats",
+  (tpr: number, vec: NormVec, final: boolean): KernelSource => {
+    const rowsPerWg = WG / tpr;
+    const T = vecType(vec);
+    const U = NORM_STATS_UNIFORMS;
+    const lanes = vec === 4
+      ? "merge(merge(Stat(k, mean.x, m2.x), Stat(k, mean.y, m2.y)), merge(Stat(k, mean.z, m2.z), Stat(k, mean.w, m2.w)))"
+      : "Stat(k, mean, m2)";
+    const code = /* wgsl */ `
+  ${NORM_STATS_UNIFORMS.wgsl}
+  ${LINEAR_INDEX}
+  @group(0) @binding(1) var<storage, read> src: array<${T}>;
+  @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+  ${STAT}
+  ${segmentMerge(tpr)}
+  @compute @workgroup_size(${WG})
+  fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) li: u32) {
+    let lane = li % ${tpr}u;
+    let v = linear_workgroup(wid, nwg) * ${rowsPerWg}u + li / ${tpr}u;
+    let valid = v < ${U.read("rows")};
+    let len = ${U.read("len")};
+    let chunks = ${U.read("chunks")};
+    let start = (v % chunks) * ${U.read("chunkLen")};
+    // Threads past the last row get an empty range and still take part in the barriers.
+    let end = select(start, min(len, start + ${U.read("chunkLen")}), valid);
+    let base = ${U.read("inOffset")} / ${vec}u + (v / chunks) * len;
+    var k = 0.0;
+    var mean = ${T}(0.0);
+    var m2 = ${T}(0.0);
+    for (var j = start + lane; j < end; j = j + ${tpr}u) {
+      let x = src[base + j];
+      k = k + 1.0;
+      let d = x - mean;
+      mean = mean + d * (1.0 / k);
+      m2 = m2 + d * (x - mean);
+    }
+    let s = seg_merge(${lanes}, li, lane);
+    if (valid && lane == 0u) {
+      dst[2u * v] = s.mean;
+      dst[2u * v + 1u] = ${final ? `inverseSqrt(s.m2 / s.n + ${U.read("eps")})` : "s.m2"};
+    }
   }
-  let s = seg_merge(${lanes}, li, lane);
-  if (valid && lane == 0u) {
-    dst[2u * v] = s.mean;
-    dst[2u * v + 1u] = ${final ? "inverseSqrt(s.m2 / s.n + pf(5u))" : "s.m2"};
-  }
-}
-`;
-  return {
-    key: `norm:stats:${tpr}:${vec}:${final ? "final" : "partial"}`,
-    code,
-    bindings: ["read", "write"],
-  };
-}
+  `;
+    return {
+      code,
+      bindings: ["read", "write"],
+    };
+  },
+);
 
 /**
  * Merges the per-chunk `[mean, M2]` pairs of each row with the same pairwise update and writes
  * `[mean, rstd]` per row.
  *
- * Parameter block: `[rows, len, chunks, chunkLen, eps (f32 bits)]` (lengths in floats).
+ * Parameters: {@linkcode NORM_STATS_COMBINE_UNIFORMS} (lengths in floats).
  */
-export function normStatsCombineKernel(): Kernel {
-  const code = /* wgsl */ `
-${paramsBlock(5)}
-${LINEAR_INDEX}
-@group(0) @binding(1) var<storage, read> part: array<f32>;
-@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
-${STAT}
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
-  let row = linear_workgroup(wid, nwg) * ${WG}u + li;
-  if (row >= pu(0u)) { return; }
-  let len = pu(1u);
-  let chunks = pu(2u);
-  let chunk_len = pu(3u);
-  var s = Stat(0.0, 0.0, 0.0);
-  for (var k = 0u; k < chunks; k = k + 1u) {
-    let p = 2u * (row * chunks + k);
-    s = merge(s, Stat(f32(min(len - k * chunk_len, chunk_len)), part[p], part[p + 1u]));
+export const normStatsCombineKernel: () => Kernel = defineKernel(
+  "norm:stats_combine",
+  (): KernelSource => {
+    const U = NORM_STATS_COMBINE_UNIFORMS;
+    const code = /* wgsl */ `
+  ${U.wgsl}
+  ${LINEAR_INDEX}
+  @group(0) @binding(1) var<storage, read> part: array<f32>;
+  @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+  ${STAT}
+  @compute @workgroup_size(${WG})
+  fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) li: u32) {
+    let row = linear_workgroup(wid, nwg) * ${WG}u + li;
+    if (row >= ${U.read("rows")}) { return; }
+    let len = ${U.read("len")};
+    let chunks = ${U.read("chunks")};
+    let chunk_len = ${U.read("chunkLen")};
+    var s = Stat(0.0, 0.0, 0.0);
+    for (var k = 0u; k < chunks; k = k + 1u) {
+      let p = 2u * (row * chunks + k);
+      s = merge(s, Stat(f32(min(len - k * chunk_len, chunk_len)), part[p], part[p + 1u]));
+    }
+    dst[2u * row] = s.mean;
+    dst[2u * row + 1u] = inverseSqrt(s.m2 / s.n + ${U.read("eps")});
   }
-  dst[2u * row] = s.mean;
-  dst[2u * row + 1u] = inverseSqrt(s.m2 / s.n + pf(4u));
-}
-`;
-  return { key: "norm:stats_combine", code, bindings: ["read", "write"] };
-}
+  `;
+    return { code, bindings: ["read", "write"] };
+  },
+);
 
 /** Storage declarations of the optional weight/bias bindings starting at `first`; returns the next free one. */
 function affineBindings(v: NormVariant, first: number): { decl: string; next: number } {
@@ -275,42 +384,38 @@ function affineBindings(v: NormVariant, first: number): { decl: string; next: nu
 
 /**
  * WGSL statements defining `gam` and `bet` (γ and β, 1 and 0 when absent) for the current element: indexed
- * by the channel `c` (channel affine) or by the load index `j` within the plane (element affine). The
- * weight and bias offsets (in floats) are parameter words `wAt` and `wAt + 1`.
+ * by the channel `c` (channel affine) or by the load index `j` within the plane (element affine), at the
+ * weight and bias offsets (in floats) the kernel's uniforms hold.
  */
-function affineValues(v: NormVariant, wAt: number): string {
+function affineValues(v: NormVariant, read: (name: "wOffset" | "bOffset") => string): string {
   const T = v.affine === "element" ? vecType(v.vec) : "f32";
   const at = v.affine === "element" ? "j" : "c";
   const unit = v.affine === "element" ? v.vec : 1;
   return [
-    `let gam = ${v.weight ? `weight[pu(${wAt}u) / ${unit}u + ${at}]` : `${T}(1.0)`};`,
-    `let bet = ${v.bias ? `bias[pu(${wAt + 1}u) / ${unit}u + ${at}]` : `${T}(0.0)`};`,
+    `let gam = ${v.weight ? `weight[${read("wOffset")} / ${unit}u + ${at}]` : `${T}(1.0)`};`,
+    `let bet = ${v.bias ? `bias[${read("bOffset")} / ${unit}u + ${at}]` : `${T}(0.0)`};`,
   ].join("\n  ");
 }
 
-/** Parameter words common to the element-wise kernels; their own words start at {@linkcode HEAD_WORDS}. */
-const HEAD_WORDS = 8;
-
 /**
  * WGSL locating this thread's load `i`: its `plane`, load index `j` within the plane, statistics `row` and
- * channel `c`, from the head words `[loads, planes, planeLoads, planesPerRow, C, rcp(planeLoads),
- * rcp(planesPerRow), rcp(C)]`. Returns early for threads past the end.
+ * channel `c`, from the fields of `HEAD_FIELDS`. Returns early for threads past the end.
  */
-function locate(grid: NormGrid): string {
+function locate(grid: NormGrid, read: (name: keyof typeof HEAD_FIELDS) => string): string {
   const find = grid === "planes"
     ? /* wgsl */ `
   let plane = wid.y + wid.z * nwg.y;
   let j = wid.x * ${WG}u + li;
-  if (plane >= pu(1u) || j >= pu(2u)) { return; }
-  let i = plane * pu(2u) + j;`
+  if (plane >= ${read("planes")} || j >= ${read("planeLoads")}) { return; }
+  let i = plane * ${read("planeLoads")} + j;`
     : /* wgsl */ `
   let i = linear_workgroup(wid, nwg) * ${WG}u + li;
-  if (i >= pu(0u)) { return; }
-  let plane = div_u(i, pu(2u), pf(5u));
-  let j = i - plane * pu(2u);`;
+  if (i >= ${read("loads")}) { return; }
+  let plane = div_u(i, ${read("planeLoads")}, ${read("rcpPlaneLoads")});
+  let j = i - plane * ${read("planeLoads")};`;
   return `${find}
-  let row = div_u(plane, pu(3u), pf(6u));
-  let c = plane - div_u(plane, pu(4u), pf(7u)) * pu(4u);`;
+  let row = div_u(plane, ${read("planesPerRow")}, ${read("rcpPlanesPerRow")});
+  let c = plane - div_u(plane, ${read("channels")}, ${read("rcpChannels")}) * ${read("channels")};`;
 }
 
 const SILU = /* wgsl */ `
@@ -321,57 +426,59 @@ fn sigmoid_of(z: VT) -> VT { return 1.0 / (1.0 + exp(-z)); } // exp overflow giv
  * y = ((x − mean)·rstd)·γ + β, then SiLU when baked in, one thread per load. The statistics row of a plane
  * is `plane / planesPerRow`, its channel `plane % C`.
  *
- * Parameter block: the head words of `locate` (reciprocals as f32 bits), then `[xOffset, wOffset,
- * bOffset]` in floats. Bindings: x, stats, [weight], [bias], out.
+ * Parameters: {@linkcode NORM_APPLY_UNIFORMS}. Bindings: x, stats, [weight], [bias], out.
  */
-export function normApplyKernel(v: NormVariant): Kernel {
-  const T = vecType(v.vec);
-  const { decl, next } = affineBindings(v, 3);
-  const code = /* wgsl */ `
-${paramsBlock(HEAD_WORDS + 3)}
-${LINEAR_INDEX}
-${divHelper(v.fastDiv)}
-@group(0) @binding(1) var<storage, read> x: array<${T}>;
-@group(0) @binding(2) var<storage, read> stats: array<f32>;
-${decl}
-@group(0) @binding(${next}) var<storage, read_write> out: array<${T}>;
-${SILU.replaceAll("VT", T)}
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
-${locate(v.grid)}
-  ${affineValues(v, HEAD_WORDS + 1)}
-  let xh = (x[pu(${HEAD_WORDS}u) / ${v.vec}u + i] - stats[2u * row]) * stats[2u * row + 1u];
-  let z = xh * gam + bet;
-  out[i] = ${v.silu ? "z * sigmoid_of(z)" : "z"};
-}
-`;
-  return {
-    key: `norm:apply:${variantKey(v)}`,
-    code,
-    bindings: [
-      "read",
-      "read",
-      ...(v.weight ? ["read" as const] : []),
-      ...(v.bias ? ["read" as const] : []),
-      "write",
-    ],
-  };
-}
+export const normApplyKernel: (v: NormVariant) => Kernel = defineKernel(
+  "norm:apply",
+  (v: NormVariant): KernelSource => {
+    const T = vecType(v.vec);
+    const { decl, next } = affineBindings(v, 3);
+    const U = NORM_APPLY_UNIFORMS;
+    const code = /* wgsl */ `
+  ${U.wgsl}
+  ${LINEAR_INDEX}
+  ${divHelper(v.fastDiv)}
+  @group(0) @binding(1) var<storage, read> x: array<${T}>;
+  @group(0) @binding(2) var<storage, read> stats: array<f32>;
+  ${decl}
+  @group(0) @binding(${next}) var<storage, read_write> out: array<${T}>;
+  ${SILU.replaceAll("VT", T)}
+  @compute @workgroup_size(${WG})
+  fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) li: u32) {
+  ${locate(v.grid, U.read)}
+    ${affineValues(v, U.read)}
+    let xh = (x[${U.read("xOffset")} / ${v.vec}u + i] - stats[2u * row]) * stats[2u * row + 1u];
+    let z = xh * gam + bet;
+    out[i] = ${v.silu ? "z * sigmoid_of(z)" : "z"};
+  }
+  `;
+    return {
+      code,
+      bindings: [
+        "read",
+        "read",
+        ...(v.weight ? ["read" as const] : []),
+        ...(v.bias ? ["read" as const] : []),
+        "write",
+      ],
+    };
+  },
+);
 
 /**
  * WGSL statements giving `xh` (x̂), `gp` (the gradient at the affine output, i.e. through SiLU when baked
  * in) for load `i`, with `mean`, `rstd`, `gam` and `bet` in scope.
  */
-function gradAtAffine(v: NormVariant): string {
+function gradAtAffine(v: NormVariant, read: (name: "xOffset" | "gOffset") => string): string {
   return /* wgsl */ `
-  let xh = (x[pu(${HEAD_WORDS}u) / ${v.vec}u + i] - mean) * rstd;
+  let xh = (x[${read("xOffset")} / ${v.vec}u + i] - mean) * rstd;
   ${
     v.silu
       ? `let z = xh * gam + bet;
   let sg = sigmoid_of(z);
-  let gp = g[pu(${HEAD_WORDS + 1}u) / ${v.vec}u + i] * (sg * (1.0 + z * (1.0 - sg)));`
-      : `let gp = g[pu(${HEAD_WORDS + 1}u) / ${v.vec}u + i];`
+  let gp = g[${read("gOffset")} / ${v.vec}u + i] * (sg * (1.0 + z * (1.0 - sg)));`
+      : `let gp = g[${read("gOffset")} / ${v.vec}u + i];`
   }`;
 }
 
@@ -380,193 +487,200 @@ function gradAtAffine(v: NormVariant): string {
  * output and γₑ is the element weight (element affine) or 1 (channel affine: the combine kernel applies
  * the channel's γ). `tpr` threads share a chunk.
  *
- * Parameter block (lengths in loads, offsets in floats):
- * `[virtualPlanes, planeLoads, chunks, chunkLen, planesPerRow, C, _, _, xOffset, gOffset, wOffset, bOffset]`
- * (offsets at the words of {@linkcode normGradApplyKernel}'s, so both share the gradient expression).
+ * Parameters: {@linkcode NORM_GRAD_REDUCE_UNIFORMS} (lengths in loads, offsets in floats).
  * Bindings: x, g, stats, [weight], [bias], partials.
  */
-export function normGradReduceKernel(tpr: number, v: NormVariant): Kernel {
-  const rowsPerWg = WG / tpr;
-  const T = vecType(v.vec);
-  const { decl, next } = affineBindings(v, 4);
-  const element = v.affine === "element";
-  const code = /* wgsl */ `
-${paramsBlock(HEAD_WORDS + 4)}
-${LINEAR_INDEX}
-@group(0) @binding(1) var<storage, read> x: array<${T}>;
-@group(0) @binding(2) var<storage, read> g: array<${T}>;
-@group(0) @binding(3) var<storage, read> stats: array<f32>;
-${decl}
-@group(0) @binding(${next}) var<storage, read_write> part: array<f32>;
-${SILU.replaceAll("VT", T)}
-${segmentSum(tpr)}
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
-  let lane = li % ${tpr}u;
-  let vp = linear_workgroup(wid, nwg) * ${rowsPerWg}u + li / ${tpr}u;
-  let valid = vp < pu(0u);
-  let len = pu(1u);
-  let chunks = pu(2u);
-  let plane = vp / chunks;
-  let start = (vp % chunks) * pu(3u);
-  let end = select(start, min(len, start + pu(3u)), valid);
-  let row = plane / pu(4u);
-  let c = plane % pu(5u);
-  let mean = stats[2u * row];
-  let rstd = stats[2u * row + 1u];
-  ${element ? "" : affineValues(v, HEAD_WORDS + 2)}
-  var a = ${T}(0.0);
-  var b = ${T}(0.0);
-  for (var j = start + lane; j < end; j = j + ${tpr}u) {
-    let i = plane * len + j;
-    ${element ? affineValues(v, HEAD_WORDS + 2) : ""}
-    ${gradAtAffine(v)}
-    ${element ? "a = a + gp * gam * xh;\n    b = b + gp * gam;" : "a = a + gp * xh;\n    b = b + gp;"}
+export const normGradReduceKernel: (tpr: number, v: NormVariant) => Kernel = defineKernel(
+  "norm:grad_reduce",
+  (tpr: number, v: NormVariant): KernelSource => {
+    const rowsPerWg = WG / tpr;
+    const T = vecType(v.vec);
+    const { decl, next } = affineBindings(v, 4);
+    const element = v.affine === "element";
+    const U = NORM_GRAD_REDUCE_UNIFORMS;
+    const code = /* wgsl */ `
+  ${U.wgsl}
+  ${LINEAR_INDEX}
+  @group(0) @binding(1) var<storage, read> x: array<${T}>;
+  @group(0) @binding(2) var<storage, read> g: array<${T}>;
+  @group(0) @binding(3) var<storage, read> stats: array<f32>;
+  ${decl}
+  @group(0) @binding(${next}) var<storage, read_write> part: array<f32>;
+  ${SILU.replaceAll("VT", T)}
+  ${segmentSum(tpr)}
+  @compute @workgroup_size(${WG})
+  fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) li: u32) {
+    let lane = li % ${tpr}u;
+    let vp = linear_workgroup(wid, nwg) * ${rowsPerWg}u + li / ${tpr}u;
+    let valid = vp < ${U.read("virtualPlanes")};
+    let len = ${U.read("planeLoads")};
+    let chunks = ${U.read("chunks")};
+    let plane = vp / chunks;
+    let start = (vp % chunks) * ${U.read("chunkLen")};
+    let end = select(start, min(len, start + ${U.read("chunkLen")}), valid);
+    let row = plane / ${U.read("planesPerRow")};
+    let c = plane % ${U.read("channels")};
+    let mean = stats[2u * row];
+    let rstd = stats[2u * row + 1u];
+    ${element ? "" : affineValues(v, U.read)}
+    var a = ${T}(0.0);
+    var b = ${T}(0.0);
+    for (var j = start + lane; j < end; j = j + ${tpr}u) {
+      let i = plane * len + j;
+      ${element ? affineValues(v, U.read) : ""}
+      ${gradAtAffine(v, U.read)}
+      ${element ? "a = a + gp * gam * xh;\n    b = b + gp * gam;" : "a = a + gp * xh;\n    b = b + gp;"}
+    }
+    let sa = seg_sum(${hsum(v.vec, "a")}, li, lane);
+    let sb = seg_sum(${hsum(v.vec, "b")}, li, lane);
+    if (valid && lane == 0u) {
+      part[2u * vp] = sa;
+      part[2u * vp + 1u] = sb;
+    }
   }
-  let sa = seg_sum(${hsum(v.vec, "a")}, li, lane);
-  let sb = seg_sum(${hsum(v.vec, "b")}, li, lane);
-  if (valid && lane == 0u) {
-    part[2u * vp] = sa;
-    part[2u * vp + 1u] = sb;
-  }
-}
-`;
-  return {
-    key: `norm:grad_reduce:${tpr}:${variantKey(v, false)}`,
-    code,
-    bindings: [
-      "read",
-      "read",
-      "read",
-      ...(v.weight ? ["read" as const] : []),
-      ...(v.bias ? ["read" as const] : []),
-      "write",
-    ],
-  };
-}
+  `;
+    return {
+      code,
+      bindings: [
+        "read",
+        "read",
+        "read",
+        ...(v.weight ? ["read" as const] : []),
+        ...(v.bias ? ["read" as const] : []),
+        "write",
+      ],
+    };
+  },
+);
 
 /**
  * From the partial sums of {@linkcode normGradReduceKernel}: per row, `coef = [mean(g'γ), mean(g'γx̂)]`;
  * with channel affine also the weight and bias gradients `dwb = [Σ g'x̂ per channel, Σ g' per channel]`
  * (summed over the batch). One thread per row (and per channel).
  *
- * Parameter block: `[rows, planes, chunks, planesPerRow, C, rowLen (floats), wOffset]`.
+ * Parameters: {@linkcode NORM_GRAD_COMBINE_UNIFORMS}.
  * Bindings: partials, [weight], coef, [dwb (channel affine only)].
  */
-export function normGradCombineKernel(v: Pick<NormVariant, "affine" | "weight">): Kernel {
-  const channel = v.affine === "channel";
-  const weighted = channel && v.weight;
-  let b = 2;
-  const weightDecl = weighted ? `@group(0) @binding(${b++}) var<storage, read> weight: array<f32>;` : "";
-  const coefBinding = b++;
-  const dwbDecl = channel ? `@group(0) @binding(${b++}) var<storage, read_write> dwb: array<f32>;` : "";
-  const code = /* wgsl */ `
-${paramsBlock(7)}
-${LINEAR_INDEX}
-@group(0) @binding(1) var<storage, read> part: array<f32>;
-${weightDecl}
-@group(0) @binding(${coefBinding}) var<storage, read_write> coef: array<f32>;
-${dwbDecl}
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
-  let t = linear_workgroup(wid, nwg) * ${WG}u + li;
-  let planes = pu(1u);
-  let chunks = pu(2u);
-  let ppr = pu(3u);
-  let C = pu(4u);
-  if (t < pu(0u)) {
-    var sa = 0.0;
-    var sb = 0.0;
-    for (var p = t * ppr; p < (t + 1u) * ppr; p = p + 1u) {
+export const normGradCombineKernel: (v: Pick<NormVariant, "affine" | "weight">) => Kernel = defineKernel(
+  "norm:grad_combine",
+  (v: Pick<NormVariant, "affine" | "weight">): KernelSource => {
+    const channel = v.affine === "channel";
+    const weighted = channel && v.weight;
+    let b = 2;
+    const weightDecl = weighted ? `@group(0) @binding(${b++}) var<storage, read> weight: array<f32>;` : "";
+    const coefBinding = b++;
+    const dwbDecl = channel ? `@group(0) @binding(${b++}) var<storage, read_write> dwb: array<f32>;` : "";
+    const U = NORM_GRAD_COMBINE_UNIFORMS;
+    const code = /* wgsl */ `
+  ${U.wgsl}
+  ${LINEAR_INDEX}
+  @group(0) @binding(1) var<storage, read> part: array<f32>;
+  ${weightDecl}
+  @group(0) @binding(${coefBinding}) var<storage, read_write> coef: array<f32>;
+  ${dwbDecl}
+  @compute @workgroup_size(${WG})
+  fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) li: u32) {
+    let t = linear_workgroup(wid, nwg) * ${WG}u + li;
+    let planes = ${U.read("planes")};
+    let chunks = ${U.read("chunks")};
+    let ppr = ${U.read("planesPerRow")};
+    let C = ${U.read("channels")};
+    if (t < ${U.read("rows")}) {
+      var sa = 0.0;
+      var sb = 0.0;
+      for (var p = t * ppr; p < (t + 1u) * ppr; p = p + 1u) {
+        var a = 0.0;
+        var b = 0.0;
+        for (var k = 0u; k < chunks; k = k + 1u) {
+          a = a + part[2u * (p * chunks + k)];
+          b = b + part[2u * (p * chunks + k) + 1u];
+        }
+        let gam = ${weighted ? `weight[${U.read("wOffset")} + p % C]` : "1.0"};
+        sa = sa + gam * a;
+        sb = sb + gam * b;
+      }
+      let inv_len = 1.0 / f32(${U.read("rowLen")});
+      coef[2u * t] = sb * inv_len;
+      coef[2u * t + 1u] = sa * inv_len;
+    }${
+      channel
+        ? /* wgsl */ `
+    if (t < C) {
       var a = 0.0;
       var b = 0.0;
-      for (var k = 0u; k < chunks; k = k + 1u) {
-        a = a + part[2u * (p * chunks + k)];
-        b = b + part[2u * (p * chunks + k) + 1u];
+      for (var p = t; p < planes; p = p + C) {
+        for (var k = 0u; k < chunks; k = k + 1u) {
+          a = a + part[2u * (p * chunks + k)];
+          b = b + part[2u * (p * chunks + k) + 1u];
+        }
       }
-      let gam = ${weighted ? "weight[pu(6u) + p % C]" : "1.0"};
-      sa = sa + gam * a;
-      sb = sb + gam * b;
+      dwb[t] = a;
+      dwb[C + t] = b;
+    }`
+        : ""
     }
-    let inv_len = 1.0 / f32(pu(5u));
-    coef[2u * t] = sb * inv_len;
-    coef[2u * t + 1u] = sa * inv_len;
-  }${
-    channel
-      ? /* wgsl */ `
-  if (t < C) {
-    var a = 0.0;
-    var b = 0.0;
-    for (var p = t; p < planes; p = p + C) {
-      for (var k = 0u; k < chunks; k = k + 1u) {
-        a = a + part[2u * (p * chunks + k)];
-        b = b + part[2u * (p * chunks + k) + 1u];
-      }
-    }
-    dwb[t] = a;
-    dwb[C + t] = b;
-  }`
-      : ""
   }
-}
-`;
-  return {
-    key: `norm:grad_combine:${v.affine}:${weighted ? "w" : ""}`,
-    code,
-    bindings: [
-      "read",
-      ...(weighted ? ["read" as const] : []),
-      "write",
-      ...(channel ? ["write" as const] : []),
-    ],
-  };
-}
+  `;
+    return {
+      code,
+      bindings: [
+        "read",
+        ...(weighted ? ["read" as const] : []),
+        "write",
+        ...(channel ? ["write" as const] : []),
+      ],
+    };
+  },
+);
 
 /**
  * dx = rstd·(g'γ − mean(g'γ) − x̂·mean(g'γx̂)) per element, with the row means from
  * {@linkcode normGradCombineKernel}.
  *
- * Parameter block: the head words of `locate`, then `[xOffset, gOffset, wOffset, bOffset]` in floats.
+ * Parameters: {@linkcode NORM_GRAD_APPLY_UNIFORMS}.
  * Bindings: x, g, stats, coef, [weight], [bias], dx.
  */
-export function normGradApplyKernel(v: NormVariant): Kernel {
-  const T = vecType(v.vec);
-  const { decl, next } = affineBindings(v, 5);
-  const code = /* wgsl */ `
-${paramsBlock(HEAD_WORDS + 4)}
-${LINEAR_INDEX}
-${divHelper(v.fastDiv)}
-@group(0) @binding(1) var<storage, read> x: array<${T}>;
-@group(0) @binding(2) var<storage, read> g: array<${T}>;
-@group(0) @binding(3) var<storage, read> stats: array<f32>;
-@group(0) @binding(4) var<storage, read> coef: array<f32>;
-${decl}
-@group(0) @binding(${next}) var<storage, read_write> dx: array<${T}>;
-${SILU.replaceAll("VT", T)}
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
-${locate(v.grid)}
-  let mean = stats[2u * row];
-  let rstd = stats[2u * row + 1u];
-  ${affineValues(v, HEAD_WORDS + 2)}
-  ${gradAtAffine(v)}
-  dx[i] = rstd * (gp * gam - coef[2u * row] - xh * coef[2u * row + 1u]);
-}
-`;
-  return {
-    key: `norm:grad_apply:${variantKey(v)}`,
-    code,
-    bindings: [
-      "read",
-      "read",
-      "read",
-      "read",
-      ...(v.weight ? ["read" as const] : []),
-      ...(v.bias ? ["read" as const] : []),
-      "write",
-    ],
-  };
-}
+export const normGradApplyKernel: (v: NormVariant) => Kernel = defineKernel(
+  "norm:grad_apply",
+  (v: NormVariant): KernelSource => {
+    const T = vecType(v.vec);
+    const { decl, next } = affineBindings(v, 5);
+    const U = NORM_GRAD_APPLY_UNIFORMS;
+    const code = /* wgsl */ `
+  ${U.wgsl}
+  ${LINEAR_INDEX}
+  ${divHelper(v.fastDiv)}
+  @group(0) @binding(1) var<storage, read> x: array<${T}>;
+  @group(0) @binding(2) var<storage, read> g: array<${T}>;
+  @group(0) @binding(3) var<storage, read> stats: array<f32>;
+  @group(0) @binding(4) var<storage, read> coef: array<f32>;
+  ${decl}
+  @group(0) @binding(${next}) var<storage, read_write> dx: array<${T}>;
+  ${SILU.replaceAll("VT", T)}
+  @compute @workgroup_size(${WG})
+  fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) li: u32) {
+  ${locate(v.grid, U.read)}
+    let mean = stats[2u * row];
+    let rstd = stats[2u * row + 1u];
+    ${affineValues(v, U.read)}
+    ${gradAtAffine(v, U.read)}
+    dx[i] = rstd * (gp * gam - coef[2u * row] - xh * coef[2u * row + 1u]);
+  }
+  `;
+    return {
+      code,
+      bindings: [
+        "read",
+        "read",
+        "read",
+        "read",
+        ...(v.weight ? ["read" as const] : []),
+        ...(v.bias ? ["read" as const] : []),
+        "write",
+      ],
+    };
+  },
+);

@@ -5,15 +5,31 @@
  * @module
  */
 
-import { type Kernel, LINEAR_INDEX, paramsBlock, WG } from "./types.ts";
+import { type Kernel, LINEAR_INDEX, WG } from "./types.ts";
+import { type UniformLayout, uniforms } from "./uniforms.ts";
+import { defineKernel, type KernelSource } from "./program.ts";
 
-/**
- * Word count of the AdamW parameter block: `[n, gradOffset, decay, stepSize, beta1, 1 − beta1, beta2,
- * 1 − beta2, 1/√(1 − beta2ᵗ), eps]` (f32 bits from word 2 on; the host computes the factors in float64).
- */
-export const ADAMW_PARAM_WORDS = 10;
+const ADAMW_FIELDS = {
+  /** Elements, element offset of the gradient. */
+  n: "u32",
+  gradOffset: "u32",
+  /** 1 − lr·wd, lr/(1 − β1ᵗ), β1, 1 − β1, β2, 1 − β2, 1/√(1 − β2ᵗ), eps (computed in float64 on the host). */
+  decay: "f32",
+  stepSize: "f32",
+  beta1: "f32",
+  oneMinusBeta1: "f32",
+  beta2: "f32",
+  oneMinusBeta2: "f32",
+  invSqrtBias2: "f32",
+  eps: "f32",
+} as const;
 
-/** Packs the AdamW parameter block (see {@linkcode ADAMW_PARAM_WORDS}). */
+/** Uniform layout of the AdamW kernel. */
+export const ADAMW_UNIFORMS: UniformLayout<typeof ADAMW_FIELDS> = uniforms("optim:adamw", ADAMW_FIELDS);
+
+const U = ADAMW_UNIFORMS;
+
+/** Packs the AdamW parameters (see {@linkcode ADAMW_UNIFORMS}). */
 export function adamwParams(
   n: number,
   gradOffset: number,
@@ -26,49 +42,51 @@ export function adamwParams(
     eps: number;
   },
 ): Uint32Array {
-  const params = new Uint32Array(ADAMW_PARAM_WORDS);
-  params[0] = n;
-  params[1] = gradOffset;
   const { decay, stepSize, beta1, beta2, invSqrtBias2, eps } = factors;
-  new Float32Array(params.buffer, 8).set([
+  return U.pack({
+    n,
+    gradOffset,
     decay,
     stepSize,
     beta1,
-    1 - beta1,
+    oneMinusBeta1: 1 - beta1,
     beta2,
-    1 - beta2,
+    oneMinusBeta2: 1 - beta2,
     invSqrtBias2,
     eps,
-  ]);
-  return params;
+  });
 }
 
 /**
  * AdamW (PyTorch semantics, decoupled weight decay): bindings `grad` (read, from `gradOffset`), then
  * `param`, `m`, `v` (read-write, contiguous from 0).
  */
-export function adamwKernel(): Kernel {
-  const code = /* wgsl */ `
-${paramsBlock(ADAMW_PARAM_WORDS)}
-${LINEAR_INDEX}
-@group(0) @binding(1) var<storage, read> grad: array<f32>;
-@group(0) @binding(2) var<storage, read_write> param: array<f32>;
-@group(0) @binding(3) var<storage, read_write> moment1: array<f32>;
-@group(0) @binding(4) var<storage, read_write> moment2: array<f32>;
+export const adamwKernel: () => Kernel = defineKernel(
+  "optim:adamw",
+  (): KernelSource => {
+    const code = /* wgsl */ `
+  ${U.wgsl}
+  ${LINEAR_INDEX}
+  @group(0) @binding(1) var<storage, read> grad: array<f32>;
+  @group(0) @binding(2) var<storage, read_write> param: array<f32>;
+  @group(0) @binding(3) var<storage, read_write> moment1: array<f32>;
+  @group(0) @binding(4) var<storage, read_write> moment2: array<f32>;
 
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
-  let i = linear_workgroup(wid, nwg) * ${WG}u + li;
-  if (i >= pu(0u)) { return; }
-  let g = grad[pu(1u) + i];
-  let m = pf(4u) * moment1[i] + pf(5u) * g;
-  let v = pf(6u) * moment2[i] + pf(7u) * g * g;
-  moment1[i] = m;
-  moment2[i] = v;
-  // p·(1 − lr·wd) − lr/(1 − β1ᵗ) · m / (√v / √(1 − β2ᵗ) + eps)
-  param[i] = param[i] * pf(2u) - pf(3u) * m / (sqrt(v) * pf(8u) + pf(9u));
-}
-`;
-  return { key: "optim:adamw", code, bindings: ["read", "write", "write", "write"] };
-}
+  @compute @workgroup_size(${WG})
+  fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) li: u32) {
+    let i = linear_workgroup(wid, nwg) * ${WG}u + li;
+    if (i >= ${U.read("n")}) { return; }
+    let g = grad[${U.read("gradOffset")} + i];
+    let m = ${U.read("beta1")} * moment1[i] + ${U.read("oneMinusBeta1")} * g;
+    let v = ${U.read("beta2")} * moment2[i] + ${U.read("oneMinusBeta2")} * g * g;
+    moment1[i] = m;
+    moment2[i] = v;
+    // p·(1 − lr·wd) − lr/(1 − β1ᵗ) · m / (√v / √(1 − β2ᵗ) + eps)
+    param[i] = param[i] * ${U.read("decay")} - ${U.read("stepSize")} * m /
+      (sqrt(v) * ${U.read("invSqrtBias2")} + ${U.read("eps")});
+  }
+  `;
+    return { code, bindings: ["read", "write", "write", "write"] };
+  },
+);

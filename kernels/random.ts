@@ -4,7 +4,7 @@
  * any element can be computed without touching the others and the output does not depend on the launch grid.
  *
  * Thread `t` handles elements `4t … 4t + 3` with counter `[c0 + t (64-bit carry into c1), c1, c2, c3]` and
- * key `[k0, k1]`. Parameter block (u32 words): `[n, c0, c1, c2, c3, k0, k1]`.
+ * key `[k0, k1]`. Parameters: {@linkcode RANDOM_UNIFORMS}.
  *
  * The transforms avoid the WGSL built-ins whose accuracy the spec leaves loose (`log` has an absolute error
  * bound of 2⁻²¹ near 1; `sin`/`cos` 2⁻¹¹ on [−π, π], unbounded outside): our own range reductions are exact
@@ -14,17 +14,28 @@
  * @module
  */
 
-import { type Kernel, LINEAR_INDEX, paramsBlock, WG } from "./types.ts";
+import { type Kernel, LINEAR_INDEX, WG } from "./types.ts";
+import { type UniformLayout, uniforms } from "./uniforms.ts";
+import { defineKernel, type KernelSource } from "./program.ts";
 
 /** What a random kernel writes: raw Philox words (u32), uniform [0, 1) or standard normal f32 values. */
 export type RandomDistribution = "bits" | "uniform" | "normal";
 
-/** Word count of the parameter block of a random kernel. */
-export const RANDOM_PARAM_WORDS = 7;
+const RANDOM_FIELDS = {
+  /** Values to write, the Philox counter of the first block (4 words, low first), the key (2 words). */
+  n: "u32",
+  counter: ["u32", 4],
+  key: ["u32", 2],
+} as const;
 
-/** Packs the parameter block of a random kernel: `n` values from `counter` (4 words) under `key` (2 words). */
+/** Uniform layout of the random kernels. */
+export const RANDOM_UNIFORMS: UniformLayout<typeof RANDOM_FIELDS> = uniforms("random", RANDOM_FIELDS);
+
+const U = RANDOM_UNIFORMS;
+
+/** Packs the parameters of a random kernel: `n` values from `counter` (4 words) under `key` (2 words). */
 export function randomParams(n: number, counter: readonly number[], key: readonly number[]): Uint32Array {
-  return Uint32Array.from([n, ...counter, ...key]);
+  return U.pack({ n, counter, key });
 }
 
 /** WGSL `philox4x32_10(counter, key) -> vec4<u32>`, and its 32×32 → 64-bit multiply. */
@@ -119,30 +130,36 @@ const OUTPUT: Record<RandomDistribution, { type: string; values: string }> = {
 };
 
 /** The kernel writing `n` values of `dist` from consecutive Philox blocks (one block per thread). */
-export function randomKernel(dist: RandomDistribution): Kernel {
-  const { type, values } = OUTPUT[dist];
-  const code = /* wgsl */ `
-${paramsBlock(RANDOM_PARAM_WORDS)}
-${LINEAR_INDEX}
-${PHILOX_WGSL}
-${TRANSFORMS_WGSL}
-@group(0) @binding(1) var<storage, read_write> out: array<${type}>;
+export const randomKernel: (dist: RandomDistribution) => Kernel = defineKernel(
+  (dist) => `random:${dist}`,
+  (dist: RandomDistribution): KernelSource => {
+    const { type, values } = OUTPUT[dist];
+    const code = /* wgsl */ `
+  ${U.wgsl}
+  ${LINEAR_INDEX}
+  ${PHILOX_WGSL}
+  ${TRANSFORMS_WGSL}
+  @group(0) @binding(1) var<storage, read_write> out: array<${type}>;
 
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
-  let t = linear_workgroup(wid, nwg) * ${WG}u + li;
-  let n = pu(0u);
-  if (t > (n - 1u) >> 2u) { return; } // past the last block (n ≥ 1; written so that 4t cannot overflow)
-  let lo = pu(1u) + t;
-  let hi = pu(2u) + select(0u, 1u, lo < t); // carry of the 64-bit counter
-  let x = philox4x32_10(vec4<u32>(lo, hi, pu(3u), pu(4u)), vec2<u32>(pu(5u), pu(6u)));
-  let v = ${values};
-  for (var lane = 0u; lane < 4u; lane++) {
-    let i = 4u * t + lane;
-    if (i < n) { out[i] = v[lane]; }
+  @compute @workgroup_size(${WG})
+  fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) li: u32) {
+    let t = linear_workgroup(wid, nwg) * ${WG}u + li;
+    let n = ${U.read("n")};
+    if (t > (n - 1u) >> 2u) { return; } // past the last block (n ≥ 1; written so that 4t cannot overflow)
+    let lo = ${U.read("counter", 0)} + t;
+    let hi = ${U.read("counter", 1)} + select(0u, 1u, lo < t); // carry of the 64-bit counter
+    let x = philox4x32_10(
+      vec4<u32>(lo, hi, ${U.read("counter", 2)}, ${U.read("counter", 3)}),
+      vec2<u32>(${U.read("key", 0)}, ${U.read("key", 1)}),
+    );
+    let v = ${values};
+    for (var lane = 0u; lane < 4u; lane++) {
+      let i = 4u * t + lane;
+      if (i < n) { out[i] = v[lane]; }
+    }
   }
-}
-`;
-  return { key: `random:${dist}`, code, bindings: ["write"] };
-}
+  `;
+    return { code, bindings: ["write"] };
+  },
+);

@@ -21,7 +21,9 @@
  */
 
 import { divHelper } from "./norm.ts";
-import { type Kernel, paramsBlock, WG } from "./types.ts";
+import { type Kernel, WG } from "./types.ts";
+import { type UniformLayout, uniforms } from "./uniforms.ts";
+import { defineKernel, type KernelSource } from "./program.ts";
 
 /** Interpolation kernel family: one tap per axis, or two with linear weights. */
 export type InterpolateKind = "nearest" | "linear";
@@ -69,24 +71,27 @@ function lastAxis(
     : { positions: o, comp: () => "", fn: "" };
 }
 
+/** The uniform reads every resample kernel shares (see {@linkcode interpolateUniforms}). */
+type Read = (name: "planes" | "groups" | "offset" | "rcp", index?: number) => string;
+
+/** WGSL for size `a` of an array of `nd` sizes in the uniforms. */
+type Size = (a: number) => string;
+
 /**
  * The start of every kernel: the thread's `plane` and its group `q` of `vec` positions, then coordinates
- * `<p>0..<p>(nd-1)` of the group's first position, from the sizes at words `dims` (the last divided by
- * `vec`) and the reciprocals of `dims[1..]` at words `rcp`. Parameter words 0 and 1 are the plane and
- * group counts.
+ * `<p>0..<p>(nd-1)` of the group's first position, from the sizes `dims` (the last divided by `vec`) and
+ * the reciprocals of `dims[1..]` in the uniforms' `rcp`.
  */
-function locate(nd: number, vec: ResampleVec, dims: number, rcp: number, p: string): string {
-  const size = (
-    a: number,
-  ): string => (a === nd - 1 && vec > 1 ? `(pu(${dims + a}u) / ${vec}u)` : `pu(${dims + a}u)`);
+function locate(nd: number, vec: ResampleVec, read: Read, dims: Size, p: string): string {
+  const size = (a: number): string => (a === nd - 1 && vec > 1 ? `(${dims(a)} / ${vec}u)` : dims(a));
   const lines = [
     `let plane = wid.y + wid.z * nwg.y;`,
     `let q = wid.x * ${WG}u + li;`,
-    `if (plane >= pu(0u) || q >= pu(1u)) { return; }`,
+    `if (plane >= ${read("planes")} || q >= ${read("groups")}) { return; }`,
     `var rem = q;`,
   ];
   for (let a = nd - 1; a >= 1; a--) {
-    lines.push(`let quot${a} = div_u(rem, ${size(a)}, pf(${rcp + a - 1}u));`);
+    lines.push(`let quot${a} = div_u(rem, ${size(a)}, ${read("rcp", a - 1)});`);
     lines.push(`let ${p}${a} = (rem - quot${a} * ${size(a)})${a === nd - 1 && vec > 1 ? ` * ${vec}u` : ""};`);
     lines.push(`rem = quot${a};`);
   }
@@ -94,24 +99,24 @@ function locate(nd: number, vec: ResampleVec, dims: number, rcp: number, p: stri
   return lines.join("\n  ");
 }
 
-/** WGSL for the row-major offset of `(idx(0), .., idx(nd-1))` within one plane of sizes at words `at..`. */
-function ravel(nd: number, at: number, idx: (a: number) => string): string {
+/** WGSL for the row-major offset of `(idx(0), .., idx(nd-1))` within one plane of sizes `size`. */
+function ravel(nd: number, size: Size, idx: (a: number) => string): string {
   let e = idx(0);
-  for (let a = 1; a < nd; a++) e = `(${e}) * pu(${at + a}u) + ${idx(a)}`;
+  for (let a = 1; a < nd; a++) e = `(${e}) * ${size(a)} + ${idx(a)}`;
   return e;
 }
 
 /**
  * WGSL for the offset of the row (a line along the last axis) at outer coordinates `idx(0..nd-2)` within
- * one plane of sizes at words `at..at+nd-1`.
+ * one plane of sizes `size`.
  */
-function rowOffset(nd: number, at: number, idx: (a: number) => string): string {
-  return nd === 1 ? "0u" : `(${ravel(nd - 1, at, idx)}) * pu(${at + nd - 1}u)`;
+function rowOffset(nd: number, size: Size, idx: (a: number) => string): string {
+  return nd === 1 ? "0u" : `(${ravel(nd - 1, size, idx)}) * ${size(nd - 1)}`;
 }
 
-/** WGSL product of the sizes at words `at..at+nd-1`. */
-function volume(nd: number, at: number): string {
-  return AXES.slice(0, nd).map((a) => `pu(${at + a}u)`).join(" * ");
+/** WGSL product of the `nd` sizes `size`. */
+function volume(nd: number, size: Size): string {
+  return AXES.slice(0, nd).map((a) => size(a)).join(" * ");
 }
 
 /** The output declaration and the statement storing components `v0..v(vec-1)` at group `q` of `plane`. */
@@ -119,12 +124,15 @@ function store(
   vec: ResampleVec,
   name: string,
   binding: number,
+  read: Read,
 ): { decl: string; write: (values: string[]) => string } {
   const T = vec === 4 ? "vec4<f32>" : "f32";
   return {
     decl: `@group(0) @binding(${binding}) var<storage, read_write> ${name}: array<${T}>;`,
     write: (values) =>
-      `${name}[plane * pu(1u) + q] = ${vec === 4 ? `vec4<f32>(${values.join(", ")})` : values[0]};`,
+      `${name}[plane * ${read("groups")} + q] = ${
+        vec === 4 ? `vec4<f32>(${values.join(", ")})` : values[0]
+      };`,
   };
 }
 
@@ -133,240 +141,288 @@ const ENTRY = /* wgsl */ `
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {`;
 
-/** Word count and layout of the interpolation parameter blocks (see {@linkcode interpolateKernel}). */
-export function interpolateParamLayout(
+function interpolateFields(nd: number, grad: boolean) {
+  return {
+    /** Planes and groups of `vec` positions per plane; element offset of the input (x, or g backward). */
+    planes: "u32",
+    groups: "u32",
+    offset: "u32",
+    /** Input and output sizes, ATen's float32 source-to-destination ratios. */
+    inSize: ["u32", nd],
+    outSize: ["u32", nd],
+    ratio: ["f32", nd],
+    /** f32 reciprocals of the thread-layout dims after the first (the last one divided by `vec`). */
+    rcp: ["f32", nd - 1],
+    /** Backward only: where each axis' `[lo, hi)` ranges start in the table. */
+    rangeAt: ["u32", grad ? nd : 0],
+  } as const;
+}
+
+/**
+ * Uniform layout of {@linkcode interpolateKernel} (`grad` false) and {@linkcode interpolateGradKernel}
+ * (`grad` true) over `nd` spatial axes.
+ */
+export function interpolateUniforms(
   nd: number,
-): { IN: number; OUT: number; RATIO: number; RCP: number; RANGE: number; words: number } {
-  const IN = 3;
-  const OUT = IN + nd;
-  const RATIO = OUT + nd;
-  const RCP = RATIO + nd;
-  const RANGE = RCP + nd - 1;
-  return { IN, OUT, RATIO, RCP, RANGE, words: RANGE + nd };
+  grad: boolean,
+): UniformLayout<ReturnType<typeof interpolateFields>> {
+  return uniforms(grad ? "resample:interp_grad" : "resample:interp", interpolateFields(nd, grad));
 }
 
 /**
  * Interpolation forward: each thread computes `vec` consecutive outputs along the last axis from their taps.
  *
- * Parameter block: `[planes, groups per plane, xOffset, in × nd, out × nd, ratio × nd (f32 bits),
- * rcp(out[1..]) (f32 bits; the last of out/vec)]` (the range words of the layout are unused).
- * Bindings: x, out.
+ * Parameters: {@linkcode interpolateUniforms} (`rcp` of the output dims). Bindings: x, out.
  */
-export function interpolateKernel(kind: InterpolateKind, nd: number, vec: ResampleVec): Kernel {
-  const { IN, OUT, RATIO, RCP, words } = interpolateParamLayout(nd);
-  const L = nd - 1;
-  const axes = AXES.slice(0, nd);
-  const inSize = (a: number) => `pu(${IN + a}u)`;
-  const ratio = (a: number) => `pf(${RATIO + a}u)`;
-  const last = lastAxis(vec, `o${L}`);
-  const lines: string[] = [];
-  const values: string[] = [];
-  if (kind === "nearest") {
-    for (const a of axes.slice(0, L)) {
-      lines.push(`let s${a} = nearest_src(o${a}, ${ratio(a)}, ${inSize(a)});`);
-    }
-    lines.push(`let row = base + ${rowOffset(nd, IN, (a) => `s${a}`)};`);
-    lines.push(`let s${L} = nearest_src${last.fn}(${last.positions}, ${ratio(L)}, ${inSize(L)});`);
-    for (let k = 0; k < vec; k++) values.push(`x[row + s${L}${last.comp(k)}]`);
-  } else {
-    const outSize = (a: number) => `pu(${OUT + a}u)`;
-    for (const a of axes.slice(0, L)) {
-      lines.push(`let t${a} = linear_taps(o${a}, ${ratio(a)}, ${inSize(a)}, ${outSize(a)});`);
-    }
-    lines.push(
-      `let t${L} = linear_taps${last.fn}(${last.positions}, ${ratio(L)}, ${inSize(L)}, ${outSize(L)});`,
-    );
-    // The 2^(nd-1) rows of neighbours across the outer axes (corner bit a: upper or lower neighbour along
-    // axis a) and their weights, shared by the `vec` outputs; each then blends two taps along each row.
-    const corners = 1 << L;
-    for (let corner = 0; corner < corners; corner++) {
-      const upper = (a: number): boolean => ((corner >> (L - 1 - a)) & 1) === 1;
-      const w = axes.slice(0, L).map((a) => `t${a}.${upper(a) ? "w1" : "w0"}`).join(" * ") || "1.0";
-      lines.push(`let r${corner} = base + ${rowOffset(nd, IN, (a) => `t${a}.${upper(a) ? "i1" : "i0"}`)};`);
-      lines.push(`let wr${corner} = ${w};`);
-    }
-    for (let k = 0; k < vec; k++) {
-      const tap = (field: string) => `t${L}.${field}${last.comp(k)}`;
-      const terms = Array.from(
-        { length: corners },
-        (_, c) =>
-          `wr${c} * (${tap("w0")} * x[r${c} + ${tap("i0")}] + ${tap("w1")} * x[r${c} + ${tap("i1")}])`,
-      );
-      lines.push(`let v${k} = ${terms.join("\n    + ")};`);
-      values.push(`v${k}`);
-    }
+export const interpolateKernel: (kind: InterpolateKind, nd: number, vec: ResampleVec) => Kernel =
+  defineKernel(
+    "resample:interp",
+    (kind: InterpolateKind, nd: number, vec: ResampleVec): KernelSource => {
+      const U = interpolateUniforms(nd, false);
+      const L = nd - 1;
+      const axes = AXES.slice(0, nd);
+      const inSize = (a: number) => U.read("inSize", a);
+      const outSize = (a: number) => U.read("outSize", a);
+      const ratio = (a: number) => U.read("ratio", a);
+      const last = lastAxis(vec, `o${L}`);
+      const lines: string[] = [];
+      const values: string[] = [];
+      if (kind === "nearest") {
+        for (const a of axes.slice(0, L)) {
+          lines.push(`let s${a} = nearest_src(o${a}, ${ratio(a)}, ${inSize(a)});`);
+        }
+        lines.push(`let row = base + ${rowOffset(nd, inSize, (a) => `s${a}`)};`);
+        lines.push(`let s${L} = nearest_src${last.fn}(${last.positions}, ${ratio(L)}, ${inSize(L)});`);
+        for (let k = 0; k < vec; k++) values.push(`x[row + s${L}${last.comp(k)}]`);
+      } else {
+        for (const a of axes.slice(0, L)) {
+          lines.push(`let t${a} = linear_taps(o${a}, ${ratio(a)}, ${inSize(a)}, ${outSize(a)});`);
+        }
+        lines.push(
+          `let t${L} = linear_taps${last.fn}(${last.positions}, ${ratio(L)}, ${inSize(L)}, ${outSize(L)});`,
+        );
+        // The 2^(nd-1) rows of neighbours across the outer axes (corner bit a: upper or lower neighbour along
+        // axis a) and their weights, shared by the `vec` outputs; each then blends two taps along each row.
+        const corners = 1 << L;
+        for (let corner = 0; corner < corners; corner++) {
+          const upper = (a: number): boolean => ((corner >> (L - 1 - a)) & 1) === 1;
+          const w = axes.slice(0, L).map((a) => `t${a}.${upper(a) ? "w1" : "w0"}`).join(" * ") || "1.0";
+          lines.push(
+            `let r${corner} = base + ${rowOffset(nd, inSize, (a) => `t${a}.${upper(a) ? "i1" : "i0"}`)};`,
+          );
+          lines.push(`let wr${corner} = ${w};`);
+        }
+        for (let k = 0; k < vec; k++) {
+          const tap = (field: string) => `t${L}.${field}${last.comp(k)}`;
+          const terms = Array.from(
+            { length: corners },
+            (_, c) =>
+              `wr${c} * (${tap("w0")} * x[r${c} + ${tap("i0")}] + ${tap("w1")} * x[r${c} + ${tap("i1")}])`,
+          );
+          lines.push(`let v${k} = ${terms.join("\n    + ")};`);
+          values.push(`v${k}`);
+        }
+      }
+      const out = store(vec, "out", 2, U.read);
+      const code = /* wgsl */ `
+  ${U.wgsl}
+  ${divHelper(true)}
+  ${tapFunctions(vec)}
+  @group(0) @binding(1) var<storage, read> x: array<f32>;
+  ${out.decl}
+  ${ENTRY}
+    ${locate(nd, vec, U.read, outSize, "o")}
+    let base = ${U.read("offset")} + plane * (${volume(nd, inSize)});
+    ${lines.join("\n  ")}
+    ${out.write(values)}
   }
-  const out = store(vec, "out", 2);
-  const code = /* wgsl */ `
-${paramsBlock(words)}
-${divHelper(true)}
-${tapFunctions(vec)}
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-${out.decl}
-${ENTRY}
-  ${locate(nd, vec, OUT, RCP, "o")}
-  let base = pu(2u) + plane * (${volume(nd, IN)});
-  ${lines.join("\n  ")}
-  ${out.write(values)}
-}
-`;
-  return { key: `resample:interp:${kind}:${nd}:${vec}`, code, bindings: ["read", "write"] };
-}
+  `;
+      return { code, bindings: ["read", "write"] };
+    },
+  );
 
 /**
  * Interpolation backward: each thread computes the gradient of `vec` consecutive inputs along the last
  * axis, summing the output gradient over the box of outputs whose taps may include each (ranges from the
  * table) with the forward's weights. The ranges of nearest are exact, so its weights are 1.
  *
- * Parameter block: `[planes, groups per plane, gOffset, in × nd, out × nd, ratio × nd (f32 bits),
- * rcp(in[1..]) (f32 bits; the last of in/vec), rangeAt × nd]`. The table holds `[lo, hi)` per input index
- * of each axis from word `rangeAt[a]`. Bindings: g, ranges, dx.
+ * Parameters: {@linkcode interpolateUniforms} (`rcp` of the input dims). The table holds `[lo, hi)` per
+ * input index of each axis from `rangeAt[a]`. Bindings: g, ranges, dx.
  */
-export function interpolateGradKernel(kind: InterpolateKind, nd: number, vec: ResampleVec): Kernel {
-  const { IN, OUT, RATIO, RCP, RANGE, words } = interpolateParamLayout(nd);
-  const L = nd - 1;
-  const weight = (a: number, o: string, c: string): string =>
-    kind === "nearest"
-      ? ""
-      : ` * linear_weight(${o}, ${c}, pf(${RATIO + a}u), pu(${IN + a}u), pu(${OUT + a}u))`;
-  const range = (a: number, c: string, name: string) =>
-    `let lo${name} = tab[pu(${RANGE + a}u) + 2u * (${c})]; let hi${name} = tab[pu(${
-      RANGE + a
-    }u) + 2u * (${c}) + 1u];`;
-  // Loops over the outer axes are shared by the `vec` inputs; each has its own range along the last axis.
-  const heads = AXES.slice(0, L).map((a) => range(a, `c${a}`, `${a}`));
-  const lasts = Array.from({ length: vec }, (_, k) => range(L, `c${L} + ${k}u`, `${L}_${k}`));
-  let body = Array.from({ length: vec }, (_, k) =>
-    `for (var o = lo${L}_${k}; o < hi${L}_${k}; o = o + 1u) {
-      acc${k} = acc${k} + w${L} * g[row + o]${weight(L, "o", `c${L} + ${k}u`)};
-    }`).join("\n    ");
-  body = `let row = gbase + ${rowOffset(nd, OUT, (a) => `o${a}`)};
-    ${body}`;
-  for (let a = L - 1; a >= 0; a--) {
-    body = `for (var o${a} = lo${a}; o${a} < hi${a}; o${a} = o${a} + 1u) {
-    let w${a + 1} = w${a}${weight(a, `o${a}`, `c${a}`)};
+export const interpolateGradKernel: (kind: InterpolateKind, nd: number, vec: ResampleVec) => Kernel =
+  defineKernel(
+    "resample:interp_grad",
+    (kind: InterpolateKind, nd: number, vec: ResampleVec): KernelSource => {
+      const U = interpolateUniforms(nd, true);
+      const inSize = (a: number) => U.read("inSize", a);
+      const outSize = (a: number) => U.read("outSize", a);
+      const L = nd - 1;
+      const weight = (a: number, o: string, c: string): string =>
+        kind === "nearest"
+          ? ""
+          : ` * linear_weight(${o}, ${c}, ${U.read("ratio", a)}, ${inSize(a)}, ${outSize(a)})`;
+      const range = (a: number, c: string, name: string) =>
+        `let lo${name} = tab[${U.read("rangeAt", a)} + 2u * (${c})]; let hi${name} = tab[${
+          U.read("rangeAt", a)
+        } + 2u * (${c}) + 1u];`;
+      // Loops over the outer axes are shared by the `vec` inputs; each has its own range along the last axis.
+      const heads = AXES.slice(0, L).map((a) => range(a, `c${a}`, `${a}`));
+      const lasts = Array.from({ length: vec }, (_, k) => range(L, `c${L} + ${k}u`, `${L}_${k}`));
+      let body = Array.from(
+        { length: vec },
+        (_, k) =>
+          `for (var o = lo${L}_${k}; o < hi${L}_${k}; o = o + 1u) {
+        acc${k} = acc${k} + w${L} * g[row + o]${weight(L, "o", `c${L} + ${k}u`)};
+      }`,
+      ).join("\n    ");
+      body = `let row = gbase + ${rowOffset(nd, outSize, (a) => `o${a}`)};
+      ${body}`;
+      for (let a = L - 1; a >= 0; a--) {
+        body = `for (var o${a} = lo${a}; o${a} < hi${a}; o${a} = o${a} + 1u) {
+      let w${a + 1} = w${a}${weight(a, `o${a}`, `c${a}`)};
+      ${body}
+    }`;
+      }
+      const accs = Array.from({ length: vec }, (_, k) => `var acc${k} = 0.0;`);
+      const out = store(vec, "dx", 3, U.read);
+      const code = /* wgsl */ `
+  ${U.wgsl}
+  ${divHelper(true)}
+  ${tapFunctions(1)}
+  @group(0) @binding(1) var<storage, read> g: array<f32>;
+  @group(0) @binding(2) var<storage, read> tab: array<u32>;
+  ${out.decl}
+  ${ENTRY}
+    ${locate(nd, vec, U.read, inSize, "c")}
+    ${[...heads, ...lasts].join("\n  ")}
+    let gbase = ${U.read("offset")} + plane * (${volume(nd, outSize)});
+    ${accs.join(" ")}
+    let w0 = 1.0;
     ${body}
-  }`;
+    ${out.write(Array.from({ length: vec }, (_, k) => `acc${k}`))}
   }
-  const accs = Array.from({ length: vec }, (_, k) => `var acc${k} = 0.0;`);
-  const out = store(vec, "dx", 3);
-  const code = /* wgsl */ `
-${paramsBlock(words)}
-${divHelper(true)}
-${tapFunctions(1)}
-@group(0) @binding(1) var<storage, read> g: array<f32>;
-@group(0) @binding(2) var<storage, read> tab: array<u32>;
-${out.decl}
-${ENTRY}
-  ${locate(nd, vec, IN, RCP, "c")}
-  ${[...heads, ...lasts].join("\n  ")}
-  let gbase = pu(2u) + plane * (${volume(nd, OUT)});
-  ${accs.join(" ")}
-  let w0 = 1.0;
-  ${body}
-  ${out.write(Array.from({ length: vec }, (_, k) => `acc${k}`))}
-}
-`;
-  return { key: `resample:interp_grad:${kind}:${nd}:${vec}`, code, bindings: ["read", "read", "write"] };
+  `;
+      return { code, bindings: ["read", "read", "write"] };
+    },
+  );
+
+function avgPoolFields(nd: number) {
+  return {
+    /** Planes and groups of `vec` positions per plane; element offset of the input (x, or g backward). */
+    planes: "u32",
+    groups: "u32",
+    offset: "u32",
+    /** Input and output sizes, window and stride. */
+    inSize: ["u32", nd],
+    outSize: ["u32", nd],
+    kernel: ["u32", nd],
+    stride: ["u32", nd],
+    /** f32 reciprocals of the thread-layout dims after the first (the last one divided by `vec`). */
+    rcp: ["f32", nd - 1],
+  } as const;
 }
 
-/** Word layout of the pooling parameter blocks (see {@linkcode avgPoolKernel}). */
-export function avgPoolParamLayout(
-  nd: number,
-): { IN: number; OUT: number; K: number; S: number; RCP: number; words: number } {
-  const IN = 3;
-  const OUT = IN + nd;
-  const K = OUT + nd;
-  const S = K + nd;
-  const RCP = S + nd;
-  return { IN, OUT, K, S, RCP, words: RCP + nd - 1 };
+/** Uniform layout of {@linkcode avgPoolKernel} and {@linkcode avgPoolGradKernel} over `nd` spatial axes. */
+export function avgPoolUniforms(nd: number, grad: boolean): UniformLayout<ReturnType<typeof avgPoolFields>> {
+  return uniforms(grad ? "resample:avgpool_grad" : "resample:avgpool", avgPoolFields(nd));
 }
 
 /**
  * Average pooling forward without padding: each thread averages the windows of `vec` consecutive outputs
  * along the last axis.
  *
- * Parameter block: `[planes, groups per plane, xOffset, in × nd, out × nd, kernel × nd, stride × nd,
- * rcp(out[1..]) (f32 bits; the last of out/vec)]`. Bindings: x, out.
+ * Parameters: {@linkcode avgPoolUniforms} (`rcp` of the output dims). Bindings: x, out.
  */
-export function avgPoolKernel(nd: number, vec: ResampleVec): Kernel {
-  const { IN, OUT, K, S, RCP, words } = avgPoolParamLayout(nd);
-  const L = nd - 1;
-  const start = (a: number, o: string) => `${o} * pu(${S + a}u)`;
-  let body = Array.from({ length: vec }, (_, k) =>
-    `for (var kk = 0u; kk < pu(${K + L}u); kk = kk + 1u) {
-      acc${k} = acc${k} + x[row + ${start(L, `(o${L} + ${k}u)`)} + kk];
-    }`).join("\n    ");
-  body = `let row = base + ${rowOffset(nd, IN, (a) => `(${start(a, `o${a}`)} + k${a})`)};
-    ${body}`;
-  for (let a = L - 1; a >= 0; a--) {
-    body = `for (var k${a} = 0u; k${a} < pu(${K + a}u); k${a} = k${a} + 1u) {
+export const avgPoolKernel: (nd: number, vec: ResampleVec) => Kernel = defineKernel(
+  "resample:avgpool",
+  (nd: number, vec: ResampleVec): KernelSource => {
+    const U = avgPoolUniforms(nd, false);
+    const inSize = (a: number) => U.read("inSize", a);
+    const outSize = (a: number) => U.read("outSize", a);
+    const kernel = (a: number) => U.read("kernel", a);
+    const L = nd - 1;
+    const start = (a: number, o: string) => `${o} * ${U.read("stride", a)}`;
+    let body = Array.from({ length: vec }, (_, k) =>
+      `for (var kk = 0u; kk < ${kernel(L)}; kk = kk + 1u) {
+        acc${k} = acc${k} + x[row + ${start(L, `(o${L} + ${k}u)`)} + kk];
+      }`).join("\n    ");
+    body = `let row = base + ${rowOffset(nd, inSize, (a) => `(${start(a, `o${a}`)} + k${a})`)};
+      ${body}`;
+    for (let a = L - 1; a >= 0; a--) {
+      body = `for (var k${a} = 0u; k${a} < ${kernel(a)}; k${a} = k${a} + 1u) {
+      ${body}
+    }`;
+    }
+    const out = store(vec, "out", 2, U.read);
+    const code = /* wgsl */ `
+  ${U.wgsl}
+  ${divHelper(true)}
+  @group(0) @binding(1) var<storage, read> x: array<f32>;
+  ${out.decl}
+  ${ENTRY}
+    ${locate(nd, vec, U.read, outSize, "o")}
+    let base = ${U.read("offset")} + plane * (${volume(nd, inSize)});
+    ${Array.from({ length: vec }, (_, k) => `var acc${k} = 0.0;`).join(" ")}
     ${body}
-  }`;
+    let count = f32(${volume(nd, kernel)});
+    ${out.write(Array.from({ length: vec }, (_, k) => `acc${k} / count`))}
   }
-  const out = store(vec, "out", 2);
-  const code = /* wgsl */ `
-${paramsBlock(words)}
-${divHelper(true)}
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-${out.decl}
-${ENTRY}
-  ${locate(nd, vec, OUT, RCP, "o")}
-  let base = pu(2u) + plane * (${volume(nd, IN)});
-  ${Array.from({ length: vec }, (_, k) => `var acc${k} = 0.0;`).join(" ")}
-  ${body}
-  let count = f32(${volume(nd, K)});
-  ${out.write(Array.from({ length: vec }, (_, k) => `acc${k} / count`))}
-}
-`;
-  return { key: `resample:avgpool:${nd}:${vec}`, code, bindings: ["read", "write"] };
-}
+  `;
+    return { code, bindings: ["read", "write"] };
+  },
+);
 
 /**
  * Average pooling backward: each input sums g/volume over the windows containing it, the outputs o with
  * o·s ≤ i < o·s + k, i.e. ⌈(i + 1 − k)/s⌉ ≤ o ≤ ⌊i/s⌋ (clamped to the output); `vec` consecutive inputs
  * along the last axis per thread.
  *
- * Parameter block: `[planes, groups per plane, gOffset, in × nd, out × nd, kernel × nd, stride × nd,
- * rcp(in[1..]) (f32 bits; the last of in/vec)]`. Bindings: g, dx.
+ * Parameters: {@linkcode avgPoolUniforms} (`rcp` of the input dims). Bindings: g, dx.
  */
-export function avgPoolGradKernel(nd: number, vec: ResampleVec): Kernel {
-  const { IN, OUT, K, S, RCP, words } = avgPoolParamLayout(nd);
-  const L = nd - 1;
-  // Window starts are multiples of s: the first output covering i is ⌈(i + 1 − k)/s⌉, the last ⌊i/s⌋.
-  const range = (a: number, c: string, name: string) =>
-    `let lo${name} = select(0u, (${c} + pu(${S + a}u) - pu(${K + a}u)) / pu(${S + a}u), ${c} + 1u >= pu(${
-      K + a
-    }u));
-  let hi${name} = min(${c} / pu(${S + a}u) + 1u, pu(${OUT + a}u));`;
-  const heads = AXES.slice(0, L).map((a) => range(a, `c${a}`, `${a}`));
-  const lasts = Array.from({ length: vec }, (_, k) => range(L, `(c${L} + ${k}u)`, `${L}_${k}`));
-  let body = Array.from({ length: vec }, (_, k) =>
-    `for (var o = lo${L}_${k}; o < hi${L}_${k}; o = o + 1u) {
-      acc${k} = acc${k} + g[row + o];
-    }`).join("\n    ");
-  body = `let row = gbase + ${rowOffset(nd, OUT, (a) => `o${a}`)};
-    ${body}`;
-  for (let a = L - 1; a >= 0; a--) {
-    body = `for (var o${a} = lo${a}; o${a} < hi${a}; o${a} = o${a} + 1u) {
+export const avgPoolGradKernel: (nd: number, vec: ResampleVec) => Kernel = defineKernel(
+  "resample:avgpool_grad",
+  (nd: number, vec: ResampleVec): KernelSource => {
+    const U = avgPoolUniforms(nd, true);
+    const inSize = (a: number) => U.read("inSize", a);
+    const outSize = (a: number) => U.read("outSize", a);
+    const kernel = (a: number) => U.read("kernel", a);
+    const stride = (a: number) => U.read("stride", a);
+    const L = nd - 1;
+    // Window starts are multiples of s: the first output covering i is ⌈(i + 1 − k)/s⌉, the last ⌊i/s⌋.
+    const range = (a: number, c: string, name: string) =>
+      `let lo${name} = select(0u, (${c} + ${stride(a)} - ${kernel(a)}) / ${stride(a)}, ${c} + 1u >= ${
+        kernel(a)
+      });
+    let hi${name} = min(${c} / ${stride(a)} + 1u, ${outSize(a)});`;
+    const heads = AXES.slice(0, L).map((a) => range(a, `c${a}`, `${a}`));
+    const lasts = Array.from({ length: vec }, (_, k) => range(L, `(c${L} + ${k}u)`, `${L}_${k}`));
+    let body = Array.from({ length: vec }, (_, k) =>
+      `for (var o = lo${L}_${k}; o < hi${L}_${k}; o = o + 1u) {
+        acc${k} = acc${k} + g[row + o];
+      }`).join("\n    ");
+    body = `let row = gbase + ${rowOffset(nd, outSize, (a) => `o${a}`)};
+      ${body}`;
+    for (let a = L - 1; a >= 0; a--) {
+      body = `for (var o${a} = lo${a}; o${a} < hi${a}; o${a} = o${a} + 1u) {
+      ${body}
+    }`;
+    }
+    const out = store(vec, "dx", 2, U.read);
+    const code = /* wgsl */ `
+  ${U.wgsl}
+  ${divHelper(true)}
+  @group(0) @binding(1) var<storage, read> g: array<f32>;
+  ${out.decl}
+  ${ENTRY}
+    ${locate(nd, vec, U.read, inSize, "c")}
+    ${[...heads, ...lasts].join("\n  ")}
+    let gbase = ${U.read("offset")} + plane * (${volume(nd, outSize)});
+    ${Array.from({ length: vec }, (_, k) => `var acc${k} = 0.0;`).join(" ")}
     ${body}
-  }`;
+    let count = f32(${volume(nd, kernel)});
+    ${out.write(Array.from({ length: vec }, (_, k) => `acc${k} / count`))}
   }
-  const out = store(vec, "dx", 2);
-  const code = /* wgsl */ `
-${paramsBlock(words)}
-${divHelper(true)}
-@group(0) @binding(1) var<storage, read> g: array<f32>;
-${out.decl}
-${ENTRY}
-  ${locate(nd, vec, IN, RCP, "c")}
-  ${[...heads, ...lasts].join("\n  ")}
-  let gbase = pu(2u) + plane * (${volume(nd, OUT)});
-  ${Array.from({ length: vec }, (_, k) => `var acc${k} = 0.0;`).join(" ")}
-  ${body}
-  let count = f32(${volume(nd, K)});
-  ${out.write(Array.from({ length: vec }, (_, k) => `acc${k} / count`))}
-}
-`;
-  return { key: `resample:avgpool_grad:${nd}:${vec}`, code, bindings: ["read", "write"] };
-}
+  `;
+    return { code, bindings: ["read", "write"] };
+  },
+);

@@ -2,7 +2,9 @@
  * The contract between WGSL kernel generators (this layer) and the engine's dispatcher.
  *
  * Every kernel binds its parameters as a uniform block at `@binding(0)` and its storage buffers at
- * `@binding(1..n)` of group 0, in the order of {@linkcode Kernel.bindings}.
+ * `@binding(1..n)` of group 0, in the order of {@linkcode Kernel.bindings}. Generators are declared with
+ * `defineKernel` (program.ts), which derives the cache key; parameters are declared with `uniforms`
+ * (uniforms.ts), which generates both the WGSL reads and the host's packing.
  *
  * @module
  */
@@ -10,10 +12,15 @@
 /** How a kernel uses one storage binding. */
 export type BindingAccess = "read" | "write";
 
-/** A compiled-on-demand compute kernel. */
+/**
+ * A compiled-on-demand compute kernel. Made by a generator declared with `defineKernel` (program.ts), which
+ * derives the key from the generator's arguments.
+ */
 export interface Kernel {
-  /** Unique cache key: the kernel family plus everything baked into the code. */
+  /** Unique cache key: the kernel family plus everything baked into the code (see program.ts). */
   readonly key: string;
+  /** The kernel family, two fields such as `"conv3d:chunk"` or `"map:add"` (the profiler groups by it). */
+  readonly family: string;
   /** WGSL source. */
   readonly code: string;
   /** Access of storage bindings 1..n. */
@@ -43,7 +50,10 @@ fn f32_inf() -> f32 { var bits = 0x7f800000u; return bitcast<f32>(bits); }
 fn f32_neg_inf() -> f32 { var bits = 0xff800000u; return bitcast<f32>(bits); }
 `;
 
-/** WGSL accessor for a parameter block of `count` u32 words packed as vec4s (uniform arrays need 16-byte strides). */
+/**
+ * WGSL accessor for a parameter block of `count` u32 words packed as vec4s (uniform arrays need 16-byte
+ * strides). Kernels use it through a declared layout (`uniforms` in uniforms.ts), not by word numbers.
+ */
 export function paramsBlock(count: number): string {
   const vecs = Math.max(1, Math.ceil(count / 4));
   return /* wgsl */ `

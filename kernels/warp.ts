@@ -7,48 +7,73 @@
  * Layout: source `[C, nz, ny, nx]`, output `[C, oz, oy, ox]` (x fastest), coarse field `[3, gz, gy, gx]`
  * holding (dx, dy, dz).
  *
- * Parameter block: `[ox, oy, oz, nx, ny, nz, C, gx, gy, gz, srcOffset, hasField, M (12 f32), fill (f32)]`.
+ * Parameters: {@linkcode WARP_UNIFORMS}.
  *
  * @module
  */
 
-import { type Kernel, LINEAR_INDEX, paramsBlock, WG } from "./types.ts";
+import { type Kernel, LINEAR_INDEX, WG } from "./types.ts";
+import { type UniformLayout, uniforms } from "./uniforms.ts";
+import { defineKernel, type KernelSource } from "./program.ts";
 
 /** How the source is sampled. */
 export type WarpMode = "linear" | "nearest";
 /** What is read outside the source. */
 export type WarpPadding = "fill" | "border";
 
-/** Number of u32 words in the warp parameter block. */
-export const WARP_PARAM_WORDS = 25;
+const WARP_FIELDS = {
+  /** Output extents x, y, z; source extents x, y, z; channels; displacement grid extents x, y, z. */
+  outSize: ["u32", 3],
+  srcSize: ["u32", 3],
+  channels: "u32",
+  gridSize: ["u32", 3],
+  /** Element offset of the source; 1 when there is a displacement field. */
+  srcOffset: "u32",
+  hasField: "u32",
+  /** The 3×4 matrix output voxel → source voxel, row by row; the value read outside the source. */
+  matrix: ["f32", 12],
+  fill: "f32",
+} as const;
+
+/** Uniform layout of the warp kernel. */
+export const WARP_UNIFORMS: UniformLayout<typeof WARP_FIELDS> = uniforms("warp3d", WARP_FIELDS);
+
+const U = WARP_UNIFORMS;
 
 /** The warp kernel for a sampling mode and padding rule. */
-export function warpKernel(mode: WarpMode, padding: WarpPadding): Kernel {
+export const warpKernel: (mode: WarpMode, padding: WarpPadding) => Kernel = defineKernel(
+  (mode) => `warp3d:${mode}`,
+  (mode: WarpMode, padding: WarpPadding): KernelSource => warpSource(mode, padding),
+);
+
+function warpSource(mode: WarpMode, padding: WarpPadding): KernelSource {
   const code = /* wgsl */ `
-${paramsBlock(WARP_PARAM_WORDS)}
+${U.wgsl}
 ${LINEAR_INDEX}
 @group(0) @binding(1) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var<storage, read> field: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dst: array<f32>;
 
-fn m(i: u32) -> f32 { return pf(12u + i); }
+fn m(i: u32) -> f32 { return ${U.read("matrix", "i")}; }
 
 // Value of channel base at integer voxel (x, y, z), honouring the padding rule.
 fn voxel(base: u32, x: i32, y: i32, z: i32) -> f32 {
-  let n = vec3<i32>(i32(pu(3u)), i32(pu(4u)), i32(pu(5u)));
+  let n = vec3<i32>(i32(${U.read("srcSize", 0)}), i32(${U.read("srcSize", 1)}), i32(${U.read("srcSize", 2)}));
   let p = vec3<i32>(x, y, z);
   ${
     padding === "border"
       ? "let q = clamp(p, vec3<i32>(0), n - vec3<i32>(1));"
-      : "if (any(p < vec3<i32>(0)) || any(p >= n)) { return pf(24u); }\n  let q = p;"
+      : `if (any(p < vec3<i32>(0)) || any(p >= n)) { return ${U.read("fill")}; }\n  let q = p;`
   }
   return src[base + u32(q.x) + u32(n.x) * (u32(q.y) + u32(n.y) * u32(q.z))];
 }
 
 // Trilinear interpolation of the coarse displacement field at output voxel o.
 fn displacement(o: vec3<f32>) -> vec3<f32> {
-  let g = vec3<u32>(pu(7u), pu(8u), pu(9u));
-  let out_size = vec3<f32>(f32(pu(0u)), f32(pu(1u)), f32(pu(2u)));
+  let g = vec3<u32>(${U.read("gridSize", 0)}, ${U.read("gridSize", 1)}, ${U.read("gridSize", 2)});
+  let out_size = vec3<f32>(f32(${U.read("outSize", 0)}), f32(${U.read("outSize", 1)}), f32(${
+    U.read("outSize", 2)
+  }));
   // The grid's corners sit on the output's corner voxels.
   let gp = o * (vec3<f32>(g) - vec3<f32>(1.0)) / max(out_size - vec3<f32>(1.0), vec3<f32>(1.0));
   let i0 = min(vec3<u32>(floor(gp)), g - vec3<u32>(1u));
@@ -79,9 +104,9 @@ fn displacement(o: vec3<f32>) -> vec3<f32> {
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {
   let i = linear_workgroup(wid, nwg) * ${WG}u + li;
-  let ox = pu(0u); let oy = pu(1u); let oz = pu(2u);
+  let ox = ${U.read("outSize", 0)}; let oy = ${U.read("outSize", 1)}; let oz = ${U.read("outSize", 2)};
   let voxels = ox * oy * oz;
-  if (i >= voxels * pu(6u)) { return; }
+  if (i >= voxels * ${U.read("channels")}) { return; }
   let c = i / voxels;
   let r = i % voxels;
   let o = vec3<f32>(f32(r % ox), f32((r / ox) % oy), f32(r / (ox * oy)));
@@ -89,8 +114,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     m(0u) * o.x + m(1u) * o.y + m(2u) * o.z + m(3u),
     m(4u) * o.x + m(5u) * o.y + m(6u) * o.z + m(7u),
     m(8u) * o.x + m(9u) * o.y + m(10u) * o.z + m(11u));
-  if (pu(11u) != 0u) { p = p + displacement(o); }
-  let base = pu(10u) + c * pu(3u) * pu(4u) * pu(5u);
+  if (${U.read("hasField")} != 0u) { p = p + displacement(o); }
+  let base = ${U.read("srcOffset")} + c * ${U.read("srcSize", 0)} * ${U.read("srcSize", 1)} * ${
+    U.read("srcSize", 2)
+  };
   ${
     mode === "nearest"
       ? "let q = vec3<i32>(floor(p + vec3<f32>(0.5)));\n  dst[i] = voxel(base, q.x, q.y, q.z);"
@@ -105,5 +132,5 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   }
 }
 `;
-  return { key: `warp3d:${mode}:${padding}`, code, bindings: ["read", "read", "write"] };
+  return { code, bindings: ["read", "read", "write"] };
 }

@@ -59,6 +59,12 @@ export interface SliceUNetOptions {
   normEps?: number;
   /** Add an embedding of each slot's slice index / depth to its time embedding (default true). */
   absoluteIndexEmbedding?: boolean;
+  /**
+   * Attention across the slots (default true). Without it the slots never meet: each slice is denoised
+   * alone, knowing only its index (the "2-D independent" baseline of the cDPM study, docs/cdpm.md), and
+   * condition slots are refused.
+   */
+  sliceAttention?: boolean;
   /** Seed of the initial weights (default 0). */
   seed?: number;
 }
@@ -141,6 +147,7 @@ export function resolveSliceUNetOptions(opts: SliceUNetOptions = {}): ResolvedSl
     normNumGroups,
     normEps,
     absoluteIndexEmbedding: opts.absoluteIndexEmbedding ?? true,
+    sliceAttention: opts.sliceAttention ?? true,
     seed: opts.seed ?? 0,
   };
 }
@@ -159,6 +166,11 @@ function checkSlices(x: Tensor, cfg: ResolvedSliceUNetOptions, slices?: SliceInp
     fail(`the slot layout is ${b}×${t} (volumes × slots) but x is ${formatShape(x.shape)}.`);
   }
   const conditioned = s.roles.some((row) => row.includes("condition"));
+  if (conditioned && !cfg.sliceAttention) {
+    fail(
+      "condition slots need slice attention; this network denoises every slice alone (sliceAttention false).",
+    );
+  }
   if (conditioned && (!s.clean || s.clean.shape.join() !== x.shape.join())) {
     fail(
       `condition slots need the clean slices (slices.clean) with x's shape ${formatShape(x.shape)}, got ${
@@ -178,7 +190,7 @@ function checkSlices(x: Tensor, cfg: ResolvedSliceUNetOptions, slices?: SliceInp
   return s;
 }
 
-/** Slice attention, then spatial attention, as one step after a ResnetBlock. */
+/** Slice attention (when the network has it), then spatial attention, as one step after a ResnetBlock. */
 function attend(
   slice: SliceAttention | undefined,
   spatial: SpatialAttentionBlock | undefined,
@@ -186,8 +198,8 @@ function attend(
   emb: Tensor,
   layout: SlotLayout,
 ): Tensor {
-  if (!slice || !spatial) return h;
-  return scope(() => spatial.forward(slice.forward(h, emb, layout)));
+  if (!spatial) return h;
+  return scope(() => spatial.forward(slice ? slice.forward(h, emb, layout) : h));
 }
 
 /** One encoder or decoder level: ResnetBlocks, each followed by slice and spatial attention when enabled. */
@@ -204,18 +216,20 @@ class SliceLevel extends Module {
     if (attention) {
       const { channels, tembChannels, cfg, seed } = attention;
       const norm = { normNumGroups: cfg.normNumGroups, normEps: cfg.normEps };
-      this.child(
-        "slice_attentions",
-        new ModuleList(
-          resnets.map(() =>
-            new SliceAttention(channels, tembChannels, {
-              ...norm,
-              numHeadChannels: cfg.numHeadChannels,
-              seed: seed(),
-            })
+      if (cfg.sliceAttention) {
+        this.child(
+          "slice_attentions",
+          new ModuleList(
+            resnets.map(() =>
+              new SliceAttention(channels, tembChannels, {
+                ...norm,
+                numHeadChannels: cfg.numHeadChannels,
+                seed: seed(),
+              })
+            ),
           ),
-        ),
-      );
+        );
+      }
       this.child(
         "attentions",
         new ModuleList(
@@ -255,14 +269,16 @@ class SliceMidBlock extends Module {
     super();
     const norm = { normNumGroups: cfg.normNumGroups, normEps: cfg.normEps };
     this.child("resnet_1", new ResnetBlock(2, channels, tembChannels, { ...norm, seed: seed() }));
-    this.child(
-      "slice_attention",
-      new SliceAttention(channels, tembChannels, {
-        ...norm,
-        numHeadChannels: cfg.numHeadChannels,
-        seed: seed(),
-      }),
-    );
+    if (cfg.sliceAttention) {
+      this.child(
+        "slice_attention",
+        new SliceAttention(channels, tembChannels, {
+          ...norm,
+          numHeadChannels: cfg.numHeadChannels,
+          seed: seed(),
+        }),
+      );
+    }
     this.child(
       "attention",
       new SpatialAttentionBlock(2, channels, { ...norm, numHeadChannels: cfg.numHeadChannels, seed: seed() }),
@@ -274,7 +290,7 @@ class SliceMidBlock extends Module {
     return scope(() => {
       const r = liveChild<ResnetBlock>(this, "resnet_1").forward(h, emb);
       const a = attend(
-        liveChild<SliceAttention>(this, "slice_attention"),
+        findChild<SliceAttention>(this, "slice_attention"),
         liveChild<SpatialAttentionBlock>(this, "attention"),
         r,
         emb,

@@ -16,7 +16,7 @@ import { noGrad } from "../engine/autograd.ts";
 import { scope } from "../engine/memory.ts";
 import { abs, add, mseLoss, mul } from "../engine/ops/elementwise.ts";
 import { mean } from "../engine/ops/reduce.ts";
-import { tensor } from "../engine/ops/create.ts";
+import { full, tensor } from "../engine/ops/create.ts";
 import { concat } from "../engine/ops/view.ts";
 import { formatShape } from "../engine/shape.ts";
 import type { Tensor } from "../engine/tensor.ts";
@@ -24,6 +24,7 @@ import { loadSafetensorsFile, saveSafetensors } from "../io/safetensors.ts";
 import { ControlNet, type ControlNetOptions } from "../models/controlnet.ts";
 import type { DiffusionModelUNet } from "../models/unet.ts";
 import {
+  encoderDownsamplings,
   epsFromPrediction,
   modulate,
   type Modulation,
@@ -34,7 +35,8 @@ import {
 import type { Conditioning, Denoiser } from "../samplers/sample.ts";
 import { DDPMScheduler, type Scheduler } from "../samplers/scheduler.ts";
 import type { Generator } from "./generate.ts";
-import { type LoadedModel, unetGenerator } from "./model.ts";
+import { latentBatches } from "./latent.ts";
+import { disposeModel, type LoadedModel, unetGenerator } from "./model.ts";
 import type { Batch, ControlInput, DiffusionNetwork } from "./train.ts";
 
 /** The kinds of control module. */
@@ -142,6 +144,12 @@ export async function createControl(
     throw new Error(`createControl: unknown kind "${kind}"; accepted: ${CONTROL_KINDS.join(", ")}.`);
   }
   const stages = [16, 32, 96, 256].slice(0, down + 1);
+  if (stages.length !== down + 1) {
+    throw new Error(
+      `createControl: ControlNet's condition embedding halves the grid at most 3 times (MONAI's stages ` +
+        `16, 32, 96, 256); ${down} halvings were asked for.`,
+    );
+  }
   const module = ControlNet.fromUNet(base, {
     conditioningEmbeddingInChannels: conditionChannels.reduce((a, b) => a + b, 0),
     conditioningEmbeddingNumChannels: stages,
@@ -153,6 +161,56 @@ export async function createControl(
     numClassEmbeds: module.config.numClassEmbeds ?? undefined,
   };
   return { module, info: { kind, options, conditions, conditionChannels, baseHash } };
+}
+
+/** Where a model's control module works: the grid its U-Net sees and the grid of the conditions. */
+export interface ControlGeometry {
+  /** [nx, ny, nz] of the U-Net's input: the image grid, or a latent model's latent grid. */
+  modelGrid: [number, number, number];
+  /** [nx, ny, nz] of the conditions: the image grid of the volumes the model generates. */
+  conditionGrid: [number, number, number];
+  /** Halvings from the condition grid to the model grid (0 in image space; log2 of the autoencoder's factor). */
+  downsamplings: number;
+}
+
+/**
+ * The grids of a control module for `model`. In image space the conditions sit on the model's own grid; on a
+ * latent model they stay on the image grid (as in the paper) and the module's condition path halves them
+ * down to the latent grid, which needs the image grid to be the latent grid × 2^levels along every axis.
+ */
+export function controlGeometry(model: Pick<LoadedModel, "info" | "latent">): ControlGeometry {
+  const image = [...model.info.volume.shape] as [number, number, number];
+  if (!model.latent) return { modelGrid: image, conditionGrid: image, downsamplings: 0 };
+  const [, d, h, w] = model.latent.latentShape;
+  const latent: [number, number, number] = [w, h, d];
+  let downsamplings: number;
+  try {
+    downsamplings = encoderDownsamplings(image, latent);
+  } catch {
+    throw new Error(
+      `this latent model's images (${image.join("×")}) are not its latent grid ${
+        latent.join("×")
+      } times one power of two along every axis; control modules take conditions on the image grid and ` +
+        "halve them down to the latent grid, so they need that (an image size divisible by the autoencoder's factor).",
+    );
+  }
+  return { modelGrid: latent, conditionGrid: image, downsamplings };
+}
+
+/**
+ * The training batches of a control module on `model`: image-space batches (images and their conditions)
+ * as they are, or for a latent model with each image encoded to s·z by the frozen autoencoder under `noGrad`
+ * (pipelines/latent.ts, with the scale factor the model was trained with), the conditions left on the image
+ * grid.
+ */
+export function controlBatches(
+  model: Pick<LoadedModel, "latent">,
+  images: (step: number, micro: number) => Batch | Promise<Batch>,
+  seed: number,
+): (step: number, micro: number) => Batch | Promise<Batch> {
+  const latent = model.latent;
+  if (!latent) return images;
+  return latentBatches(latent.autoencoder, images, { seed, scaleFactor: latent.scaleFactor });
 }
 
 const FORMAT = "voxgen-control";
@@ -316,6 +374,17 @@ export function controlledDenoiser(
     );
 }
 
+/** Options of {@linkcode controlTrainingNetwork}. */
+export interface ControlTrainingOptions {
+  /** Weight of mean|γ| + mean|β| in VCM's loss (default 1: the paper's λ = 1/(b·c·h·w·d)). */
+  lambda?: number;
+  /**
+   * What the frozen base is conditioned on while the module trains, for a batch of `batch` (tensors made here
+   * are freed with the step): for a conditional base its null condition (see {@linkcode nullConditioning}).
+   */
+  baseConditioning?: (batch: number) => Conditioning;
+}
+
 /**
  * The network `train` sees: only the control module's parameters, the frozen base inside. VCM trains with its
  * own loss (`trainingLoss`, ε space); ControlNet with train's usual loss on the controlled prediction.
@@ -324,16 +393,29 @@ export function controlTrainingNetwork(
   base: DiffusionModelUNet,
   scheduler: Scheduler,
   control: Control,
-  opts: { lambda?: number } = {},
+  opts: ControlTrainingOptions = {},
 ): DiffusionNetwork {
   const lambda = opts.lambda ?? 1;
+  const baseConditioning = opts.baseConditioning ?? (() => ({}));
   const needControl = (batch: { control?: ControlInput }) => {
     if (!batch.control) throw new Error("control training: the batch carries no conditions.");
     return batch.control;
   };
   const network: DiffusionNetwork = {
     namedParameters: () => control.module.namedParameters(),
-    forward: (x, t, cond = {}) => controlledPrediction(base, scheduler, control, x, t, needControl(cond)),
+    forward: (x, t, cond = {}) =>
+      scope(() =>
+        controlledPrediction(
+          base,
+          scheduler,
+          control,
+          x,
+          t,
+          needControl(cond),
+          1,
+          baseConditioning(x.shape[0]),
+        )
+      ),
   };
   const vcm = control.module;
   if (vcm instanceof VCM) {
@@ -342,8 +424,9 @@ export function controlTrainingNetwork(
       checkConditions(control, xt, input.conditions);
       return scope(() => {
         const alphaBar = t.map((s) => scheduler.alphaBar(s));
+        const cond = baseConditioning(xt.shape[0]);
         const eps = noGrad(() =>
-          epsFromPrediction(scheduler.predictionType, base.forward(xt, t), xt, alphaBar)
+          epsFromPrediction(scheduler.predictionType, base.forward(xt, t, cond), xt, alphaBar)
         );
         const m = vcm.forward(xt, eps, batched(input.conditions, xt.shape[0]), t, { keep: input.keep });
         const fit = mseLoss(modulate(eps, m), noise);
@@ -353,6 +436,37 @@ export function controlTrainingNetwork(
     };
   }
   return network;
+}
+
+/**
+ * The null condition a control module trains a conditional base under (the paired data has no prompts or
+ * classes): the empty prompt of a token model, the null class of a class-conditional model trained with
+ * condition dropout. Undefined for an unconditional base. Refused: a class model without a null class, and
+ * models whose input carries condition channels (see {@linkcode controlledGenerator}).
+ */
+export function nullConditioning(
+  model: Pick<LoadedModel, "unet" | "info" | "tokens">,
+): ((batch: number) => Conditioning) | undefined {
+  const channels = model.info.conditioning?.conditionChannels ?? 0;
+  if (channels > 0) {
+    throw new Error(
+      `control modules do not apply to models that take condition channels (this one takes ${channels}).`,
+    );
+  }
+  const classes = model.unet.config.numClassEmbeds;
+  const nullClass = model.info.conditioning?.nullClass;
+  if (classes !== null && nullClass === undefined) {
+    throw new Error(
+      `the base is class-conditional (${classes} classes) but learned no null class (it was trained without ` +
+        "condition dropout); control modules train under the null condition, so they cannot be trained on it.",
+    );
+  }
+  const tokens = model.tokens;
+  if (!tokens && classes === null) return undefined;
+  return (batch) => ({
+    ...(tokens ? { context: tokens.encode([]) } : {}),
+    ...(classes !== null ? { classLabels: full([batch], nullClass!) } : {}),
+  });
 }
 
 /** A condition volume on the CPU, as read from a NIfTI file. */
@@ -367,15 +481,16 @@ export interface ConditionVolume {
 
 /**
  * The tensor [1, C, nz, ny, nx] of condition `index` of `control` from a volume on the grid of the model's
- * volumes (`modelShape` [nx, ny, nz], times the module's condition factor). A 3-D volume is one channel, or,
- * for a "tissue" condition, a label map (1 CSF, 2 grey, 3 white) made one-hot. Anything else is refused with
- * what is accepted.
+ * U-Net (`modelShape` [nx, ny, nz]: the image grid, or a latent model's latent grid) times the module's
+ * condition factor. A 3-D volume is one channel, or, for a "tissue" condition, a label map (1 CSF, 2 grey,
+ * 3 white) made one-hot. Anything else is refused with what is accepted.
  */
 export function conditionTensor(
   control: Control,
   index: number,
   volume: ConditionVolume,
   modelShape: readonly number[],
+  latent = false,
 ): Tensor {
   const name = control.info.conditions[index];
   const channels = control.info.conditionChannels[index];
@@ -390,9 +505,9 @@ export function conditionTensor(
       `condition "${name}" (${volume.source}) is ${
         volume.shape.join("×")
       }; this control module takes it on ` +
-        `the grid ${grid.join("×")} (the model's ${modelShape.join("×")} volumes${
-          factor > 1 ? ` × ${factor}` : ""
-        }): resample it to that grid first.`,
+        `the grid ${grid.join("×")} (the model's ${modelShape.join("×")} ${
+          latent ? "latent grid" : "volumes"
+        }${factor > 1 ? ` × ${factor}` : ""}): resample it to that grid first.`,
     );
   }
   const given = volume.shape[3] ?? 1;
@@ -424,19 +539,36 @@ export interface ControlRequest {
 
 /**
  * A model steered by a control module, ready for `generate`: the model's own generator with its denoiser
- * wrapped (see {@linkcode controlledDenoiser}); it frees the module and the conditions with the model.
+ * wrapped (see {@linkcode controlledDenoiser}); it frees the module, the conditions and `owned` (e.g. the
+ * vectors of textual-inversion embeddings attached to the model's tokens) with the model. Prompts, guidance
+ * and class labels reach the frozen U-Net (and a ControlNet) as in uncontrolled sampling.
  */
-export async function controlledGenerator(model: LoadedModel, request: ControlRequest): Promise<Generator> {
-  // Control modules are trained on the image grid of a plain U-Net: refuse models they cannot wrap.
-  if (model.latent || (model.info.conditioning?.conditionChannels ?? 0) > 0) {
-    throw new Error(
-      `control modules apply to plain image-space U-Net models; this one ${
-        model.latent ? "is a latent diffusion model" : "takes condition channels"
-      }.`,
-    );
+export async function controlledGenerator(
+  model: LoadedModel,
+  request: ControlRequest,
+  owned: Tensor[] = [],
+): Promise<Generator> {
+  // The controlled denoiser feeds the U-Net x_t alone: a model whose input also carries condition channels
+  // would need them concatenated (and a module trained with them); refuse it.
+  const channels = model.info.conditioning?.conditionChannels ?? 0;
+  let geometry: ControlGeometry;
+  try {
+    if (channels > 0) {
+      throw new Error(
+        `control modules do not apply to models that take condition channels (this one takes ${channels}); ` +
+          "they steer U-Nets whose input is x_t alone (unconditional, class or prompt conditioned, image or " +
+          "latent space).",
+      );
+    }
+    geometry = controlGeometry(model);
+  } catch (error) {
+    disposeModel(model);
+    for (const t of owned) t.dispose();
+    throw error;
   }
-  const plain = unetGenerator(model);
-  const owned: Tensor[] = [];
+  // A latent model's generator samples latents and decodes them at the end; the control wraps the denoiser.
+  const plain = unetGenerator(model, owned);
+  const conditionTensors: Tensor[] = [];
   let control: Control | null = null;
   try {
     control = await loadControlFile(request.file, model.unet);
@@ -449,8 +581,8 @@ export async function controlledGenerator(model: LoadedModel, request: ControlRe
     }
     const tensors = request.conditions.map((v, i) => {
       if (!v) return null;
-      const t = conditionTensor(control!, i, v, model.info.volume.shape);
-      owned.push(t);
+      const t = conditionTensor(control!, i, v, geometry.modelGrid, model.latent !== undefined);
+      conditionTensors.push(t);
       return t;
     });
     const scheduler = new DDPMScheduler(model.info.scheduler);
@@ -462,13 +594,13 @@ export async function controlledGenerator(model: LoadedModel, request: ControlRe
       dispose: () => {
         plain.dispose();
         module.dispose();
-        for (const t of owned) t.dispose();
+        for (const t of conditionTensors) t.dispose();
       },
     };
   } catch (error) {
     plain.dispose();
     control?.module.dispose();
-    for (const t of owned) t.dispose();
+    for (const t of conditionTensors) t.dispose();
     throw error;
   }
 }

@@ -66,6 +66,21 @@ export async function loadModelWithAdapters(
   return (await loadModelParts(path, opts)).model;
 }
 
+/**
+ * Loads a U-Net model file (not a slice model) with its adapters merged and its embeddings attached, for
+ * callers that wrap the U-Net themselves and free the embedding vectors with their generator (e.g.
+ * `controlledGenerator`, which takes them as its `owned` tensors).
+ */
+export async function loadModelWithEmbeddings(
+  path: string,
+  opts: LoadGeneratorOptions = {},
+): Promise<{ model: LoadedModel; vectors: Tensor[] }> {
+  if (await isSliceModelFile(path)) {
+    throw new Error(`${path} is a slice model (cDPM); only whole-volume U-Net models can be loaded here.`);
+  }
+  return await loadModelParts(path, opts);
+}
+
 /** The model with adapters merged and embeddings attached, and the embedding vectors it now uses. */
 async function loadModelParts(
   path: string,

@@ -54,17 +54,18 @@ export interface LatentBatchOptions {
 
 /**
  * Wraps an image batch source (e.g. `augmentedBatches`) into a latent one: each batch is encoded under `noGrad`
- * and sampled, z = s·(μ + σξ), like MONAI's `LatentDiffusionInferer` in training. (Without augmentation,
- * {@linkcode CachedPosteriors} saves re-encoding the same volumes.)
+ * and sampled, z = s·(μ + σξ), like MONAI's `LatentDiffusionInferer` in training. The batch's other fields
+ * (e.g. a control module's conditions, which stay on the image grid) pass through unchanged. (Without
+ * augmentation, {@linkcode CachedPosteriors} saves re-encoding the same volumes.)
  */
-export function latentBatches(
+export function latentBatches<B extends { x0: Tensor }>(
   ae: AutoencoderKL,
-  images: (step: number, micro: number) => { x0: Tensor } | Promise<{ x0: Tensor }>,
+  images: (step: number, micro: number) => B | Promise<B>,
   opts: LatentBatchOptions,
-): (step: number, micro: number) => Promise<{ x0: Tensor }> {
+): (step: number, micro: number) => Promise<B> {
   const s = opts.scaleFactor ?? 1;
   return async (step, micro) => {
-    const { x0 } = await images(step, micro);
+    const { x0, ...rest } = await images(step, micro);
     const z = noGrad(() =>
       scope(() => {
         const { mu, sigma } = ae.encode(x0);
@@ -73,7 +74,7 @@ export function latentBatches(
       })
     );
     x0.dispose();
-    return { x0: z };
+    return { ...rest, x0: z } as B;
   };
 }
 

@@ -127,6 +127,57 @@ export function packSlices(volumes: Tensor, slots: number, random: () => number)
 }
 
 /**
+ * Training examples of a network without slice attention (the "2-D independent" baseline): `perVolume`
+ * distinct random slices of each volume [B, C, D, H, W], each its own example of one target slot — x0
+ * [B·perVolume, 1, C, H, W] — so that each slice gets its own timestep. Only the slice index tells the
+ * network where the slice is.
+ */
+export function packIndependentSlices(volumes: Tensor, perVolume: number, random: () => number): SliceBatch {
+  if (volumes.rank !== 5) {
+    throw new Error(`packIndependentSlices: volumes ${formatShape(volumes.shape)} must be [B, C, D, H, W].`);
+  }
+  const [b, c, depth, h, w] = volumes.shape;
+  checkCounts("packIndependentSlices", depth, perVolume);
+  if (perVolume > depth) {
+    throw new Error(
+      `packIndependentSlices: ${perVolume} distinct slices per volume, but the depth is ${depth}.`,
+    );
+  }
+  const picks: Array<[number, number]> = []; // [volume, slice]
+  for (let v = 0; v < b; v++) {
+    const order = Array.from({ length: depth }, (_, z) => z);
+    for (let i = 0; i < perVolume; i++) {
+      const j = i + Math.floor(random() * (depth - i)); // partial Fisher–Yates: distinct slices
+      [order[i], order[j]] = [order[j], order[i]];
+      picks.push([v, order[i]]);
+    }
+  }
+  const x0 = noGrad(() =>
+    scope(() =>
+      reshape(
+        concat(picks.map(([v, z]) => reshape(slice(volumes, [v, 0, z], [v + 1, c, z + 1]), [1, c, h, w])), 0),
+        [picks.length, 1, c, h, w],
+      )
+    )
+  );
+  const lossMask = tensor(picks.map(() => 1), [picks.length, 1, 1, 1, 1]);
+  return {
+    x0,
+    slices: { roles: picks.map((): SlotRole[] => ["target"]), indices: picks.map(([, z]) => [z]), depth },
+    lossMask,
+  };
+}
+
+/** Options of {@linkcode sliceBatches}. */
+export interface SliceBatchOptions {
+  /**
+   * Pack `slots` independent slices per volume ({@linkcode packIndependentSlices}: a network without slice
+   * attention) instead of one example of `slots` slots per volume (default false).
+   */
+  independent?: boolean;
+}
+
+/**
  * Turns a source of volume batches (e.g. `augmentedBatches`) into a source of slot batches for `train`;
  * the slice choice is drawn from (seed, step, micro-batch), so a resumed run continues the same sequence.
  */
@@ -134,15 +185,13 @@ export function sliceBatches(
   volumes: (step: number, micro: number) => Batch | Promise<Batch>,
   slots: number,
   seed: number,
+  opts: SliceBatchOptions = {},
 ): (step: number, micro: number) => Promise<SliceBatch> {
+  const pack = opts.independent ? packIndependentSlices : packSlices;
   return async (step, micro) => {
     const batch = await volumes(step, micro);
     try {
-      return packSlices(
-        batch.x0,
-        slots,
-        seededRandom((seed * 2654435761 + step * 7919 + micro * 31 + 17) >>> 0),
-      );
+      return pack(batch.x0, slots, seededRandom((seed * 2654435761 + step * 7919 + micro * 31 + 17) >>> 0));
     } finally {
       batch.x0.dispose();
     }

@@ -117,7 +117,8 @@ export interface SliceVolumeRequest {
 
 /**
  * Generates whole volumes [B, C, depth, ny, nx] stage by stage with a slice model and a scheduler built
- * from its schedule (the caller disposes the result).
+ * from its schedule (the caller disposes the result). A model without slice attention generates every
+ * slice of a volume independently, all in one stage (`step` and `mode` do not apply).
  */
 export async function generateSliceVolumes(
   model: LoadedSliceModel,
@@ -127,11 +128,14 @@ export async function generateSliceVolumes(
   const { info, net } = model;
   const [nx, ny, nz] = info.volume.shape;
   const depth = request.depth ?? nz;
-  const plan = planStages(depth, {
-    slots: info.slots,
-    step: request.step ?? info.plan?.step,
-    mode: request.mode ?? info.plan?.mode,
-  });
+  // Without slice attention the slices are independent: one stage generates them all at once.
+  const plan = net.config.sliceAttention
+    ? planStages(depth, {
+      slots: info.slots,
+      step: request.step ?? info.plan?.step,
+      mode: request.mode ?? info.plan?.mode,
+    })
+    : [{ condition: [], target: Array.from({ length: depth }, (_, z) => z) }];
   return await stagedSample((x, t, slots) => net.forward(x, t, { slices: slots }), scheduler, {
     volumes: request.volumes ?? 1,
     sliceShape: [net.config.inChannels, ny, nx],

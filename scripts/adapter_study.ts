@@ -145,11 +145,13 @@ const LOSS_PLOT_COLORS: Record<string, [number, number, number]> = {
   full: [40, 40, 40], // black
 };
 
-function shellQuote(args: readonly string[]): string {
+/** The arguments as one shell command line (quoted where needed). */
+export function shellQuote(args: readonly string[]): string {
   return args.map((a) => (/^[\w./:=,+@%-]+$/.test(a) ? a : `'${a.replaceAll("'", `'\\''`)}'`)).join(" ");
 }
 
-async function readJson<T>(path: string): Promise<T | null> {
+/** A JSON file's value, or null when it is missing or unreadable. */
+export async function readJson<T>(path: string): Promise<T | null> {
   try {
     return JSON.parse(await Deno.readTextFile(path)) as T;
   } catch {
@@ -157,11 +159,13 @@ async function readJson<T>(path: string): Promise<T | null> {
   }
 }
 
-async function writeJson(path: string, value: unknown): Promise<void> {
+/** Writes `value` as indented JSON, atomically. */
+export async function writeJson(path: string, value: unknown): Promise<void> {
   await atomicWrite(path, new TextEncoder().encode(`${JSON.stringify(value, null, 2)}\n`));
 }
 
-async function fileSize(path: string): Promise<number | null> {
+/** A file's size in bytes, or null when it is missing. */
+export async function fileSize(path: string): Promise<number | null> {
   try {
     return (await Deno.stat(path)).size;
   } catch {
@@ -169,11 +173,13 @@ async function fileSize(path: string): Promise<number | null> {
   }
 }
 
-async function sha256File(path: string): Promise<string> {
+/** SHA-256 (hex) of a file's bytes. */
+export async function sha256File(path: string): Promise<string> {
   return createHash("sha256").update(await Deno.readFile(path)).digest("hex");
 }
 
-const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+/** Equal as JSON (for stored keys). */
+export const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
 
 /**
  * Runs a command, streaming its stdout and stderr line by line to our stderr behind `prefix`; resolves to
@@ -209,7 +215,7 @@ async function runPrefixed(args: string[], prefix: string): Promise<{ code: numb
 }
 
 /** The rows of a run's loss.csv as numbers (none when the file is missing, e.g. a deleted run folder). */
-async function lossRows(lossCsv: string): Promise<number[][]> {
+export async function lossRows(lossCsv: string): Promise<number[][]> {
   let text: string;
   try {
     text = await Deno.readTextFile(lossCsv);
@@ -225,7 +231,9 @@ async function lossRows(lossCsv: string): Promise<number[][]> {
  * of each session and restarts when a run resumes). The first step of every session is left out: it
  * includes compiling the shaders.
  */
-function stepTimes(rows: readonly number[][]): { mean: number | null; timed: number; first: number | null } {
+export function stepTimes(
+  rows: readonly number[][],
+): { mean: number | null; timed: number; first: number | null } {
   const deltas: number[] = [];
   for (let i = 1; i < rows.length; i++) {
     const [step, , , seconds] = rows[i];
@@ -240,7 +248,7 @@ function stepTimes(rows: readonly number[][]): { mean: number | null; timed: num
 }
 
 /** Mean loss of the last (up to) 10 steps in loss.csv. */
-function finalLoss(rows: readonly number[][]): number | null {
+export function finalLoss(rows: readonly number[][]): number | null {
   const tail = rows.map((r) => r[1]).slice(-10);
   return tail.length > 0 ? tail.reduce((a, b) => a + b, 0) / tail.length : null;
 }
@@ -249,7 +257,8 @@ function grouped(n: number): string {
   return Math.round(n).toLocaleString("en-US");
 }
 
-function bytesText(n: number): string {
+/** A byte count as KiB or MiB. */
+export function bytesText(n: number): string {
   return n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(2)} MiB` : `${(n / 1024).toFixed(1)} KiB`;
 }
 
@@ -311,7 +320,7 @@ function markdownTable(before: SetScores | null, rows: readonly KindResult[], ba
 }
 
 /** Rows (header first, then the "---" row) as a markdown table padded the way `deno fmt` pads it. */
-function alignedTable(lines: readonly string[][]): string {
+export function alignedTable(lines: readonly string[][]): string {
   const widths = lines[0].map((_, c) => Math.max(3, ...lines.map((cells) => (cells[c] ?? "").length)));
   return lines.map((cells, i) =>
     `| ${widths.map((w, c) => i === 1 ? "-".repeat(w) : (cells[c] ?? "").padEnd(w)).join(" | ")} |`

@@ -81,7 +81,7 @@ export interface RealSet {
  */
 export async function realTargetSet(
   files: readonly string[],
-  info: ModelInfo,
+  info: Pick<ModelInfo, "volume">,
   seeds: readonly number[],
 ): Promise<RealSet> {
   const { shape, range } = info.volume;

@@ -6,7 +6,8 @@
  * @module
  */
 
-import { readNifti } from "../io/nifti.ts";
+import { encodeNifti, gzip, readNifti } from "../io/nifti.ts";
+import { sphereMask } from "../pipelines/inpaint.ts";
 import { atomicWrite } from "../io/atomic.ts";
 import { parsePrompt, type PromptPart } from "../models/prompt.ts";
 import { type Catalog, type ModelSummary, safetensorsMetadata } from "./catalog.ts";
@@ -167,6 +168,10 @@ export function createApi(opts: ApiOptions): Api {
       if (parts.length === 3 && parts[2] === "result") {
         allow(req, ["GET"]);
         return await result(id, url);
+      }
+      if (parts.length === 3 && parts[2] === "condition") {
+        allow(req, ["GET"]);
+        return await conditionOf(id, url);
       }
     }
     throw new ApiError(404, "not_found", `No route ${path}.`);
@@ -336,6 +341,70 @@ export function createApi(opts: ApiOptions): Api {
     });
   }
 
+  /**
+   * One of the condition volumes a job was made with (`?index=N` of those its view lists, default 0), as a
+   * gzipped NIfTI on the result's grid: once the job is done it carries the result's affine, so that a viewer
+   * overlays it voxel for voxel (conditions are defined on the model's voxel grid, whatever affine the upload had).
+   */
+  async function conditionOf(id: string, url: URL): Promise<Response> {
+    const job = await opts.queue.get(id);
+    const listed = jobConditions(job.request);
+    if (listed.length === 0) {
+      throw new ApiError(
+        404,
+        "no_condition",
+        `Job ${id} was made without a condition volume (no control condition, model condition or inpainting mask).`,
+      );
+    }
+    const text = url.searchParams.get("index") ?? "0";
+    const index = Number(text);
+    if (!Number.isInteger(index) || index < 0 || index >= listed.length) {
+      throw new ApiError(
+        404,
+        "no_condition",
+        `index=${text}: job ${id} has ${listed.length} condition volume(s) (${
+          listed.map((c) => c.name).join(", ")
+        }); index 0..${listed.length - 1}.`,
+      );
+    }
+    const chosen = listed[index];
+    let resultVolume: { shape: number[]; affine: number[][] } | null = null;
+    if (job.status === "done" && job.result) {
+      const file = await opts.queue.openResult(job, "nifti");
+      if (file) {
+        const bytes = file.body instanceof Uint8Array
+          ? file.body
+          : new Uint8Array(await new Response(file.body).arrayBuffer());
+        resultVolume = await readNifti(bytes);
+      }
+    }
+    let volume: { data: Float32Array; shape: number[]; affine?: number[][] };
+    if (typeof chosen.volume === "string") {
+      volume = await readNifti(Uint8Array.from(atob(chosen.volume), (c) => c.charCodeAt(0)));
+    } else {
+      if (!resultVolume) {
+        throw new ApiError(
+          409,
+          "result_not_ready",
+          `Job ${id} is ${job.status}: its inpainting sphere is drawn on the result's grid, which exists only ` +
+            "for done jobs.",
+        );
+      }
+      const shape = resultVolume.shape.slice(0, 3) as [number, number, number];
+      volume = { data: sphereMask(shape, chosen.volume.center, chosen.volume.radius), shape };
+    }
+    const affine = resultVolume?.affine ?? volume.affine;
+    const body = await gzip(encodeNifti({ data: volume.data, shape: volume.shape, affine }));
+    return new Response(body as Uint8Array<ArrayBuffer>, {
+      headers: {
+        "content-type": "application/gzip",
+        "content-length": String(body.byteLength),
+        "content-disposition": `attachment; filename="voxgen-${id}-condition-${index}.nii.gz"`,
+        "cache-control": "private, no-cache",
+      },
+    });
+  }
+
   return {
     async handle(req: Request): Promise<Response> {
       const url = new URL(req.url);
@@ -356,6 +425,27 @@ export function createApi(opts: ApiOptions): Api {
   };
 }
 
+/**
+ * The condition volumes a request carried, in the order `GET /v1/jobs/:id/condition?index=N` serves them:
+ * the control module's conditions (those given), the model's condition volume, the inpainting mask (base64
+ * NIfTI, or a sphere drawn on the result's grid).
+ */
+function jobConditions(
+  request: SampleRequest,
+): Array<
+  { name: string; kind: string; volume: string | { center: [number, number, number]; radius: number } }
+> {
+  const out: ReturnType<typeof jobConditions> = [];
+  request.control?.volumes?.forEach((v, i) => {
+    if (v !== null) {
+      out.push({ name: request.control!.conditions[i] ?? `control ${i}`, kind: "control", volume: v });
+    }
+  });
+  if (request.condition) out.push({ name: "condition", kind: "condition", volume: request.condition });
+  if (request.inpaint) out.push({ name: "inpainting mask", kind: "mask", volume: request.inpaint.mask });
+  return out;
+}
+
 /** A job as the API shows it: result files become URLs. */
 function view(job: Job): Record<string, unknown> {
   const { id, status, progress, createdAt, startedAt, finishedAt, error, result } = job;
@@ -368,6 +458,7 @@ function view(job: Job): Record<string, unknown> {
     finishedAt,
     error,
     request: shownRequest(job.request),
+    ...conditionLinks(job),
   };
   if (!result) return shown;
   const base = `/v1/jobs/${job.id}/result`;
@@ -381,6 +472,19 @@ function view(job: Job): Record<string, unknown> {
       nifti: base,
       png: `${base}?format=png`,
     },
+  };
+}
+
+/** The job's condition volumes as links (absent when it has none). */
+function conditionLinks(job: Job): { conditions?: Array<{ name: string; kind: string; nifti: string }> } {
+  const listed = jobConditions(job.request);
+  if (listed.length === 0) return {};
+  return {
+    conditions: listed.map((c, i) => ({
+      name: c.name,
+      kind: c.kind,
+      nifti: `/v1/jobs/${job.id}/condition?index=${i}`,
+    })),
   };
 }
 

@@ -17,7 +17,7 @@ import { releaseCachedMemory } from "../engine/memory.ts";
 import { readNifti } from "../io/nifti.ts";
 import { generate, type GenerationRequest, type Generator } from "../pipelines/generate.ts";
 import { prepareInpainting, sphereMask } from "../pipelines/inpaint.ts";
-import { loadGenerator, loadModelWithAdapters } from "../pipelines/generators.ts";
+import { loadGenerator, loadModelWithEmbeddings } from "../pipelines/generators.ts";
 import { controlledGenerator } from "../pipelines/control.ts";
 import { writeStackedFiles } from "../pipelines/output.ts";
 import type {
@@ -176,8 +176,11 @@ async function acquireModel(job: WorkerJob): Promise<Generator> {
       const nii = await readNifti(fromBase64(c.nifti));
       return { data: nii.data, shape: nii.shape, source: c.name };
     }));
-    const model = await loadModelWithAdapters(job.modelPath, { adapters: job.adapters });
-    return await controlledGenerator(model, { file: path, conditions: volumes, scale });
+    const { model, vectors } = await loadModelWithEmbeddings(job.modelPath, {
+      adapters: job.adapters,
+      embeddings: job.embeddings,
+    });
+    return await controlledGenerator(model, { file: path, conditions: volumes, scale }, vectors);
   }
   const stat = await Deno.stat(job.modelPath);
   const key = `${job.modelPath}:${stat.mtime?.getTime()}:${stat.size}`;

@@ -6,7 +6,7 @@
  */
 
 import {
-  ATTENTION_PARAM_WORDS,
+  ATTENTION_UNIFORMS,
   attentionBackwardKeyKernel,
   attentionBackwardQueryKernel,
   type AttentionDims,
@@ -17,8 +17,8 @@ import {
   attentionTiling,
   MAX_HEAD_DIM,
   ROW_DOT_THREADS,
+  ROW_DOT_UNIFORMS,
 } from "../../kernels/attention.ts";
-import type { Kernel } from "../../kernels/types.ts";
 import { record } from "../autograd.ts";
 import { deviceInfo, limit } from "../device.ts";
 import { dispatch } from "../runtime.ts";
@@ -30,15 +30,6 @@ import { contiguous, map } from "./map.ts";
 export interface AttentionOptions {
   /** Multiplier of q·kᵀ before the softmax (default 1/√d). */
   scale?: number;
-}
-
-const kernels = new Map<string, Kernel>();
-
-function cached(k: Kernel): Kernel {
-  const hit = kernels.get(k.key);
-  if (hit) return hit;
-  kernels.set(k.key, k);
-  return k;
 }
 
 interface Problem {
@@ -142,22 +133,22 @@ function kernelLayout(t: Tensor, width: number): Tensor {
   return copy;
 }
 
-/** The parameter block shared by the three main kernels. */
+/** The uniforms of the three main kernels. */
 function params(
   p: Problem,
   blocks: number,
   offsets: { q: number; k: number; v: number; g?: number },
 ): Uint32Array {
-  const words = new Uint32Array(ATTENTION_PARAM_WORDS);
-  words[0] = p.Nq;
-  words[1] = p.Nk;
-  new Float32Array(words.buffer)[2] = p.scale;
-  words[3] = blocks;
-  words[4] = offsets.q;
-  words[5] = offsets.k;
-  words[6] = offsets.v;
-  words[7] = offsets.g ?? 0;
-  return words;
+  return ATTENTION_UNIFORMS.pack({
+    Nq: p.Nq,
+    Nk: p.Nk,
+    scale: p.scale,
+    blocks,
+    qOffset: offsets.q,
+    kOffset: offsets.k,
+    vOffset: offsets.v,
+    gOffset: offsets.g ?? 0,
+  });
 }
 
 /** Runs one of the three main kernels: forward and dq own query rows, dkv owns key rows. */
@@ -172,7 +163,7 @@ function run(
   const [owned, streamed] = pass === "dkv" ? [p.Nk, p.Nq] : [p.Nq, p.Nk];
   const tiling = tilingFor(pass, p.dims, owned, streamed, heads);
   const blocks = Math.ceil(owned / (tiling.threads * tiling.rows));
-  const kernel = cached(make(p.dims, tiling));
+  const kernel = make(p.dims, tiling);
   dispatch(kernel, params(p, blocks, offsets), buffers, heads * blocks);
 }
 
@@ -228,8 +219,8 @@ function attentionBackward(
   const dsum = fromData(null, [B, H, Nq]);
   const buf = (t: Tensor): GPUBuffer => t.storage("attention backward").buffer;
   dispatch(
-    cached(attentionRowDotKernel(dims.dv)),
-    new Uint32Array([rows, gc.offset, os.offset]),
+    attentionRowDotKernel(dims.dv),
+    ROW_DOT_UNIFORMS.pack({ rows, gOffset: gc.offset, oOffset: os.offset }),
     [buf(gc), buf(os), buf(dsum)],
     Math.ceil(rows / ROW_DOT_THREADS),
   );

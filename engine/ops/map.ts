@@ -6,12 +6,11 @@
  */
 
 import {
-  MAP_HELPERS,
   MAP_SCALARS,
   mapKernel,
-  mapParamWords,
+  mapUniforms,
   mapVec4Kernel,
-  mapVec4ParamWords,
+  mapVec4Uniforms,
 } from "../../kernels/elementwise.ts";
 import type { Kernel } from "../../kernels/types.ts";
 import { WG } from "../../kernels/types.ts";
@@ -20,19 +19,9 @@ import { broadcastShapes, broadcastStrides, coalesce, formatShape, sizeOf } from
 import { fromData, Tensor } from "../tensor.ts";
 import { bindPiece, splitStrided } from "./split.ts";
 
-const kernels = new Map<string, Kernel>();
-
 /** The strided map kernel of `rank` dimensions, or (rank 0) the contiguous vec4 one. */
 function kernelFor(name: string, expr: string, arity: number, rank: number): Kernel {
-  const key = `${name}:${arity}:${rank}`;
-  let kernel = kernels.get(key);
-  if (!kernel) {
-    kernel = rank === 0
-      ? mapVec4Kernel(name, expr, arity, MAP_HELPERS)
-      : mapKernel(name, expr, arity, rank, MAP_HELPERS);
-    kernels.set(key, kernel);
-  }
-  return kernel;
+  return rank === 0 ? mapVec4Kernel(name, expr, arity) : mapKernel(name, expr, arity, rank);
 }
 
 /** Knobs of the map kernels, for benchmarks. */
@@ -46,7 +35,7 @@ const MAX_ELEMENTS = 2 ** 32 - 1;
 
 /**
  * Writes `expr(inputs…, scalars…)` into `out`, which may be a strided view. Inputs broadcast to
- * `out.shape`. `name` must identify `expr` uniquely (it keys the kernel cache).
+ * `out.shape`. `name` labels the kernel (its family is `map:name`); kernels are cached by name and `expr`.
  */
 export function mapInto(
   out: Tensor,
@@ -65,6 +54,7 @@ export function mapInto(
   ];
   const c = coalesce(out.shape, strides);
   const rank = c.shape.length;
+  const allScalars = Array.from({ length: MAP_SCALARS }, (_, i) => scalars[i] ?? 0);
   const arity = inputs.length;
   const buffers = [out.storage(name).buffer, ...inputs.map((t) => t.storage(name).buffer)];
   const offsets = [out.offset, ...inputs.map((t) => t.offset)];
@@ -75,35 +65,37 @@ export function mapInto(
     offsets.every((o) => o % 4 === 0) && !/\bi\b/.test(expr)
   ) {
     const kernel = kernelFor(name, expr, arity, 0);
+    const layout = mapVec4Uniforms(arity);
     const per = Math.floor(windowElements() / 4) * 4;
     for (let first = 0; first < n; first += per) {
       const count = Math.min(per, n - first);
       const bound = bindPiece(buffers, [count], c.strides, offsets.map((o) => o + first));
-      const params = new Uint32Array(mapVec4ParamWords(arity));
-      params[0] = count / 4;
-      bound.offsets.forEach((o, k) => (params[1 + k] = o / 4));
-      new Float32Array(params.buffer).set(scalars, 2 + arity);
+      const [outOffset4, ...inOffsets4] = bound.offsets.map((o) => o / 4);
+      const params = layout.pack({ vec4s: count / 4, outOffset4, inOffsets4, scalars: allScalars });
       const [outBinding, ...inBindings] = bound.bindings;
       dispatch(kernel, params, [...inBindings, outBinding], Math.ceil(count / 4 / WG));
     }
     return;
   }
   const kernel = kernelFor(name, expr, arity, rank);
+  const layout = mapUniforms(arity, rank);
   // Tensors larger than one binding: pieces along the outer dimensions, each bound as windows.
   for (const piece of splitStrided(c.shape, c.strides, [out.offset, ...inputs.map((t) => t.offset)])) {
     const bound = bindPiece(buffers, piece.shape, c.strides, piece.offsets);
-    const params = new Uint32Array(mapParamWords(arity, rank));
-    const f32 = new Float32Array(params.buffer);
-    params[0] = sizeOf(piece.shape);
-    bound.offsets.forEach((o, k) => (params[1 + k] = o));
-    let at = 2 + arity;
-    for (const d of piece.shape) params[at++] = d;
-    for (const s of c.strides[0]) params[at++] = s;
-    for (let k = 0; k < arity; k++) for (const s of c.strides[k + 1]) params[at++] = s;
-    scalars.forEach((s, i) => (f32[at + i] = s));
-    params[at + MAP_SCALARS] = piece.first;
+    const [outOffset, ...inOffsets] = bound.offsets;
+    const count = sizeOf(piece.shape);
+    const params = layout.pack({
+      n: count,
+      outOffset,
+      inOffsets,
+      shape: piece.shape,
+      outStrides: c.strides[0],
+      inStrides: c.strides.slice(1).flat(),
+      scalars: allScalars,
+      first: piece.first,
+    });
     const [outBinding, ...inBindings] = bound.bindings;
-    dispatch(kernel, params, [...inBindings, outBinding], Math.ceil(params[0] / WG));
+    dispatch(kernel, params, [...inBindings, outBinding], Math.ceil(count / WG));
   }
 }
 

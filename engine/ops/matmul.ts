@@ -14,6 +14,7 @@ import {
   MATMUL_CHUNK_MEDIUM,
   MATMUL_CHUNK_NARROW,
   MATMUL_TILE,
+  MATMUL_UNIFORMS,
   matmulChunkKernel,
   matmulKernel,
   matmulSettings,
@@ -82,19 +83,19 @@ function tiledMatmul(
   if (gridX > MAX_GRID || gridY > MAX_GRID || count > MAX_GRID) {
     throw new Error(`matmul: [${count}, ${M}, ${K}] × [${K}, ${N}] exceeds the dispatch grid limits.`);
   }
-  const params = new Uint32Array([
+  const params = MATMUL_UNIFORMS.pack({
     M,
     N,
     K,
-    A.offset,
-    batch.a,
-    A.strides[A.rank - 2],
-    A.strides[A.rank - 1],
-    B.offset,
-    batch.b,
-    B.strides[B.rank - 2],
-    B.strides[B.rank - 1],
-  ]);
+    aOffset: A.offset,
+    aBatch: batch.a,
+    aRow: A.strides[A.rank - 2],
+    aCol: A.strides[A.rank - 1],
+    bOffset: B.offset,
+    bBatch: batch.b,
+    bRow: B.strides[B.rank - 2],
+    bCol: B.strides[B.rank - 1],
+  });
   const out = fromData(null, outShape);
   dispatch(kernel, params, [
     A.storage("matmul").buffer,

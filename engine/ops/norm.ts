@@ -12,6 +12,12 @@
 import {
   type AffineMode,
   FAST_DIV_LIMIT,
+  NORM_APPLY_UNIFORMS,
+  NORM_GRAD_APPLY_UNIFORMS,
+  NORM_GRAD_COMBINE_UNIFORMS,
+  NORM_GRAD_REDUCE_UNIFORMS,
+  NORM_STATS_COMBINE_UNIFORMS,
+  NORM_STATS_UNIFORMS,
   normApplyKernel,
   normGradApplyKernel,
   normGradCombineKernel,
@@ -22,11 +28,10 @@ import {
   normThreadsPerRow,
   type NormVariant,
   type NormVec,
-  reciprocalBits,
 } from "../../kernels/norm.ts";
 import { WG } from "../../kernels/types.ts";
 import { record } from "../autograd.ts";
-import { cachedKernel, dispatch, maxBindingBytes, windowElements } from "../runtime.ts";
+import { dispatch, maxBindingBytes, windowElements } from "../runtime.ts";
 import { formatShape, sizeOf } from "../shape.ts";
 import { fromData, Tensor } from "../tensor.ts";
 import { intoRows, rowsOf } from "./blocks.ts";
@@ -52,10 +57,6 @@ interface Layout {
   affine: AffineMode;
 }
 
-function floatBits(params: Uint32Array, index: number, value: number): void {
-  new Float32Array(params.buffer, index * 4, 1)[0] = value;
-}
-
 /** vec4 loads when the plane length and every offset are multiples of 4. */
 function pickVec(
   layout: Layout,
@@ -75,10 +76,21 @@ function chunking(loads: number): { chunks: number; chunkLen: number; tpr: numbe
   return { chunks, chunkLen, tpr: normThreadsPerRow(chunkLen) };
 }
 
+/** The uniform fields the element-wise norm kernels share. */
+interface Head {
+  loads: number;
+  planes: number;
+  planeLoads: number;
+  planesPerRow: number;
+  channels: number;
+  rcpPlaneLoads: number;
+  rcpPlanesPerRow: number;
+  rcpChannels: number;
+}
+
 /**
- * How the element-wise kernels run over `layout` with `vec`-wide loads: the kernel variant, the head of
- * their parameter block (`[loads, planes, planeLoads, planesPerRow, C]` and three reciprocals) and the
- * workgroup grid.
+ * How the element-wise kernels run over `layout` with `vec`-wide loads: the kernel variant, the fields
+ * their uniforms share (loads, planes, divisors and their reciprocals) and the workgroup grid.
  */
 function elementwisePlan(
   layout: Layout,
@@ -86,7 +98,7 @@ function elementwisePlan(
   w: Tensor | null,
   b: Tensor | null,
   silu: boolean,
-): { variant: NormVariant; head: number[]; workgroups: number | [number, number, number] } {
+): { variant: NormVariant; head: Head; workgroups: number | [number, number, number] } {
   const planeLoads = layout.planeLen / vec;
   const loads = layout.planes * planeLoads;
   const blocksPerPlane = Math.ceil(planeLoads / WG);
@@ -96,7 +108,6 @@ function elementwisePlan(
   const workgroups: number | [number, number, number] = grid === "planes"
     ? [blocksPerPlane, planeRows, Math.ceil(layout.planes / planeRows)]
     : Math.ceil(loads / WG);
-  const divisors = [planeLoads, layout.planesPerRow, layout.channels];
   return {
     variant: {
       vec,
@@ -107,7 +118,16 @@ function elementwisePlan(
       grid,
       fastDiv: (grid === "planes" ? layout.planes : loads) < FAST_DIV_LIMIT,
     },
-    head: [loads, layout.planes, ...divisors, ...divisors.map(reciprocalBits)],
+    head: {
+      loads,
+      planes: layout.planes,
+      planeLoads,
+      planesPerRow: layout.planesPerRow,
+      channels: layout.channels,
+      rcpPlaneLoads: 1 / planeLoads,
+      rcpPlanesPerRow: 1 / layout.planesPerRow,
+      rcpChannels: 1 / layout.channels,
+    },
     workgroups,
   };
 }
@@ -119,20 +139,31 @@ function rowStats(op: string, x: Tensor, layout: Layout, eps: number, vec: NormV
   const { chunks, chunkLen, tpr } = chunking(rowLen / vec);
   const stats = fromData(null, [rows, 2]);
   const virtualRows = rows * chunks;
-  const params = new Uint32Array([virtualRows, rowLen / vec, chunks, chunkLen, x.offset, 0]);
-  floatBits(params, 5, eps);
+  const params = NORM_STATS_UNIFORMS.pack({
+    rows: virtualRows,
+    len: rowLen / vec,
+    chunks,
+    chunkLen,
+    inOffset: x.offset,
+    eps,
+  });
   const partial = chunks > 1 ? fromData(null, [virtualRows, 2]) : stats;
   dispatch(
-    cachedKernel(normStatsKernel, tpr, vec, chunks === 1),
+    normStatsKernel(tpr, vec, chunks === 1),
     params,
     [x.storage(op).buffer, partial.storage(op).buffer],
     Math.ceil(virtualRows / (WG / tpr)),
   );
   if (partial !== stats) {
-    const combine = new Uint32Array([rows, rowLen, chunks, chunkLen * vec, 0]);
-    floatBits(combine, 4, eps);
+    const combine = NORM_STATS_COMBINE_UNIFORMS.pack({
+      rows,
+      len: rowLen,
+      chunks,
+      chunkLen: chunkLen * vec,
+      eps,
+    });
     dispatch(
-      cachedKernel(normStatsCombineKernel),
+      normStatsCombineKernel(),
       combine,
       [partial.storage(op).buffer, stats.storage(op).buffer],
       Math.ceil(rows / WG),
@@ -161,8 +192,13 @@ function normForward(
   const y = fromData(null, x.shape);
   const { head, variant, workgroups } = elementwisePlan(layout, vec, w, b, silu);
   dispatch(
-    cachedKernel(normApplyKernel, variant),
-    new Uint32Array([...head, x.offset, w?.offset ?? 0, b?.offset ?? 0]),
+    normApplyKernel(variant),
+    NORM_APPLY_UNIFORMS.pack({
+      ...head,
+      xOffset: x.offset,
+      wOffset: w?.offset ?? 0,
+      bOffset: b?.offset ?? 0,
+    }),
     [x.storage(op).buffer, stats.storage(op).buffer, ...affineBuffers(op, w, b), y.storage(op).buffer],
     workgroups,
   );
@@ -196,20 +232,18 @@ function normBackward(
   const affine = affineBuffers(op, w, b);
 
   const part = fromData(null, [virtualPlanes, 2]);
-  const offsets = [x.offset, g.offset, w?.offset ?? 0, b?.offset ?? 0];
+  const offsets = { xOffset: x.offset, gOffset: g.offset, wOffset: w?.offset ?? 0, bOffset: b?.offset ?? 0 };
   dispatch(
-    cachedKernel(normGradReduceKernel, tpr, variant),
-    new Uint32Array([
+    normGradReduceKernel(tpr, variant),
+    NORM_GRAD_REDUCE_UNIFORMS.pack({
       virtualPlanes,
       planeLoads,
       chunks,
       chunkLen,
-      layout.planesPerRow,
-      layout.channels,
-      0,
-      0,
+      planesPerRow: layout.planesPerRow,
+      channels: layout.channels,
       ...offsets,
-    ]),
+    }),
     [
       x.storage(op).buffer,
       g.storage(op).buffer,
@@ -224,16 +258,16 @@ function normBackward(
   const dwb = channel ? fromData(null, [2, layout.channels]) : null;
   const weighted = channel && w !== null;
   dispatch(
-    cachedKernel(normGradCombineKernel, { affine: layout.affine, weight: w !== null }),
-    new Uint32Array([
+    normGradCombineKernel({ affine: layout.affine, weight: w !== null }),
+    NORM_GRAD_COMBINE_UNIFORMS.pack({
       rows,
-      layout.planes,
+      planes: layout.planes,
       chunks,
-      layout.planesPerRow,
-      layout.channels,
-      layout.planesPerRow * layout.planeLen,
-      w?.offset ?? 0,
-    ]),
+      planesPerRow: layout.planesPerRow,
+      channels: layout.channels,
+      rowLen: layout.planesPerRow * layout.planeLen,
+      wOffset: w?.offset ?? 0,
+    }),
     [
       part.storage(op).buffer,
       ...(weighted ? [w.storage(op).buffer] : []),
@@ -251,8 +285,8 @@ function normBackward(
 
   const dx = fromData(null, x.shape);
   dispatch(
-    cachedKernel(normGradApplyKernel, variant),
-    new Uint32Array([...head, ...offsets]),
+    normGradApplyKernel(variant),
+    NORM_GRAD_APPLY_UNIFORMS.pack({ ...head, ...offsets }),
     [
       x.storage(op).buffer,
       g.storage(op).buffer,
@@ -539,8 +573,8 @@ function normalizeOnly(op: string, x: Tensor, stats: Tensor, layout: Layout): Te
   const y = fromData(null, x.shape);
   const { head, variant, workgroups } = elementwisePlan(layout, pickVec(layout, [x], []), null, null, false);
   dispatch(
-    cachedKernel(normApplyKernel, variant),
-    new Uint32Array([...head, x.offset, 0, 0]),
+    normApplyKernel(variant),
+    NORM_APPLY_UNIFORMS.pack({ ...head, xOffset: x.offset, wOffset: 0, bOffset: 0 }),
     [x.storage(op).buffer, stats.storage(op).buffer, y.storage(op).buffer],
     workgroups,
   );

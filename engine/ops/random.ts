@@ -11,7 +11,7 @@
  */
 
 import { type RandomDistribution, randomKernel, randomParams } from "../../kernels/random.ts";
-import { type Kernel, WG } from "../../kernels/types.ts";
+import { WG } from "../../kernels/types.ts";
 import { limit } from "../device.ts";
 import { bindRange, dispatch, windowElements } from "../runtime.ts";
 import { checkShape, sizeOf } from "../shape.ts";
@@ -26,17 +26,6 @@ export interface RandomOptions {
    * values: after drawing `n` values, `offset + Math.ceil(n / 4)` continues the same stream.
    */
   offset?: number;
-}
-
-const kernels = new Map<RandomDistribution, Kernel>();
-
-function kernelFor(dist: RandomDistribution): Kernel {
-  let kernel = kernels.get(dist);
-  if (!kernel) {
-    kernel = randomKernel(dist);
-    kernels.set(dist, kernel);
-  }
-  return kernel;
 }
 
 /** The low and high 32-bit words of an integer below 2⁵³. */
@@ -77,7 +66,7 @@ function draw(op: string, dist: RandomDistribution, shape: readonly number[], op
     const count = Math.min(perPiece, n - first);
     const params = randomParams(count, [...words(offset + first / 4), 0, 0], words(seed));
     const { binding } = bindRange(buffer, first, first + count);
-    dispatch(kernelFor(dist), params, [binding], Math.ceil(Math.ceil(count / 4) / WG));
+    dispatch(randomKernel(dist), params, [binding], Math.ceil(Math.ceil(count / 4) / WG));
   }
   return out;
 }

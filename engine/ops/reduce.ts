@@ -5,7 +5,7 @@
  * @module
  */
 
-import { reduceKernel, type ReduceOp, threadsPerRow } from "../../kernels/reduce.ts";
+import { REDUCE_UNIFORMS, reduceKernel, type ReduceOp, threadsPerRow } from "../../kernels/reduce.ts";
 import { WG } from "../../kernels/types.ts";
 import { record } from "../autograd.ts";
 import { bindRange, dispatch, windowElements } from "../runtime.ts";
@@ -45,10 +45,15 @@ function reducePiece(
     splitRows ? 0 : outFirst,
     (splitRows ? 0 : outFirst) + virtualRows,
   );
-  const params = new Uint32Array(7);
-  params.set([virtualRows, n, chunks, chunkLen, first - input.shift]);
-  new Float32Array(params.buffer)[5] = splitRows ? 1 : scale;
-  params[6] = (splitRows ? 0 : outFirst) - output.shift;
+  const params = REDUCE_UNIFORMS.pack({
+    rows: virtualRows,
+    n,
+    chunks,
+    chunkLen,
+    srcOffset: first - input.shift,
+    scale: splitRows ? 1 : scale,
+    dstOffset: (splitRows ? 0 : outFirst) - output.shift,
+  });
   dispatch(
     reduceKernel(op, tpr),
     params,

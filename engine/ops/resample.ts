@@ -21,15 +21,16 @@
 import {
   avgPoolGradKernel,
   avgPoolKernel,
+  avgPoolUniforms,
   interpolateGradKernel,
   interpolateKernel,
   type InterpolateKind,
-  interpolateParamLayout,
+  interpolateUniforms,
   type ResampleVec,
 } from "../../kernels/resample.ts";
 import { WG } from "../../kernels/types.ts";
 import { record } from "../autograd.ts";
-import { cachedKernel, dispatch } from "../runtime.ts";
+import { dispatch } from "../runtime.ts";
 import { formatShape } from "../shape.ts";
 import { fromData, Tensor } from "../tensor.ts";
 import { byRows } from "./blocks.ts";
@@ -128,10 +129,6 @@ function ratioOf(axis: Axis): number {
   return Math.fround(axis.scale !== undefined ? 1 / axis.scale : axis.inSize / axis.outSize);
 }
 
-function floatBits(v: number): number {
-  return new Uint32Array(new Float32Array([v]).buffer)[0];
-}
-
 /** The input indices output `o` of `axis` reads: ATen's taps, in float32 (as the kernels compute them). */
 function tapsOf(kind: InterpolateKind, axis: Axis, ratio: number): (o: number) => number[] {
   const { inSize, outSize } = axis;
@@ -202,7 +199,7 @@ function layoutOf(
   return {
     vec,
     groups,
-    rcps: dims.slice(1).map((d) => floatBits(1 / d)),
+    rcps: dims.slice(1).map((d) => 1 / d),
     grid: [blocks, planeRows, Math.ceil(planes / planeRows)],
   };
 }
@@ -220,7 +217,7 @@ export function interpolate(x: Tensor, opts: InterpolateOptions): Tensor {
   const planes = x.shape[0] * x.shape[1];
   const inDims = axes.map((a) => a.inSize);
   const outDims = axes.map((a) => a.outSize);
-  const ratios = axes.map((a) => floatBits(ratioOf(a)));
+  const ratios = axes.map(ratioOf);
   const xc = contiguous(x);
   const inLen = inDims.reduce((a, b) => a * b, 1);
   const outLen = outDims.reduce((a, b) => a * b, 1);
@@ -229,10 +226,18 @@ export function interpolate(x: Tensor, opts: InterpolateOptions): Tensor {
     const out = fromData(null, [count, ...outDims]);
     if (out.size === 0) return out;
     const fwd = layoutOf(op, count, outDims);
-    const params = new Uint32Array(interpolateParamLayout(nd).words);
-    params.set([count, fwd.groups, src.offset, ...inDims, ...outDims, ...ratios, ...fwd.rcps]);
+    const params = interpolateUniforms(nd, false).pack({
+      planes: count,
+      groups: fwd.groups,
+      offset: src.offset,
+      inSize: inDims,
+      outSize: outDims,
+      ratio: ratios,
+      rcp: fwd.rcps,
+      rangeAt: [],
+    });
     dispatch(
-      cachedKernel(interpolateKernel, kind, nd, fwd.vec),
+      interpolateKernel(kind, nd, fwd.vec),
       params,
       [src.storage(op).buffer, out.storage(op).buffer],
       fwd.grid,
@@ -249,17 +254,17 @@ export function interpolate(x: Tensor, opts: InterpolateOptions): Tensor {
       if (out.size === 0) return out;
       const bwd = layoutOf(op, count, inDims);
       dispatch(
-        cachedKernel(interpolateGradKernel, kind, nd, bwd.vec),
-        new Uint32Array([
-          count,
-          bwd.groups,
-          src.offset,
-          ...inDims,
-          ...outDims,
-          ...ratios,
-          ...bwd.rcps,
-          ...rangeAt,
-        ]),
+        interpolateGradKernel(kind, nd, bwd.vec),
+        interpolateUniforms(nd, true).pack({
+          planes: count,
+          groups: bwd.groups,
+          offset: src.offset,
+          inSize: inDims,
+          outSize: outDims,
+          ratio: ratios,
+          rcp: bwd.rcps,
+          rangeAt,
+        }),
         [src.storage(op).buffer, table.storage(op).buffer, out.storage(op).buffer],
         bwd.grid,
       );
@@ -304,8 +309,17 @@ function avgPool(op: string, nd: number, x: Tensor, kernel: unknown, stride: unk
     if (out.size === 0) return out;
     const fwd = layoutOf(op, count, outDims);
     dispatch(
-      cachedKernel(avgPoolKernel, nd, fwd.vec),
-      new Uint32Array([count, fwd.groups, src.offset, ...inDims, ...outDims, ...k, ...s, ...fwd.rcps]),
+      avgPoolKernel(nd, fwd.vec),
+      avgPoolUniforms(nd, false).pack({
+        planes: count,
+        groups: fwd.groups,
+        offset: src.offset,
+        inSize: inDims,
+        outSize: outDims,
+        kernel: k,
+        stride: s,
+        rcp: fwd.rcps,
+      }),
       [src.storage(op).buffer, out.storage(op).buffer],
       fwd.grid,
     );
@@ -320,8 +334,17 @@ function avgPool(op: string, nd: number, x: Tensor, kernel: unknown, stride: unk
       if (out.size === 0) return out;
       const bwd = layoutOf(op, count, inDims);
       dispatch(
-        cachedKernel(avgPoolGradKernel, nd, bwd.vec),
-        new Uint32Array([count, bwd.groups, src.offset, ...inDims, ...outDims, ...k, ...s, ...bwd.rcps]),
+        avgPoolGradKernel(nd, bwd.vec),
+        avgPoolUniforms(nd, true).pack({
+          planes: count,
+          groups: bwd.groups,
+          offset: src.offset,
+          inSize: inDims,
+          outSize: outDims,
+          kernel: k,
+          stride: s,
+          rcp: bwd.rcps,
+        }),
         [src.storage(op).buffer, out.storage(op).buffer],
         bwd.grid,
       );

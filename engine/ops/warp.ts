@@ -7,9 +7,9 @@
  * @module
  */
 
-import { WARP_PARAM_WORDS, warpKernel, type WarpMode, type WarpPadding } from "../../kernels/warp.ts";
+import { WARP_UNIFORMS, warpKernel, type WarpMode, type WarpPadding } from "../../kernels/warp.ts";
 import { WG } from "../../kernels/types.ts";
-import { cachedKernel, dispatch } from "../runtime.ts";
+import { dispatch } from "../runtime.ts";
 import { formatShape, sizeOf } from "../shape.ts";
 import { fromData, Tensor } from "../tensor.ts";
 import { contiguous } from "./map.ts";
@@ -65,19 +65,24 @@ export function warp3d(x: Tensor, opts: WarpOptions = {}): Tensor {
   const src = contiguous(x);
   const fieldData = field ? contiguous(field) : fromData(new Float32Array(4), [4]);
   const out = fromData(null, [...lead, oz, oy, ox]);
-  const params = new Uint32Array(WARP_PARAM_WORDS);
-  const f32 = new Float32Array(params.buffer);
   const [gz, gy, gx] = field ? field.shape.slice(1) : [1, 1, 1];
-  params.set([ox, oy, oz, nx, ny, nz, channels, gx, gy, gz, src.offset, field ? 1 : 0]);
-  matrix.flat().forEach((v, i) => (f32[12 + i] = v));
-  f32[24] = opts.fill ?? 0;
+  const params = WARP_UNIFORMS.pack({
+    outSize: [ox, oy, oz],
+    srcSize: [nx, ny, nz],
+    channels,
+    gridSize: [gx, gy, gz],
+    srcOffset: src.offset,
+    hasField: field ? 1 : 0,
+    matrix: matrix.flat(),
+    fill: opts.fill ?? 0,
+  });
   const buffers = [
     src.storage("warp3d").buffer,
     fieldData.storage("warp3d").buffer,
     out.storage("warp3d").buffer,
   ];
   dispatch(
-    cachedKernel(warpKernel, opts.mode ?? "linear", opts.padding ?? "fill"),
+    warpKernel(opts.mode ?? "linear", opts.padding ?? "fill"),
     params,
     buffers,
     Math.ceil(out.size / WG),

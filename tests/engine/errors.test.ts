@@ -45,6 +45,7 @@ gpuTest("grad of a non-scalar names the shape and the fix", () => {
 gpuTest("a WGSL compile error surfaces with the failing line", async () => {
   const kernel = {
     key: "test:broken",
+    family: "test:broken",
     code:
       "@group(0) @binding(0) var<uniform> P: vec4<u32>;\n@compute @workgroup_size(1)\nfn main() {\n  let x: u32 = 1.5;\n}\n",
     bindings: [],

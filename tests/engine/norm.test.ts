@@ -388,6 +388,7 @@ gpuTest("div_u, the float-reciprocal division of the kernels, is exact below 2^2
   const out = fromData(null, [count], { dtype: "int32" });
   const kernel = {
     key: "test:div_u",
+    family: "test:div_u",
     bindings: ["read", "write"] as const,
     code: `
 ${paramsBlock(1)}

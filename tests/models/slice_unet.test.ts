@@ -204,6 +204,45 @@ gpuTest(
   },
 );
 
+gpuTest(
+  "without slice attention every slot is denoised alone: a slot's output is what it gets as the only slot",
+  async () => {
+    const net = randomNet({ sliceAttention: false });
+    ok(!net.namedParameters().some(([n]) => n.includes("slice_attention")), "slice attention weights exist");
+    const { x, clean } = inputs(29);
+    const roles: SlotRole[][] = [["target", "target", "target"], ["target", "target", "target"]];
+    const t = [300, 800];
+    const all = await run(net, x, clean, { roles }, t);
+    for (let b = 0; b < B; b++) {
+      for (let s = 0; s < T; s++) {
+        const alone = R.ref(slot(x, b, s), [1, 1, C, H, W]);
+        const tx = fromRef(alone);
+        const y = noGrad(() =>
+          net.forward(tx, [t[b]], {
+            slices: { roles: [["target"]], indices: [[INDICES[b][s]]], depth: DEPTH },
+          })
+        );
+        assertClose(slot(all, b, s), (await toRef(y)).data, {
+          rtol: 1e-5,
+          atol: 1e-5,
+          name: `slot (${b}, ${s})`,
+        });
+        disposeAll(tx, y);
+      }
+    }
+    // The index still matters (it is all the network knows of where the slice is).
+    const moved = await run(net, x, clean, { roles, indices: [[5, 6, 1], [0, 9, 3]] }, t);
+    ok(maxAbsDiff(slot(moved, 0, 0), slot(all, 0, 0)) > 1e-4, "the slice index had no effect");
+    const [tx, tc] = [fromRef(x), fromRef(clean)];
+    throws(
+      () => net.forward(tx, t, { slices: { roles: ROLES, indices: INDICES, depth: DEPTH, clean: tc } }),
+      /condition slots need slice attention/,
+    );
+    disposeAll(tx, tc);
+    net.dispose();
+  },
+);
+
 gpuTest("gradients of a target-slot loss reach the slice attention", async () => {
   const net = randomNet();
   const { x, clean } = inputs(23);

@@ -7,7 +7,13 @@ import { deepStrictEqual, ok, throws } from "node:assert";
 import * as V from "../../mod.ts";
 import { seededRandom } from "../../nn/init.ts";
 import { Module } from "../../nn/module.ts";
-import { packSlices, sampleIndexGroup, sampleSliceSets, sliceBatches } from "../../pipelines/slice_data.ts";
+import {
+  packIndependentSlices,
+  packSlices,
+  sampleIndexGroup,
+  sampleSliceSets,
+  sliceBatches,
+} from "../../pipelines/slice_data.ts";
 import { train } from "../../pipelines/train.ts";
 import { DDPMScheduler } from "../../samplers/scheduler.ts";
 import { assertClose } from "../helpers/check.ts";
@@ -99,6 +105,44 @@ gpuTest(
         deepStrictEqual(mask[b * 5 + t], roles[b][t] === "target" ? 1 : 0);
       }
     }
+    batch.x0.dispose();
+    batch.lossMask.dispose();
+    volumes.dispose();
+  },
+);
+
+gpuTest(
+  "packIndependentSlices: distinct slices of each volume, one target slot each, labelled with their index",
+  async () => {
+    const volumes = labelledVolumes();
+    const batch = packIndependentSlices(volumes, 4, seededRandom(5));
+    deepStrictEqual(batch.x0.shape, [12, 1, 1, 2, 2]);
+    deepStrictEqual(batch.slices.depth, 6);
+    ok(batch.slices.roles.every((r) => r.length === 1 && r[0] === "target"));
+    const values = await batch.x0.toArray();
+    const { indices } = batch.slices;
+    for (let v = 0; v < 3; v++) {
+      const mine = indices.slice(v * 4, v * 4 + 4).map((row) => row[0]);
+      deepStrictEqual(new Set(mine).size, 4, `volume ${v}: slices ${mine} not distinct`);
+      mine.forEach((z, i) => {
+        const k = v * 4 + i;
+        deepStrictEqual([...values.slice(k * 4, k * 4 + 4)], new Array(4).fill(100 * v + z), `example ${k}`);
+      });
+    }
+    // Every slice of the volume gets drawn (uniformly, over many draws).
+    const seen = new Set<number>();
+    const random = seededRandom(11);
+    for (let i = 0; i < 20; i++) {
+      const b = packIndependentSlices(volumes, 2, random);
+      for (const row of b.slices.indices) seen.add(row[0]);
+      b.x0.dispose();
+      b.lossMask.dispose();
+    }
+    deepStrictEqual([...seen].sort(), [0, 1, 2, 3, 4, 5]);
+    throws(
+      () => packIndependentSlices(volumes, 7, random),
+      /7 distinct slices per volume, but the depth is 6/,
+    );
     batch.x0.dispose();
     batch.lossMask.dispose();
     volumes.dispose();

@@ -84,6 +84,39 @@ gpuTest(
 );
 
 gpuTest(
+  "train --independent-slices writes a slice model without slice attention; sample makes each volume in one stage",
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: "voxgen-independent-" });
+    await Deno.mkdir(`${dir}/data`);
+    await writeTinyVolumes(`${dir}/data`);
+    const run = `${dir}/run`;
+    const args = ["--data", `${dir}/data`, "--out", run, ...MODEL, "--batch", "2", "--previews", "0"];
+    await rejects(
+      capture(() => train([...args, "--independent-slices", "3", "--slots", "4", "--steps", "1"])),
+      /--slots and --independent-slices are two kinds of slice model/,
+    );
+    await capture(() => train([...args, "--independent-slices", "3", "--steps", "2"]));
+    const changed = capture(() => train([...args, "--slots", "4", "--steps", "3"]));
+    await rejects(changed, /independent-slices: 3 in the checkpoint, unset now/);
+    const modelPath = `${run}/model.safetensors`;
+    const model = await loadSliceModelFile(modelPath);
+    deepStrictEqual([model.net.config.sliceAttention, model.info.slots], [false, 1]);
+    ok(!model.net.namedParameters().some(([n]) => n.includes("slice_attention")));
+    model.net.dispose();
+    const out = `${dir}/sample.nii`;
+    const printed = await capture(() =>
+      sample(["--model", modelPath, "--depth", "8", "--steps", "2", "--batch", "2", "--out", out])
+    );
+    // One stage: the 2 steps are all there is (no "stage i/n" in the progress).
+    ok(printed.stderr.includes(" 2/2 (100%)") && !printed.stderr.includes("stage"), printed.stderr);
+    const volume = await readNifti(`${dir}/sample_1.nii`);
+    deepStrictEqual(volume.shape.slice(0, 3), [8, 8, 8]);
+    ok(volume.data.every((v) => Number.isFinite(v) && v >= -1 && v <= 1));
+    await Deno.remove(dir, { recursive: true });
+  },
+);
+
+gpuTest(
   "stagedChain (sample's signature, for the generation pipeline) is generateSliceVolumes, progress over all stages",
   async () => {
     const net = new SliceDiffusionUNet({

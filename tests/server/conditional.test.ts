@@ -148,6 +148,16 @@ Deno.test({
           else if (out.data[i] !== source.data[512 + i]) changed++;
         }
         ok(changed > 0, "the sphere was generated");
+        // The job links its mask: the sphere drawn on the result's grid and affine (for the viewer's overlay).
+        deepStrictEqual(job.conditions, [{
+          name: "inpainting mask",
+          kind: "mask",
+          nifti: `/v1/jobs/${job.id}/condition?index=0`,
+        }]);
+        const served = await readNifti(
+          new Uint8Array(await (await fetch(`${server.url}/v1/jobs/${job.id}/condition`)).arrayBuffer()),
+        );
+        deepStrictEqual([served.shape, served.data, served.affine], [[8, 8, 8], inside, source.affine]);
 
         const image = Float32Array.from({ length: 512 }, (_, i) => (i % 7) / 7);
         const mask = Float32Array.from({ length: 512 }, (_, i) => (i < 64 ? 1 : 0));

@@ -6,13 +6,17 @@
  */
 
 import { deepStrictEqual, equal, match, notDeepStrictEqual, ok } from "node:assert";
-import { randn } from "../../mod.ts";
-import { noGrad } from "../../engine/autograd.ts";
-import { copyInto } from "../../engine/ops/map.ts";
 import { encodeNifti, readNifti } from "../../io/nifti.ts";
-import { createControl, saveControlFile } from "../../pipelines/control.ts";
-import { loadModelFile } from "../../pipelines/modelfile.ts";
-import { makeTinyModel, type ServerProcess, startServer, submit, waitForJob } from "./helpers.ts";
+import {
+  makeTinyControl,
+  makeTinyLatentModel,
+  makeTinyModel,
+  type ServerProcess,
+  startServer,
+  submit,
+  TINY_AFFINE,
+  waitForJob,
+} from "./helpers.ts";
 import { type HostProcess, startHost, startRedis } from "./queue_helpers.ts";
 
 /** A 0/1 ball on an n³ grid. */
@@ -24,34 +28,6 @@ function ball(n: number): Float32Array {
   });
 }
 
-/** Writes a VCM control file for the model at `modelPath` with non-zero output layers (so it visibly steers). */
-async function makeControl(modelPath: string, out: string): Promise<void> {
-  const model = await loadModelFile(modelPath);
-  const control = await createControl("vcm", model.unet, {
-    conditions: ["mask"],
-    conditionChannels: [1],
-    vcm: {
-      encoderChannels: [4],
-      encoderGroups: 4,
-      unet: { channels: [8, 8], attentionLevels: [false, false], numResBlocks: 1, normNumGroups: 4 },
-      hiddenChannels: 8,
-      headChannels: 8,
-    },
-  });
-  // Non-zero output layers, so that the control visibly changes the sample.
-  noGrad(() => {
-    for (const [name, t] of control.module.namedParameters()) {
-      if (!/^(mlp_gamma|mlp_beta|time_unet\.out\.2)\./.test(name)) continue;
-      const w = randn(t.shape, { seed: t.size });
-      copyInto(t, w);
-      w.dispose();
-    }
-  });
-  await saveControlFile(out, control);
-  control.module.dispose();
-  model.unet.dispose();
-}
-
 Deno.test({
   name: "server: upload a condition volume and sample under a control module",
   sanitizeResources: false,
@@ -60,7 +36,7 @@ Deno.test({
     const dir = await Deno.makeTempDir({ prefix: "voxgen-server-control-" });
     await Deno.mkdir(`${dir}/controls`);
     await makeTinyModel(`${dir}/default.safetensors`);
-    await makeControl(`${dir}/default.safetensors`, `${dir}/controls/vcm.safetensors`);
+    await makeTinyControl(`${dir}/default.safetensors`, `${dir}/controls/vcm.safetensors`);
     const server = await startServer(["--data-dir", dir, "--default-model", `${dir}/default.safetensors`]);
     try {
       const put = (name: string, body: Uint8Array) =>
@@ -94,6 +70,26 @@ Deno.test({
       // The condition travels inside the stored request (so any worker host can run it), shown by its size.
       const shown = await (await fetch(`${server.url}/v1/jobs/${steered.body.id}`)).json();
       match(JSON.stringify(shown.request.control.volumes), /^\["<\d+ bytes of NIfTI>"\]$/);
+      // The job links its condition volume; it comes back as uploaded, on the result's grid and affine (the
+      // upload had none), so a viewer overlays it voxel for voxel. A job without a condition: 404.
+      const link = `/v1/jobs/${steered.body.id}/condition?index=0`;
+      deepStrictEqual(shown.conditions, [{ name: "mask", kind: "control", nifti: link }]);
+      const served = await fetch(`${server.url}${link}`);
+      equal(served.status, 200);
+      equal(served.headers.get("content-type"), "application/gzip");
+      const condition = await readNifti(new Uint8Array(await served.arrayBuffer()));
+      deepStrictEqual(condition.shape, [8, 8, 8]);
+      deepStrictEqual(condition.data, ball(8));
+      deepStrictEqual(condition.affine, TINY_AFFINE);
+      const none = await fetch(`${server.url}/v1/jobs/${plain.body.id}/condition`);
+      equal(none.status, 404);
+      match(
+        (await none.json()).error.message,
+        /was made without a condition volume \(no control condition, model condition or inpainting mask\)/,
+      );
+      const beyond = await fetch(`${server.url}/v1/jobs/${steered.body.id}/condition?index=1`);
+      equal(beyond.status, 404);
+      match((await beyond.json()).error.message, /has 1 condition volume\(s\) \(mask\); index 0\.\.0/);
       // A request copies the upload as it is when submitted: replaced by a wrong-grid volume, the next one fails.
       equal((await put("mask", encodeNifti({ data: ball(16), shape: [16, 16, 16] }))).status, 201);
       const again = await waitForJob(
@@ -134,6 +130,41 @@ Deno.test({
 });
 
 Deno.test({
+  name: "server: a latent model samples under a control module whose condition is on the image grid",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "voxgen-server-control-latent-" });
+    for (const sub of ["models", "controls"]) await Deno.mkdir(`${dir}/${sub}`);
+    await makeTinyModel(`${dir}/default.safetensors`);
+    await makeTinyLatentModel(`${dir}/models/latent.safetensors`);
+    await makeTinyControl(`${dir}/models/latent.safetensors`, `${dir}/controls/lvcm.safetensors`);
+    const server = await startServer(["--data-dir", dir, "--default-model", `${dir}/default.safetensors`]);
+    try {
+      const put = await fetch(`${server.url}/v1/conditions/mask`, {
+        method: "PUT",
+        body: new Blob([encodeNifti({ data: ball(8), shape: [8, 8, 8] }) as Uint8Array<ArrayBuffer>]),
+      });
+      equal(put.status, 201);
+      const base = { model: "latent", steps: 3, seed: 5 };
+      const volumes = [];
+      for (const body of [base, { ...base, control: { name: "lvcm", conditions: ["mask"] } }]) {
+        const job = await waitForJob(server.url, (await submit(server.url, body)).body.id as string);
+        equal(job.status, "done", JSON.stringify(job));
+        const res = await fetch(`${server.url}/v1/jobs/${job.id}/result`);
+        const volume = await readNifti(new Uint8Array(await res.arrayBuffer()));
+        deepStrictEqual(volume.shape, [8, 8, 8], "decoded to the image grid");
+        volumes.push(volume.data);
+      }
+      notDeepStrictEqual(volumes[1], volumes[0]);
+    } finally {
+      await server.stop();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
   name: "server: a control request runs on a Redis worker host, which has the module but not the upload",
   sanitizeResources: false,
   sanitizeOps: false,
@@ -142,7 +173,7 @@ Deno.test({
     const model = `${dir}/tiny.safetensors`;
     await makeTinyModel(model);
     for (const side of ["api", "host"]) await Deno.mkdir(`${dir}/${side}/controls`, { recursive: true });
-    await makeControl(model, `${dir}/api/controls/vcm.safetensors`);
+    await makeTinyControl(model, `${dir}/api/controls/vcm.safetensors`);
     await Deno.copyFile(`${dir}/api/controls/vcm.safetensors`, `${dir}/host/controls/vcm.safetensors`);
     const redis = await startRedis();
     let server: ServerProcess | null = null;

@@ -8,14 +8,24 @@
 import { injectAdapters } from "../../adapters/mod.ts";
 import { noGrad } from "../../engine/autograd.ts";
 import { ready } from "../../engine/device.ts";
+import { scope } from "../../engine/memory.ts";
 import { mul } from "../../engine/ops/elementwise.ts";
 import { copyInto } from "../../engine/ops/map.ts";
 import { tensor } from "../../engine/ops/create.ts";
 import { baseModelHash, saveEmbeddingFile } from "../../pipelines/embedding.ts";
 import { randn } from "../../engine/ops/random.ts";
+import { AutoencoderKL, type AutoencoderKLOptions } from "../../models/autoencoder.ts";
 import { DiffusionModelUNet, type DiffusionModelUNetOptions } from "../../models/unet.ts";
+import { saveLatentModelFile } from "../../pipelines/latent_modelfile.ts";
+import { controlGeometry, createControl, saveControlFile } from "../../pipelines/control.ts";
 import { TokenTable, type TokenVocabulary } from "../../models/tokens.ts";
-import { loadModelFile, type ModelInfo, modelWeights, saveModelFile } from "../../pipelines/modelfile.ts";
+import {
+  disposeModel,
+  loadModelFile,
+  type ModelInfo,
+  modelWeights,
+  saveModelFile,
+} from "../../pipelines/modelfile.ts";
 
 const MAIN = new URL("../../server/main.ts", import.meta.url).pathname;
 const CONFIG = new URL("../../deno.json", import.meta.url).pathname;
@@ -63,6 +73,100 @@ export async function makeTinyModel(
   });
   unet.dispose();
   tokens?.dispose();
+}
+
+/**
+ * Writes a tiny random latent diffusion model (8³ images, an autoencoder that halves the grid once, 2 × 4³
+ * latents, ε prediction, s = 0.8). The U-Net's zero-initialised weights get small random values (as in
+ * {@linkcode makeTinyModel}); the posterior's log σ² is pinned near −16 so that z ≈ μ and a condition can
+ * determine the latent a control module learns.
+ */
+export async function makeTinyLatentModel(path: string): Promise<void> {
+  await ready();
+  const ae: AutoencoderKLOptions = {
+    spatialDims: 3,
+    channels: [4, 4],
+    attentionLevels: [false, false],
+    numResBlocks: 1,
+    normNumGroups: 2,
+    latentChannels: 2,
+    withEncoderNonlocalAttn: false,
+    withDecoderNonlocalAttn: false,
+    seed: 4,
+  };
+  const opts: DiffusionModelUNetOptions = {
+    spatialDims: 3,
+    inChannels: 2,
+    outChannels: 2,
+    channels: [8, 8],
+    attentionLevels: [false, false],
+    numResBlocks: 1,
+    normNumGroups: 4,
+    seed: 5,
+  };
+  const autoencoder = new AutoencoderKL(ae);
+  const unet = new DiffusionModelUNet(opts);
+  let seed = 2000;
+  for (const [, t] of unet.stateDict()) {
+    if ((await t.toArray()).some((v) => v !== 0)) continue;
+    const small = noGrad(() => scope(() => mul(randn(t.shape, { seed: seed++ }), 0.05)));
+    noGrad(() => copyInto(t, small));
+    small.dispose();
+  }
+  const aeWeights = autoencoder.stateDict();
+  const logSigma = aeWeights.get("quant_conv_log_sigma.conv.weight")!;
+  const bias = aeWeights.get("quant_conv_log_sigma.conv.bias")!;
+  noGrad(() => {
+    const zeros = tensor(new Float32Array(logSigma.size), logSigma.shape);
+    const low = tensor(new Float32Array(bias.size).fill(-16), bias.shape);
+    copyInto(logSigma, zeros);
+    copyInto(bias, low);
+    zeros.dispose();
+    low.dispose();
+  });
+  await saveLatentModelFile(path, unet.stateDict(), aeWeights, {
+    unet: opts,
+    scheduler: { clipSample: false },
+    volume: { shape: [8, 8, 8], affine: TINY_AFFINE, range: [-1, 1] },
+    autoencoder: ae,
+    scaleFactor: 0.8,
+    latentShape: [2, 4, 4, 4],
+    description: "tiny random latent test model",
+  });
+  unet.dispose();
+  autoencoder.dispose();
+}
+
+/**
+ * Writes a VCM control file for the model at `modelPath` (image-space or latent: its condition takes the
+ * image grid) with non-zero output layers (so it visibly steers).
+ */
+export async function makeTinyControl(modelPath: string, out: string): Promise<void> {
+  const model = await loadModelFile(modelPath, { allowLatent: true });
+  const control = await createControl("vcm", model.unet, {
+    conditions: ["mask"],
+    conditionChannels: [1],
+    downsamplings: controlGeometry(model).downsamplings,
+    vcm: {
+      encoderChannels: [4],
+      encoderGroups: 4,
+      unet: { channels: [8, 8], attentionLevels: [false, false], numResBlocks: 1, normNumGroups: 4 },
+      hiddenChannels: 8,
+      headChannels: 8,
+    },
+  });
+  // Non-zero output layers, so that the control visibly changes the sample.
+  noGrad(() => {
+    for (const [name, t] of control.module.namedParameters()) {
+      if (!/^(mlp_gamma|mlp_beta|time_unet\.out\.2)\./.test(name)) continue;
+      const w = randn(t.shape, { seed: t.size });
+      copyInto(t, w);
+      w.dispose();
+    }
+  });
+  await saveControlFile(out, control);
+  control.module.dispose();
+  disposeModel(model);
 }
 
 /** The token table of {@linkcode makeTinyTokenModel}: <t1> (2 vectors) and <flair> (1), contexts of 4. */

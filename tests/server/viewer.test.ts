@@ -5,9 +5,18 @@
  * Fails when Chromium is not installed (`.ci/run` and `scripts/voxgen` install it).
  */
 
-import { equal, ok } from "node:assert";
+import { deepStrictEqual, equal, ok } from "node:assert";
+import { encodeNifti } from "../../io/nifti.ts";
+import { sphereMask } from "../../pipelines/inpaint.ts";
 import { Browser, type Rgba } from "../helpers/chromium.ts";
-import { makeTinyModel, type ServerProcess, startServer } from "./helpers.ts";
+import {
+  makeTinyControl,
+  makeTinyModel,
+  type ServerProcess,
+  startServer,
+  submit,
+  waitForJob,
+} from "./helpers.ts";
 
 Deno.test({
   name: "viewer page: runs a sample and NiiVue renders it (headless Chromium)",
@@ -69,6 +78,82 @@ Deno.test({
           Uint8Array.from(atob(data as string), (c) => c.charCodeAt(0)),
         );
       }
+    } finally {
+      await browser?.close();
+      const status = await server?.stop();
+      await Deno.remove(dir, { recursive: true });
+      equal(status?.code, 0, `the server did not stop cleanly:\n${server?.log()}`);
+    }
+  },
+});
+
+Deno.test({
+  name: "viewer page: overlays the condition a controlled job was made with (headless Chromium)",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const dir = await Deno.makeTempDir();
+    await Deno.mkdir(`${dir}/controls`);
+    await makeTinyModel(`${dir}/tiny.safetensors`);
+    await makeTinyControl(`${dir}/tiny.safetensors`, `${dir}/controls/vcm.safetensors`);
+    let server: ServerProcess | undefined;
+    let browser: Browser | undefined;
+    try {
+      server = await startServer(["--data-dir", dir, "--default-model", `${dir}/tiny.safetensors`]);
+      const mask = encodeNifti({ data: sphereMask([8, 8, 8], [3.5, 3.5, 3.5], 2.6), shape: [8, 8, 8] });
+      const put = await fetch(`${server.url}/v1/conditions/mask`, {
+        method: "PUT",
+        body: new Blob([mask as Uint8Array<ArrayBuffer>]),
+      });
+      equal(put.status, 201);
+      const post = await submit(server.url, {
+        steps: 4,
+        seed: 3,
+        control: { name: "vcm", conditions: ["mask"] },
+      });
+      equal(post.status, 202, JSON.stringify(post.body));
+      const job = await waitForJob(server.url, post.body.id as string);
+      equal(job.status, "done", JSON.stringify(job));
+
+      browser = await Browser.launch(`${dir}/chromium-profile`);
+      const page = browser.page;
+      await page.send("Page.enable");
+      await page.send("Page.navigate", { url: `${server.url}/?job=${post.body.id}` });
+      const state = await page.waitFor(
+        `document.body.dataset.state`,
+        // Only the page's end states: before the navigation lands the old page has no state at all.
+        (s) => s === "rendered" || s === "error",
+        60_000,
+      );
+      equal(state, "rendered", `${await page.eval(`document.getElementById("status").textContent`)}`);
+      deepStrictEqual(
+        await page.eval(`JSON.stringify(window.voxgen.overlay)`),
+        JSON.stringify({ name: "mask", kind: "control", opacity: 0.6 }),
+      );
+      equal(await page.eval(`document.getElementById("overlayControls").hidden`), false);
+      const rect = await page.eval(
+        `(() => { const r = document.getElementById("gl").getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; })()`,
+      ) as number[];
+      const background = [17, 19, 23];
+      // The result in grey with the mask in red over it: coloured pixels where the ball is.
+      const shown = pixelStats(await page.screenshot(rect), background);
+      ok(shown.coloured > 0.01, `with the overlay: ${JSON.stringify(shown)}`);
+      const saveTo = Deno.env.get("VOXGEN_SAVE_SCREENSHOTS");
+      if (saveTo) {
+        const { data } = await page.send("Page.captureScreenshot", { format: "png" });
+        await Deno.writeFile(
+          `${saveTo}/viewer-overlay.png`,
+          Uint8Array.from(atob(data as string), (c) => c.charCodeAt(0)),
+        );
+      }
+      // The toggle hides it: the grey result alone.
+      await page.eval(`(() => { const c = document.getElementById("overlayShow"); c.checked = false;
+        c.dispatchEvent(new Event("change")); })()`);
+      await page.waitFor(`String(window.voxgen.overlay)`, (s) => s === "null", 10_000);
+      await new Promise((r) => setTimeout(r, 500));
+      const hidden = pixelStats(await page.screenshot(rect), background);
+      ok(hidden.coloured < 0.2 * shown.coloured, `overlay hidden: ${JSON.stringify(hidden)}`);
+      ok(hidden.foreground > 0.25, `the result is still drawn: ${JSON.stringify(hidden)}`);
     } finally {
       await browser?.close();
       const status = await server?.stop();
