@@ -114,12 +114,17 @@ if (values.only !== "sample") {
   const disc = values.discriminator
     ? new PatchDiscriminator({ spatialDims: 3, channels: 16, inChannels: 1, numLayersD: 3 })
     : null;
+  // Bytes live between the generator's forward and its backward, above those before the step: what the
+  // backward keeps (activations, or only block inputs when checkpointed).
+  let kept = 0;
   const step = async () => {
+    const before = V.memory().liveBytes;
     const grads = V.scope(() => {
       const { mu, sigma } = ae.encode(x);
       const reconstruction = ae.decode(ae.sampling(mu, sigma, { seed: 2 }));
       const fakeLogits = disc ? disc.logits(reconstruction) : undefined;
       const loss = generatorLoss({ reconstruction, target: x, mu, sigma, fakeLogits }, weights);
+      kept = V.memory().liveBytes - before;
       const g = V.grad(loss.total, params);
       if (!disc) return g;
       const fake = V.noGrad(() => V.mul(reconstruction, 1));
@@ -135,12 +140,18 @@ if (values.only !== "sample") {
   for (const ckpt of variants) {
     ae.gradientCheckpointing(ckpt);
     const first = await measure(step);
-    console.log(`${what(ckpt)}, first (compiles): ${costText(first, "parameters and input")}`);
+    console.log(
+      `${what(ckpt)}, first (compiles): ${costText(first, "parameters and input")}; kept for backward ` +
+        `${mib(kept)} MiB`,
+    );
   }
   for (let r = 0; r < Number(values.reps); r++) {
     for (const ckpt of variants) {
       ae.gradientCheckpointing(ckpt);
-      console.log(`${what(ckpt)}: ${costText(await measure(step), "parameters and input")}`);
+      const cost = await measure(step);
+      console.log(
+        `${what(ckpt)}: ${costText(cost, "parameters and input")}; kept for backward ${mib(kept)} MiB`,
+      );
     }
   }
   ae.gradientCheckpointing(false);
